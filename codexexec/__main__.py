@@ -1,0 +1,3 @@
+from codexexec.cli import main
+
+main()

@@ -1,0 +1,26 @@
+"""The `codexexec` command line. Each command lives in its own thin module.
+
+Only Typer is imported at start-up; a command imports what it needs when it runs,
+so `codexexec --help` and argument errors stay fast.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from codexexec.cli import exec_cmd, read_cmd, serve_cmd
+
+app = typer.Typer(
+    name="codexexec",
+    help="Run commands on a Codex-compatible exec-server, or be one.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+)
+app.command("serve")(serve_cmd.serve)
+app.command("exec", context_settings={"allow_interspersed_args": False})(exec_cmd.exec_command)
+app.command("read")(read_cmd.read)
+
+
+def main() -> None:
+    app()

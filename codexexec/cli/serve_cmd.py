@@ -1,0 +1,60 @@
+"""`codexexec serve`: run an exec-server on a websocket or stdio."""
+
+from __future__ import annotations
+
+import typer
+
+from codexexec.protocol.limits import DEFAULT_DETACHED_SESSION_TTL_SECONDS
+
+
+def serve(
+    listen: str = typer.Option(
+        "ws://127.0.0.1:0", "--listen", help="ws://IP:PORT (port 0 picks one) or stdio."
+    ),
+    detached_session_ttl: float = typer.Option(
+        DEFAULT_DETACHED_SESSION_TTL_SECONDS,
+        "--detached-session-ttl",
+        min=0.0,
+        help="Seconds a disconnected session keeps its processes for a client to resume.",
+    ),
+    concurrent_requests: int = typer.Option(
+        1,
+        "--concurrent-requests",
+        min=1,
+        max=64,
+        help="Requests processed at once per connection (Codex's default is 1).",
+    ),
+    log_level: str = typer.Option("warning", "--log-level", help="debug, info, warning, error."),
+) -> None:
+    """Serve the exec-server protocol; the first stdout line is the bound URL."""
+    import asyncio
+    import logging
+    import sys
+
+    from codexexec.cli.errors import fail
+    from codexexec.server.app import ExecServer
+    from codexexec.server.listener import run_server, validate_listen_url
+    from codexexec.transport.websocket import ListenUrlError
+
+    try:
+        validate_listen_url(listen)
+    except ListenUrlError as exc:
+        fail(str(exc), 2)
+    logging.basicConfig(
+        level=log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+    def on_ready(url: str) -> None:
+        if url != "stdio":
+            sys.stdout.write(url + "\n")
+            sys.stdout.flush()
+
+    server = ExecServer(
+        detached_session_ttl=detached_session_ttl, concurrent_requests=concurrent_requests
+    )
+    try:
+        asyncio.run(run_server(server, listen, on_ready=on_ready))
+    except OSError as exc:
+        fail(f"cannot listen on {listen}: {exc.strerror or exc}", 1)

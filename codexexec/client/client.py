@@ -1,0 +1,326 @@
+"""ExecServerClient: drive any exec-server (codexexec's or Codex's) from asyncio.
+
+    async with await ExecServerClient.connect("ws://127.0.0.1:4000") as client:
+        process = await client.start(["sh", "-c", "echo hi"])
+        async for event in process.events():
+            ...
+
+Targets: ``local`` (an exec-server embedded in this process, no socket), ``ws://…`` or
+``wss://…``, or any MessageTransport through ``ExecServerClient.over``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import os
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from types import TracebackType
+from typing import Any
+
+from codexexec.client.errors import ExecServerError
+from codexexec.client.events import Closed, EventBuffer, Exited, Output, ReadResponse
+from codexexec.client.process import RemoteProcess
+from codexexec.protocol.jsonrpc import Notification, RpcError
+from codexexec.protocol.path_uri import InvalidPathUri, PathUri
+from codexexec.rpc.peer import RpcPeer
+from codexexec.transport.base import MessageTransport, TransportClosed
+
+LOCAL = "local"
+DEFAULT_CLIENT_NAME = "codexexec"
+
+
+def _decode_chunk(item: Mapping[str, Any]) -> Output:
+    return Output(int(item["seq"]), str(item["stream"]), base64.b64decode(item["chunk"]))
+
+
+class ExecServerClient:
+    def __init__(
+        self,
+        peer: RpcPeer,
+        runner: asyncio.Task[None],
+        description: str,
+        on_close: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self._peer = peer
+        self._runner = runner
+        self.description = description
+        self._on_close = on_close
+        self._buffers: dict[str, EventBuffer] = {}
+        self._write_ids = itertools.count(1)
+        self._write_prefix = uuid.uuid4().hex[:8]
+        self.session_id = ""
+        self.environment_info: dict[str, Any] = {}
+
+    # -- connecting -----------------------------------------------------------------
+
+    @classmethod
+    async def connect(
+        cls,
+        target: str,
+        *,
+        client_name: str = DEFAULT_CLIENT_NAME,
+        resume_session_id: str | None = None,
+        token: str | None = None,
+        timeout: float = 10.0,
+    ) -> ExecServerClient:
+        if target == LOCAL:
+            return await cls._connect_local(client_name, timeout)
+        if target.startswith(("ws://", "wss://")):
+            from codexexec.transport.websocket import ConnectError, connect_websocket
+
+            if token is None:
+                token = os.environ.get("CODEX_EXEC_SERVER_CONNECTION_TOKEN") or None
+            try:
+                transport = await connect_websocket(target, token=token, open_timeout=timeout)
+            except ConnectError as exc:
+                raise ExecServerError(str(exc)) from None
+            return await cls.over(
+                transport,
+                description=target,
+                client_name=client_name,
+                resume_session_id=resume_session_id,
+                timeout=timeout,
+            )
+        raise ExecServerError(f"unknown environment `{target}`: expected `local` or a ws:// URL")
+
+    @classmethod
+    async def _connect_local(cls, client_name: str, timeout: float) -> ExecServerClient:
+        from codexexec.server.app import ExecServer
+        from codexexec.transport.memory import memory_pair
+
+        server = ExecServer()
+        client_end, server_end = memory_pair()
+        serving = asyncio.create_task(server.serve(server_end, malformed_prefix="invalid message"))
+
+        async def stop_server() -> None:
+            server.close()
+            serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving
+
+        return await cls.over(
+            client_end,
+            description=LOCAL,
+            client_name=client_name,
+            timeout=timeout,
+            on_close=stop_server,
+        )
+
+    @classmethod
+    async def over(
+        cls,
+        transport: MessageTransport,
+        *,
+        description: str,
+        client_name: str = DEFAULT_CLIENT_NAME,
+        resume_session_id: str | None = None,
+        timeout: float = 10.0,
+        on_close: Callable[[], Awaitable[None]] | None = None,
+    ) -> ExecServerClient:
+        """Initialize a session over an already-open transport."""
+        holder: list[ExecServerClient] = []
+
+        async def on_notification(notification: Notification) -> None:
+            await holder[0]._on_notification(notification)
+
+        peer = RpcPeer(transport, on_notification=on_notification)
+        runner = asyncio.create_task(peer.run())
+        client = cls(peer, runner, description, on_close)
+        holder.append(client)
+        # Iterators waiting for events must learn that the connection is gone.
+        runner.add_done_callback(lambda _: client._wake_all())
+        params: dict[str, Any] = {"clientName": client_name}
+        if resume_session_id:
+            params["resumeSessionId"] = resume_session_id
+        try:
+            result = await client._call("initialize", params, timeout=timeout)
+            await peer.notify("initialized", {})
+        except BaseException:
+            await client.close()
+            raise
+        client.session_id = str(result.get("sessionId", ""))
+        client.environment_info = result.get("environmentInfo") or {}
+        return client
+
+    async def __aenter__(self) -> ExecServerClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._peer.transport.close()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._runner
+        if self._on_close is not None:
+            on_close, self._on_close = self._on_close, None
+            await on_close()
+
+    @property
+    def connected(self) -> bool:
+        return not self._peer.closed.is_set()
+
+    async def wait_closed(self) -> None:
+        await self._peer.closed.wait()
+
+    # -- calls ----------------------------------------------------------------------
+
+    async def _call(self, method: str, params: Any, timeout: float | None = None) -> Any:
+        try:
+            return await self._peer.call(method, params, timeout=timeout)
+        except RpcError as exc:
+            raise ExecServerError(exc.message, exc.code) from None
+        except TransportClosed as exc:
+            raise ExecServerError(
+                f"exec-server transport disconnected ({self.description}): {exc}"
+            ) from None
+        except TimeoutError:
+            raise ExecServerError(f"{self.description} did not answer `{method}` in time") from None
+
+    async def call(self, method: str, params: Any = None, timeout: float | None = None) -> Any:
+        """Any exec-server method, raw: for methods without a typed wrapper yet."""
+        return await self._call(method, params, timeout)
+
+    async def environment_status(self) -> str:
+        return str((await self._call("environment/status", {}))["status"])
+
+    async def start(
+        self,
+        argv: list[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        inherit_env: bool = True,
+        tty: bool = False,
+        pipe_stdin: bool = False,
+        arg0: str | None = None,
+        process_id: str | None = None,
+    ) -> RemoteProcess:
+        """Start ``argv`` on the server. ``cwd`` is a path on the executor host.
+
+        With ``inherit_env`` the child sees the executor's environment (minus names that
+        look like secrets, Codex's default) with ``env`` laid over it.
+        """
+        process_id = process_id or f"cx-{uuid.uuid4().hex[:12]}"
+        self._buffers.setdefault(process_id, EventBuffer())
+        params: dict[str, Any] = {
+            "processId": process_id,
+            "argv": list(argv),
+            "cwd": self._cwd_uri(cwd),
+            "env": dict(env or {}),
+            "tty": tty,
+            "pipeStdin": pipe_stdin,
+            "arg0": arg0,
+        }
+        if inherit_env:
+            params["envPolicy"] = {
+                "inherit": "all",
+                "ignoreDefaultExcludes": False,
+                "exclude": [],
+                "set": {},
+                "includeOnly": [],
+            }
+        try:
+            result = await self._call("process/start", params)
+        except BaseException:
+            self._buffers.pop(process_id, None)
+            raise
+        return RemoteProcess(self, process_id, result.get("sandboxType"))
+
+    def _cwd_uri(self, cwd: str | None) -> str:
+        if cwd is None:
+            server_cwd = self.environment_info.get("cwd")
+            if isinstance(server_cwd, str):
+                return server_cwd
+            cwd = os.getcwd()
+        if cwd.startswith("file:"):
+            return cwd
+        if self.description == LOCAL:
+            cwd = os.path.abspath(cwd)
+        try:
+            return str(PathUri.from_host_native_path(cwd))
+        except InvalidPathUri:
+            raise ExecServerError(
+                f"working directory `{cwd}` must be an absolute path on the executor host"
+            ) from None
+
+    def process(self, process_id: str) -> RemoteProcess:
+        """A handle on a process this session already has (e.g. after resuming)."""
+        self._buffers.setdefault(process_id, EventBuffer())
+        return RemoteProcess(self, process_id, None)
+
+    async def read(
+        self, process_id: str, *, after_seq: int = 0, max_bytes: int | None = None, wait_ms: int = 0
+    ) -> ReadResponse:
+        params: dict[str, Any] = {"processId": process_id, "afterSeq": after_seq, "waitMs": wait_ms}
+        if max_bytes is not None:
+            params["maxBytes"] = max_bytes
+        result = await self._call("process/read", params)
+        return ReadResponse(
+            chunks=[_decode_chunk(c) for c in result.get("chunks", [])],
+            next_seq=int(result["nextSeq"]),
+            exited=bool(result.get("exited")),
+            exit_code=result.get("exitCode"),
+            closed=bool(result.get("closed")),
+            failure=result.get("failure"),
+            sandbox_denied=bool(result.get("sandboxDenied", False)),
+        )
+
+    async def write(self, process_id: str, data: bytes, write_id: str | None = None) -> str:
+        write_id = write_id or f"{self._write_prefix}-{next(self._write_ids)}"
+        result = await self._call(
+            "process/write",
+            {
+                "processId": process_id,
+                "chunk": base64.b64encode(data).decode("ascii"),
+                "writeId": write_id,
+            },
+        )
+        return str(result["status"])
+
+    async def interrupt(self, process_id: str) -> None:
+        await self._call("process/signal", {"processId": process_id, "signal": "interrupt"})
+
+    async def terminate(self, process_id: str) -> bool:
+        result = await self._call("process/terminate", {"processId": process_id})
+        return bool(result.get("running"))
+
+    # -- notifications --------------------------------------------------------------
+
+    def _wake_all(self) -> None:
+        for buffer in self._buffers.values():
+            buffer.wake()
+
+    def buffer(self, process_id: str) -> EventBuffer:
+        return self._buffers.setdefault(process_id, EventBuffer())
+
+    async def _on_notification(self, notification: Notification) -> None:
+        params = notification.params
+        if not isinstance(params, dict):
+            return
+        process_id = params.get("processId")
+        buffer = self._buffers.get(process_id) if isinstance(process_id, str) else None
+        if buffer is None:
+            return
+        method = notification.method
+        if method == "process/output":
+            await buffer.push(_decode_chunk(params))
+        elif method == "process/exited":
+            await buffer.push(
+                Exited(
+                    params.get("seq"),
+                    params.get("exitCode"),
+                    bool(params.get("sandboxDenied", False)),
+                )
+            )
+        elif method == "process/closed":
+            await buffer.push(Closed(params.get("seq")))

@@ -1,0 +1,11 @@
+"""The one exception the client raises for anything a user can act on."""
+
+from __future__ import annotations
+
+
+class ExecServerError(Exception):
+    """A failure with a one-line message; ``code`` is the JSON-RPC code when there is one."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code

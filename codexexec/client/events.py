@@ -1,0 +1,127 @@
+"""Per-process event buffering on the client side.
+
+Notifications land here from the connection's reader. While someone iterates the
+process, a full buffer makes the reader wait (backpressure all the way to the child);
+otherwise the oldest events are dropped and the iterator fills the gap from the
+server's retained output with ``process/read``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+
+MAX_BUFFERED_EVENTS = 256
+MAX_BUFFERED_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    seq: int
+    stream: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Exited:
+    seq: int | None
+    exit_code: int | None
+    sandbox_denied: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    seq: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class OutputGap:
+    """Output between these seqs was dropped by the server's retention limit."""
+
+    first_missing: int
+    next_available: int
+
+
+ProcessEvent = Output | Exited | Closed | OutputGap
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResponse:
+    """A ``process/read`` result, chunks decoded."""
+
+    chunks: list[Output]
+    next_seq: int
+    exited: bool
+    exit_code: int | None
+    closed: bool
+    failure: str | None
+    sandbox_denied: bool
+
+
+class SeqGap(Exception):
+    """The buffer skips ahead of the reader's cursor: something must be re-read."""
+
+    def __init__(self, next_seq: int) -> None:
+        super().__init__(next_seq)
+        self.next_seq = next_seq
+
+
+def _size(event: ProcessEvent) -> int:
+    return len(event.data) if isinstance(event, Output) else 0
+
+
+class EventBuffer:
+    def __init__(self) -> None:
+        self._events: deque[Output | Exited | Closed] = deque()
+        self._bytes = 0
+        self.blocking = False
+        self._changed = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
+
+    def _full(self) -> bool:
+        return len(self._events) >= MAX_BUFFERED_EVENTS or self._bytes >= MAX_BUFFERED_BYTES
+
+    async def push(self, event: Output | Exited | Closed) -> None:
+        while self.blocking and self._full():
+            self._space.clear()
+            await self._space.wait()
+        self._events.append(event)
+        self._bytes += _size(event)
+        while len(self._events) > MAX_BUFFERED_EVENTS or self._bytes > MAX_BUFFERED_BYTES:
+            self._bytes -= _size(self._events.popleft())
+        self._changed.set()
+
+    def set_blocking(self, blocking: bool) -> None:
+        self.blocking = blocking
+        if not blocking:
+            self._space.set()
+
+    def take_next(self, cursor: int) -> Output | Exited | Closed | None:
+        """The event right after ``cursor`` (older duplicates are discarded).
+
+        Returns None when nothing is buffered; raises SeqGap, leaving the event in
+        place, when the next buffered event is further ahead than ``cursor + 1``.
+        """
+        while self._events:
+            event = self._events[0]
+            seq = event.seq if event.seq is not None else cursor + 1
+            if seq <= cursor:
+                self._bytes -= _size(self._events.popleft())
+                continue
+            if seq > cursor + 1:
+                raise SeqGap(seq)
+            self._events.popleft()
+            self._bytes -= _size(event)
+            self._space.set()
+            return event
+        return None
+
+    async def wait_changed(self) -> None:
+        self._changed.clear()
+        await self._changed.wait()
+
+    def wake(self) -> None:
+        self._changed.set()
+        self._space.set()

@@ -1,0 +1,110 @@
+"""RemoteProcess: one process on an exec-server, as an ordered stream of events.
+
+Iteration yields every output chunk once and in seq order, then Exited, then Closed.
+It takes events from pushed notifications and fills any hole (output produced before
+we subscribed, a resumed session, a dropped local buffer) from the server's retained
+output with ``process/read``; output the server no longer retains is reported as an
+OutputGap instead of being silently skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from codexexec.client.errors import ExecServerError
+from codexexec.client.events import (
+    Closed,
+    Exited,
+    Output,
+    OutputGap,
+    ProcessEvent,
+    ReadResponse,
+    SeqGap,
+)
+
+if TYPE_CHECKING:
+    from codexexec.client.client import ExecServerClient
+
+__all__ = ["Closed", "Exited", "Output", "OutputGap", "ProcessEvent", "RemoteProcess"]
+
+
+class RemoteProcess:
+    def __init__(self, client: ExecServerClient, process_id: str, sandbox_type: str | None) -> None:
+        self.client = client
+        self.process_id = process_id
+        self.sandbox_type = sandbox_type
+
+    async def write(self, data: bytes, write_id: str | None = None) -> str:
+        return await self.client.write(self.process_id, data, write_id)
+
+    async def interrupt(self) -> None:
+        await self.client.interrupt(self.process_id)
+
+    async def terminate(self) -> bool:
+        return await self.client.terminate(self.process_id)
+
+    async def read(
+        self, *, after_seq: int = 0, max_bytes: int | None = None, wait_ms: int = 0
+    ) -> ReadResponse:
+        return await self.client.read(
+            self.process_id, after_seq=after_seq, max_bytes=max_bytes, wait_ms=wait_ms
+        )
+
+    async def wait(self) -> Exited:
+        """Consume the process's events and return how it exited."""
+        exited: Exited | None = None
+        async for event in self.events():
+            if isinstance(event, Exited):
+                exited = event
+        assert exited is not None
+        return exited
+
+    async def events(self, after_seq: int = 0) -> AsyncIterator[ProcessEvent]:
+        buffer = self.client.buffer(self.process_id)
+        cursor = after_seq
+        exited_seen = False
+        needs_read = True
+        try:
+            while True:
+                if needs_read:
+                    # Never block the connection's reader while we wait for our own read.
+                    buffer.set_blocking(False)
+                    response = await self.read(after_seq=cursor)
+                    for chunk in response.chunks:
+                        if chunk.seq > cursor + 1:
+                            yield OutputGap(cursor + 1, chunk.seq)
+                        cursor = chunk.seq
+                        yield chunk
+                    cursor = max(cursor, response.next_seq - 1)
+                    if response.exited and not exited_seen:
+                        exited_seen = True
+                        yield Exited(None, response.exit_code, response.sandbox_denied)
+                    if response.closed:
+                        yield Closed(None)
+                        return
+                    needs_read = False
+                    buffer.set_blocking(True)
+                try:
+                    event = buffer.take_next(cursor)
+                except SeqGap:
+                    needs_read = True
+                    continue
+                if event is None:
+                    if not self.client.connected:
+                        raise ExecServerError(
+                            f"exec-server transport disconnected ({self.client.description})"
+                        )
+                    await buffer.wait_changed()
+                    continue
+                if event.seq is not None:
+                    cursor = event.seq
+                if isinstance(event, Exited):
+                    if exited_seen:
+                        continue
+                    exited_seen = True
+                yield event
+                if isinstance(event, Closed):
+                    return
+        finally:
+            buffer.set_blocking(False)

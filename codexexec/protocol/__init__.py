@@ -1,0 +1,1 @@
+"""Wire protocol: the JSON-RPC envelope, message types, limits and PathUri."""

@@ -1,0 +1,176 @@
+"""The Codex JSON-RPC envelope: encoding, decoding and classification.
+
+Codex omits the ``"jsonrpc": "2.0"`` member on output and ignores it on input; ids are
+integers or strings and are echoed as received. Decoding is structural: a request has
+``id`` and ``method``, a notification ``method`` only, a response ``id`` and ``result``,
+an error ``id`` and ``error``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgspec
+
+from codexexec.protocol.limits import MAX_JSON_VALUES_PER_MESSAGE
+
+RequestId = int | str
+
+INVALID_REQUEST: Final = -32600
+METHOD_NOT_FOUND: Final = -32601
+INVALID_PARAMS: Final = -32602
+INTERNAL_ERROR: Final = -32603
+NOT_FOUND: Final = -32004
+SESSION_ALREADY_ATTACHED: Final = -32010
+
+# The id Codex uses when answering input it could not attribute to a request.
+UNKNOWN_ID: Final = -1
+
+
+class RpcError(Exception):
+    """A JSON-RPC error answer; raised by handlers, surfaced to callers."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"RpcError({self.code}, {self.message!r})"
+
+
+class MalformedMessage(Exception):
+    """Input that is not a JSON-RPC message; answered with id -1, connection kept."""
+
+
+@dataclass(slots=True)
+class Request:
+    id: RequestId
+    method: str
+    params: Any
+
+
+@dataclass(slots=True)
+class Notification:
+    method: str
+    params: Any
+
+
+@dataclass(slots=True)
+class Response:
+    id: RequestId
+    result: Any
+
+
+@dataclass(slots=True)
+class ErrorResponse:
+    id: RequestId
+    code: int
+    message: str
+    data: Any
+
+
+Message = Request | Notification | Response | ErrorResponse
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder()
+encode_json = _encoder.encode
+
+
+def encode_request(request_id: RequestId, method: str, params: Any) -> bytes:
+    if params is None:
+        return _encoder.encode({"id": request_id, "method": method})
+    return _encoder.encode({"id": request_id, "method": method, "params": params})
+
+
+def encode_notification(method: str, params: Any) -> bytes:
+    if params is None:
+        return _encoder.encode({"method": method})
+    return _encoder.encode({"method": method, "params": params})
+
+
+def encode_response(request_id: RequestId, result: Any) -> bytes:
+    return _encoder.encode({"id": request_id, "result": result})
+
+
+def encode_error(request_id: RequestId, code: int, message: str, data: Any = None) -> bytes:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    return _encoder.encode({"id": request_id, "error": error})
+
+
+def decode_json(raw: bytes | str) -> Any:
+    """Parse one transport message, enforcing Codex's JSON value-count limit."""
+    try:
+        value = _decoder.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise MalformedMessage(str(exc)) from None
+    # Every value takes at least one byte plus a separator, so only a long message can
+    # exceed the limit; short ones skip the walk.
+    if len(raw) > MAX_JSON_VALUES_PER_MESSAGE and _exceeds_value_limit(value):
+        raise MalformedMessage(
+            f"JSON-RPC message exceeds the limit of {MAX_JSON_VALUES_PER_MESSAGE} JSON values"
+        )
+    return value
+
+
+def _exceeds_value_limit(value: Any) -> bool:
+    remaining = MAX_JSON_VALUES_PER_MESSAGE
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        remaining -= 1
+        if remaining < 0:
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def classify(value: Any) -> Message:
+    """Turn one decoded JSON object into a message, or raise MalformedMessage."""
+    if not isinstance(value, dict):
+        raise MalformedMessage(f"expected a JSON-RPC object, got {_json_kind(value)}")
+    method = value.get("method")
+    has_id = "id" in value
+    if method is not None:
+        if not isinstance(method, str):
+            raise MalformedMessage("`method` must be a string")
+        if has_id:
+            return Request(_request_id(value["id"]), method, value.get("params"))
+        return Notification(method, value.get("params"))
+    if has_id:
+        if "result" in value:
+            return Response(_request_id(value["id"]), value["result"])
+        error = value.get("error")
+        if isinstance(error, dict):
+            code = error.get("code")
+            message = error.get("message")
+            if isinstance(code, int) and isinstance(message, str):
+                return ErrorResponse(_request_id(value["id"]), code, message, error.get("data"))
+    raise MalformedMessage("expected a JSON-RPC request, notification, response or error")
+
+
+def _request_id(value: Any) -> RequestId:
+    if isinstance(value, (int, str)) and not isinstance(value, bool):
+        return value
+    raise MalformedMessage(f"JSON-RPC id must be an integer or a string, got {_json_kind(value)}")
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"

@@ -1,0 +1,36 @@
+"""Protocol constants shared by server and client, as Codex 0.169.0 uses them.
+
+Kept in one place so a limit is changed once; each names its Codex counterpart.
+"""
+
+# JSON-RPC decoding: more values than this in one message is rejected (Codex rpc.rs).
+MAX_JSON_VALUES_PER_MESSAGE = 262_144
+
+# Largest JSON-RPC batch (array of messages) one connection may send.
+MAX_BATCH_REQUESTS = 128
+
+# Output retention per process (RETAINED_OUTPUT_BYTES_PER_PROCESS / _CHUNKS_PER_PROCESS).
+RETAINED_OUTPUT_BYTES_PER_PROCESS = 1024 * 1024
+RETAINED_OUTPUT_CHUNKS_PER_PROCESS = 50_000
+
+# An exited, closed process stays readable this long (EXITED_PROCESS_RETENTION).
+EXITED_PROCESS_RETENTION_SECONDS = 30.0
+
+# process/write idempotency: remembered writeIds per process.
+REMEMBERED_WRITE_IDS_PER_PROCESS = 4096
+
+# Websocket keepalive: the server pings every 30 s.
+WEBSOCKET_PING_INTERVAL_SECONDS = 30.0
+WEBSOCKET_PING_TIMEOUT_SECONDS = 60.0
+
+# Messages queued per connection direction before producers wait (Codex channel capacity).
+CONNECTION_QUEUE_CAPACITY = 128
+
+# codexexec keeps a detached session longer than Codex's 10 s so a person can reattach.
+DEFAULT_DETACHED_SESSION_TTL_SECONDS = 600.0
+
+# Largest single JSON-RPC message codexexec accepts on any transport.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+# One read from a child's stdout/stderr; larger reads mean fewer, bigger notifications.
+OUTPUT_READ_CHUNK_BYTES = 64 * 1024

@@ -1,0 +1,1 @@
+"""The exec-server: sessions, processes, and the per-connection request processor."""

@@ -1,0 +1,41 @@
+"""The exec-server core: one session registry shared by every connection."""
+
+from __future__ import annotations
+
+from codexexec.protocol.limits import DEFAULT_DETACHED_SESSION_TTL_SECONDS
+from codexexec.rpc.peer import RpcPeer
+from codexexec.server.handler import ConnectionHandler
+from codexexec.server.session import SessionRegistry
+from codexexec.transport.base import MessageTransport
+
+
+class ExecServer:
+    def __init__(
+        self,
+        *,
+        detached_session_ttl: float = DEFAULT_DETACHED_SESSION_TTL_SECONDS,
+        concurrent_requests: int = 1,
+    ) -> None:
+        self.sessions = SessionRegistry(detached_session_ttl)
+        self._concurrent_requests = concurrent_requests
+
+    async def serve(self, transport: MessageTransport, *, malformed_prefix: str) -> None:
+        """Serve one connection until it ends; its session is then detached, not dropped."""
+        handler = ConnectionHandler(self.sessions)
+        peer = RpcPeer(
+            transport,
+            on_request=handler.on_request,
+            on_notification=handler.on_notification,
+            concurrency=self._concurrent_requests,
+            malformed_prefix=malformed_prefix,
+            strict_responses=True,
+        )
+        handler.bind(peer)
+        try:
+            await peer.run()
+        finally:
+            handler.connection_ended()
+
+    def close(self) -> None:
+        """Stop every process of every session (server shutdown)."""
+        self.sessions.close()

@@ -1,0 +1,296 @@
+"""One child process as the protocol sees it: output, exit, close, stdin, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import contextlib
+import functools
+import logging
+import os
+import signal
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Literal, Protocol
+
+from codexexec.protocol.jsonrpc import encode_json, encode_notification
+from codexexec.protocol.limits import (
+    EXITED_PROCESS_RETENTION_SECONDS,
+    REMEMBERED_WRITE_IDS_PER_PROCESS,
+)
+from codexexec.server import spawn
+from codexexec.server.output import OutputLog
+
+log = logging.getLogger(__name__)
+
+WriteStatus = Literal["accepted", "unknownProcess", "stdinClosed", "starting"]
+
+
+class Publisher(Protocol):
+    """Where a process's notifications go: its session's current connection, if any."""
+
+    def publish(self, message: bytes) -> None: ...
+
+    def congested(self) -> bool: ...
+
+    def when_drained(self, callback: Callable[[], None]) -> None: ...
+
+
+class StdinClosed(Exception):
+    """The child's stdin can no longer be written."""
+
+
+def exit_code_of(returncode: int) -> int:
+    # A child killed by a signal reports 128 + signal, as a shell would.
+    return returncode if returncode >= 0 else 128 - returncode
+
+
+class _OutputReader(asyncio.Protocol):
+    def __init__(self, process: ManagedProcess, stream: str) -> None:
+        self._process = process
+        self._stream = stream
+        self.transport: asyncio.ReadTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.ReadTransport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._process._on_output(self._stream, data, self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._process._on_stream_end()
+
+    def pause(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+
+def _same(protocol: _OutputReader) -> _OutputReader:
+    return protocol
+
+
+class _StdinWriter(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.WriteTransport | None = None
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        self.transport = transport
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._writable.set()
+
+    async def write(self, data: bytes) -> None:
+        if self.lost or self.transport is None or self.transport.is_closing():
+            raise StdinClosed("stdin is closed")
+        self.transport.write(data)
+        await self._writable.wait()
+        if self.lost:
+            raise StdinClosed("stdin is closed")
+
+
+class ManagedProcess:
+    def __init__(
+        self,
+        process_id: str,
+        publisher: Publisher,
+        *,
+        tty: bool,
+        pipe_stdin: bool,
+        on_expired: Callable[[ManagedProcess], None],
+    ) -> None:
+        self.process_id = process_id
+        self.tty = tty
+        self.pipe_stdin = pipe_stdin
+        self.sandbox_denied = False
+        self.output = OutputLog()
+        self.starting = True
+        self._publisher = publisher
+        self._on_expired = on_expired
+        self._child: spawn.Child | None = None
+        self._stdin: _StdinWriter | None = None
+        self._open_streams = 0
+        self._readers: list[_OutputReader] = []
+        # Until the start response is on the wire, notifications wait here, so a
+        # client never sees output for a process it has not been told about.
+        self._early: list[bytes] | None = []
+        self._write_ids: deque[str] = deque()
+        self._write_id_set: set[str] = set()
+        self._pidfd: int | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+        self._quoted_id = encode_json(process_id)
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def attach(self, child: spawn.Child) -> None:
+        loop = asyncio.get_running_loop()
+        self._child = child
+        self.starting = False
+        for stream, fd in child.outputs.items():
+            reader = _OutputReader(self, stream)
+            self._readers.append(reader)
+            self._open_streams += 1
+            await loop.connect_read_pipe(
+                functools.partial(_same, reader), os.fdopen(fd, "rb", buffering=0)
+            )
+            reader.pause()  # until begin_publishing
+        if child.stdin is not None:
+            writer = _StdinWriter()
+            await loop.connect_write_pipe(lambda: writer, os.fdopen(child.stdin, "wb", buffering=0))
+            self._stdin = writer
+        self._watch_exit(loop)
+
+    def begin_publishing(self) -> None:
+        early, self._early = self._early, None
+        for message in early or ():
+            self._publisher.publish(message)
+        for reader in self._readers:
+            reader.resume()
+
+    def _watch_exit(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert self._child is not None
+        try:
+            self._pidfd = os.pidfd_open(self._child.pid)
+        except OSError:
+            # No pidfd (old kernel): a thread waits instead.
+            loop.run_in_executor(None, self._child.popen.wait).add_done_callback(
+                lambda _: self._on_exit()
+            )
+            return
+        loop.add_reader(self._pidfd, self._on_pidfd_ready, loop)
+
+    def _on_pidfd_ready(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert self._child is not None and self._pidfd is not None
+        if self._child.popen.poll() is None:
+            return
+        loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        self._pidfd = None
+        self._on_exit()
+
+    def _on_exit(self) -> None:
+        assert self._child is not None
+        returncode = self._child.popen.returncode
+        code = -1 if returncode is None else exit_code_of(returncode)
+        seq = self.output.record_exit(code)
+        self._emit(
+            "process/exited",
+            {
+                "processId": self.process_id,
+                "seq": seq,
+                "exitCode": code,
+                "sandboxDenied": self.sandbox_denied,
+            },
+        )
+        self._close_stdin()
+        self._maybe_close()
+
+    def _on_stream_end(self) -> None:
+        self._open_streams -= 1
+        self._maybe_close()
+
+    def _maybe_close(self) -> None:
+        if self._open_streams > 0 or not self.output.exited or self.output.closed:
+            return
+        seq = self.output.record_close()
+        self._emit("process/closed", {"processId": self.process_id, "seq": seq})
+        loop = asyncio.get_running_loop()
+        self._expiry = loop.call_later(EXITED_PROCESS_RETENTION_SECONDS, self._on_expired, self)
+
+    # -- output ---------------------------------------------------------------------
+
+    def _on_output(self, stream: str, data: bytes, reader: _OutputReader) -> None:
+        chunk = self.output.append(stream, data)
+        # Hand-built: this is the hottest path in the server.
+        message = b"".join(
+            (
+                b'{"method":"process/output","params":{"processId":',
+                self._quoted_id,
+                b',"seq":',
+                str(chunk.seq).encode(),
+                b',"stream":"',
+                stream.encode(),
+                b'","chunk":"',
+                binascii.b2a_base64(data, newline=False),
+                b'"}}',
+            )
+        )
+        if self._early is not None:
+            self._early.append(message)
+            reader.pause()
+            return
+        self._publisher.publish(message)
+        if self._publisher.congested():
+            reader.pause()
+            self._publisher.when_drained(reader.resume)
+
+    def _emit(self, method: str, params: dict[str, Any]) -> None:
+        message = encode_notification(method, params)
+        if self._early is not None:
+            self._early.append(message)
+        else:
+            self._publisher.publish(message)
+
+    # -- control --------------------------------------------------------------------
+
+    async def write(self, data: bytes, write_id: str) -> WriteStatus:
+        if self.starting:
+            return "starting"
+        if not (self.tty or self.pipe_stdin) or self._stdin is None:
+            return "stdinClosed"
+        if write_id in self._write_id_set:
+            return "accepted"
+        await self._stdin.write(data)
+        self._write_ids.append(write_id)
+        self._write_id_set.add(write_id)
+        if len(self._write_ids) > REMEMBERED_WRITE_IDS_PER_PROCESS:
+            self._write_id_set.discard(self._write_ids.popleft())
+        return "accepted"
+
+    def interrupt(self) -> None:
+        if self._child is not None and not self.output.exited:
+            spawn.signal_group(self._child, signal.SIGINT)
+
+    def terminate(self) -> bool:
+        if self._child is None or self.output.exited:
+            return False
+        spawn.signal_group(self._child, signal.SIGKILL)
+        return True
+
+    def _close_stdin(self) -> None:
+        if self._stdin is not None and self._stdin.transport is not None:
+            self._stdin.transport.close()
+
+    def dispose(self) -> None:
+        """Kill what is left and release every resource; the process is being dropped."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+        if self._child is not None and not self.output.exited:
+            spawn.signal_group(self._child, signal.SIGKILL)
+        for reader in self._readers:
+            if reader.transport is not None:
+                reader.transport.close()
+        self._close_stdin()
+        if self._pidfd is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+            if self._child is not None:
+                # Reap in the background so no zombie is left behind.
+                asyncio.get_running_loop().run_in_executor(None, self._child.popen.wait)

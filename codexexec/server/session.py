@@ -1,0 +1,109 @@
+"""Sessions: the process table a client owns, surviving its connection for a while.
+
+A session is attached to at most one connection. When that connection ends the
+session is detached: its processes keep running and keep retaining output, and a
+client may resume it with ``initialize {resumeSessionId}`` until the detached TTL
+runs out; then its processes are killed and it is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+
+from codexexec.protocol.jsonrpc import INVALID_REQUEST, SESSION_ALREADY_ATTACHED, RpcError
+from codexexec.rpc.outbox import Outbox
+from codexexec.server.process import ManagedProcess
+
+log = logging.getLogger(__name__)
+
+
+class Session:
+    def __init__(self, session_id: str) -> None:
+        self.id = session_id
+        self.processes: dict[str, ManagedProcess] = {}
+        self.outbox: Outbox | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+
+    # Publisher, for this session's processes.
+    def publish(self, message: bytes) -> None:
+        if self.outbox is not None:
+            self.outbox.post(message)
+
+    def congested(self) -> bool:
+        return self.outbox is not None and self.outbox.congested()
+
+    def when_drained(self, callback: Callable[[], None]) -> None:
+        if self.outbox is None:
+            callback()
+        else:
+            self.outbox.when_drained(callback)
+
+    @property
+    def attached(self) -> bool:
+        return self.outbox is not None
+
+    def forget(self, process: ManagedProcess) -> None:
+        if self.processes.get(process.process_id) is process:
+            del self.processes[process.process_id]
+            process.dispose()
+
+    def dispose(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        for process in list(self.processes.values()):
+            process.dispose()
+        self.processes.clear()
+
+
+class SessionRegistry:
+    def __init__(self, detached_ttl_seconds: float) -> None:
+        self.detached_ttl_seconds = detached_ttl_seconds
+        self._sessions: dict[str, Session] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def create(self, outbox: Outbox) -> Session:
+        session = Session(str(uuid.uuid4()))
+        session.outbox = outbox
+        self._sessions[session.id] = session
+        return session
+
+    def resume(self, session_id: str, outbox: Outbox) -> Session:
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise RpcError(INVALID_REQUEST, f"unknown session id {session_id}")
+        if session.attached:
+            raise RpcError(
+                SESSION_ALREADY_ATTACHED,
+                f"session {session_id} is already attached to another connection",
+            )
+        if session._expiry is not None:
+            session._expiry.cancel()
+            session._expiry = None
+        session.outbox = outbox
+        return session
+
+    def detach(self, session: Session, outbox: Outbox) -> None:
+        if session.outbox is not outbox:
+            return
+        session.outbox = None
+        loop = asyncio.get_running_loop()
+        session._expiry = loop.call_later(self.detached_ttl_seconds, self._expire, session)
+
+    def _expire(self, session: Session) -> None:
+        if session.attached or self._sessions.get(session.id) is not session:
+            return
+        log.info(
+            "detached session %s expired; stopping %d processes", session.id, len(session.processes)
+        )
+        del self._sessions[session.id]
+        session.dispose()
+
+    def close(self) -> None:
+        for session in self._sessions.values():
+            session.dispose()
+        self._sessions.clear()

@@ -1,0 +1,143 @@
+"""Starting a child process the way an executor must: OS details live only here.
+
+Each child gets its own process group (or session, for a PTY) so signals reach its
+whole tree, stdin is /dev/null unless the caller asked for a writable stdin, and
+PR_SET_PDEATHSIG ties it to the server so a killed server leaves no orphans.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import os
+import signal
+import struct
+import subprocess
+import termios
+from collections.abc import Callable
+from dataclasses import dataclass
+
+_PR_SET_PDEATHSIG = 1
+_F_SETPIPE_SZ = 1031
+_PIPE_BYTES = 1024 * 1024
+_DEFAULT_PTY_ROWS, _DEFAULT_PTY_COLS = 24, 80
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@dataclass(slots=True)
+class Child:
+    popen: subprocess.Popen[bytes]
+    # Output fds by stream name: {"stdout", "stderr"} for pipes, {"pty"} for a terminal.
+    outputs: dict[str, int]
+    # Where writes go: the stdin pipe, a dup of the PTY master, or None.
+    stdin: int | None
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+
+def _child_setup(tty: bool, parent_pid: int) -> Callable[[], None]:
+    def setup() -> None:
+        # Runs in the child between fork and exec: only async-signal-safe work here.
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+        if tty:
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        else:
+            os.setpgid(0, 0)
+
+    return setup
+
+
+def _grow_pipe(fd: int) -> None:
+    # A larger pipe means fewer wake-ups per megabyte; a refusal only costs speed.
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_BYTES)
+
+
+def spawn(
+    argv: list[str],
+    *,
+    cwd: str,
+    env: dict[str, str],
+    tty: bool,
+    pipe_stdin: bool,
+    arg0: str | None,
+) -> Child:
+    """Start ``argv``; raises OSError (with the OS's reason) when it cannot start."""
+    args = [arg0 if arg0 else argv[0], *argv[1:]]
+    setup = _child_setup(tty, os.getpid())
+    if tty:
+        return _spawn_pty(argv[0], args, cwd, env, setup)
+    stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
+    stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
+    stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC) if pipe_stdin else (None, None)
+    _grow_pipe(stdout_r)
+    try:
+        popen = subprocess.Popen(
+            args,
+            executable=argv[0],
+            cwd=cwd,
+            env=env,
+            stdin=stdin_r if stdin_r is not None else subprocess.DEVNULL,
+            stdout=stdout_w,
+            stderr=stderr_w,
+            preexec_fn=setup,
+            close_fds=True,
+        )
+    except BaseException:
+        for fd in (stdout_r, stderr_r, stdin_w):
+            if fd is not None:
+                os.close(fd)
+        raise
+    finally:
+        for fd in (stdout_w, stderr_w, stdin_r):
+            if fd is not None:
+                os.close(fd)
+    return Child(popen, {"stdout": stdout_r, "stderr": stderr_r}, stdin_w)
+
+
+def _spawn_pty(
+    program: str, args: list[str], cwd: str, env: dict[str, str], setup: Callable[[], None]
+) -> Child:
+    master, slave = os.openpty()
+    fcntl.ioctl(
+        slave, termios.TIOCSWINSZ, struct.pack("HHHH", _DEFAULT_PTY_ROWS, _DEFAULT_PTY_COLS, 0, 0)
+    )
+    os.set_inheritable(master, False)
+    try:
+        popen = subprocess.Popen(
+            args,
+            executable=program,
+            cwd=cwd,
+            env=env,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            start_new_session=True,
+            preexec_fn=setup,
+            close_fds=True,
+        )
+    except BaseException:
+        os.close(master)
+        raise
+    finally:
+        os.close(slave)
+    writer = os.dup(master)
+    os.set_inheritable(writer, False)
+    return Child(popen, {"pty": master}, writer)
+
+
+def signal_group(child: Child, signum: int) -> None:
+    """Signal the child's whole process group; a group already gone is not an error."""
+    try:
+        os.killpg(child.pid, signum)
+    except ProcessLookupError:
+        return
+    except PermissionError:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signum)

@@ -1,0 +1,1 @@
+"""Transports carry whole JSON-RPC messages; the RPC layer never sees framing."""

@@ -1,0 +1,172 @@
+"""Websocket transport: one JSON-RPC message per text frame.
+
+The listener also answers ``GET /readyz`` on the same port, and gates upgrades with a
+bearer token when ``CODEX_EXEC_SERVER_CONNECTION_TOKEN`` is set, as Codex does.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.http11 import Request, Response
+
+from codexexec.protocol.limits import (
+    MAX_MESSAGE_BYTES,
+    WEBSOCKET_PING_INTERVAL_SECONDS,
+    WEBSOCKET_PING_TIMEOUT_SECONDS,
+)
+from codexexec.transport.base import TransportClosed
+
+log = logging.getLogger(__name__)
+
+CONNECTION_TOKEN_ENV = "CODEX_EXEC_SERVER_CONNECTION_TOKEN"
+
+
+class WebSocketTransport:
+    def __init__(self, connection: ClientConnection | ServerConnection, peer: str) -> None:
+        self._ws = connection
+        self._peer = peer
+
+    @property
+    def peer(self) -> str:
+        return self._peer
+
+    async def receive(self) -> bytes | str | None:
+        try:
+            return await self._ws.recv(decode=False)
+        except ConnectionClosed:
+            return None
+
+    async def send(self, message: bytes) -> None:
+        try:
+            await self._ws.send(message, text=True)
+        except ConnectionClosed as exc:
+            raise TransportClosed(f"websocket to {self._peer} closed") from exc
+
+    async def close(self) -> None:
+        await self._ws.close()
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    host: str
+    port: int
+
+
+class ListenUrlError(ValueError):
+    pass
+
+
+def parse_ws_listen_url(url: str) -> ListenAddress:
+    """``ws://IP:PORT`` with an IP literal, as Codex requires."""
+    invalid = ListenUrlError(f"invalid websocket --listen URL `{url}`; expected `ws://IP:PORT`")
+    if not url.startswith("ws://"):
+        raise ListenUrlError(
+            f"unsupported --listen URL `{url}`; expected `ws://IP:PORT` or `stdio`"
+        )
+    authority = url[len("ws://") :].rstrip("/")
+    host, sep, port_text = authority.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise invalid
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise invalid from None
+    port = int(port_text)
+    if port > 65535:
+        raise invalid
+    return ListenAddress(host, port)
+
+
+def _connection_token_gate(
+    token: str | None,
+) -> Callable[[ServerConnection, Request], Awaitable[Response | None]]:
+    expected = f"Bearer {token}".encode() if token else None
+
+    async def process_request(connection: ServerConnection, request: Request) -> Response | None:
+        if request.path.split("?", 1)[0] == "/readyz":
+            return connection.respond(HTTPStatus.OK, "")
+        if expected is not None:
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return connection.respond(HTTPStatus.UNAUTHORIZED, "")
+        return None
+
+    return process_request
+
+
+async def listen(
+    address: ListenAddress,
+    on_connection: Callable[[WebSocketTransport], Awaitable[None]],
+    *,
+    token: str | None,
+) -> Server:
+    async def handle(connection: ServerConnection) -> None:
+        host, port = connection.remote_address[:2]
+        await on_connection(WebSocketTransport(connection, f"{host}:{port}"))
+
+    return await serve(
+        handle,
+        address.host,
+        address.port,
+        process_request=_connection_token_gate(token),
+        max_size=MAX_MESSAGE_BYTES,
+        max_queue=16,
+        compression=None,
+        ping_interval=WEBSOCKET_PING_INTERVAL_SECONDS,
+        ping_timeout=WEBSOCKET_PING_TIMEOUT_SECONDS,
+        server_header=None,
+    )
+
+
+def bound_url(server: Server) -> str:
+    for sock in server.sockets:
+        host, port = sock.getsockname()[:2]
+        if ":" in host:
+            host = f"[{host}]"
+        return f"ws://{host}:{port}"
+    raise RuntimeError("websocket server has no listening socket")
+
+
+class ConnectError(ConnectionError):
+    """The server could not be reached or refused the connection; the text says why."""
+
+
+async def connect_websocket(
+    url: str, *, token: str | None = None, open_timeout: float = 10.0
+) -> WebSocketTransport:
+    headers: dict[str, str] | Headers | Any = (
+        {"Authorization": f"Bearer {token}"} if token else None
+    )
+    try:
+        connection = await connect(
+            url,
+            additional_headers=headers,
+            max_size=MAX_MESSAGE_BYTES,
+            max_queue=16,
+            compression=None,
+            open_timeout=open_timeout,
+            ping_interval=WEBSOCKET_PING_INTERVAL_SECONDS,
+            ping_timeout=WEBSOCKET_PING_TIMEOUT_SECONDS,
+            user_agent_header=None,
+        )
+    except InvalidURI:
+        raise ConnectError(f"`{url}` is not a websocket URL (expected ws://HOST:PORT)") from None
+    except InvalidHandshake as exc:
+        raise ConnectError(f"{url} refused the websocket connection: {exc}") from None
+    except TimeoutError:
+        raise ConnectError(f"timed out connecting to {url}") from None
+    except OSError as exc:
+        raise ConnectError(f"cannot connect to {url}: {exc.strerror or exc}") from None
+    return WebSocketTransport(connection, url)
