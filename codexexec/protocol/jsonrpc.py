@@ -135,7 +135,7 @@ def _exceeds_value_limit(value: Any) -> bool:
 def classify(value: Any) -> Message:
     """Turn one decoded JSON object into a message, or raise MalformedMessage."""
     if not isinstance(value, dict):
-        raise MalformedMessage(f"expected a JSON-RPC object, got {_json_kind(value)}")
+        raise MalformedMessage("expected a JSON-RPC object")
     method = value.get("method")
     has_id = "id" in value
     if method is not None:

@@ -57,7 +57,10 @@ async def _serve_websocket(
 
     async def on_connection(transport: WebSocketTransport) -> None:
         log.debug("connection from %s", transport.peer)
-        await server.serve(transport, malformed_prefix=WEBSOCKET_MALFORMED_PREFIX)
+        # Codex names the peer in the error, e.g. "… exec-server websocket 127.0.0.1:53756".
+        await server.serve(
+            transport, malformed_prefix=f"{WEBSOCKET_MALFORMED_PREFIX} {transport.peer}"
+        )
 
     ws_server = await listen(address, on_connection, token=token)
     on_ready(bound_url(ws_server))

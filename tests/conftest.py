@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.servers import RunningServer, start_server
+
+SERVER_KINDS = ("codexexec", "codex")
+
+
+@pytest.fixture(scope="session", params=SERVER_KINDS)
+def server(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
+    """The behaviour suite runs once against each server; both must pass alike."""
+    with start_server(request.param) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def codexexec_server() -> Iterator[RunningServer]:
+    with start_server("codexexec") as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def codex_server() -> Iterator[RunningServer]:
+    with start_server("codex") as running:
+        yield running

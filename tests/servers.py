@@ -1,0 +1,84 @@
+"""Starting real servers for tests: codexexec's and the real Codex exec-server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+_codex_binary: str | None = None
+_lock = threading.Lock()
+
+
+def codex_binary() -> str:
+    """The real Codex binary, installed on first use by the project's own script."""
+    global _codex_binary
+    with _lock:
+        if _codex_binary is None:
+            result = subprocess.run(
+                [str(ROOT / "scripts" / "install-codex-peer.sh")],
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            _codex_binary = result.stdout.strip().splitlines()[-1]
+    return _codex_binary
+
+
+@dataclass
+class RunningServer:
+    kind: str
+    url: str
+    process: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def codexexec_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "codexexec", *args]
+
+
+@contextmanager
+def start_server(
+    kind: str, *, env: dict[str, str] | None = None, extra_args: tuple[str, ...] = ()
+) -> Iterator[RunningServer]:
+    full_env = {**os.environ, **(env or {})}
+    if kind == "codexexec":
+        argv = codexexec_command("serve", "--listen", "ws://127.0.0.1:0", *extra_args)
+        home = None
+    else:
+        # Outside /tmp: under /tmp Codex refuses to create its sandbox helpers.
+        home = tempfile.mkdtemp(prefix="codex-home-", dir="/var/tmp")
+        full_env["CODEX_HOME"] = home
+        argv = [codex_binary(), "exec-server", "--listen", "ws://127.0.0.1:0", *extra_args]
+    process = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, env=full_env, cwd=tempfile.gettempdir()
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline().decode().strip()
+    if not line.startswith("ws://"):
+        process.kill()
+        raise RuntimeError(f"{kind} server did not print its URL (got {line!r})")
+    server = RunningServer(kind, line, process)
+    try:
+        yield server
+    finally:
+        server.stop()
+        if home:
+            subprocess.run(["rm", "-rf", home], check=False)

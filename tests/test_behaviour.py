@@ -1,0 +1,449 @@
+"""The shared behaviour suite: every test runs against codexexec AND the real Codex.
+
+Both servers must pass the same assertions; that is how wire compatibility is shown.
+Ported from the portable checks of Codex's own exec-server tests (reference §7).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import urllib.request
+import uuid
+
+import pytest
+
+from tests.servers import RunningServer
+from tests.wire import Wire, decoded_output
+
+pytestmark = pytest.mark.asyncio(loop_scope="function")
+
+
+async def connected(server: RunningServer) -> Wire:
+    wire = await Wire.open(server.url)
+    await wire.initialize()
+    return wire
+
+
+def pid() -> str:
+    return f"p-{uuid.uuid4().hex[:8]}"
+
+
+async def test_initialize_returns_a_session_and_environment(server: RunningServer) -> None:
+    wire = await Wire.open(server.url)
+    result = await wire.result("initialize", {"clientName": "tests"})
+    uuid.UUID(result["sessionId"])
+    info = result["environmentInfo"]
+    assert info["shell"]["path"]
+    assert info["cwd"].startswith("file:///")
+    assert info["platformOs"] == "linux"
+    await wire.send({"method": "initialized", "params": {}})
+    status = await wire.result("environment/status", {})
+    assert status == {"status": "ready"}
+    await wire.close()
+
+
+async def test_string_ids_and_jsonrpc_member_are_accepted(server: RunningServer) -> None:
+    wire = await Wire.open(server.url)
+    await wire.send(
+        {"jsonrpc": "2.0", "id": "abc", "method": "initialize", "params": {"clientName": "t"}}
+    )
+    reply = await wire.response("abc")
+    assert "sessionId" in reply["result"]
+    assert "jsonrpc" not in reply
+    await wire.close()
+
+
+async def test_malformed_json_gets_id_minus_one_and_connection_survives(
+    server: RunningServer,
+) -> None:
+    wire = await Wire.open(server.url)
+    await wire.send("not-json")
+    reply = await wire.recv()
+    assert reply["id"] == -1
+    assert reply["error"]["code"] == -32600
+    assert reply["error"]["message"].startswith(
+        "failed to parse websocket JSON-RPC message from exec-server websocket"
+    )
+    result = await wire.initialize()
+    assert result["sessionId"]
+    await wire.close()
+
+
+async def test_unknown_method_is_method_not_found(server: RunningServer) -> None:
+    wire = await connected(server)
+    reply = await wire.request("process/nonsense", {})
+    assert reply["error"]["code"] == -32601
+    assert reply["error"]["message"] == "exec-server stub does not implement `process/nonsense` yet"
+    await wire.close()
+
+
+async def test_methods_before_initialize_are_rejected(server: RunningServer) -> None:
+    wire = await Wire.open(server.url)
+    reply = await wire.request(
+        "process/start",
+        {
+            "processId": "x",
+            "argv": ["true"],
+            "cwd": "file:///tmp",
+            "env": {},
+            "tty": False,
+            "arg0": None,
+        },
+    )
+    assert reply["error"]["code"] == -32600
+    assert "initialize" in reply["error"]["message"]
+    await wire.close()
+
+
+async def test_second_initialize_is_rejected(server: RunningServer) -> None:
+    wire = await connected(server)
+    reply = await wire.request("initialize", {"clientName": "again"})
+    assert reply["error"] == {
+        "code": -32600,
+        "message": "initialize may only be sent once per connection",
+    }
+    await wire.close()
+
+
+async def test_process_starts_and_exits(server: RunningServer) -> None:
+    wire = await connected(server)
+    process_id = pid()
+    result = await wire.start(process_id, ["true"])
+    assert result == {"processId": process_id, "sandboxType": "none"}
+    events = await wire.events_until_closed(process_id)
+    assert [e["method"] for e in events] == ["process/exited", "process/closed"]
+    assert events[0]["params"] == {
+        "processId": process_id,
+        "seq": 1,
+        "exitCode": 0,
+        "sandboxDenied": False,
+    }
+    assert events[1]["params"] == {"processId": process_id, "seq": 2}
+    await wire.close()
+
+
+async def test_process_pushes_events_with_one_sequence(server: RunningServer) -> None:
+    wire = await connected(server)
+    process_id = pid()
+    await wire.start(
+        process_id,
+        ["sh", "-c", "printf 'event output\\n'; sleep 0.1; printf 'event err\\n' >&2; exit 7"],
+    )
+    events = await wire.events_until_closed(process_id)
+    summary = [(e["method"], e["params"]["seq"], e["params"].get("stream")) for e in events]
+    assert summary == [
+        ("process/output", 1, "stdout"),
+        ("process/output", 2, "stderr"),
+        ("process/exited", 3, None),
+        ("process/closed", 4, None),
+    ]
+    assert decoded_output(events, "stdout") == b"event output\n"
+    assert decoded_output(events, "stderr") == b"event err\n"
+    assert events[2]["params"]["exitCode"] == 7
+    await wire.close()
+
+
+async def test_reading_after_close_replays_everything(server: RunningServer) -> None:
+    wire = await connected(server)
+    process_id = pid()
+    await wire.start(process_id, ["sh", "-c", "echo hello; exit 3"])
+    await wire.events_until_closed(process_id)
+    result = await wire.result(
+        "process/read", {"processId": process_id, "afterSeq": 0, "waitMs": 0}
+    )
+    assert [base64.b64decode(c["chunk"]) for c in result["chunks"]] == [b"hello\n"]
+    assert result["chunks"][0]["seq"] == 1
+    assert result["nextSeq"] == 4
+    assert (result["exited"], result["exitCode"], result["closed"]) == (True, 3, True)
+    assert result["failure"] is None
+    assert result["sandboxDenied"] is False
+    await wire.close()
+
+
+async def test_read_max_bytes_and_next_seq(server: RunningServer) -> None:
+    wire = await connected(server)
+    process_id = pid()
+    await wire.start(
+        process_id, ["sh", "-c", "printf aaaa; sleep 0.2; printf bbbb; sleep 0.2; printf cccc"]
+    )
+    await wire.events_until_closed(process_id)
+    one = await wire.result("process/read", {"processId": process_id, "afterSeq": 0, "maxBytes": 1})
+    # The first chunk is always returned, even when it alone exceeds maxBytes.
+    assert [c["seq"] for c in one["chunks"]] == [1]
+    assert one["nextSeq"] == 2
+    five = await wire.result(
+        "process/read", {"processId": process_id, "afterSeq": 0, "maxBytes": 5}
+    )
+    assert [c["seq"] for c in five["chunks"]] == [1]
+    assert five["nextSeq"] == 2
+    eight = await wire.result(
+        "process/read", {"processId": process_id, "afterSeq": 1, "maxBytes": 8}
+    )
+    assert [c["seq"] for c in eight["chunks"]] == [2, 3]
+    assert eight["nextSeq"] == 4
+    everything = await wire.result("process/read", {"processId": process_id, "afterSeq": 0})
+    assert [c["seq"] for c in everything["chunks"]] == [1, 2, 3]
+    assert everything["nextSeq"] == 6
+    past = await wire.result("process/read", {"processId": process_id, "afterSeq": 100})
+    assert past["chunks"] == [] and past["closed"] is True
+    await wire.close()
+
+
+async def test_output_after_exit_is_kept_until_streams_close(server: RunningServer) -> None:
+    wire = await connected(server)
+    process_id = pid()
+    await wire.start(process_id, ["sh", "-c", "(sleep 0.3; echo late output after exit) & exit 0"])
+    events = await wire.events_until_closed(process_id)
+    methods = [e["method"] for e in events]
+    assert methods == ["process/exited", "process/output", "process/closed"]
+    assert decoded_output(events) == b"late output after exit\n"
+    await wire.close()
+
+
+async def test_tty_process_accepts_writes(server: RunningServer) -> None:
+    wire = await connected(server)
+    process_id = pid()
+    await wire.start(process_id, ["sh", "-c", "read x; echo from-stdin:$x"], tty=True)
+    status = await wire.result(
+        "process/write",
+        {"processId": process_id, "chunk": base64.b64encode(b"hello\n").decode(), "writeId": "w1"},
+    )
+    assert status == {"status": "accepted"}
+    events = await wire.events_until_closed(process_id)
+    assert {e["params"]["stream"] for e in events if e["method"] == "process/output"} == {"pty"}
+    assert b"from-stdin:hello" in decoded_output(events)
+    await wire.close()
+
+
+async def test_pipe_stdin_writes_are_exact_and_idempotent(server: RunningServer) -> None:
+    wire = await connected(server)
+    process_id = pid()
+    await wire.start(process_id, ["head", "-c", "4"], pipeStdin=True)
+    for data, write_id in ((b"ab", "w1"), (b"ab", "w1"), (b"cd", "w2")):
+        status = await wire.result(
+            "process/write",
+            {
+                "processId": process_id,
+                "chunk": base64.b64encode(data).decode(),
+                "writeId": write_id,
+            },
+        )
+        assert status == {"status": "accepted"}
+    events = await wire.events_until_closed(process_id)
+    assert decoded_output(events) == b"abcd"
+    await wire.close()
+
+
+async def test_write_without_pipe_stdin_is_stdin_closed_and_child_sees_eof(
+    server: RunningServer,
+) -> None:
+    wire = await connected(server)
+    process_id = pid()
+    await wire.start(
+        process_id, ["sh", "-c", "sleep 0.2; if read x; then echo got; else echo eof; fi"]
+    )
+    status = await wire.result(
+        "process/write", {"processId": process_id, "chunk": "aGkK", "writeId": "w1"}
+    )
+    assert status == {"status": "stdinClosed"}
+    events = await wire.events_until_closed(process_id)
+    assert decoded_output(events) == b"eof\n"
+    await wire.close()
+
+
+async def test_unknown_process_answers(server: RunningServer) -> None:
+    wire = await connected(server)
+    read = await wire.request("process/read", {"processId": "nope", "afterSeq": 0})
+    assert read["error"] == {"code": -32600, "message": "unknown process id nope"}
+    write = await wire.result("process/write", {"processId": "nope", "chunk": "", "writeId": "w"})
+    assert write == {"status": "unknownProcess"}
+    terminate = await wire.result("process/terminate", {"processId": "nope"})
+    assert terminate == {"running": False}
+    await wire.close()
+
+
+async def test_bad_start_params(server: RunningServer) -> None:
+    wire = await connected(server)
+    base = {
+        "processId": pid(),
+        "argv": ["true"],
+        "cwd": "file:///tmp",
+        "env": {},
+        "tty": False,
+        "arg0": None,
+    }
+    empty = await wire.request("process/start", {**base, "argv": []})
+    assert empty["error"] == {"code": -32602, "message": "argv must not be empty"}
+    native = await wire.request("process/start", {**base, "cwd": "/tmp"})
+    assert native["error"]["code"] == -32602
+    wrong_type = await wire.request("process/start", {**base, "argv": "true"})
+    assert wrong_type["error"]["code"] == -32602
+    missing = await wire.request("process/start", {k: v for k, v in base.items() if k != "argv"})
+    assert missing["error"]["code"] == -32602
+    await wire.close()
+
+
+async def test_duplicate_process_id_is_rejected(server: RunningServer) -> None:
+    wire = await connected(server)
+    process_id = pid()
+    await wire.start(process_id, ["sleep", "5"])
+    reply = await wire.request(
+        "process/start",
+        {
+            "processId": process_id,
+            "argv": ["true"],
+            "cwd": "file:///tmp",
+            "env": {},
+            "tty": False,
+            "arg0": None,
+        },
+    )
+    assert reply["error"] == {"code": -32600, "message": f"process {process_id} already exists"}
+    assert await wire.result("process/terminate", {"processId": process_id}) == {"running": True}
+    await wire.close()
+
+
+async def test_spawn_failure_is_internal_error(server: RunningServer) -> None:
+    wire = await connected(server)
+    reply = await wire.request(
+        "process/start",
+        {
+            "processId": pid(),
+            "argv": ["/nonexistent/prog"],
+            "cwd": "file:///tmp",
+            "env": {},
+            "tty": False,
+            "arg0": None,
+        },
+    )
+    assert reply["error"]["code"] == -32603
+    assert "No such file or directory" in reply["error"]["message"]
+    await wire.close()
+
+
+async def test_terminate_kills_a_running_process(server: RunningServer) -> None:
+    wire = await connected(server)
+    process_id = pid()
+    await wire.start(process_id, ["sleep", "30"])
+    assert await wire.result("process/terminate", {"processId": process_id}) == {"running": True}
+    events = await wire.events_until_closed(process_id)
+    assert events[0]["method"] == "process/exited"
+    assert events[0]["params"]["exitCode"] != 0
+    assert await wire.result("process/terminate", {"processId": process_id}) == {"running": False}
+    await wire.close()
+
+
+async def test_session_resume_after_drop_loses_no_output(server: RunningServer) -> None:
+    wire = await Wire.open(server.url)
+    session_id = (await wire.initialize())["sessionId"]
+    process_id = pid()
+    await wire.start(
+        process_id, ["sh", "-c", "for i in 1 2 3 4 5; do echo line$i; sleep 0.2; done"]
+    )
+    await wire.close()  # dropped mid-run
+    await asyncio.sleep(0.5)
+    again = await Wire.open(server.url)
+    result = await again.initialize(resume=session_id)
+    assert result["sessionId"] == session_id
+    output = b""
+    after = 0
+    while True:
+        read = await again.result(
+            "process/read", {"processId": process_id, "afterSeq": after, "waitMs": 2000}
+        )
+        output += b"".join(base64.b64decode(c["chunk"]) for c in read["chunks"])
+        after = read["nextSeq"] - 1
+        if read["closed"]:
+            break
+    assert output == b"".join(f"line{i}\n".encode() for i in range(1, 6))
+    await again.close()
+
+
+async def test_resume_rules(server: RunningServer) -> None:
+    first = await Wire.open(server.url)
+    session_id = (await first.initialize())["sessionId"]
+    second = await Wire.open(server.url)
+    attached = await second.request(
+        "initialize", {"clientName": "t", "resumeSessionId": session_id}
+    )
+    assert attached["error"]["code"] == -32010
+    assert (
+        attached["error"]["message"]
+        == f"session {session_id} is already attached to another connection"
+    )
+    third = await Wire.open(server.url)
+    unknown = await third.request(
+        "initialize", {"clientName": "t", "resumeSessionId": "no-such-session"}
+    )
+    assert unknown["error"] == {"code": -32600, "message": "unknown session id no-such-session"}
+    for wire in (first, second, third):
+        await wire.close()
+
+
+async def test_retention_keeps_the_newest_mebibyte(server: RunningServer) -> None:
+    wire = await connected(server)
+    process_id = pid()
+    script = "i=0; while [ $i -lt 48 ]; do head -c 65536 /dev/zero | tr '\\0' $((i % 10)); i=$((i+1)); done"
+    await wire.start(process_id, ["sh", "-c", script])
+    events = await wire.events_until_closed(process_id, timeout=30)
+    pushed = decoded_output(events)
+    assert len(pushed) == 48 * 65536  # notifications carry everything
+    read = await wire.result("process/read", {"processId": process_id, "afterSeq": 0})
+    retained = b"".join(base64.b64decode(c["chunk"]) for c in read["chunks"])
+    assert 0 < len(retained) <= 1024 * 1024
+    assert pushed.endswith(retained)  # the newest output, contiguous
+    assert read["chunks"][0]["seq"] > 1
+    await wire.close()
+
+
+async def test_batch_requests(server: RunningServer) -> None:
+    """Batches are a codexexec extension: Codex 0.169.0 rejects any JSON array.
+
+    The reference (processor.rs) describes batch support; the real 0.169.0 binary
+    answers an array like any non-object input, and keeps the connection.
+    """
+    wire = await connected(server)
+    await wire.send(
+        [
+            {"id": 1, "method": "environment/status", "params": {}},
+            {"id": 2, "method": "environment/status", "params": {}},
+        ]
+    )
+    reply = await wire.recv()
+    if server.kind == "codex":
+        assert reply["id"] == -1 and reply["error"]["code"] == -32600
+        assert reply["error"]["message"].endswith(": expected a JSON-RPC object")
+        assert await wire.result("environment/status", {}) == {"status": "ready"}
+        await wire.close()
+        return
+    assert isinstance(reply, list)
+    assert [r["id"] for r in reply] == [1, 2]
+    assert all(r["result"] == {"status": "ready"} for r in reply)
+    await wire.send([])
+    empty = await wire.recv()
+    assert empty["id"] == -1 and empty["error"]["code"] == -32600
+    await wire.close()
+
+
+async def test_complexity_limit_rejects_huge_value_counts(server: RunningServer) -> None:
+    wire = await connected(server)
+    await wire.send(
+        json.dumps({"id": 9, "method": "environment/status", "params": {"x": [0] * 300_000}})
+    )
+    reply = await wire.recv()
+    assert reply["error"]["code"] == -32600
+    assert "exceeds the limit of 262144 JSON values" in reply["error"]["message"]
+    assert await wire.result("environment/status", {}) == {"status": "ready"}
+    await wire.close()
+
+
+async def test_readyz_answers_200(server: RunningServer) -> None:
+    url = server.url.replace("ws://", "http://") + "/readyz"
+
+    def fetch() -> int:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status)
+
+    assert await asyncio.to_thread(fetch) == 200
