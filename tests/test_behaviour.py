@@ -385,7 +385,10 @@ async def test_resume_rules(server: RunningServer) -> None:
 async def test_retention_keeps_the_newest_mebibyte(server: RunningServer) -> None:
     wire = await connected(server)
     process_id = pid()
-    script = "i=0; while [ $i -lt 48 ]; do head -c 65536 /dev/zero | tr '\\0' $((i % 10)); i=$((i+1)); done"
+    script = (
+        "i=0; while [ $i -lt 48 ]; do head -c 65536 /dev/zero | tr '\\0' $((i % 10)); "
+        "i=$((i+1)); done"
+    )
     await wire.start(process_id, ["sh", "-c", script])
     events = await wire.events_until_closed(process_id, timeout=30)
     pushed = decoded_output(events)

@@ -211,7 +211,8 @@ class ExecServerClient:
         look like secrets, Codex's default) with ``env`` laid over it.
         """
         process_id = process_id or f"cx-{uuid.uuid4().hex[:12]}"
-        self._buffers.setdefault(process_id, EventBuffer())
+        # Subscribe before starting, so not one notification is missed.
+        self._buffers[process_id] = EventBuffer(complete=True)
         params: dict[str, Any] = {
             "processId": process_id,
             "argv": list(argv),
@@ -255,7 +256,7 @@ class ExecServerClient:
 
     def process(self, process_id: str) -> RemoteProcess:
         """A handle on a process this session already has (e.g. after resuming)."""
-        self._buffers.setdefault(process_id, EventBuffer())
+        self.buffer(process_id)
         return RemoteProcess(self, process_id, None)
 
     async def read(
@@ -301,7 +302,10 @@ class ExecServerClient:
             buffer.wake()
 
     def buffer(self, process_id: str) -> EventBuffer:
-        return self._buffers.setdefault(process_id, EventBuffer())
+        buffer = self._buffers.get(process_id)
+        if buffer is None:
+            buffer = self._buffers[process_id] = EventBuffer(complete=False)
+        return buffer
 
     async def _on_notification(self, notification: Notification) -> None:
         params = notification.params

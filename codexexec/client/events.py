@@ -72,7 +72,10 @@ def _size(event: ProcessEvent) -> int:
 
 
 class EventBuffer:
-    def __init__(self) -> None:
+    def __init__(self, *, complete: bool) -> None:
+        # True while the buffer holds every event since the process started: created
+        # before process/start and never overflowed, so no catch-up read is needed.
+        self.complete = complete
         self._events: deque[Output | Exited | Closed] = deque()
         self._bytes = 0
         self.blocking = False
@@ -91,6 +94,7 @@ class EventBuffer:
         self._bytes += _size(event)
         while len(self._events) > MAX_BUFFERED_EVENTS or self._bytes > MAX_BUFFERED_BYTES:
             self._bytes -= _size(self._events.popleft())
+            self.complete = False
         self._changed.set()
 
     def set_blocking(self, blocking: bool) -> None:

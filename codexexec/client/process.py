@@ -64,7 +64,7 @@ class RemoteProcess:
         buffer = self.client.buffer(self.process_id)
         cursor = after_seq
         exited_seen = False
-        needs_read = True
+        needs_read = not buffer.complete
         try:
             while True:
                 if needs_read:

@@ -16,12 +16,16 @@ from typing import Any, Literal, Protocol
 from codexexec.protocol.jsonrpc import encode_json, encode_notification
 from codexexec.protocol.limits import (
     EXITED_PROCESS_RETENTION_SECONDS,
+    OUTPUT_READ_CHUNK_BYTES,
     REMEMBERED_WRITE_IDS_PER_PROCESS,
 )
 from codexexec.server import spawn
 from codexexec.server.output import OutputLog
 
 log = logging.getLogger(__name__)
+
+# Bounded so a grandchild flooding the pipe cannot stall the event loop at exit.
+EXIT_DRAIN_LIMIT_BYTES = 1024 * 1024
 
 WriteStatus = Literal["accepted", "unknownProcess", "stdinClosed", "starting"]
 
@@ -60,6 +64,22 @@ class _OutputReader(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._process._on_stream_end()
+
+    def drain_ready(self, limit: int) -> None:
+        """Read what the pipe already holds, so it is sequenced before the exit event."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        fd = self.transport.get_extra_info("pipe").fileno()
+        taken = 0
+        while taken < limit:
+            try:
+                data = os.read(fd, OUTPUT_READ_CHUNK_BYTES)
+            except (BlockingIOError, InterruptedError, OSError):
+                return
+            if not data:
+                return  # EOF: the transport will see it too
+            taken += len(data)
+            self.data_received(data)
 
     def pause(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -185,6 +205,9 @@ class ManagedProcess:
 
     def _on_exit(self) -> None:
         assert self._child is not None
+        # Output written before exit must not be numbered after it.
+        for reader in self._readers:
+            reader.drain_ready(EXIT_DRAIN_LIMIT_BYTES)
         returncode = self._child.popen.returncode
         code = -1 if returncode is None else exit_code_of(returncode)
         seq = self.output.record_exit(code)

@@ -1,0 +1,153 @@
+"""The codexexec CLI as a user runs it: real processes, real servers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+
+from tests.servers import RunningServer, codexexec_command
+
+
+def run(
+    *args: str, timeout: float = 60, input: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        codexexec_command(*args), capture_output=True, timeout=timeout, input=input, cwd="/tmp"
+    )
+
+
+def test_exec_against_the_real_codex_server(codex_server: RunningServer) -> None:
+    result = run("exec", "--env", codex_server.url, "--", "sh", "-c", "echo hi; exit 3")
+    assert result.stdout == b"hi\n"
+    assert result.returncode == 3
+    assert result.stderr == b""
+
+
+@pytest.mark.parametrize("target", ["local", "server"])
+def test_exec_streams_stdout_and_stderr_separately(
+    target: str, codexexec_server: RunningServer
+) -> None:
+    env = "local" if target == "local" else codexexec_server.url
+    result = run("exec", "--env", env, "--", "sh", "-c", "echo out; echo err >&2; exit 0")
+    assert (result.stdout, result.stderr, result.returncode) == (b"out\n", b"err\n", 0)
+
+
+def test_exec_defaults_to_the_local_environment() -> None:
+    result = run("exec", "--", "sh", "-c", "echo $((6*7))")
+    assert (result.stdout, result.returncode) == (b"42\n", 0)
+
+
+def test_exec_cd(codexexec_server: RunningServer) -> None:
+    result = run("exec", "--env", codexexec_server.url, "--cd", "/usr", "--", "pwd")
+    assert result.stdout == b"/usr\n"
+
+
+def test_exec_json_lines_end_with_a_result(server: RunningServer) -> None:
+    result = run("exec", "--env", server.url, "--json", "--", "sh", "-c", "echo one; exit 2")
+    lines = [json.loads(line) for line in result.stdout.decode().splitlines()]
+    assert lines[0] == {"type": "output", "seq": 1, "stream": "stdout", "text": "one\n"}
+    final = lines[-1]
+    assert final["type"] == "result"
+    assert final["exitCode"] == 2 and final["sandboxDenied"] is False
+    assert final["sandboxType"] == "none"
+    assert result.returncode == 2
+
+
+def test_detach_then_read_and_follow(server: RunningServer) -> None:
+    started = run(
+        "exec",
+        "--env",
+        server.url,
+        "--detach",
+        "--",
+        "sh",
+        "-c",
+        "echo first; sleep 1; echo second; exit 4",
+    )
+    assert started.returncode == 0, started.stderr
+    handle = started.stdout.decode().strip()
+    assert handle.startswith(server.url + "#") and "\n" not in handle
+    time.sleep(0.3)
+    snapshot = run("read", handle)
+    assert snapshot.stdout == b"first\n"
+    followed = run("read", handle, "--follow")
+    assert followed.stdout == b"first\nsecond\n"
+    assert followed.returncode == 4
+    later = run("read", handle, "--after-seq", "1", "--json")
+    records = [json.loads(line) for line in later.stdout.decode().splitlines()]
+    assert records[0]["text"] == "second\n"
+    assert records[-1]["type"] == "status" and records[-1]["closed"] is True
+
+
+def test_detach_json_prints_the_handle_object(codexexec_server: RunningServer) -> None:
+    started = run("exec", "--env", codexexec_server.url, "--detach", "--json", "--", "true")
+    record = json.loads(started.stdout)
+    assert record["handle"].endswith(f"{record['sessionId']}/{record['processId']}")
+
+
+def test_tty_forwards_stdin(codexexec_server: RunningServer) -> None:
+    result = run(
+        "exec",
+        "--env",
+        codexexec_server.url,
+        "--tty",
+        "--",
+        "sh",
+        "-c",
+        "read a; echo got:$a",
+        input=b"typed\n",
+    )
+    assert b"got:typed" in result.stdout and result.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message", "code"),
+    [
+        (
+            ("exec", "--env", "ws://127.0.0.1:9", "--", "true"),
+            "cannot connect to ws://127.0.0.1:9",
+            125,
+        ),
+        (("exec", "--env", "nonsense", "--", "true"), "unknown environment `nonsense`", 125),
+        (("exec", "--", "/nonexistent/program"), "No such file or directory", 127),
+        (("read", "not-a-handle"), "is not a process handle", 2),
+        (("exec", "--detach", "--", "true"), "--detach needs a server environment", 2),
+        (
+            ("serve", "--listen", "ws://localhost:1234"),
+            "invalid websocket --listen URL `ws://localhost:1234`; expected `ws://IP:PORT`",
+            2,
+        ),
+    ],
+)
+def test_errors_are_one_line_without_traceback(
+    args: tuple[str, ...], message: str, code: int
+) -> None:
+    result = run(*args)
+    stderr = result.stderr.decode()
+    assert result.returncode == code
+    assert message in stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert "Traceback" not in stderr
+
+
+def test_read_of_an_unknown_session_is_a_clear_error(codexexec_server: RunningServer) -> None:
+    result = run("read", f"{codexexec_server.url}#no-such-session/p1")
+    assert result.returncode == 125
+    assert "unknown session id no-such-session" in result.stderr.decode()
+    assert "Traceback" not in result.stderr.decode()
+
+
+def test_serve_prints_the_url_first_and_stops_on_sigterm() -> None:
+    process = subprocess.Popen(
+        codexexec_command("serve", "--listen", "ws://127.0.0.1:0"), stdout=subprocess.PIPE
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline().decode()
+    assert line.startswith("ws://127.0.0.1:") and int(line.strip().rsplit(":", 1)[1]) > 0
+    result = run("exec", "--env", line.strip(), "--", "echo", "served")
+    assert result.stdout == b"served\n"
+    process.terminate()
+    assert process.wait(10) == 0
