@@ -450,3 +450,54 @@ async def test_readyz_answers_200(server: RunningServer) -> None:
             return int(response.status)
 
     assert await asyncio.to_thread(fetch) == 200
+
+
+async def test_error_texts_match_codex(server: RunningServer) -> None:
+    wire = await connected(server)
+    await wire.send({"id": 7, "method": "process/read", "params": {"processId": "nope"}})
+    raw = await asyncio.wait_for(wire.ws.recv(), 10)
+    # Codex writes `error` before `id`.
+    assert raw == '{"error":{"code":-32600,"message":"unknown process id nope"},"id":7}'
+    base = {"processId": pid(), "argv": ["true"], "cwd": "file:///tmp", "env": {}, "tty": False}
+    cases = [
+        ({**base, "cwd": "/tmp"}, -32602, "invalid URI: relative URL without a base"),
+        ({**base, "cwd": "http://x/tmp"}, -32602, "unsupported path URI scheme `http`"),
+        ({**base, "argv": [""]}, -32603, "missing program for pipe spawn"),
+        ({k: v for k, v in base.items() if k != "tty"}, -32602, "missing field `tty`"),
+    ]
+    for params, code, message in cases:
+        reply = await wire.request("process/start", params)
+        assert reply["error"] == {"code": code, "message": message}, params
+    for chunk, message in (("!!!", "Invalid symbol 33, offset 0."), ("aGk", "Invalid padding")):
+        reply = await wire.request(
+            "process/write", {"processId": "x", "chunk": chunk, "writeId": "w"}
+        )
+        assert reply["error"] == {"code": -32602, "message": message}
+    unit = await wire.request("environment/status", {"x": 1})
+    assert unit["error"] == {"code": -32602, "message": "invalid type: map, expected unit"}
+    await wire.close()
+
+
+async def test_params_are_decoded_before_the_lifecycle_gate(server: RunningServer) -> None:
+    wire = await Wire.open(server.url)
+    early = await wire.request("process/start", {})
+    assert early["error"] == {"code": -32602, "message": "missing field `processId`"}
+    gated = await wire.request("environment/status", {})
+    assert gated["error"] == {
+        "code": -32600,
+        "message": "client must call initialize before using environment status methods",
+    }
+    await wire.close()
+
+
+async def test_nesting_limit_is_serde_s(server: RunningServer) -> None:
+    wire = await connected(server)
+    ok = '{"id":1,"method":"environment/status","params":' + "[" * 126 + "]" * 126 + "}"
+    await wire.send(ok)  # depth 127 parses (then fails as params)
+    assert (await wire.recv())["id"] == 1
+    deep = '{"id":2,"method":"environment/status","params":' + "[" * 127 + "]" * 127 + "}"
+    await wire.send(deep)
+    reply = await wire.recv()
+    assert reply["id"] == -1
+    assert "recursion limit exceeded at line 1 column" in reply["error"]["message"]
+    await wire.close()

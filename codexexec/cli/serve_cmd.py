@@ -28,23 +28,20 @@ def serve(
 ) -> None:
     """Serve the exec-server protocol; the first stdout line is the bound URL."""
     import asyncio
-    import logging
+    import os
     import sys
 
     from codexexec.cli.errors import fail
+    from codexexec.logs import configure_logging
     from codexexec.server.app import ExecServer
     from codexexec.server.listener import run_server, validate_listen_url
-    from codexexec.transport.websocket import ListenUrlError
+    from codexexec.transport.websocket import CONNECTION_TOKEN_ENV, ListenUrlError
 
     try:
         validate_listen_url(listen)
     except ListenUrlError as exc:
         fail(str(exc), 2)
-    logging.basicConfig(
-        level=log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(log_level, secrets=[os.environ.get(CONNECTION_TOKEN_ENV, "")])
 
     def on_ready(url: str) -> None:
         if url != "stdio":

@@ -8,12 +8,13 @@ an error ``id`` and ``error``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Final
 
 import msgspec
 
-from codexexec.protocol.limits import MAX_JSON_VALUES_PER_MESSAGE
+from codexexec.protocol.limits import MAX_JSON_NESTING_DEPTH, MAX_JSON_VALUES_PER_MESSAGE
 
 RequestId = int | str
 
@@ -99,22 +100,56 @@ def encode_error(request_id: RequestId, code: int, message: str, data: Any = Non
     error: dict[str, Any] = {"code": code, "message": message}
     if data is not None:
         error["data"] = data
-    return _encoder.encode({"id": request_id, "error": error})
+    # Codex writes `error` before `id`; keep the same bytes.
+    return _encoder.encode({"error": error, "id": request_id})
 
 
 def decode_json(raw: bytes | str) -> Any:
     """Parse one transport message, enforcing Codex's JSON value-count limit."""
+    data = raw.encode() if isinstance(raw, str) else raw
+    if data.count(b"[") + data.count(b"{") >= MAX_JSON_NESTING_DEPTH:
+        _check_nesting(data)
     try:
-        value = _decoder.decode(raw)
+        value = _decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise MalformedMessage(str(exc)) from None
     # Every value takes at least one byte plus a separator, so only a long message can
     # exceed the limit; short ones skip the walk.
-    if len(raw) > MAX_JSON_VALUES_PER_MESSAGE and _exceeds_value_limit(value):
+    if len(data) > MAX_JSON_VALUES_PER_MESSAGE and _exceeds_value_limit(value):
         raise MalformedMessage(
             f"JSON-RPC message exceeds the limit of {MAX_JSON_VALUES_PER_MESSAGE} JSON values"
         )
     return value
+
+
+_STRUCTURE = re.compile(rb'[\[\]{}"\\]')
+
+
+def _check_nesting(data: bytes) -> None:
+    """Reject nesting deeper than serde_json's recursion limit, before decoding."""
+    depth = 0
+    in_string = False
+    skip_until = -1
+    for match in _STRUCTURE.finditer(data):
+        position = match.start()
+        if position <= skip_until:
+            continue
+        char = data[position]
+        if in_string:
+            if char == 0x5C:  # backslash escapes the next byte
+                skip_until = position + 1
+            elif char == 0x22:
+                in_string = False
+        elif char == 0x22:
+            in_string = True
+        elif char in (0x5B, 0x7B):
+            depth += 1
+            if depth >= MAX_JSON_NESTING_DEPTH:
+                line = data.count(b"\n", 0, position) + 1
+                column = position - (data.rfind(b"\n", 0, position) + 1) + 1
+                raise MalformedMessage(f"recursion limit exceeded at line {line} column {column}")
+        elif char in (0x5D, 0x7D):
+            depth -= 1
 
 
 def _exceeds_value_limit(value: Any) -> bool:

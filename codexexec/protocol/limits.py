@@ -6,6 +6,9 @@ Kept in one place so a limit is changed once; each names its Codex counterpart.
 # JSON-RPC decoding: more values than this in one message is rejected (Codex rpc.rs).
 MAX_JSON_VALUES_PER_MESSAGE = 262_144
 
+# Nesting this deep is rejected (depth 127 passes), as serde_json's limit does in Codex.
+MAX_JSON_NESTING_DEPTH = 128
+
 # Largest JSON-RPC batch (array of messages) one connection may send.
 MAX_BATCH_REQUESTS = 128
 
@@ -13,8 +16,9 @@ MAX_BATCH_REQUESTS = 128
 RETAINED_OUTPUT_BYTES_PER_PROCESS = 1024 * 1024
 RETAINED_OUTPUT_CHUNKS_PER_PROCESS = 50_000
 
-# An exited, closed process stays readable this long (EXITED_PROCESS_RETENTION).
-EXITED_PROCESS_RETENTION_SECONDS = 30.0
+# A closed process stays readable this long: 80 s measured on Codex 0.169.0 (the
+# reference's 30 s is an older source; docs/codex-0.169-observed.md).
+EXITED_PROCESS_RETENTION_SECONDS = 80.0
 
 # process/write idempotency: remembered writeIds per process.
 REMEMBERED_WRITE_IDS_PER_PROCESS = 4096

@@ -6,9 +6,13 @@ becomes a -32602 error carrying msgspec's explanation and the JSON path.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 import msgspec
+
+P = TypeVar("P")
+Unsigned = Annotated[int, msgspec.Meta(ge=0)]
 
 
 class _Params(msgspec.Struct, rename="camel", forbid_unknown_fields=False):
@@ -23,6 +27,10 @@ class EnvPolicy(_Params):
     exclude: list[str] = []
     set: dict[str, str] = {}
     include_only: list[str] = []
+
+
+class NoParams(_Params, forbid_unknown_fields=True):
+    """Unit params: absent, null or ``{}``."""
 
 
 class InitializeParams(_Params):
@@ -49,9 +57,9 @@ class StartParams(_Params):
 
 class ReadParams(_Params):
     process_id: str
-    after_seq: int | None = None
-    max_bytes: int | None = None
-    wait_ms: int | None = None
+    after_seq: Unsigned | None = None
+    max_bytes: Unsigned | None = None
+    wait_ms: Unsigned | None = None
 
 
 class WriteParams(_Params):
@@ -67,3 +75,46 @@ class SignalParams(_Params):
 
 class TerminateParams(_Params):
     process_id: str
+
+
+class ParamsError(ValueError):
+    """Params that do not decode; the message reads like Codex's (serde) wording."""
+
+
+_MISSING = re.compile(r"Object missing required field `([^`]+)`")
+_ENUM = re.compile(r"Invalid enum value (.+?) - at `\$\.(\w+)`")
+_NEGATIVE = re.compile(r"Expected `int` >= 0")
+
+
+def decode_params(params: Any, kind: type[P]) -> P:
+    """Decode params into ``kind``; raise ParamsError with a serde-like message.
+
+    Missing params count as ``{}``, as Codex retries unit-typed params with null.
+    """
+    try:
+        return msgspec.convert(params if params is not None else {}, kind)
+    except msgspec.ValidationError as exc:
+        raise ParamsError(_serde_wording(str(exc), kind)) from None
+
+
+def _serde_wording(message: str, kind: type[Any]) -> str:
+    if message.startswith("Object contains unknown field"):
+        return "invalid type: map, expected unit"
+    if match := _MISSING.match(message):
+        return f"missing field `{match.group(1)}`"
+    if _NEGATIVE.match(message):
+        return "invalid number"
+    if match := _ENUM.match(message):
+        value = match.group(1).strip("'\"")
+        hint = get_type_hints(kind).get(_snake(match.group(2)))
+        allowed = [str(a) for a in get_args(hint)] if get_origin(hint) is Literal else []
+        if len(allowed) == 1:
+            return f"unknown variant `{value}`, expected `{allowed[0]}`"
+        if allowed:
+            listed = ", ".join(f"`{a}`" for a in allowed)
+            return f"unknown variant `{value}`, expected one of {listed}"
+    return f"invalid params: {message}"
+
+
+def _snake(camel: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", camel).lower()

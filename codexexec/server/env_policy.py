@@ -15,8 +15,21 @@ from collections.abc import Iterable, Mapping
 
 from codexexec.protocol.messages import EnvPolicy
 
+# As measured on Codex 0.169.0 (docs/codex-0.169-observed.md §12).
 CORE_VARIABLES = frozenset(
-    {"HOME", "LOGNAME", "PATH", "SHELL", "USER", "USERNAME", "TMPDIR", "TEMP", "TMP"}
+    {
+        "HOME",
+        "LANG",
+        "LC_ALL",
+        "LC_CTYPE",
+        "LOGNAME",
+        "PATH",
+        "SHELL",
+        "TEMP",
+        "TMP",
+        "TMPDIR",
+        "USER",
+    }
 )
 DEFAULT_EXCLUDES = ("*KEY*", "*SECRET*", "*TOKEN*")
 

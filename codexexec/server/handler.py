@@ -11,8 +11,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import msgspec
-
 from codexexec.protocol import messages as m
 from codexexec.protocol.jsonrpc import (
     INTERNAL_ERROR,
@@ -37,14 +35,21 @@ log = logging.getLogger(__name__)
 P = TypeVar("P")
 
 # The family word Codex puts in its lifecycle errors, by method prefix.
-_FAMILIES = {"process/": "exec", "fs/": "filesystem", "http/": "http"}
+_FAMILIES = {
+    "process/": "exec",
+    "fs/": "filesystem",
+    "http/": "http",
+    "environment/info": "environment info",
+    "environment/status": "environment status",
+    "environmentConfig/": "environment config",
+}
 
 
 def decode_params(params: Any, kind: type[P]) -> P:
     try:
-        return msgspec.convert(params if params is not None else {}, kind)
-    except msgspec.ValidationError as exc:
-        raise RpcError(INVALID_PARAMS, f"invalid params: {exc}") from None
+        return m.decode_params(params, kind)
+    except m.ParamsError as exc:
+        raise RpcError(INVALID_PARAMS, str(exc)) from None
 
 
 def _unknown_process(process_id: str) -> RpcError:
@@ -77,14 +82,16 @@ class ConnectionHandler:
         self._initialize_received = False
         self._initialized = False
         self.session: Session | None = None
-        self._methods: dict[str, Callable[[Any], Awaitable[Any]]] = {
-            "process/start": self._process_start,
-            "process/read": self._process_read,
-            "process/write": self._process_write,
-            "process/signal": self._process_signal,
-            "process/terminate": self._process_terminate,
-            "environment/info": self._environment_info,
-            "environment/status": self._environment_status,
+        # method -> (params type, handler). Codex decodes params before the lifecycle
+        # gate, so a malformed request gets -32602 even before initialize.
+        self._methods: dict[str, tuple[type[Any], Callable[[Any], Awaitable[Any]]]] = {
+            "process/start": (m.StartParams, self._process_start),
+            "process/read": (m.ReadParams, self._process_read),
+            "process/write": (m.WriteParams, self._process_write),
+            "process/signal": (m.SignalParams, self._process_signal),
+            "process/terminate": (m.TerminateParams, self._process_terminate),
+            "environment/info": (m.NoParams, self._environment_info),
+            "environment/status": (m.NoParams, self._environment_status),
         }
 
     def bind(self, peer: RpcPeer) -> None:
@@ -99,13 +106,15 @@ class ConnectionHandler:
     async def on_request(self, request: Request) -> Any:
         if request.method == "initialize":
             return self._initialize(request.params)
-        handler = self._methods.get(request.method)
-        if handler is None:
+        entry = self._methods.get(request.method)
+        if entry is None:
             raise RpcError(
                 METHOD_NOT_FOUND, f"exec-server stub does not implement `{request.method}` yet"
             )
+        params_type, handler = entry
+        params = decode_params(request.params, params_type)
         self._check_ready(request.method)
-        return await handler(request.params)
+        return await handler(params)
 
     async def on_notification(self, notification: Notification) -> None:
         if notification.method == "initialized":
@@ -116,7 +125,7 @@ class ConnectionHandler:
         raise CloseConnection(f"unexpected notification `{notification.method}`")
 
     def _check_ready(self, method: str) -> None:
-        family = next((f for p, f in _FAMILIES.items() if method.startswith(p)), "environment")
+        family = next((f for p, f in _FAMILIES.items() if method.startswith(p)), method)
         if not self._initialize_received:
             raise RpcError(
                 INVALID_REQUEST, f"client must call initialize before using {family} methods"
@@ -150,10 +159,10 @@ class ConnectionHandler:
         self._initialize_received = True
         return {"sessionId": self.session.id, "environmentInfo": environment_info()}
 
-    async def _environment_info(self, raw: Any) -> dict[str, Any]:
+    async def _environment_info(self, params: m.NoParams) -> dict[str, Any]:
         return environment_info()
 
-    async def _environment_status(self, raw: Any) -> dict[str, Any]:
+    async def _environment_status(self, params: m.NoParams) -> dict[str, Any]:
         return {"status": "ready"}
 
     # -- processes ------------------------------------------------------------------
@@ -164,20 +173,16 @@ class ConnectionHandler:
             raise _unknown_process(process_id)
         return process
 
-    async def _process_start(self, raw: Any) -> ReplyThen:
-        params = decode_params(raw, m.StartParams)
+    async def _process_start(self, params: m.StartParams) -> ReplyThen:
         if not params.argv:
             raise RpcError(INVALID_PARAMS, "argv must not be empty")
-        try:
-            cwd = PathUri.parse(params.cwd).to_host_native_path()
-        except InvalidPathUri as exc:
-            raise RpcError(
-                INVALID_PARAMS,
-                f"cwd URI `{params.cwd}` is not valid on this exec-server host: {exc}",
-            ) from None
+        cwd = _host_cwd(params.cwd)
         session = self._session()
         if params.process_id in session.processes:
             raise RpcError(INVALID_REQUEST, f"process {params.process_id} already exists")
+        if not params.argv[0]:
+            kind = "pty" if params.tty else "pipe"
+            raise RpcError(INTERNAL_ERROR, f"missing program for {kind} spawn")
         env = build_child_env(params.env_policy, params.env)
         process = ManagedProcess(
             params.process_id,
@@ -207,8 +212,7 @@ class ConnectionHandler:
             {"processId": params.process_id, "sandboxType": "none"}, process.begin_publishing
         )
 
-    async def _process_read(self, raw: Any) -> dict[str, Any]:
-        params = decode_params(raw, m.ReadParams)
+    async def _process_read(self, params: m.ReadParams) -> dict[str, Any]:
         process = self._process(params.process_id)
         if process.starting:
             raise RpcError(INVALID_REQUEST, f"process id {params.process_id} is starting")
@@ -217,14 +221,13 @@ class ConnectionHandler:
         self._check_ready("process/read")
         return _read_result(result, process.sandbox_denied)
 
-    async def _process_write(self, raw: Any) -> dict[str, Any]:
-        params = decode_params(raw, m.WriteParams)
+    async def _process_write(self, params: m.WriteParams) -> dict[str, Any]:
         if not params.write_id:
             raise RpcError(INVALID_PARAMS, "writeId must not be empty")
         try:
             data = binascii.a2b_base64(params.chunk, strict_mode=True)
-        except binascii.Error as exc:
-            raise RpcError(INVALID_PARAMS, f"chunk is not valid base64: {exc}") from None
+        except binascii.Error:
+            raise RpcError(INVALID_PARAMS, _base64_error_text(params.chunk)) from None
         process = self._session().processes.get(params.process_id)
         if process is None:
             return {"status": "unknownProcess"}
@@ -234,17 +237,43 @@ class ConnectionHandler:
             raise RpcError(INTERNAL_ERROR, "failed to write to process stdin") from None
         return {"status": status}
 
-    async def _process_signal(self, raw: Any) -> dict[str, Any]:
-        params = decode_params(raw, m.SignalParams)
+    async def _process_signal(self, params: m.SignalParams) -> dict[str, Any]:
         process = self._session().processes.get(params.process_id)
         if process is not None:
             process.interrupt()
         return {}
 
-    async def _process_terminate(self, raw: Any) -> dict[str, Any]:
-        params = decode_params(raw, m.TerminateParams)
+    async def _process_terminate(self, params: m.TerminateParams) -> dict[str, Any]:
         process = self._session().processes.get(params.process_id)
         return {"running": process is not None and process.terminate()}
+
+
+_BASE64_ALPHABET = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+
+
+def _base64_error_text(text: str) -> str:
+    """Why ``text`` is not standard padded base64, in the Rust base64 crate's words."""
+    data = text.encode("utf-8", "surrogatepass")
+    body = data.rstrip(b"=")
+    for offset, byte in enumerate(body):
+        if byte not in _BASE64_ALPHABET:
+            return f"Invalid symbol {byte}, offset {offset}."
+    return "Invalid padding"
+
+
+def _host_cwd(text: str) -> str:
+    """The native cwd for a PathUri, refused in Codex's words when it is not one."""
+    scheme, colon, _ = text.partition(":")
+    if not colon or "/" in scheme or not scheme:
+        raise RpcError(INVALID_PARAMS, "invalid URI: relative URL without a base")
+    if scheme.lower() != "file":
+        raise RpcError(INVALID_PARAMS, f"unsupported path URI scheme `{scheme}`")
+    try:
+        return PathUri.parse(text).to_host_native_path()
+    except InvalidPathUri as exc:
+        raise RpcError(
+            INVALID_PARAMS, f"cwd URI `{text}` is not valid on this exec-server host: {exc}"
+        ) from None
 
 
 def _os_error_text(exc: OSError) -> str:

@@ -98,9 +98,11 @@ def _connection_token_gate(
         if request.path.split("?", 1)[0] == "/readyz":
             return connection.respond(HTTPStatus.OK, "")
         if expected is not None:
-            given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
-                return connection.respond(HTTPStatus.UNAUTHORIZED, "")
+            given = request.headers.get("Authorization")
+            if given is None:
+                return connection.respond(HTTPStatus.UNAUTHORIZED, "missing websocket bearer token")
+            if not hmac.compare_digest(given.encode(), expected):
+                return connection.respond(HTTPStatus.UNAUTHORIZED, "invalid websocket bearer token")
         return None
 
     return process_request

@@ -1,0 +1,204 @@
+"""Bad input and failure: clear errors, nothing lost, the server keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests.servers import RunningServer, codexexec_command, start_server
+from tests.wire import Wire, decoded_output
+
+
+async def connected(url: str) -> Wire:
+    wire = await Wire.open(url)
+    await wire.initialize()
+    return wire
+
+
+async def test_unknown_notification_closes_only_that_connection(server: RunningServer) -> None:
+    bystander = await connected(server.url)
+    process_id = f"p-{uuid.uuid4().hex[:6]}"
+    await bystander.start(process_id, ["sh", "-c", "sleep 0.5; echo still-here"])
+    rude = await connected(server.url)
+    await rude.send({"method": "no/such/notification", "params": {}})
+    with pytest.raises((ConnectionClosed, asyncio.TimeoutError)):
+        await rude.recv(timeout=5)
+    events = await bystander.events_until_closed(process_id)
+    assert decoded_output(events) == b"still-here\n"
+    await bystander.close()
+
+
+async def test_initialized_before_initialize_closes_the_connection(server: RunningServer) -> None:
+    wire = await Wire.open(server.url)
+    await wire.send({"method": "initialized", "params": {}})
+    with pytest.raises(ConnectionClosed):
+        await wire.recv(timeout=5)
+
+
+async def test_garbage_does_not_lose_retained_output(server: RunningServer) -> None:
+    wire = await connected(server.url)
+    process_id = f"p-{uuid.uuid4().hex[:6]}"
+    await wire.start(process_id, ["sh", "-c", "echo kept"])
+    await wire.events_until_closed(process_id)
+    for garbage in ("{", "[1,2", '{"id":', "\u0000", '{"method":5}', "null"):
+        await wire.send(garbage)
+        reply = await wire.recv()
+        assert reply["id"] == -1 and reply["error"]["code"] == -32600
+    read = await wire.result("process/read", {"processId": process_id, "afterSeq": 0})
+    assert base64.b64decode(read["chunks"][0]["chunk"]) == b"kept\n"
+    await wire.close()
+
+
+async def test_invalid_base64_and_bad_write_params(server: RunningServer) -> None:
+    wire = await connected(server.url)
+    for params in (
+        {"processId": "x", "chunk": "!!!", "writeId": "w"},
+        {"processId": "x", "chunk": "aGk", "writeId": "w"},
+        {"processId": "x", "chunk": "eA==", "writeId": ""},
+        {"processId": "x", "chunk": "eA=="},
+    ):
+        reply = await wire.request("process/write", params)
+        assert reply["error"]["code"] == -32602, (params, reply)
+    bad_signal = await wire.request("process/signal", {"processId": "x", "signal": "kill"})
+    assert bad_signal["error"] == {
+        "code": -32602,
+        "message": "unknown variant `kill`, expected `interrupt`",
+    }
+    negative = await wire.request("process/read", {"processId": "x", "afterSeq": -1})
+    assert negative["error"]["code"] == -32602
+    missing = await wire.request("process/terminate", {})
+    assert missing["error"] == {"code": -32602, "message": "missing field `processId`"}
+    await wire.close()
+
+
+async def test_deep_nesting_is_rejected_not_crashing(server: RunningServer) -> None:
+    wire = await connected(server.url)
+    await wire.send(
+        '{"id":1,"method":"environment/status","params":{"x":' + "[" * 5000 + "]" * 5000 + "}}"
+    )
+    reply = await wire.recv()
+    assert reply["id"] == -1 and reply["error"]["code"] == -32600
+    assert await wire.result("environment/status", {}) == {"status": "ready"}
+    await wire.close()
+
+
+async def test_oversize_message_closes_only_that_connection() -> None:
+    with start_server("codexexec") as running:
+        other = await connected(running.url)
+        wire = await connected(running.url)
+        await wire.send(
+            '{"id":1,"method":"environment/status","params":{"x":"'
+            + "a" * (65 * 1024 * 1024)
+            + '"}}'
+        )
+        with pytest.raises(ConnectionClosed) as caught:
+            await wire.recv(timeout=20)
+        assert caught.value.rcvd is not None and caught.value.rcvd.code == 1009  # message too big
+        assert await other.result("environment/status", {}) == {"status": "ready"}
+        await other.close()
+
+
+async def test_detached_session_expires_and_kills_its_processes(tmp_path: object) -> None:
+    with start_server("codexexec", extra_args=("--detached-session-ttl", "1")) as running:
+        wire = await Wire.open(running.url)
+        session_id = (await wire.initialize())["sessionId"]
+        process_id = "sleeper"
+        await wire.start(process_id, ["sh", "-c", "echo $$; exec sleep 60"])
+        event = await wire.notification(lambda m: m["method"] == "process/output")
+        child_pid = int(base64.b64decode(event["params"]["chunk"]))
+        await wire.close()
+        await asyncio.sleep(2.0)
+        assert not _alive(child_pid)
+        again = await Wire.open(running.url)
+        reply = await again.request(
+            "initialize", {"clientName": "t", "resumeSessionId": session_id}
+        )
+        assert reply["error"] == {"code": -32600, "message": f"unknown session id {session_id}"}
+        await again.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def test_children_die_with_a_killed_server() -> None:
+    with start_server("codexexec") as running:
+        wire = await connected(running.url)
+        await wire.start("orphan?", ["sh", "-c", "echo $$; exec sleep 60"])
+        event = await wire.notification(lambda m: m["method"] == "process/output")
+        child_pid = int(base64.b64decode(event["params"]["chunk"]))
+        running.process.send_signal(signal.SIGKILL)
+        running.process.wait()
+        deadline = time.monotonic() + 5
+        while _alive(child_pid) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert not _alive(child_pid)
+
+
+async def test_connection_token_gates_websocket_not_readyz() -> None:
+    token = "s3cret-token-value"
+    with start_server("codexexec", env={"CODEX_EXEC_SERVER_CONNECTION_TOKEN": token}) as running:
+        with pytest.raises(InvalidStatus) as caught:
+            await Wire.open(running.url)
+        assert caught.value.response.status_code == 401
+        with pytest.raises(InvalidStatus):
+            await Wire.open(running.url, additional_headers={"Authorization": "Bearer wrong"})
+        wire = await Wire.open(running.url, additional_headers={"Authorization": f"Bearer {token}"})
+        await wire.initialize()
+        await wire.close()
+        url = running.url.replace("ws://", "http://") + "/readyz"
+        status = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).status)
+        assert status == 200
+
+
+def test_token_never_reaches_output_or_logs() -> None:
+    token = "tok-" + uuid.uuid4().hex
+    env = {**os.environ, "CODEX_EXEC_SERVER_CONNECTION_TOKEN": token}
+    server = subprocess.Popen(
+        codexexec_command("serve", "--log-level", "debug"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert server.stdout is not None
+    url = server.stdout.readline().decode().strip()
+    good = subprocess.run(
+        codexexec_command("exec", "--env", url, "--", "true"),
+        capture_output=True,
+        env=env,
+        timeout=30,
+    )
+    bad_env = {**os.environ, "CODEX_EXEC_SERVER_CONNECTION_TOKEN": "other-" + token}
+    bad = subprocess.run(
+        codexexec_command("exec", "--env", url, "--", "true"),
+        capture_output=True,
+        env=bad_env,
+        timeout=30,
+    )
+    server.terminate()
+    _, server_err = server.communicate(timeout=10)
+    assert good.returncode == 0
+    assert bad.returncode == 125 and b"HTTP 401" in bad.stderr
+    for blob in (good.stdout, good.stderr, bad.stdout, bad.stderr, server_err):
+        assert token.encode() not in blob
+
+
+def test_readyz_is_plain_http() -> None:
+    with start_server("codexexec") as running:
+        url = running.url.replace("ws://", "http://")
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(url + "/", timeout=5)
