@@ -12,8 +12,12 @@ SERVER_KINDS = ("codexexec", "codex")
 @pytest.fixture(scope="session", params=SERVER_KINDS)
 def server(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
     """The behaviour suite runs once against each server; both must pass alike."""
-    with start_server(request.param) as running:
+    with start_server(request.param, env=SERVER_ENV) as running:
         yield running
+
+
+# Seen by children whose envPolicy inherits the executor's environment.
+SERVER_ENV = {"CXTEST_PLAIN": "plain", "CXTEST_API_KEY": "hidden", "CXTEST_PASSWORD": "kept"}
 
 
 @pytest.fixture(scope="session")

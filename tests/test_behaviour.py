@@ -501,3 +501,38 @@ async def test_nesting_limit_is_serde_s(server: RunningServer) -> None:
     assert reply["id"] == -1
     assert "recursion limit exceeded at line 1 column" in reply["error"]["message"]
     await wire.close()
+
+
+async def _child_env(wire: Wire, **extra: object) -> dict[str, str]:
+    process_id = pid()
+    await wire.start(process_id, ["/usr/bin/env"], **extra)
+    events = await wire.events_until_closed(process_id)
+    lines = decoded_output(events).decode().splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line)
+
+
+async def test_env_policy(server: RunningServer) -> None:
+    wire = await connected(server)
+    exact = await _child_env(wire, env={"ONLY": "this"})
+    assert exact == {"ONLY": "this"}  # no envPolicy: exactly `env`
+    policy = {
+        "inherit": "all",
+        "ignoreDefaultExcludes": False,
+        "exclude": [],
+        "set": {"SET_BY": "policy"},
+        "includeOnly": [],
+    }
+    inherited = await _child_env(wire, env={"OVER": "lay"}, envPolicy=policy)
+    assert inherited["CXTEST_PLAIN"] == "plain"
+    assert "CXTEST_API_KEY" not in inherited  # *KEY* is a default exclude
+    assert inherited["CXTEST_PASSWORD"] == "kept"
+    assert inherited["SET_BY"] == "policy" and inherited["OVER"] == "lay"
+    core = await _child_env(wire, env={}, envPolicy={**policy, "inherit": "core", "set": {}})
+    assert "CXTEST_PLAIN" not in core and "PATH" in core
+    only = await _child_env(
+        wire,
+        env={},
+        envPolicy={**policy, "includeOnly": ["cxtest_*"], "exclude": ["*PASSWORD*"], "set": {}},
+    )
+    assert only == {"CXTEST_PLAIN": "plain"}
+    await wire.close()

@@ -151,3 +151,14 @@ def test_serve_prints_the_url_first_and_stops_on_sigterm() -> None:
     assert result.stdout == b"served\n"
     process.terminate()
     assert process.wait(10) == 0
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_committed_completions_match_the_cli(shell: str) -> None:
+    import os
+    from pathlib import Path
+
+    env = {**os.environ, "_CODEXEXEC_COMPLETE": f"source_{shell}"}
+    generated = subprocess.run(codexexec_command(), capture_output=True, env=env, timeout=30).stdout
+    committed = (Path(__file__).parent.parent / "completions" / f"codexexec.{shell}").read_bytes()
+    assert generated == committed, f"regenerate completions/codexexec.{shell}"

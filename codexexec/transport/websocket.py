@@ -32,6 +32,17 @@ log = logging.getLogger(__name__)
 CONNECTION_TOKEN_ENV = "CODEX_EXEC_SERVER_CONNECTION_TOKEN"
 
 
+# Both ends: whole messages up to the protocol limit, no compression (payloads are
+# mostly base64, and compression would cost more CPU than it saves on loopback).
+_CONNECTION_OPTIONS: dict[str, Any] = {
+    "max_size": MAX_MESSAGE_BYTES,
+    "max_queue": 16,
+    "compression": None,
+    "ping_interval": WEBSOCKET_PING_INTERVAL_SECONDS,
+    "ping_timeout": WEBSOCKET_PING_TIMEOUT_SECONDS,
+}
+
+
 class WebSocketTransport:
     def __init__(self, connection: ClientConnection | ServerConnection, peer: str) -> None:
         self._ws = connection
@@ -123,12 +134,8 @@ async def listen(
         address.host,
         address.port,
         process_request=_connection_token_gate(token),
-        max_size=MAX_MESSAGE_BYTES,
-        max_queue=16,
-        compression=None,
-        ping_interval=WEBSOCKET_PING_INTERVAL_SECONDS,
-        ping_timeout=WEBSOCKET_PING_TIMEOUT_SECONDS,
         server_header=None,
+        **_CONNECTION_OPTIONS,
     )
 
 
@@ -155,13 +162,9 @@ async def connect_websocket(
         connection = await connect(
             url,
             additional_headers=headers,
-            max_size=MAX_MESSAGE_BYTES,
-            max_queue=16,
-            compression=None,
             open_timeout=open_timeout,
-            ping_interval=WEBSOCKET_PING_INTERVAL_SECONDS,
-            ping_timeout=WEBSOCKET_PING_TIMEOUT_SECONDS,
             user_agent_header=None,
+            **_CONNECTION_OPTIONS,
         )
     except InvalidURI:
         raise ConnectError(f"`{url}` is not a websocket URL (expected ws://HOST:PORT)") from None

@@ -1,0 +1,1 @@
+complete --command codexexec --no-files --arguments "(env _CODEXEXEC_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) codexexec)" --condition "env _CODEXEXEC_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) codexexec"

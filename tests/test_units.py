@@ -1,0 +1,77 @@
+"""Pure pieces where an edge is easier to pin without a server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from codexexec.client.handle import InvalidHandle, ProcessHandle
+from codexexec.protocol import jsonrpc
+from codexexec.protocol.limits import (
+    RETAINED_OUTPUT_BYTES_PER_PROCESS,
+    RETAINED_OUTPUT_CHUNKS_PER_PROCESS,
+)
+from codexexec.server.output import OutputLog
+
+
+def test_value_limit_is_exact() -> None:
+    at_limit = json.dumps({"id": 1, "method": "m", "params": [0] * (262_144 - 4)})
+    assert jsonrpc.decode_json(at_limit)["id"] == 1
+    over = json.dumps({"id": 1, "method": "m", "params": [0] * (262_144 - 3)})
+    with pytest.raises(jsonrpc.MalformedMessage, match="exceeds the limit of 262144 JSON values"):
+        jsonrpc.decode_json(over)
+
+
+def test_large_scalars_are_fine() -> None:
+    message = json.dumps({"id": 1, "method": "m", "params": {"chunk": "A" * 10_000_000}})
+    assert len(jsonrpc.decode_json(message)["params"]["chunk"]) == 10_000_000
+
+
+def test_nesting_check_ignores_brackets_inside_strings() -> None:
+    message = json.dumps({"id": 1, "method": "m", "params": {"s": "[" * 1000 + '\\"{' * 100}})
+    assert jsonrpc.decode_json(message)["id"] == 1
+
+
+def test_classification() -> None:
+    assert isinstance(jsonrpc.classify({"id": "a", "method": "m"}), jsonrpc.Request)
+    assert isinstance(jsonrpc.classify({"method": "m"}), jsonrpc.Notification)
+    assert isinstance(jsonrpc.classify({"id": 1, "result": None}), jsonrpc.Response)
+    error = jsonrpc.classify({"id": 1, "error": {"code": -1, "message": "x"}})
+    assert isinstance(error, jsonrpc.ErrorResponse) and error.message == "x"
+    for bad in ({"id": True, "method": "m"}, {"id": 1.5, "method": "m"}, {}, [], 3):
+        with pytest.raises(jsonrpc.MalformedMessage):
+            jsonrpc.classify(bad)
+
+
+def test_output_log_evicts_by_bytes_and_by_count() -> None:
+    log = OutputLog()
+    for _ in range(3):
+        log.append("stdout", b"x" * (RETAINED_OUTPUT_BYTES_PER_PROCESS // 2))
+    kept = log.retained()
+    assert [c.seq for c in kept] == [2, 3]
+    small = OutputLog()
+    for _ in range(RETAINED_OUTPUT_CHUNKS_PER_PROCESS + 10):
+        small.append("stdout", b"y")
+    assert len(small.retained()) == RETAINED_OUTPUT_CHUNKS_PER_PROCESS
+    assert small.retained()[0].seq == 11
+
+
+def test_output_log_read_rules() -> None:
+    log = OutputLog()
+    log.append("stdout", b"aaaa")
+    log.append("stderr", b"bbbb")
+    log.record_exit(0)
+    log.record_close()
+    zero = log.snapshot(0, 0)
+    assert [c.seq for c in zero.chunks] == [1] and zero.next_seq == 2  # maxBytes 0 acts like 1
+    assert log.snapshot(0, None).next_seq == 5
+    assert log.snapshot(2, 10).chunks == [] and log.snapshot(2, 10).next_seq == 5
+
+
+def test_handles_round_trip_and_reject_garbage() -> None:
+    handle = ProcessHandle("ws://127.0.0.1:4000", "sess-1", "cx-1")
+    assert ProcessHandle.parse(str(handle)) == handle
+    for text in ("", "ws://x", "ws://x#s", "#s/p", "ws://x#/p"):
+        with pytest.raises(InvalidHandle):
+            ProcessHandle.parse(text)
