@@ -23,4 +23,4 @@ app.command("read")(read_cmd.read)
 
 
 def main() -> None:
-    app()
+    app(prog_name="codexexec")
