@@ -51,3 +51,18 @@ def configure_logging(level: str, *, secrets: Iterable[str] = ()) -> None:
     root.setLevel(numeric if isinstance(numeric, int) else logging.WARNING)
     for name in _CHATTY_LIBRARIES:
         logging.getLogger(name).setLevel(max(root.level, logging.INFO))
+
+
+def configure_client_logging() -> None:
+    """For `exec` and `read`: silent unless CODEXEXEC_LOG names a level.
+
+    The local environment runs a server inside the CLI; its diagnostics are for
+    operators, and must not mix with the command's own output.
+    """
+    import os
+
+    level = os.environ.get("CODEXEXEC_LOG")
+    if level:
+        configure_logging(level)
+    else:
+        logging.disable(logging.CRITICAL)

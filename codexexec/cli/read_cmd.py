@@ -16,6 +16,10 @@ def read(
     """Print a detached process's retained output (and follow it)."""
     import asyncio
 
+    from codexexec.logs import configure_client_logging
+
+    configure_client_logging()
+
     from codexexec.cli.session import run_read
 
     try:

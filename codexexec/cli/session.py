@@ -12,11 +12,22 @@ import sys
 import termios
 import tty as tty_mode
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
 
+from codexexec.cli.approval_prompt import ask_in_terminal, denial_line
 from codexexec.cli.errors import EXIT_FAILURE, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, fail
 from codexexec.cli.render import EventRenderer, emit_json
 from codexexec.client import ExecServerClient, ExecServerError, RemoteProcess
+from codexexec.client.approval import (
+    ApprovalStore,
+    Attempt,
+    Decision,
+    DenialPrompt,
+    run_with_approval,
+)
 from codexexec.client.handle import InvalidHandle, ProcessHandle
+from codexexec.sandbox.policy import LegacyMode
 
 
 def _spawn_failure_code(error: ExecServerError) -> int:
@@ -46,45 +57,108 @@ async def _stream(process: RemoteProcess, renderer: EventRenderer, after_seq: in
         renderer(event)
 
 
-async def run_exec(
-    *, env: str, argv: list[str], cwd: str | None, tty: bool, detach: bool, json_mode: bool
-) -> int:
+@dataclass(frozen=True, slots=True)
+class ExecOptions:
+    argv: list[str]
+    cwd: str | None
+    tty: bool
+    detach: bool
+    json_mode: bool
+    sandbox: LegacyMode
+    writable_roots: list[str]
+    ask: bool
+
+
+async def run_exec(env: str, options: ExecOptions) -> int:
     async with _connected(env) as client:
+        if options.detach:
+            return await _detach(client, env, options)
+        renderer = EventRenderer(json_mode=options.json_mode)
+        terminal = _RawTerminal(options.tty and not options.json_mode)
+        forwarding: list[asyncio.Task[None]] = []
+
+        def on_start(attempt: Attempt) -> None:
+            for task in forwarding:
+                task.cancel()
+            if options.tty:
+                forwarding.append(asyncio.create_task(_forward_stdin(attempt.process)))
+
+        async def ask(prompt: DenialPrompt) -> Decision:
+            with terminal.suspended():
+                return await ask_in_terminal(prompt)
+
         try:
-            process = await client.start(argv, cwd=cwd, tty=tty, pipe_stdin=False)
-        except ExecServerError as exc:
-            fail(f"cannot start `{argv[0]}` on {env}: {exc}", _spawn_failure_code(exc))
-        if detach:
-            handle = str(ProcessHandle(env, client.session_id, process.process_id))
-            if json_mode:
-                emit_json(
-                    {
-                        "handle": handle,
-                        "processId": process.process_id,
-                        "sessionId": client.session_id,
-                        "environment": env,
-                    }
+            with terminal:
+                attempts = await run_with_approval(
+                    client,
+                    options.argv,
+                    cwd=options.cwd,
+                    sandbox=options.sandbox,
+                    writable_roots=options.writable_roots,
+                    tty=options.tty,
+                    on_event=renderer,
+                    on_start=on_start,
+                    ask=ask if options.ask else None,
+                    store=ApprovalStore(),
                 )
-            else:
-                print(handle, flush=True)
-            return 0
-        renderer = EventRenderer(json_mode=json_mode)
-        forwarding = asyncio.create_task(_forward_stdin(process)) if tty else None
-        try:
-            with _raw_terminal(tty and not json_mode):
-                await _stream(process, renderer)
         except ExecServerError as exc:
-            fail(str(exc))
-        except asyncio.CancelledError:
-            with contextlib.suppress(ExecServerError):
-                await process.terminate()
-            raise
+            fail(f"cannot run `{options.argv[0]}` on {env}: {exc}", _spawn_failure_code(exc))
         finally:
-            if forwarding is not None:
-                forwarding.cancel()
-        return _finish(
-            renderer, json_mode, processId=process.process_id, sandboxType=process.sandbox_type
+            for task in forwarding:
+                task.cancel()
+        return _report_attempts(client.description, options, renderer, attempts)
+
+
+def _report_attempts(
+    environment: str, options: ExecOptions, renderer: EventRenderer, attempts: list[Attempt]
+) -> int:
+    first, last = attempts[0], attempts[-1]
+    denied = first.exited is not None and first.exited.sandbox_denied
+    if denied and len(attempts) == 1 and not options.json_mode:
+        assert first.exited is not None
+        prompt = DenialPrompt(
+            options.argv,
+            environment,
+            first.process.sandbox_type,
+            first.exited.exit_code,
+            first.exited.denial,
         )
+        sys.stderr.write(f"codexexec: {denial_line(prompt)}\n")
+    extra: dict[str, object] = {
+        "processId": last.process.process_id,
+        "sandboxType": last.process.sandbox_type,
+        "attempts": len(attempts),
+    }
+    if denied and first.exited is not None:
+        extra["denial"] = first.exited.denial or {}
+        extra["retriedWithoutSandbox"] = len(attempts) > 1
+    return _finish(renderer, options.json_mode, **extra)
+
+
+async def _detach(client: ExecServerClient, env: str, options: ExecOptions) -> int:
+    try:
+        process = await client.start(
+            options.argv,
+            cwd=options.cwd,
+            tty=options.tty,
+            sandbox=options.sandbox,
+            writable_roots=options.writable_roots,
+        )
+    except ExecServerError as exc:
+        fail(f"cannot start `{options.argv[0]}` on {env}: {exc}", _spawn_failure_code(exc))
+    handle = str(ProcessHandle(env, client.session_id, process.process_id))
+    if options.json_mode:
+        emit_json(
+            {
+                "handle": handle,
+                "processId": process.process_id,
+                "sessionId": client.session_id,
+                "environment": env,
+            }
+        )
+    else:
+        print(handle, flush=True)
+    return 0
 
 
 def _finish(renderer: EventRenderer, json_mode: bool, **extra: object) -> int:
@@ -143,15 +217,30 @@ async def _forward_stdin(process: RemoteProcess) -> None:
             return
 
 
-@contextlib.contextmanager
-def _raw_terminal(enabled: bool) -> Iterator[None]:
-    if not enabled or not sys.stdin.isatty():
-        yield
-        return
-    fd = sys.stdin.fileno()
-    saved = termios.tcgetattr(fd)
-    tty_mode.setraw(fd)
-    try:
-        yield
-    finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+class _RawTerminal:
+    """Raw mode for a remote TTY, which a prompt can suspend."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._fd = sys.stdin.fileno() if enabled and sys.stdin.isatty() else None
+        self._saved: list[Any] | None = None
+
+    def __enter__(self) -> _RawTerminal:
+        if self._fd is not None:
+            self._saved = termios.tcgetattr(self._fd)
+            tty_mode.setraw(self._fd)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None and self._saved is not None:
+            termios.tcsetattr(self._fd, termios.TCSADRAIN, self._saved)
+            self._saved = None
+
+    @contextlib.contextmanager
+    def suspended(self) -> Iterator[None]:
+        active = self._saved is not None
+        self.__exit__()
+        try:
+            yield
+        finally:
+            if active:
+                self.__enter__()

@@ -17,7 +17,7 @@ import contextlib
 import itertools
 import os
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -27,6 +27,7 @@ from codexexec.client.process import RemoteProcess
 from codexexec.protocol.jsonrpc import Notification, RpcError
 from codexexec.protocol.path_uri import InvalidPathUri, PathUri
 from codexexec.rpc.peer import RpcPeer
+from codexexec.sandbox.policy import LegacyMode, legacy_profile, sandbox_context_json
 from codexexec.transport.base import MessageTransport, TransportClosed
 
 LOCAL = "local"
@@ -204,19 +205,25 @@ class ExecServerClient:
         pipe_stdin: bool = False,
         arg0: str | None = None,
         process_id: str | None = None,
+        sandbox: LegacyMode | None = None,
+        writable_roots: Sequence[str] = (),
+        network: bool = False,
     ) -> RemoteProcess:
         """Start ``argv`` on the server. ``cwd`` is a path on the executor host.
 
         With ``inherit_env`` the child sees the executor's environment (minus names that
-        look like secrets, Codex's default) with ``env`` laid over it.
+        look like secrets, Codex's default) with ``env`` laid over it. ``sandbox`` is
+        portable intent (``read-only``, ``workspace-write``, ``danger-full-access``); the
+        executor enforces it with its own OS mechanism, the workspace root being ``cwd``.
         """
         process_id = process_id or f"cx-{uuid.uuid4().hex[:12]}"
         # Subscribe before starting, so not one notification is missed.
         self._buffers[process_id] = EventBuffer(complete=True)
+        cwd_uri = self._cwd_uri(cwd)
         params: dict[str, Any] = {
             "processId": process_id,
             "argv": list(argv),
-            "cwd": self._cwd_uri(cwd),
+            "cwd": cwd_uri,
             "env": dict(env or {}),
             "tty": tty,
             "pipeStdin": pipe_stdin,
@@ -230,6 +237,10 @@ class ExecServerClient:
                 "set": {},
                 "includeOnly": [],
             }
+        if sandbox is not None:
+            profile = legacy_profile(sandbox, [self._cwd_uri(r) for r in writable_roots], network)
+            if profile is not None:
+                params["sandbox"] = sandbox_context_json(profile, cwd_uri, [cwd_uri])
         try:
             result = await self._call("process/start", params)
         except BaseException:
@@ -274,6 +285,7 @@ class ExecServerClient:
             closed=bool(result.get("closed")),
             failure=result.get("failure"),
             sandbox_denied=bool(result.get("sandboxDenied", False)),
+            denial=result.get("sandboxDenial"),
         )
 
     async def write(self, process_id: str, data: bytes, write_id: str | None = None) -> str:
@@ -324,6 +336,7 @@ class ExecServerClient:
                     params.get("seq"),
                     params.get("exitCode"),
                     bool(params.get("sandboxDenied", False)),
+                    params.get("sandboxDenial"),
                 )
             )
         elif method == "process/closed":

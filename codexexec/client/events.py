@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
-MAX_BUFFERED_EVENTS = 256
+MAX_BUFFERED_EVENTS = 50_000
 MAX_BUFFERED_BYTES = 8 * 1024 * 1024
 
 
@@ -28,6 +29,8 @@ class Exited:
     seq: int | None
     exit_code: int | None
     sandbox_denied: bool
+    # codexexec servers say why: {reason, backend, path, snippet}; None from Codex.
+    denial: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,7 @@ class ReadResponse:
     closed: bool
     failure: str | None
     sandbox_denied: bool
+    denial: dict[str, Any] | None = None
 
 
 class SeqGap(Exception):

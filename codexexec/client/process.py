@@ -79,7 +79,9 @@ class RemoteProcess:
                     cursor = max(cursor, response.next_seq - 1)
                     if response.exited and not exited_seen:
                         exited_seen = True
-                        yield Exited(None, response.exit_code, response.sandbox_denied)
+                        yield Exited(
+                            None, response.exit_code, response.sandbox_denied, response.denial
+                        )
                     if response.closed:
                         yield Closed(None)
                         return

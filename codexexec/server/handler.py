@@ -23,6 +23,7 @@ from codexexec.protocol.jsonrpc import (
 )
 from codexexec.protocol.path_uri import InvalidPathUri, PathUri
 from codexexec.rpc.peer import CloseConnection, ReplyThen, RpcPeer
+from codexexec.sandbox.enforce import SandboxedCommand, SandboxRefused, prepare_command
 from codexexec.server import spawn
 from codexexec.server.env_policy import build_child_env
 from codexexec.server.environment import environment_info
@@ -56,8 +57,8 @@ def _unknown_process(process_id: str) -> RpcError:
     return RpcError(INVALID_REQUEST, f"unknown process id {process_id}")
 
 
-def _read_result(result: ReadResult, sandbox_denied: bool) -> dict[str, Any]:
-    return {
+def _read_result(result: ReadResult, process: ManagedProcess) -> dict[str, Any]:
+    reply = {
         "chunks": [
             {
                 "seq": c.seq,
@@ -71,8 +72,11 @@ def _read_result(result: ReadResult, sandbox_denied: bool) -> dict[str, Any]:
         "exitCode": result.exit_code,
         "closed": result.closed,
         "failure": None,
-        "sandboxDenied": sandbox_denied,
+        "sandboxDenied": process.sandbox_denied,
     }
+    if process.denial is not None and result.exited:
+        reply["sandboxDenial"] = process.denial.to_json()  # codexexec extension
+    return reply
 
 
 class ConnectionHandler:
@@ -184,32 +188,48 @@ class ConnectionHandler:
             kind = "pty" if params.tty else "pipe"
             raise RpcError(INTERNAL_ERROR, f"missing program for {kind} spawn")
         env = build_child_env(params.env_policy, params.env)
+        sandboxed = _sandboxed_command(params, cwd)
+        if sandboxed is not None:
+            try:
+                spawn.ensure_program_exists(params.argv[0], env, cwd)
+            except OSError as exc:
+                sandboxed.release()
+                raise RpcError(INTERNAL_ERROR, _os_error_text(exc)) from None
         process = ManagedProcess(
             params.process_id,
             session,
             tty=params.tty,
             pipe_stdin=params.pipe_stdin,
             on_expired=session.forget,
+            sandbox_type=sandboxed.sandbox_type if sandboxed else "none",
+            sandbox_backend=sandboxed.backend if sandboxed else "",
         )
         session.processes[params.process_id] = process
         try:
             child = spawn.spawn(
-                params.argv,
+                sandboxed.argv if sandboxed else params.argv,
                 cwd=cwd,
                 env=env,
                 tty=params.tty,
                 pipe_stdin=params.pipe_stdin,
-                arg0=params.arg0,
+                arg0=params.arg0 if sandboxed is None or sandboxed.passes_arg0 else None,
+                pass_fds=sandboxed.pass_fds if sandboxed else (),
             )
         except OSError as exc:
             del session.processes[params.process_id]
             raise RpcError(INTERNAL_ERROR, _os_error_text(exc)) from None
+        finally:
+            if sandboxed is not None:
+                sandboxed.release()
+        if sandboxed is not None:
+            process.created_paths = sandboxed.created_paths
         await process.attach(child)
         if session.processes.get(params.process_id) is not process:
             process.dispose()
             raise RpcError(INVALID_REQUEST, f"process {params.process_id} start was cancelled")
         return ReplyThen(
-            {"processId": params.process_id, "sandboxType": "none"}, process.begin_publishing
+            {"processId": params.process_id, "sandboxType": process.sandbox_type},
+            process.begin_publishing,
         )
 
     async def _process_read(self, params: m.ReadParams) -> dict[str, Any]:
@@ -219,7 +239,7 @@ class ConnectionHandler:
         wait = max(0, params.wait_ms or 0) / 1000.0
         result = await process.output.read(params.after_seq or 0, params.max_bytes, wait)
         self._check_ready("process/read")
-        return _read_result(result, process.sandbox_denied)
+        return _read_result(result, process)
 
     async def _process_write(self, params: m.WriteParams) -> dict[str, Any]:
         if not params.write_id:
@@ -249,6 +269,17 @@ class ConnectionHandler:
 
 
 _BASE64_ALPHABET = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+
+
+def _sandboxed_command(params: m.StartParams, cwd: str) -> SandboxedCommand | None:
+    if params.sandbox is None:
+        if params.enforce_managed_network:
+            raise RpcError(INVALID_PARAMS, "sandbox intent cannot be enforced on this executor")
+        return None
+    try:
+        return prepare_command(params.sandbox, params.argv, cwd, params.arg0)
+    except SandboxRefused as exc:
+        raise RpcError(INVALID_PARAMS, str(exc)) from None
 
 
 def _base64_error_text(text: str) -> str:

@@ -19,10 +19,14 @@ from codexexec.protocol.limits import (
     OUTPUT_READ_CHUNK_BYTES,
     REMEMBERED_WRITE_IDS_PER_PROCESS,
 )
+from codexexec.sandbox.denial import DenialReport, classify
 from codexexec.server import spawn
 from codexexec.server.output import OutputLog
 
 log = logging.getLogger(__name__)
+
+# How long a sandboxed process's late output may trail its exit (Codex's grace).
+SANDBOX_OUTPUT_GRACE_SECONDS = 0.020
 
 # Bounded so a grandchild flooding the pipe cannot stall the event loop at exit.
 EXIT_DRAIN_LIMIT_BYTES = 1024 * 1024
@@ -133,11 +137,18 @@ class ManagedProcess:
         tty: bool,
         pipe_stdin: bool,
         on_expired: Callable[[ManagedProcess], None],
+        sandbox_type: str = "none",
+        sandbox_backend: str = "",
     ) -> None:
         self.process_id = process_id
         self.tty = tty
         self.pipe_stdin = pipe_stdin
+        self.sandbox_type = sandbox_type
+        self.sandbox_backend = sandbox_backend
         self.sandbox_denied = False
+        self.denial: DenialReport | None = None
+        # Paths created on the host only as mount points for masks; removed after exit.
+        self.created_paths: list[str] = []
         self.output = OutputLog()
         self.starting = True
         self._publisher = publisher
@@ -204,24 +215,55 @@ class ManagedProcess:
         self._on_exit()
 
     def _on_exit(self) -> None:
+        if self.sandbox_type != "none":
+            # Give a denial message written at exit a moment to arrive (Codex: 20 ms).
+            asyncio.get_running_loop().call_later(SANDBOX_OUTPUT_GRACE_SECONDS, self._record_exit)
+        else:
+            self._record_exit()
+
+    def _record_exit(self) -> None:
         assert self._child is not None
         # Output written before exit must not be numbered after it.
         for reader in self._readers:
             reader.drain_ready(EXIT_DRAIN_LIMIT_BYTES)
         returncode = self._child.popen.returncode
         code = -1 if returncode is None else exit_code_of(returncode)
+        if self.sandbox_type != "none":
+            self._classify_denial(code)
+        self._remove_created_paths()
         seq = self.output.record_exit(code)
-        self._emit(
-            "process/exited",
-            {
-                "processId": self.process_id,
-                "seq": seq,
-                "exitCode": code,
-                "sandboxDenied": self.sandbox_denied,
-            },
-        )
+        params: dict[str, Any] = {
+            "processId": self.process_id,
+            "seq": seq,
+            "exitCode": code,
+            "sandboxDenied": self.sandbox_denied,
+        }
+        if self.denial is not None:
+            params["sandboxDenial"] = self.denial.to_json()
+        self._emit("process/exited", params)
         self._close_stdin()
         self._maybe_close()
+
+    def _classify_denial(self, exit_code: int) -> None:
+        chunks = self.output.retained()
+        stdout = b"".join(c.data for c in chunks if c.stream != "stderr")
+        stderr = b"".join(c.data for c in chunks if c.stream == "stderr")
+        aggregated = b"".join(c.data for c in chunks)
+        self.denial = classify(
+            self.sandbox_type,
+            self.sandbox_backend,
+            exit_code,
+            stdout.decode(errors="replace"),
+            stderr.decode(errors="replace"),
+            aggregated.decode(errors="replace"),
+        )
+        self.sandbox_denied = self.denial is not None
+
+    def _remove_created_paths(self) -> None:
+        for path in reversed(self.created_paths):
+            with contextlib.suppress(OSError):
+                os.rmdir(path)  # only if still empty: never removes anything real
+        self.created_paths = []
 
     def _on_stream_end(self) -> None:
         self._open_streams -= 1

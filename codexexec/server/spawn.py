@@ -1,16 +1,18 @@
 """Starting a child process the way an executor must: OS details live only here.
 
-Each child gets its own process group (or session, for a PTY) so signals reach its
-whole tree, stdin is /dev/null unless the caller asked for a writable stdin, and
-PR_SET_PDEATHSIG ties it to the server so a killed server leaves no orphans.
+Each child leads its own session and process group so signals reach its whole tree,
+stdin is /dev/null unless the caller asked for a writable stdin, and PR_SET_PDEATHSIG
+ties it to the server so a killed server leaves no orphans.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import ctypes
 import fcntl
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -48,7 +50,9 @@ def _child_setup(tty: bool, parent_pid: int) -> Callable[[], None]:
         if tty:
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
         else:
-            os.setpgid(0, 0)
+            # A session of its own: a process group for signals, and no controlling
+            # terminal of ours that a sandboxed child could inject input into.
+            os.setsid()
 
     return setup
 
@@ -67,12 +71,13 @@ def spawn(
     tty: bool,
     pipe_stdin: bool,
     arg0: str | None,
+    pass_fds: tuple[int, ...] = (),
 ) -> Child:
     """Start ``argv``; raises OSError (with the OS's reason) when it cannot start."""
     args = [arg0 if arg0 else argv[0], *argv[1:]]
     setup = _child_setup(tty, os.getpid())
     if tty:
-        return _spawn_pty(argv[0], args, cwd, env, setup)
+        return _spawn_pty(argv[0], args, cwd, env, setup, pass_fds)
     stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
     stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
     stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC) if pipe_stdin else (None, None)
@@ -88,6 +93,7 @@ def spawn(
             stderr=stderr_w,
             preexec_fn=setup,
             close_fds=True,
+            pass_fds=pass_fds,
         )
     except BaseException:
         for fd in (stdout_r, stderr_r, stdin_w):
@@ -102,7 +108,12 @@ def spawn(
 
 
 def _spawn_pty(
-    program: str, args: list[str], cwd: str, env: dict[str, str], setup: Callable[[], None]
+    program: str,
+    args: list[str],
+    cwd: str,
+    env: dict[str, str],
+    setup: Callable[[], None],
+    pass_fds: tuple[int, ...],
 ) -> Child:
     master, slave = os.openpty()
     fcntl.ioctl(
@@ -121,6 +132,7 @@ def _spawn_pty(
             start_new_session=True,
             preexec_fn=setup,
             close_fds=True,
+            pass_fds=pass_fds,
         )
     except BaseException:
         os.close(master)
@@ -130,6 +142,16 @@ def _spawn_pty(
     writer = os.dup(master)
     os.set_inheritable(writer, False)
     return Child(popen, {"pty": master}, writer)
+
+
+def ensure_program_exists(program: str, env: dict[str, str], cwd: str) -> None:
+    """Raise FileNotFoundError as exec would, before a wrapper (bwrap) hides the cause."""
+    if "/" in program:
+        if os.path.exists(os.path.join(cwd, program)):
+            return
+    elif shutil.which(program, path=env.get("PATH", os.defpath)) is not None:
+        return
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
 
 
 def signal_group(child: Child, signum: int) -> None:

@@ -1,0 +1,63 @@
+"""The terminal side of approve-and-retry: show why the sandbox said no, then ask."""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.prompt import Prompt
+from rich.table import Table
+
+from codexexec.client.approval import Decision, DenialPrompt
+
+_ANSWERS: dict[str, Decision] = {"y": "once", "a": "session", "n": "deny"}
+
+
+def denial_table(prompt: DenialPrompt) -> Table:
+    report = prompt.report or {}
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("Command", shlex.join(prompt.argv))
+    table.add_row("Environment", prompt.environment)
+    backend = report.get("backend") or prompt.sandbox_type or "sandbox"
+    table.add_row("Sandbox", str(backend))
+    if report.get("reason"):
+        table.add_row("Reason", str(report["reason"]).replace("_", " "))
+    if report.get("path"):
+        table.add_row("Path", str(report["path"]))
+    table.add_row("Exit code", str(prompt.exit_code))
+    if report.get("snippet"):
+        table.add_row("Output", str(report["snippet"])[:300])
+    return table
+
+
+def denial_line(prompt: DenialPrompt) -> str:
+    report = prompt.report or {}
+    details = ", ".join(
+        str(v) for v in (report.get("reason"), report.get("path"), report.get("backend")) if v
+    )
+    return f"sandbox denied `{shlex.join(prompt.argv)}`" + (f" ({details})" if details else "")
+
+
+async def ask_in_terminal(prompt: DenialPrompt) -> Decision:
+    console = Console(stderr=True)
+    console.print(
+        Panel(
+            denial_table(prompt),
+            title="The sandbox blocked this command",
+            border_style="yellow",
+            expand=False,
+        )
+    )
+    answer = await asyncio.to_thread(
+        Prompt.ask,
+        "Run it again without the sandbox? [bold]y[/] once, [bold]a[/] for this session, "
+        "[bold]n[/] no",
+        choices=list(_ANSWERS),
+        default="n",
+        console=console,
+    )
+    return _ANSWERS[answer]

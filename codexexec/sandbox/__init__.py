@@ -1,0 +1,1 @@
+"""Sandbox intent (portable policy), its resolution on this host, and denial reports."""

@@ -1,0 +1,107 @@
+"""Was a failed command blocked by the sandbox? Codex's heuristic, and a report that says why.
+
+`is_likely_sandbox_denied` is Codex's `denial.rs` rule for rule (keywords over stderr,
+stdout and the aggregated output, before the 2/126/127 quick reject, then SIGSYS on
+Linux). The report goes further than Codex on Linux: a reason, the backend, the
+offending path when the output names one, and a snippet.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+DENIAL_KEYWORDS = (
+    "operation not permitted",
+    "permission denied",
+    "read-only file system",
+    "seccomp",
+    "sandbox",
+    "landlock",
+    "failed to write file",
+)
+_REASONS = {
+    "operation not permitted": "operation_not_permitted",
+    "permission denied": "permission_denied",
+    "read-only file system": "read_only_file_system",
+    "seccomp": "policy_denied",
+    "sandbox": "policy_denied",
+    "landlock": "policy_denied",
+    "failed to write file": "failed_to_write_file",
+}
+QUICK_REJECT_EXIT_CODES = frozenset({2, 126, 127})
+SIGSYS_EXIT_CODE = 128 + 31
+SNIPPET_CHARS = 512
+_PATH_MARKER = re.compile(
+    r": (operation not permitted|permission denied|read-only file system)", re.IGNORECASE
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DenialReport:
+    reason: str
+    backend: str
+    path: str | None
+    snippet: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _keyword(sections: tuple[str, ...]) -> str | None:
+    for section in sections:
+        lowered = section.lower()
+        for keyword in DENIAL_KEYWORDS:
+            if keyword in lowered:
+                return keyword
+    return None
+
+
+def is_likely_sandbox_denied(
+    sandbox_type: str, exit_code: int, stdout: str, stderr: str, aggregated: str
+) -> bool:
+    return classify(sandbox_type, "", exit_code, stdout, stderr, aggregated) is not None
+
+
+def classify(
+    sandbox_type: str, backend: str, exit_code: int, stdout: str, stderr: str, aggregated: str
+) -> DenialReport | None:
+    """The denial report for a finished sandboxed command, or None if it was not denied."""
+    if sandbox_type == "none" or exit_code == 0:
+        return None
+    sections = (stderr, stdout, aggregated)
+    keyword = _keyword(sections)
+    if keyword is not None:
+        reason = _REASONS[keyword]
+    elif exit_code in QUICK_REJECT_EXIT_CODES:
+        return None
+    elif sandbox_type == "linuxSeccomp" and exit_code == SIGSYS_EXIT_CODE:
+        reason = "sigsys"
+    else:
+        return None
+    return DenialReport(reason, backend, offending_path(sections), _snippet(sections))
+
+
+def offending_path(sections: tuple[str, ...]) -> str | None:
+    """The path in the first `<path>: <denial>` line, e.g. `touch: cannot touch '/etc/x': …`."""
+    for section in sections:
+        for line in section.splitlines():
+            match = _PATH_MARKER.search(line)
+            if match is None:
+                continue
+            before = line[: match.start()].rsplit(": ", 1)[-1].strip()
+            # Codex takes the whole text after the last ": "; tools often put the path
+            # last and quoted ("cannot touch '/etc/x'"), so try the last word too.
+            for candidate in (before, before.rsplit(" ", 1)[-1]):
+                candidate = candidate.strip("'\"`‘’“”")
+                if candidate.startswith(("/", "./", "../")):
+                    return candidate
+    return None
+
+
+def _snippet(sections: tuple[str, ...]) -> str:
+    for section in sections:
+        if section.strip():
+            return section.strip()[:SNIPPET_CHARS]
+    return ""

@@ -1,0 +1,74 @@
+"""The executor's entry point into sandboxing: intent in, a command to spawn out.
+
+The server calls only this; which OS mechanism runs is decided here, per host.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from codexexec.sandbox.plan import resolve_plan
+from codexexec.sandbox.policy import PolicyError, parse_context
+
+
+class SandboxRefused(Exception):
+    """The intent is invalid (``invalid``) or cannot be enforced here; nothing was spawned."""
+
+    def __init__(self, message: str, *, invalid: bool) -> None:
+        super().__init__(message)
+        self.invalid = invalid
+
+
+@dataclass(slots=True)
+class SandboxedCommand:
+    argv: list[str]
+    sandbox_type: str
+    backend: str
+    pass_fds: tuple[int, ...] = ()
+    created_paths: list[str] = field(default_factory=list)
+    passes_arg0: bool = True
+
+    def release(self) -> None:
+        """Close fds only the child needed, once it has started."""
+        for fd in self.pass_fds:
+            os.close(fd)
+        self.pass_fds = ()
+
+
+def prepare_command(
+    sandbox: Any, argv: list[str], cwd: str, arg0: str | None
+) -> SandboxedCommand | None:
+    """Wrap ``argv`` for the sandbox intent; None when the intent asks for no sandbox."""
+    try:
+        context = parse_context(sandbox)
+        if not context.permissions.enforced:
+            return None
+        plan = resolve_plan(context, cwd)
+    except PolicyError as exc:
+        raise SandboxRefused(f"invalid sandbox intent: {exc}", invalid=True) from None
+    if sys.platform.startswith("linux"):
+        from codexexec.sandbox.linux.backend import SANDBOX_TYPE, SandboxUnavailable, prepare
+
+        try:
+            prepared = prepare(plan, argv, arg0=arg0)
+        except SandboxUnavailable as exc:
+            raise SandboxRefused(
+                f"sandbox intent cannot be enforced on this executor: {exc}", invalid=False
+            ) from None
+        return SandboxedCommand(
+            prepared.argv,
+            SANDBOX_TYPE,
+            prepared.backend,
+            prepared.pass_fds,
+            prepared.created_paths,
+            passes_arg0=False,
+        )
+    if sys.platform == "darwin":
+        from codexexec.sandbox.macos.seatbelt import SANDBOX_TYPE as SEATBELT
+        from codexexec.sandbox.macos.seatbelt import wrap_command
+
+        return SandboxedCommand(wrap_command(plan, argv), SEATBELT, "seatbelt", passes_arg0=True)
+    raise SandboxRefused("sandbox intent cannot be enforced on this executor", invalid=False)

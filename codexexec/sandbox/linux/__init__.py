@@ -1,0 +1,1 @@
+"""Linux enforcement: bubblewrap + seccomp, Landlock fallback."""

@@ -1,0 +1,110 @@
+"""Choosing and preparing Linux enforcement for a plan: bubblewrap + seccomp, else
+Landlock + seccomp, else refuse (fail closed, never run unsandboxed silently).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from functools import cache
+
+import msgspec
+
+from codexexec.sandbox.linux import bwrap as bw
+from codexexec.sandbox.plan import SandboxPlan
+
+SANDBOX_TYPE = "linuxSeccomp"
+FORCE_BACKEND_ENV = "CODEXEXEC_LINUX_SANDBOX"  # "bwrap" or "landlock", for tests and ops
+
+
+class SandboxUnavailable(RuntimeError):
+    """No backend on this host can enforce the plan; the message says what is missing."""
+
+
+@dataclass(slots=True)
+class PreparedCommand:
+    argv: list[str]
+    backend: str
+    pass_fds: tuple[int, ...] = ()
+    # Mount points bwrap creates on the host for masks; removed again after exit.
+    created_paths: list[str] = field(default_factory=list)
+
+
+def seccomp_mode_name(plan: SandboxPlan) -> str | None:
+    if not plan.network_enabled:
+        return "restricted"
+    if not plan.full_write:
+        return "vm_socket_restricted"
+    return None
+
+
+@cache
+def _bpf(mode_name: str) -> bytes:
+    from codexexec.sandbox.linux.seccomp import SeccompMode, export_bpf
+
+    return export_bpf(SeccompMode(mode_name))
+
+
+def _memfd_with(data: bytes) -> int:
+    fd = os.memfd_create("codexexec-seccomp", os.MFD_CLOEXEC)
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def _missing_paths(plan: SandboxPlan) -> list[str]:
+    return [p for root in plan.writable_roots for p in root.missing_protected]
+
+
+def prepare(plan: SandboxPlan, command: list[str], *, arg0: str | None) -> PreparedCommand:
+    forced = os.environ.get(FORCE_BACKEND_ENV, "")
+    mode = seccomp_mode_name(plan)
+    bwrap = bw.find_bwrap(plan.command_cwd) if forced in ("", "bwrap") else None
+    problem = bw.probe_bwrap(bwrap) if bwrap else "bwrap is not installed"
+    if bwrap and problem is None:
+        fds: tuple[int, ...] = (_memfd_with(_bpf(mode)),) if mode else ()
+        argv = bw.bwrap_argv(bwrap, plan, command, arg0=arg0, seccomp_fd=fds[0] if fds else None)
+        return PreparedCommand(argv, "bubblewrap", fds, _missing_paths(plan))
+    if forced in ("", "landlock"):
+        reason = landlock_refusal(plan)
+        if reason is None:
+            spec = msgspec.json.encode(landlock_spec(plan, mode, arg0)).decode()
+            argv = [sys.executable, "-m", "codexexec.sandbox.linux.confine", spec, "--", *command]
+            return PreparedCommand(argv, "landlock")
+        problem = f"{problem}; Landlock fallback: {reason}"
+    raise SandboxUnavailable(problem)
+
+
+@cache
+def _landlock_abi() -> int:
+    from codexexec.sandbox.linux.landlock import landlock_abi
+
+    return landlock_abi()
+
+
+def landlock_refusal(plan: SandboxPlan) -> str | None:
+    """Why Landlock cannot enforce this plan, or None if it can."""
+    if _landlock_abi() == 0:
+        return "Landlock is not available in this kernel"
+    if not plan.full_read:
+        return "restricted read access needs bubblewrap"
+    if plan.denied:
+        return "deny entries need bubblewrap"
+    if not plan.network_enabled and _landlock_abi() < 4:
+        return "network isolation needs bubblewrap or Landlock ABI 4"
+    # Landlock only adds access, it cannot take part of a writable root back.
+    carve_outs = plan.all_read_only_paths + _missing_paths(plan)
+    if carve_outs:
+        return f"read-only paths inside writable roots ({', '.join(carve_outs)}) need bubblewrap"
+    return None
+
+
+def landlock_spec(plan: SandboxPlan, mode: str | None, arg0: str | None) -> dict[str, object]:
+    return {
+        "write_roots": [r.path for r in plan.writable_roots],
+        # No TCP at all without network access (Landlock ABI >= 4); None = unrestricted.
+        "tcp_connect_ports": None if plan.network_enabled else [],
+        "seccomp": mode,
+        "argv0": arg0,
+    }

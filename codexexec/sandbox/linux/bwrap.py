@@ -1,0 +1,103 @@
+"""The bubblewrap command line for a sandbox plan (Codex's order, sandbox-and-network.md §3.4).
+
+Order matters: the base view first (`/` read-only, a fresh /dev), then writable roots
+shallowest first, then read-only carve-outs and masks inside them, then namespaces.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from functools import cache
+
+from codexexec.sandbox.plan import SandboxPlan
+
+# Stderr texts that mean user namespaces are not available to us (Codex's list).
+USERNS_FAILURES = (
+    "loopback: Failed RTM_NEWADDR",
+    "loopback: Failed RTM_NEWLINK",
+    "setting up uid map: Permission denied",
+    "No permissions to create a new namespace",
+    "Creating new namespace failed",
+)
+
+
+def find_bwrap(command_cwd: str | None = None) -> str | None:
+    """The system bwrap, unless it lives under the command's cwd (a repo could plant one)."""
+    found = shutil.which("bwrap")
+    if found is None:
+        return None
+    real = os.path.realpath(found)
+    if command_cwd and real.startswith(os.path.realpath(command_cwd).rstrip("/") + "/"):
+        return None
+    return real
+
+
+@cache
+def probe_bwrap(bwrap: str) -> str | None:
+    """None when bwrap can create the namespaces we need, else bwrap's complaint."""
+    try:
+        result = subprocess.run(
+            [
+                bwrap,
+                "--unshare-user",
+                "--unshare-pid",
+                "--unshare-net",
+                "--ro-bind",
+                "/",
+                "/",
+                "--dev",
+                "/dev",
+                "--proc",
+                "/proc",
+                "--",
+                "/bin/true",
+            ],
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    if result.returncode == 0:
+        return None
+    return result.stderr.decode(errors="replace").strip() or f"exit status {result.returncode}"
+
+
+def bwrap_argv(
+    bwrap: str, plan: SandboxPlan, command: list[str], *, arg0: str | None, seccomp_fd: int | None
+) -> list[str]:
+    args = [bwrap, "--die-with-parent"]
+    if plan.full_write:
+        args += ["--bind", "/", "/", "--dev", "/dev"]
+    elif plan.full_read:
+        args += ["--ro-bind", "/", "/", "--dev", "/dev"]
+    else:
+        args += ["--tmpfs", "/", "--dev", "/dev"]
+        for readable in plan.readable_roots:
+            if os.path.exists(readable):
+                args += ["--ro-bind", readable, readable]
+    if not plan.full_write:
+        for root in plan.writable_roots:
+            if not os.path.exists(root.path):
+                continue
+            args += ["--bind", root.path, root.path]
+            for path in root.read_only:
+                args += ["--ro-bind", path, path]
+            for path in root.missing_protected:
+                args += ["--perms", "555", "--tmpfs", path, "--remount-ro", path]
+    for path in plan.denied:
+        if os.path.isdir(path):
+            args += ["--perms", "000", "--tmpfs", path, "--remount-ro", path]
+        elif os.path.exists(path):
+            args += ["--ro-bind", "/dev/null", path]
+    args += ["--unshare-user", "--unshare-pid"]
+    if not plan.network_enabled:
+        args.append("--unshare-net")
+    args += ["--proc", "/proc", "--chdir", plan.command_cwd]
+    if seccomp_fd is not None:
+        args += ["--add-seccomp-fd", str(seccomp_fd)]
+    if arg0:
+        args += ["--argv0", arg0]
+    return [*args, "--", *command]

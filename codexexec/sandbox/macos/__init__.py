@@ -1,0 +1,1 @@
+"""macOS enforcement: Seatbelt profiles run through sandbox-exec."""

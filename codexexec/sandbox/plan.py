@@ -1,0 +1,203 @@
+"""Binding portable intent to this host: which real paths are readable, writable,
+read-only inside writable roots, or denied.
+
+This looks at the file system (to find `.git` files, symlinks, missing roots) but
+knows nothing about how any OS enforces the result; the backends read the plan.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+from codexexec.protocol.path_uri import InvalidPathUri, PathUri
+from codexexec.sandbox.policy import (
+    FileSystemEntry,
+    GlobEntry,
+    PathEntry,
+    PolicyError,
+    SandboxContext,
+    SpecialEntry,
+)
+
+log = logging.getLogger(__name__)
+
+PROTECTED_METADATA_NAMES = (".git", ".agents", ".codex")
+LINUX_PLATFORM_DEFAULTS = (
+    "/bin",
+    "/sbin",
+    "/usr",
+    "/etc",
+    "/lib",
+    "/lib64",
+    "/nix/store",
+    "/run/current-system/sw",
+)
+
+
+@dataclass(slots=True)
+class WritableRoot:
+    path: str
+    # Existing paths inside the root that stay read-only (bind-mounted read-only).
+    read_only: list[str] = field(default_factory=list)
+    # Protected names that do not exist yet: masked so they cannot be created.
+    missing_protected: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class SandboxPlan:
+    full_read: bool
+    readable_roots: list[str]
+    writable_roots: list[WritableRoot]
+    full_write: bool
+    denied: list[str]
+    network_enabled: bool
+    command_cwd: str
+
+    @property
+    def all_read_only_paths(self) -> list[str]:
+        return [p for root in self.writable_roots for p in root.read_only]
+
+
+def _native(uri: str, what: str) -> str:
+    try:
+        return PathUri.parse(uri).to_host_native_path()
+    except InvalidPathUri as exc:
+        raise PolicyError(
+            f"{what} URI `{uri}` is not valid on this exec-server host: {exc}"
+        ) from None
+
+
+def _depth(path: str) -> int:
+    return len([part for part in path.split("/") if part])
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+class _Resolver:
+    def __init__(self, context: SandboxContext, command_cwd: str) -> None:
+        self.context = context
+        self.command_cwd = command_cwd
+        self.sandbox_cwd = _native(context.cwd, "sandbox cwd") if context.cwd else None
+        self.workspace_roots = [_native(u, "workspace root") for u in context.workspace_roots]
+        self.temporary = [_native(u, "temporary directory") for u in context.temporary_directories]
+
+    def roots_for_project(self, subpath: str | None) -> list[str]:
+        roots = self.workspace_roots or ([self.sandbox_cwd] if self.sandbox_cwd else [])
+        if not roots:
+            raise PolicyError("file system sandbox context with dynamic permissions requires cwd")
+        for root in roots:
+            if not os.path.isdir(root):
+                raise PolicyError(f"workspace root `{root}` does not exist on this executor")
+        return [os.path.join(root, subpath) if subpath else root for root in roots]
+
+    def resolve(self, entry: FileSystemEntry) -> list[str]:
+        path = entry.path
+        if isinstance(path, GlobEntry):
+            raise PolicyError(
+                f"glob_pattern entry `{path.pattern}` is not supported by this executor"
+            )
+        if isinstance(path, PathEntry):
+            native = _native(path.uri, "sandbox path")
+            if not os.path.lexists(native):
+                if entry.skip_if_missing or entry.access == "deny":
+                    return []
+                raise PolicyError(f"sandbox path `{native}` does not exist on this executor")
+            return [native]
+        return self._special(path)
+
+    def _special(self, special: SpecialEntry) -> list[str]:
+        kind = special.kind
+        if kind == "root":
+            return ["/"]
+        if kind == "minimal":
+            return [p for p in LINUX_PLATFORM_DEFAULTS if os.path.exists(p)]
+        if kind in ("project_roots", "current_working_directory"):
+            return self.roots_for_project(special.subpath)
+        if kind == "tmpdir":
+            tmpdir = self.temporary or [os.environ.get("TMPDIR", "")]
+            return [t for t in tmpdir if os.path.isabs(t) and os.path.isdir(t)]
+        if kind == "slash_tmp":
+            return ["/tmp"] if os.path.isdir("/tmp") else []
+        log.warning("ignoring unknown special sandbox path kind %r", kind)
+        return []
+
+
+def _gitdir_target(git_file: str) -> str | None:
+    """The gitdir a worktree/submodule `.git` file points at, if it exists."""
+    try:
+        with open(git_file, encoding="utf-8") as handle:
+            first = handle.readline().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not first.startswith("gitdir:"):
+        return None
+    target = first[len("gitdir:") :].strip()
+    target = os.path.normpath(os.path.join(os.path.dirname(git_file), target))
+    return target if os.path.isdir(target) else None
+
+
+def _protect(root: WritableRoot, is_workspace_root: bool) -> None:
+    for name in PROTECTED_METADATA_NAMES:
+        candidate = os.path.join(root.path, name)
+        if os.path.islink(candidate):
+            # A symlink could point a read-only mount anywhere; refuse rather than guess.
+            raise PolicyError(
+                f"cannot enforce sandbox read-only path `{candidate}`: it is a symlink"
+            )
+        if os.path.exists(candidate):
+            if name == ".git" or os.path.isdir(candidate):
+                root.read_only.append(candidate)
+            if name == ".git" and os.path.isfile(candidate):
+                target = _gitdir_target(candidate)
+                if target is not None:
+                    root.read_only.append(target)
+        elif name == ".codex" and is_workspace_root:
+            # Creating .codex for the first time must still go through approval.
+            root.missing_protected.append(candidate)
+
+
+def resolve_plan(context: SandboxContext, command_cwd: str) -> SandboxPlan:
+    """Bind ``context`` to this host's paths; raises PolicyError when it cannot."""
+    profile = context.permissions
+    resolver = _Resolver(context, command_cwd)
+    network_enabled = profile.network == "enabled"
+    if profile.file_system == "unrestricted":
+        return SandboxPlan(True, ["/"], [WritableRoot("/")], True, [], network_enabled, command_cwd)
+    access: dict[str, str] = {}
+    precedence = {"read": 0, "write": 1, "deny": 2}
+    for entry in profile.entries:
+        for path in resolver.resolve(entry):
+            path = os.path.normpath(path)
+            if path not in access or precedence[entry.access] > precedence[access[path]]:
+                access[path] = entry.access
+    denied = sorted((p for p, a in access.items() if a == "deny"), key=_depth)
+    full_read = access.get("/") in ("read", "write")
+    full_write = access.get("/") == "write" and not any(a != "write" for a in access.values())
+    readable = sorted((p for p, a in access.items() if a in ("read", "write")), key=_depth)
+    workspace = set(resolver.roots_for_project(None)) if _uses_project_roots(context) else set()
+    writable: list[WritableRoot] = []
+    for path in sorted((p for p, a in access.items() if a == "write"), key=_depth):
+        real = os.path.realpath(path)
+        root = WritableRoot(real)
+        _protect(root, path in workspace)
+        # A narrower read entry inside a writable root is a read-only carve-out.
+        root.read_only += [
+            p for p, a in access.items() if a == "read" and p != path and _within(p, path)
+        ]
+        root.read_only.sort(key=_depth)
+        writable.append(root)
+    return SandboxPlan(
+        full_read, readable, writable, full_write, denied, network_enabled, command_cwd
+    )
+
+
+def _uses_project_roots(context: SandboxContext) -> bool:
+    return any(
+        isinstance(e.path, SpecialEntry)
+        and e.path.kind in ("project_roots", "current_working_directory")
+        for e in context.permissions.entries
+    )

@@ -1,0 +1,216 @@
+"""Codex's portable sandbox intent: PermissionProfile and FileSystemSandboxContext.
+
+Pure data and validation, no OS code: the harness says *what* a command may touch,
+in host-independent terms (PathUris, symbolic roots); the executor decides *how*.
+JSON shapes and names follow Codex (exec-server-protocol.md §2.5.1.1,
+sandbox-and-network.md §2); unknown fields are ignored, unknown special kinds are
+kept and ignored (Codex learned not to reject them), unknown types are errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Access = Literal["read", "write", "deny"]
+NetworkPolicy = Literal["restricted", "enabled"]
+
+SPECIAL_KINDS = (
+    "root",
+    "minimal",
+    "project_roots",
+    "current_working_directory",
+    "tmpdir",
+    "slash_tmp",
+)
+
+
+class PolicyError(ValueError):
+    """The intent is malformed; the message says which part and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class PathEntry:
+    """An absolute path (a PathUri string on the wire)."""
+
+    uri: str
+
+
+@dataclass(frozen=True, slots=True)
+class GlobEntry:
+    pattern: str
+
+
+@dataclass(frozen=True, slots=True)
+class SpecialEntry:
+    kind: str
+    subpath: str | None = None
+
+
+EntryPath = PathEntry | GlobEntry | SpecialEntry
+
+
+@dataclass(frozen=True, slots=True)
+class FileSystemEntry:
+    path: EntryPath
+    access: Access
+    skip_if_missing: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PermissionProfile:
+    type: Literal["managed", "disabled", "external"]
+    file_system: Literal["restricted", "unrestricted"] = "unrestricted"
+    entries: tuple[FileSystemEntry, ...] = ()
+    network: NetworkPolicy = "restricted"
+
+    @property
+    def enforced(self) -> bool:
+        """Whether this executor must sandbox: anything less than full access."""
+        if self.type != "managed":
+            return False
+        return self.file_system == "restricted" or self.network == "restricted"
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxContext:
+    permissions: PermissionProfile
+    cwd: str | None = None
+    workspace_roots: tuple[str, ...] = ()
+    user_home_dir: str | None = None
+    temporary_directories: tuple[str, ...] = ()
+    raw: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+def _require(obj: Any, key: str, where: str) -> Any:
+    if not isinstance(obj, dict) or key not in obj:
+        raise PolicyError(f"{where}: missing field `{key}`")
+    return obj[key]
+
+
+def _string(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise PolicyError(f"{where}: expected a non-empty string")
+    return value
+
+
+def _entry_path(raw: Any, where: str) -> EntryPath:
+    kind = _require(raw, "type", where)
+    if kind == "path":
+        return PathEntry(_string(_require(raw, "path", where), f"{where}.path"))
+    if kind == "glob_pattern":
+        return GlobEntry(_string(_require(raw, "pattern", where), f"{where}.pattern"))
+    if kind == "special":
+        value = _require(raw, "value", where)
+        special = _string(_require(value, "kind", f"{where}.value"), f"{where}.value.kind")
+        subpath = value.get("subpath")
+        if subpath is not None:
+            subpath = _string(subpath, f"{where}.value.subpath")
+            if subpath.startswith("/") or ".." in subpath.split("/"):
+                raise PolicyError(f"{where}.value.subpath: `{subpath}` must stay inside the root")
+        return SpecialEntry(special, subpath)
+    raise PolicyError(f"{where}: unknown path type `{kind}`")
+
+
+def _entry(raw: Any, where: str) -> FileSystemEntry:
+    access = _require(raw, "access", where)
+    if access == "none":  # the older spelling of deny
+        access = "deny"
+    if access not in ("read", "write", "deny"):
+        raise PolicyError(f"{where}.access: unknown access `{access}` (read, write or deny)")
+    skip = raw.get("missing_path_behavior") == "skip"
+    return FileSystemEntry(_entry_path(_require(raw, "path", where), f"{where}.path"), access, skip)
+
+
+def parse_profile(raw: Any) -> PermissionProfile:
+    kind = _require(raw, "type", "permissions")
+    if kind == "disabled":
+        return PermissionProfile("disabled", network="enabled")
+    network = raw.get("network", "restricted")
+    if network not in ("restricted", "enabled"):
+        raise PolicyError(f"permissions.network: unknown network policy `{network}`")
+    if kind == "external":
+        return PermissionProfile("external", network=network)
+    if kind != "managed":
+        raise PolicyError(f"permissions: unknown profile type `{kind}`")
+    fs = _require(raw, "file_system", "permissions")
+    fs_kind = _require(fs, "type", "permissions.file_system")
+    if fs_kind == "unrestricted":
+        return PermissionProfile("managed", "unrestricted", (), network)
+    if fs_kind != "restricted":
+        raise PolicyError(f"permissions.file_system: unknown type `{fs_kind}`")
+    entries_raw = fs.get("entries", [])
+    if not isinstance(entries_raw, list):
+        raise PolicyError("permissions.file_system.entries: expected an array")
+    entries = tuple(
+        _entry(item, f"permissions.file_system.entries[{i}]") for i, item in enumerate(entries_raw)
+    )
+    return PermissionProfile("managed", "restricted", entries, network)
+
+
+def parse_context(raw: Any) -> SandboxContext:
+    """Parse the `sandbox` object of process/start (FileSystemSandboxContext)."""
+    if not isinstance(raw, dict):
+        raise PolicyError("sandbox: expected an object")
+    profile = parse_profile(_require(raw, "permissions", "sandbox"))
+    roots = raw.get("workspaceRoots") or []
+    temps = raw.get("temporaryDirectories") or []
+    if not isinstance(roots, list) or not all(isinstance(r, str) for r in roots):
+        raise PolicyError("sandbox.workspaceRoots: expected an array of file URIs")
+    if not isinstance(temps, list) or not all(isinstance(t, str) for t in temps):
+        raise PolicyError("sandbox.temporaryDirectories: expected an array of file URIs")
+    cwd = raw.get("cwd")
+    home = raw.get("userHomeDir")
+    return SandboxContext(
+        profile,
+        cwd if isinstance(cwd, str) else None,
+        tuple(roots),
+        home if isinstance(home, str) else None,
+        tuple(temps),
+        raw,
+    )
+
+
+# -- building intent (the harness side) ----------------------------------------------
+
+LegacyMode = Literal["read-only", "workspace-write", "danger-full-access"]
+
+
+def _special(kind: str, access: Access) -> dict[str, Any]:
+    return {"path": {"type": "special", "value": {"kind": kind}}, "access": access}
+
+
+def legacy_profile(
+    mode: LegacyMode, writable_root_uris: Sequence[str] = (), network: bool = False
+) -> dict[str, Any] | None:
+    """Codex's legacy sandbox modes as PermissionProfile JSON; None means unsandboxed."""
+    if mode == "danger-full-access":
+        return None
+    entries = [_special("root", "read")]
+    if mode == "workspace-write":
+        entries += [
+            _special("project_roots", "write"),
+            _special("slash_tmp", "write"),
+            _special("tmpdir", "write"),
+        ]
+        entries += [
+            {"path": {"type": "path", "path": uri}, "access": "write"} for uri in writable_root_uris
+        ]
+    return {
+        "type": "managed",
+        "file_system": {"type": "restricted", "entries": entries},
+        "network": "enabled" if network else "restricted",
+    }
+
+
+def sandbox_context_json(
+    profile: dict[str, Any], cwd_uri: str, workspace_root_uris: list[str]
+) -> dict[str, Any]:
+    """The `sandbox` object for process/start, as Codex's harness sends it."""
+    return {
+        "permissions": profile,
+        "cwd": cwd_uri,
+        "workspaceRoots": workspace_root_uris,
+        "windowsSandboxLevel": "disabled",
+    }
