@@ -56,7 +56,11 @@ def codexexec_command(*args: str) -> list[str]:
 
 @contextmanager
 def start_server(
-    kind: str, *, env: dict[str, str] | None = None, extra_args: tuple[str, ...] = ()
+    kind: str,
+    *,
+    env: dict[str, str] | None = None,
+    extra_args: tuple[str, ...] = (),
+    wrapper: tuple[str, ...] = (),
 ) -> Iterator[RunningServer]:
     full_env = {**os.environ, **(env or {})}
     if kind == "codexexec":
@@ -68,7 +72,7 @@ def start_server(
         full_env["CODEX_HOME"] = home
         argv = [codex_binary(), "exec-server", "--listen", "ws://127.0.0.1:0", *extra_args]
     process = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, env=full_env, cwd=tempfile.gettempdir()
+        [*wrapper, *argv], stdout=subprocess.PIPE, env=full_env, cwd=tempfile.gettempdir()
     )
     assert process.stdout is not None
     line = process.stdout.readline().decode().strip()

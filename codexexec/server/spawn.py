@@ -8,8 +8,8 @@ ties it to the server so a killed server leaves no orphans.
 from __future__ import annotations
 
 import contextlib
-import errno
 import ctypes
+import errno
 import fcntl
 import os
 import shutil

@@ -79,10 +79,12 @@ def bwrap_argv(
             if os.path.exists(readable):
                 args += ["--ro-bind", readable, readable]
     if not plan.full_write:
-        for root in plan.writable_roots:
-            if not os.path.exists(root.path):
-                continue
+        roots = [root for root in plan.writable_roots if os.path.exists(root.path)]
+        for root in roots:
             args += ["--bind", root.path, root.path]
+        # Carve-outs after every writable bind: a read-only path of one root (a worktree's
+        # gitdir) may lie inside another writable root, whose bind must not undo it.
+        for root in roots:
             for path in root.read_only:
                 args += ["--ro-bind", path, path]
             for path in root.missing_protected:
