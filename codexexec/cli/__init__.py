@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from codexexec.cli import exec_cmd, read_cmd, serve_cmd
+from codexexec.cli import exec_cmd, read_cmd, sandbox_check_cmd, serve_cmd
 
 app = typer.Typer(
     name="codexexec",
@@ -20,6 +20,7 @@ app = typer.Typer(
 app.command("serve")(serve_cmd.serve)
 app.command("exec", context_settings={"allow_interspersed_args": False})(exec_cmd.exec_command)
 app.command("read")(read_cmd.read)
+app.command("sandbox-check")(sandbox_check_cmd.sandbox_check)
 
 
 def main() -> None:

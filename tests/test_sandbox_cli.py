@@ -1,0 +1,172 @@
+"""The sandbox as a person meets it: exec with approval in a terminal, sandbox-check."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.servers import RunningServer, codexexec_command
+
+pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
+
+
+def target() -> Path:
+    return Path("/var/lib") / f"cx-approve-{uuid.uuid4().hex[:8]}"
+
+
+def run_in_terminal(args: list[str], answer: str | None, timeout: float = 30) -> tuple[int, str]:
+    """Run the CLI on a real pseudo-terminal, answering its prompt like a person."""
+    master, slave = pty.openpty()
+    process = subprocess.Popen(
+        codexexec_command(*args),
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        cwd="/tmp",
+        close_fds=True,
+    )
+    os.close(slave)
+    screen = b""
+    answered = answer is None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.1)
+        if ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            screen += data
+        if not answered and b"without the sandbox?" in screen and b"(n)" in screen:
+            os.write(master, answer.encode() + b"\r")  # type: ignore[union-attr]
+            answered = True
+        if process.poll() is not None and not ready:
+            break
+    code = process.wait(timeout=5)
+    os.close(master)
+    return code, screen.decode(errors="replace")
+
+
+def test_read_only_denial_without_approval_leaves_no_file() -> None:
+    path = target()
+    result = subprocess.run(
+        codexexec_command(
+            "exec", "--sandbox", "read-only", "--approval", "never", "--", "touch", str(path)
+        ),
+        capture_output=True,
+        cwd="/tmp",
+    )
+    assert result.returncode == 1
+    assert not path.exists()
+    assert (
+        f"sandbox denied `touch {path}` (read_only_file_system, {path}, bubblewrap)"
+        in result.stderr.decode()
+    )
+
+
+def test_approve_once_in_a_terminal_retries_unsandboxed() -> None:
+    path = target()
+    try:
+        code, screen = run_in_terminal(
+            ["exec", "--sandbox", "read-only", "--", "touch", str(path)], "y"
+        )
+        assert "The sandbox blocked this command" in screen
+        assert "read only file system" in screen and str(path) in screen
+        assert code == 0 and path.exists()
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def test_approve_for_session_also_retries() -> None:
+    path = target()
+    try:
+        code, _ = run_in_terminal(["exec", "--sandbox", "read-only", "--", "touch", str(path)], "a")
+        assert code == 0 and path.exists()
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def test_deny_is_the_default_and_keeps_the_exit_code() -> None:
+    path = target()
+    code, screen = run_in_terminal(["exec", "--sandbox", "read-only", "--", "touch", str(path)], "")
+    assert code == 1 and not path.exists()
+    assert "sandbox denied" in screen
+
+
+def test_approval_against_the_real_codex_server(codex_server: RunningServer) -> None:
+    path = target()
+    try:
+        code, screen = run_in_terminal(
+            ["exec", "--env", codex_server.url, "--sandbox", "read-only", "--", "touch", str(path)],
+            "y",
+        )
+        assert "The sandbox blocked this command" in screen
+        assert code == 0 and path.exists()
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def test_json_carries_the_denial_report(codexexec_server: RunningServer) -> None:
+    path = target()
+    result = subprocess.run(
+        codexexec_command(
+            "exec",
+            "--env",
+            codexexec_server.url,
+            "--json",
+            "--sandbox",
+            "read-only",
+            "--",
+            "touch",
+            str(path),
+        ),
+        capture_output=True,
+        cwd="/tmp",
+    )
+    final = json.loads(result.stdout.decode().splitlines()[-1])
+    assert final["sandboxDenied"] is True and final["retriedWithoutSandbox"] is False
+    assert final["denial"]["reason"] == "read_only_file_system" and final["denial"]["path"] == str(
+        path
+    )
+
+
+def test_sandbox_check_tells_the_truth_here() -> None:
+    result = subprocess.run(
+        codexexec_command("sandbox-check", "--json"), capture_output=True, timeout=60
+    )
+    report = json.loads(result.stdout)
+    assert result.returncode == 0 and report["enforced"] is True
+    assert report["defaultBackend"] == "bubblewrap"
+    assert all(f["ok"] for f in report["probes"]["bubblewrap"])
+
+
+def test_sandbox_check_without_bwrap(tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": str(tmp_path)}  # an empty PATH dir: no bwrap anywhere
+    result = subprocess.run(
+        codexexec_command("sandbox-check", "--json"), capture_output=True, env=env, timeout=60
+    )
+    report = json.loads(result.stdout)
+    bubblewrap = report["host"][0]
+    assert bubblewrap == {
+        "check": "bubblewrap installed",
+        "ok": False,
+        "detail": "bwrap not on PATH",
+        "fix": "apt-get install bubblewrap",
+    }
+    assert report["defaultBackend"] == "landlock"
+    assert result.returncode == 1 and report["enforced"] is False  # .git cannot be protected
+    human = subprocess.run(
+        codexexec_command("sandbox-check"), capture_output=True, env=env, timeout=60
+    )
+    assert b"apt-get install bubblewrap" in human.stdout and human.returncode == 1
