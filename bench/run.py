@@ -87,7 +87,8 @@ class Conn:
             if method == "process/output":
                 process_id = params["processId"]
                 self.received[process_id] = self.received.get(process_id, 0) + len(
-                    base64.b64decode(params["chunk"]))
+                    base64.b64decode(params["chunk"])
+                )
             elif method == "process/closed":
                 future = self.closed.get(params["processId"])
                 if future is not None and not future.done():
@@ -102,10 +103,19 @@ class Conn:
         assert "result" in reply, reply
         return reply["result"]
 
-    async def run(self, process_id: str, argv: list[str]) -> None:
+    async def run(self, process_id: str, argv: list[str], sandbox: Any = None) -> None:
         self.closed[process_id] = asyncio.get_running_loop().create_future()
-        await self.call("process/start", {"processId": process_id, "argv": argv, "cwd": "file:///tmp",
-                                          "env": {"PATH": "/usr/bin:/bin"}, "tty": False, "arg0": None})
+        params = {
+            "processId": process_id,
+            "argv": argv,
+            "cwd": "file:///tmp",
+            "env": {"PATH": "/usr/bin:/bin"},
+            "tty": False,
+            "arg0": None,
+        }
+        if sandbox is not None:
+            params["sandbox"] = sandbox
+        await self.call("process/start", params)
         await self.closed[process_id]
 
 
@@ -118,14 +128,37 @@ async def open_conn(url: str) -> tuple[Conn, asyncio.Task[None]]:
     return conn, task
 
 
-async def round_trip(url: str, count: int) -> float:
+# workspace-write on /tmp, as `codexexec exec` sends it by default.
+WORKSPACE_WRITE = {
+    "permissions": {
+        "type": "managed",
+        "network": "restricted",
+        "file_system": {
+            "type": "restricted",
+            "entries": [
+                {"path": {"type": "special", "value": {"kind": "root"}}, "access": "read"},
+                {
+                    "path": {"type": "special", "value": {"kind": "project_roots"}},
+                    "access": "write",
+                },
+                {"path": {"type": "special", "value": {"kind": "slash_tmp"}}, "access": "write"},
+            ],
+        },
+    },
+    "cwd": "file:///tmp",
+    "workspaceRoots": ["file:///tmp"],
+    "windowsSandboxLevel": "disabled",
+}
+
+
+async def round_trip(url: str, count: int, sandbox: Any = None) -> float:
     conn, task = await open_conn(url)
     for i in range(10):
-        await conn.run(f"warm-{i}", ["/bin/true"])
+        await conn.run(f"warm-{i}", ["/bin/true"], sandbox)
     samples = []
     for i in range(count):
         began = time.perf_counter()
-        await conn.run(f"rt-{i}", ["/bin/true"])
+        await conn.run(f"rt-{i}", ["/bin/true"], sandbox)
         samples.append(time.perf_counter() - began)
     await conn.ws.close()
     task.cancel()
@@ -146,8 +179,9 @@ async def throughput(url: str, size: int) -> tuple[float, bool]:
 async def concurrent(url: str, processes: int, size: int) -> tuple[float, bool]:
     conn, task = await open_conn(url)
     began = time.perf_counter()
-    await asyncio.gather(*(conn.run(f"c-{i}", ["head", "-c", str(size), "/dev/urandom"])
-                           for i in range(processes)))
+    await asyncio.gather(
+        *(conn.run(f"c-{i}", ["head", "-c", str(size), "/dev/urandom"]) for i in range(processes))
+    )
     elapsed = time.perf_counter() - began
     complete = all(conn.received.get(f"c-{i}", 0) == size for i in range(processes))
     await conn.ws.close()
@@ -159,7 +193,9 @@ def cli_start_ms(runs: int) -> float:
     samples = []
     for _ in range(runs):
         began = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "codexexec", "--help"], capture_output=True, check=True)
+        subprocess.run(
+            [sys.executable, "-m", "codexexec", "--help"], capture_output=True, check=True
+        )
         samples.append(time.perf_counter() - began)
     return statistics.median(samples) * 1000
 
@@ -174,12 +210,22 @@ async def measure(kind: str, quick: bool) -> dict[str, Any]:
         await conn.ws.close()
         task.cancel()
         rt = await round_trip(server.url, 50 if quick else 200)
+        rt_sandboxed = await round_trip(server.url, 50 if quick else 200, WORKSPACE_WRITE)
         size = (64 if quick else 256) * 1024 * 1024
         mbps, complete = await throughput(server.url, size)
         peak = server.rss_kib("VmHWM")
         conc_ms, conc_complete = await concurrent(server.url, 64, 1024 * 1024)
-        return {"idle_mb": idle / 1024, "rt_ms": rt, "mbps": mbps, "complete": complete,
-                "peak_mb": peak / 1024, "conc_ms": conc_ms, "conc_complete": conc_complete}
+        return {
+            "idle_mb": idle / 1024,
+            "rt_ms": rt,
+            "rt_sandboxed_ms": rt_sandboxed,
+            "sandbox_overhead_ms": rt_sandboxed - rt,
+            "mbps": mbps,
+            "complete": complete,
+            "peak_mb": peak / 1024,
+            "conc_ms": conc_ms,
+            "conc_complete": conc_complete,
+        }
     finally:
         server.stop()
 
@@ -193,6 +239,16 @@ def main() -> None:
     stream = "64 MiB" if args.quick else "256 MiB"
     rows = [
         ("round trip start→closed, /bin/true (median ms)", "rt_ms", "{:.2f}"),
+        (
+            "same, sandboxed (workspace-write, bwrap + seccomp) (median ms)",
+            "rt_sandboxed_ms",
+            "{:.2f}",
+        ),
+        (
+            "sandbox overhead: sandboxed − unsandboxed round trip (ms)",
+            "sandbox_overhead_ms",
+            "{:.2f}",
+        ),
         (f"stdout throughput, {stream} (MB/s)", "mbps", "{:.0f}"),
         ("64 processes × 1 MiB concurrently (ms)", "conc_ms", "{:.0f}"),
         ("idle server RSS after initialize (MB)", "idle_mb", "{:.1f}"),
@@ -201,11 +257,15 @@ def main() -> None:
     print(f"| measure | codexexec | Codex 0.169.0 | codexexec / Codex |")
     print("|---|---:|---:|---:|")
     for label, key, fmt in rows:
-        print(f"| {label} | {fmt.format(ours[key])} | {fmt.format(theirs[key])} | "
-              f"{ours[key] / theirs[key]:.2f}× |")
+        print(
+            f"| {label} | {fmt.format(ours[key])} | {fmt.format(theirs[key])} | "
+            f"{ours[key] / theirs[key]:.2f}× |"
+        )
     lost = not (ours["complete"] and ours["conc_complete"])
-    print(f"| output bytes lost (stream + 64×1 MiB) | {'some' if lost else 0} | "
-          f"{0 if theirs['complete'] and theirs['conc_complete'] else 'some'} | |")
+    print(
+        f"| output bytes lost (stream + 64×1 MiB) | {'some' if lost else 0} | "
+        f"{0 if theirs['complete'] and theirs['conc_complete'] else 'some'} | |"
+    )
     print(f"\ncodexexec CLI start-up (`codexexec --help`, median of 10): {cli_start_ms(10):.0f} ms")
 
 

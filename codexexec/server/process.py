@@ -164,6 +164,7 @@ class ManagedProcess:
         self._write_id_set: set[str] = set()
         self._pidfd: int | None = None
         self._expiry: asyncio.TimerHandle | None = None
+        self._grace: asyncio.TimerHandle | None = None
         self._quoted_id = encode_json(process_id)
 
     # -- lifecycle ------------------------------------------------------------------
@@ -215,14 +216,20 @@ class ManagedProcess:
         self._on_exit()
 
     def _on_exit(self) -> None:
-        if self.sandbox_type != "none":
-            # Give a denial message written at exit a moment to arrive (Codex: 20 ms).
-            asyncio.get_running_loop().call_later(SANDBOX_OUTPUT_GRACE_SECONDS, self._record_exit)
+        if self.sandbox_type != "none" and self._open_streams > 0:
+            # Give a denial message written at exit a moment to arrive (Codex: up to
+            # 20 ms); the streams closing ends the wait early.
+            self._grace = asyncio.get_running_loop().call_later(
+                SANDBOX_OUTPUT_GRACE_SECONDS, self._record_exit
+            )
         else:
             self._record_exit()
 
     def _record_exit(self) -> None:
         assert self._child is not None
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
         # Output written before exit must not be numbered after it.
         for reader in self._readers:
             reader.drain_ready(EXIT_DRAIN_LIMIT_BYTES)
@@ -267,6 +274,8 @@ class ManagedProcess:
 
     def _on_stream_end(self) -> None:
         self._open_streams -= 1
+        if self._grace is not None and self._open_streams == 0:
+            self._record_exit()
         self._maybe_close()
 
     def _maybe_close(self) -> None:
