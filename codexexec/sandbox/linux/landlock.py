@@ -15,6 +15,8 @@ import os
 import stat
 from collections.abc import Iterable
 
+from codexexec.sandbox.linux.prctl import set_no_new_privs
+
 __all__ = ["LandlockError", "LandlockUnavailable", "apply_landlock", "landlock_abi"]
 
 
@@ -33,7 +35,6 @@ _SYS_RESTRICT_SELF = 446
 _CREATE_RULESET_VERSION = 1 << 0
 _RULE_PATH_BENEATH = 1
 _RULE_NET_PORT = 2
-_PR_SET_NO_NEW_PRIVS = 38
 
 # Filesystem access rights (uapi/linux/landlock.h).
 _EXECUTE = 1 << 0
@@ -189,18 +190,7 @@ def apply_landlock(
                 )
         # restrict_self refuses to run without NNP unless the caller has CAP_SYS_ADMIN;
         # set it unconditionally so root and unprivileged callers behave the same.
-        if (
-            _libc.prctl(
-                _PR_SET_NO_NEW_PRIVS,
-                ctypes.c_ulong(1),
-                ctypes.c_ulong(0),
-                ctypes.c_ulong(0),
-                ctypes.c_ulong(0),
-            )
-            != 0
-        ):
-            err = ctypes.get_errno()
-            raise LandlockError(err, f"prctl(PR_SET_NO_NEW_PRIVS) failed: {os.strerror(err)}")
+        set_no_new_privs()
         _syscall("landlock_restrict_self", _SYS_RESTRICT_SELF, ruleset, 0)
     finally:
         os.close(ruleset)

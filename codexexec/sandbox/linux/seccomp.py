@@ -24,6 +24,8 @@ import os
 import socket
 from collections.abc import Iterable, Sequence
 
+from codexexec.sandbox.linux.prctl import set_no_new_privs
+
 __all__ = [
     "SeccompError",
     "SeccompMode",
@@ -53,7 +55,6 @@ _SCMP_ACT_ALLOW = 0x7FFF0000
 _SCMP_ACT_ERRNO_EPERM = 0x00050000 | errno.EPERM
 _SCMP_CMP_MASKED_EQ = 7
 _NR_SCMP_ERROR = -1
-_PR_SET_NO_NEW_PRIVS = 38
 _LOW32 = 0xFFFF_FFFF
 
 _AF_UNIX = int(socket.AF_UNIX)
@@ -236,19 +237,7 @@ def apply_seccomp(mode: SeccompMode, *, allow_unix_sockets: bool = False) -> Non
     # NNP is what lets an unprivileged process install a filter; it also stops setuid
     # binaries from regaining privileges (it is set here, not earlier, because it breaks
     # a setuid bwrap).
-    libc = ctypes.CDLL(None, use_errno=True)
-    if (
-        libc.prctl(
-            _PR_SET_NO_NEW_PRIVS,
-            ctypes.c_ulong(1),
-            ctypes.c_ulong(0),
-            ctypes.c_ulong(0),
-            ctypes.c_ulong(0),
-        )
-        != 0
-    ):
-        err = ctypes.get_errno()
-        raise SeccompError(err, f"prctl(PR_SET_NO_NEW_PRIVS) failed: {os.strerror(err)}")
+    set_no_new_privs()
     ctx = _build(lib, mode, allow_unix_sockets)
     try:
         _check("seccomp_load", lib.seccomp_load(ctx))
