@@ -254,7 +254,7 @@ def main() -> None:
         ("idle server RSS after initialize (MB)", "idle_mb", "{:.1f}"),
         (f"peak server RSS after {stream} stream (MB)", "peak_mb", "{:.1f}"),
     ]
-    print(f"| measure | codexexec | Codex 0.169.0 | codexexec / Codex |")
+    print("| measure | codexexec | Codex 0.169.0 | codexexec / Codex |")
     print("|---|---:|---:|---:|")
     for label, key, fmt in rows:
         print(

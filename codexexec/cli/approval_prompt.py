@@ -61,3 +61,35 @@ async def ask_in_terminal(prompt: DenialPrompt) -> Decision:
         console=console,
     )
     return _ANSWERS[answer]
+
+
+NETWORK_ASK_TIMEOUT_SECONDS = 25.0
+_NETWORK_ANSWERS = {"y": "allowOnce", "a": "allowSession", "n": "deny"}
+
+
+async def ask_network_in_terminal(request: dict[str, object]) -> str:
+    """The executor's proxy holds a connection to an unlisted host: allow it?"""
+    details = request.get("request")
+    info = details if isinstance(details, dict) else {}
+    console = Console(stderr=True)
+    console.print(
+        Panel(
+            f"[bold]{info.get('host')}[/]:{info.get('port')} ({info.get('protocol')})",
+            title="A command wants network access",
+            border_style="cyan",
+            expand=False,
+        )
+    )
+    ask = asyncio.to_thread(
+        Prompt.ask,
+        "Allow? [bold]y[/] once, [bold]a[/] for this session, [bold]n[/] no",
+        choices=list(_NETWORK_ANSWERS),
+        default="n",
+        console=console,
+    )
+    try:
+        answer = await asyncio.wait_for(ask, NETWORK_ASK_TIMEOUT_SECONDS)
+    except TimeoutError:
+        console.print("No answer: denied.")
+        return "deny"
+    return _NETWORK_ANSWERS[answer]

@@ -13,6 +13,12 @@ class SandboxMode(enum.StrEnum):
     danger_full_access = "danger-full-access"
 
 
+class NetworkMode(enum.StrEnum):
+    off = "off"
+    proxy = "proxy"
+    on = "on"
+
+
 class Approval(enum.StrEnum):
     on_failure = "on-failure"
     never = "never"
@@ -36,6 +42,24 @@ def exec_command(
     ),
     writable_root: list[str] = typer.Option(
         [], "--writable-root", help="Another writable directory (repeatable)."
+    ),
+    network: NetworkMode | None = typer.Option(
+        None,
+        "--network",
+        help="off: no network (default under a sandbox); proxy: only through the executor's "
+        "managed proxy, with its domain policy; on: unrestricted.",
+    ),
+    allow_domain: list[str] = typer.Option(
+        [], "--allow-domain", help="With --network proxy: a domain (wildcards ok) to allow."
+    ),
+    deny_domain: list[str] = typer.Option(
+        [], "--deny-domain", help="With --network proxy: a domain to deny (deny wins)."
+    ),
+    ask_domains: bool = typer.Option(
+        False, "--ask-domains", help="With --network proxy: ask about domains in neither list."
+    ),
+    allow_local: bool = typer.Option(
+        False, "--allow-local", help="With --network proxy: allow loopback/private addresses."
     ),
     approval: Approval | None = typer.Option(
         None,
@@ -63,6 +87,22 @@ def exec_command(
         )
     if approval is None:
         approval = Approval.on_failure if sys.stdin.isatty() and not json_mode else Approval.never
+    if network is None:
+        network = (
+            NetworkMode.off if sandbox is not SandboxMode.danger_full_access else NetworkMode.on
+        )
+    proxy_flags = bool(allow_domain or deny_domain or ask_domains or allow_local)
+    if proxy_flags and network is not NetworkMode.proxy:
+        fail(
+            "--allow-domain, --deny-domain, --ask-domains and --allow-local need --network proxy", 2
+        )
+    network_proxy = None
+    if network is NetworkMode.proxy:
+        from codexexec.client.client import NetworkProxyRequest
+
+        network_proxy = NetworkProxyRequest(
+            tuple(allow_domain), tuple(deny_domain), allow_local, ask_domains
+        )
     options = ExecOptions(
         argv=argv,
         cwd=cd,
@@ -72,6 +112,8 @@ def exec_command(
         sandbox=sandbox.value,
         writable_roots=writable_root,
         ask=approval is Approval.on_failure,
+        network=network is NetworkMode.on,
+        network_proxy=network_proxy,
     )
     try:
         code = asyncio.run(run_exec(env, options))

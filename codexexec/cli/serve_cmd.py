@@ -24,6 +24,12 @@ def serve(
         max=64,
         help="Requests processed at once per connection (Codex's default is 1).",
     ),
+    network_policy: str | None = typer.Option(
+        None,
+        "--network-policy",
+        help="TOML policy for the managed network proxy: denials always apply, "
+        "allows and local access are the default for requests that bring none.",
+    ),
     log_level: str = typer.Option("warning", "--log-level", help="debug, info, warning, error."),
 ) -> None:
     """Serve the exec-server protocol; the first stdout line is the bound URL."""
@@ -48,8 +54,18 @@ def serve(
             sys.stdout.write(url + "\n")
             sys.stdout.flush()
 
+    baseline = None
+    if network_policy is not None:
+        from codexexec.network.policy import PolicyError, parse_policy_file
+
+        try:
+            baseline = parse_policy_file(network_policy)
+        except PolicyError as exc:
+            fail(str(exc), 2)
     server = ExecServer(
-        detached_session_ttl=detached_session_ttl, concurrent_requests=concurrent_requests
+        detached_session_ttl=detached_session_ttl,
+        concurrent_requests=concurrent_requests,
+        network_policy=baseline,
     )
     try:
         asyncio.run(run_server(server, listen, on_ready=on_ready))

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from codexexec.cli.approval_prompt import ask_in_terminal, denial_line
+from codexexec.cli.approval_prompt import ask_in_terminal, ask_network_in_terminal, denial_line
 from codexexec.cli.errors import EXIT_FAILURE, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, fail
 from codexexec.cli.render import EventRenderer, emit_json
 from codexexec.client import ExecServerClient, ExecServerError, RemoteProcess
@@ -26,6 +26,7 @@ from codexexec.client.approval import (
     DenialPrompt,
     run_with_approval,
 )
+from codexexec.client.client import NetworkProxyRequest
 from codexexec.client.handle import InvalidHandle, ProcessHandle
 from codexexec.sandbox.policy import LegacyMode
 
@@ -67,10 +68,14 @@ class ExecOptions:
     sandbox: LegacyMode
     writable_roots: list[str]
     ask: bool
+    network: bool = False
+    network_proxy: NetworkProxyRequest | None = None
 
 
 async def run_exec(env: str, options: ExecOptions) -> int:
     async with _connected(env) as client:
+        if options.network_proxy is not None and options.network_proxy.ask_unknown:
+            client.on_network_request = ask_network_in_terminal if options.ask else _deny_network
         if options.detach:
             return await _detach(client, env, options)
         renderer = EventRenderer(json_mode=options.json_mode)
@@ -96,6 +101,8 @@ async def run_exec(env: str, options: ExecOptions) -> int:
                     sandbox=options.sandbox,
                     writable_roots=options.writable_roots,
                     tty=options.tty,
+                    network=options.network,
+                    network_proxy=options.network_proxy,
                     on_event=renderer,
                     on_start=on_start,
                     ask=ask if options.ask else None,
@@ -106,13 +113,33 @@ async def run_exec(env: str, options: ExecOptions) -> int:
         finally:
             for task in forwarding:
                 task.cancel()
-        return _report_attempts(client.description, options, renderer, attempts)
+        decisions = client.network_decisions(attempts[0].process.process_id)
+        return _report_attempts(client.description, options, renderer, attempts, decisions)
+
+
+async def _deny_network(request: dict[str, Any]) -> str:
+    return "deny"
 
 
 def _report_attempts(
-    environment: str, options: ExecOptions, renderer: EventRenderer, attempts: list[Attempt]
+    environment: str,
+    options: ExecOptions,
+    renderer: EventRenderer,
+    attempts: list[Attempt],
+    network_decisions: list[dict[str, Any]],
 ) -> int:
     first, last = attempts[0], attempts[-1]
+    blocked = [d for d in network_decisions if d.get("decision") != "allow"]
+    if blocked and not options.json_mode:
+        seen = set()
+        for d in blocked:
+            key = (d.get("host"), d.get("port"), d.get("reason"))
+            if key not in seen:
+                seen.add(key)
+                sys.stderr.write(
+                    f"codexexec: network: the proxy blocked {d.get('host')}:{d.get('port')} "
+                    f"({d.get('reason')}, {d.get('source')}, {d.get('protocol')})\n"
+                )
     denied = first.exited is not None and first.exited.sandbox_denied
     if denied and len(attempts) == 1 and not options.json_mode:
         assert first.exited is not None
@@ -132,6 +159,8 @@ def _report_attempts(
     if denied and first.exited is not None:
         extra["denial"] = first.exited.denial or {}
         extra["retriedWithoutSandbox"] = len(attempts) > 1
+    if network_decisions:
+        extra["networkDecisions"] = network_decisions
     return _finish(renderer, options.json_mode, **extra)
 
 
@@ -143,6 +172,8 @@ async def _detach(client: ExecServerClient, env: str, options: ExecOptions) -> i
             tty=options.tty,
             sandbox=options.sandbox,
             writable_roots=options.writable_roots,
+            network=options.network,
+            network_proxy=options.network_proxy,
         )
     except ExecServerError as exc:
         fail(f"cannot start `{options.argv[0]}` on {env}: {exc}", _spawn_failure_code(exc))

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from codexexec.client.client import ExecServerClient
+from codexexec.client.client import ExecServerClient, NetworkProxyRequest
 from codexexec.client.events import Exited, ProcessEvent
 from codexexec.client.process import RemoteProcess
 from codexexec.sandbox.policy import LegacyMode
@@ -66,6 +66,8 @@ async def run_with_approval(
     sandbox: LegacyMode,
     writable_roots: list[str],
     tty: bool,
+    network: bool = False,
+    network_proxy: NetworkProxyRequest | None = None,
     on_event: OnEvent,
     on_start: OnStart,
     ask: Ask | None,
@@ -73,7 +75,9 @@ async def run_with_approval(
 ) -> list[Attempt]:
     """All attempts made, in order; the last one decides the outcome."""
     key = store.key(argv, cwd)
-    sandboxed = sandbox != "danger-full-access" and key not in store.approved
+    sandboxed = key not in store.approved and (
+        sandbox != "danger-full-access" or network_proxy is not None
+    )
     first = Attempt(
         await client.start(
             argv,
@@ -81,6 +85,8 @@ async def run_with_approval(
             tty=tty,
             sandbox=sandbox if sandboxed else None,
             writable_roots=writable_roots,
+            network=network,
+            network_proxy=network_proxy if sandboxed else None,
         ),
         sandboxed,
     )
@@ -98,6 +104,7 @@ async def run_with_approval(
         return attempts
     if decision == "session":
         store.approved.add(key)
+    # Like Codex's escalation: no sandbox and no managed proxy (direct networking).
     retry = Attempt(await client.start(argv, cwd=cwd, tty=tty), sandboxed=False)
     on_start(retry)
     attempts.append(await _run(retry, on_event))

@@ -18,19 +18,44 @@ import itertools
 import os
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 from codexexec.client.errors import ExecServerError
 from codexexec.client.events import Closed, EventBuffer, Exited, Output, ReadResponse
 from codexexec.client.process import RemoteProcess
-from codexexec.protocol.jsonrpc import Notification, RpcError
+from codexexec.protocol.jsonrpc import METHOD_NOT_FOUND, Notification, Request, RpcError
 from codexexec.protocol.path_uri import InvalidPathUri, PathUri
 from codexexec.rpc.peer import RpcPeer
 from codexexec.sandbox.policy import LegacyMode, legacy_profile, sandbox_context_json
 from codexexec.transport.base import MessageTransport, TransportClosed
 
 LOCAL = "local"
+MAX_DECISIONS_KEPT = 256
+NetworkAsk = Callable[[dict[str, Any]], Awaitable[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkProxyRequest:
+    """Run a command behind the executor's managed proxy (codexexec's `networkProxy`)."""
+
+    allowed_domains: tuple[str, ...] = ()
+    denied_domains: tuple[str, ...] = ()
+    allow_local: bool = False
+    ask_unknown: bool = False
+    mode: str = "full"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "allowedDomains": list(self.allowed_domains),
+            "deniedDomains": list(self.denied_domains),
+            "allowLocal": self.allow_local,
+            "askUnknown": self.ask_unknown,
+            "mode": self.mode,
+        }
+
+
 DEFAULT_CLIENT_NAME = "codexexec"
 
 
@@ -54,6 +79,9 @@ class ExecServerClient:
         self._write_ids = itertools.count(1)
         self._write_prefix = uuid.uuid4().hex[:8]
         self.session_id = ""
+        # Answers the executor's `network/policyRequest` (managed network "ask" domains).
+        self.on_network_request: NetworkAsk | None = None
+        self._network_decisions: dict[str, list[dict[str, Any]]] = {}
         self.environment_info: dict[str, Any] = {}
 
     # -- connecting -----------------------------------------------------------------
@@ -128,7 +156,10 @@ class ExecServerClient:
         async def on_notification(notification: Notification) -> None:
             await holder[0]._on_notification(notification)
 
-        peer = RpcPeer(transport, on_notification=on_notification)
+        async def on_request(request: Request) -> Any:
+            return await holder[0]._on_request(request)
+
+        peer = RpcPeer(transport, on_notification=on_notification, on_request=on_request)
         runner = asyncio.create_task(peer.run())
         client = cls(peer, runner, description, on_close)
         holder.append(client)
@@ -208,6 +239,7 @@ class ExecServerClient:
         sandbox: LegacyMode | None = None,
         writable_roots: Sequence[str] = (),
         network: bool = False,
+        network_proxy: NetworkProxyRequest | None = None,
     ) -> RemoteProcess:
         """Start ``argv`` on the server. ``cwd`` is a path on the executor host.
 
@@ -241,6 +273,10 @@ class ExecServerClient:
             profile = legacy_profile(sandbox, [self._cwd_uri(r) for r in writable_roots], network)
             if profile is not None:
                 params["sandbox"] = sandbox_context_json(profile, cwd_uri, [cwd_uri])
+        if network_proxy is not None:
+            # The executor runs the proxy and prepares env + sandbox ports from one snapshot.
+            params["networkProxy"] = network_proxy.to_json()
+            params["enforceManagedNetwork"] = True
         try:
             result = await self._call("process/start", params)
         except BaseException:
@@ -309,6 +345,19 @@ class ExecServerClient:
 
     # -- notifications --------------------------------------------------------------
 
+    async def _on_request(self, request: Request) -> Any:
+        if request.method != "network/policyRequest":
+            raise RpcError(METHOD_NOT_FOUND, f"client does not handle `{request.method}`")
+        params = request.params if isinstance(request.params, dict) else {}
+        if self.on_network_request is None:
+            return {"decision": "deny"}
+        decision = await self.on_network_request(params)
+        return {"decision": decision}
+
+    def network_decisions(self, process_id: str) -> list[dict[str, Any]]:
+        """`network/policyDecision` notifications received for a process (the newest 256)."""
+        return list(self._network_decisions.get(process_id, []))
+
     def _wake_all(self) -> None:
         for buffer in self._buffers.values():
             buffer.wake()
@@ -324,6 +373,11 @@ class ExecServerClient:
         if not isinstance(params, dict):
             return
         process_id = params.get("processId")
+        if notification.method == "network/policyDecision" and isinstance(process_id, str):
+            decisions = self._network_decisions.setdefault(process_id, [])
+            decisions.append(params)
+            del decisions[:-MAX_DECISIONS_KEPT]
+            return
         buffer = self._buffers.get(process_id) if isinstance(process_id, str) else None
         if buffer is None:
             return

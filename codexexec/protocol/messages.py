@@ -38,6 +38,13 @@ class InitializeParams(_Params):
     resume_session_id: str | None = None
 
 
+class ManagedNetworkParams(_Params):
+    """Codex's ManagedNetworkSandboxContext: the proxy ports a sandbox must admit."""
+
+    loopback_ports: list[Annotated[int, msgspec.Meta(ge=1, le=65535)]] = []
+    allow_local_binding: bool = False
+
+
 class StartParams(_Params):
     process_id: str
     argv: list[str]
@@ -50,7 +57,7 @@ class StartParams(_Params):
     metadata: dict[str, Any] | None = None
     sandbox: Any = None
     enforce_managed_network: bool = False
-    managed_network: Any = None
+    managed_network: ManagedNetworkParams | None = None
     network_proxy: Any = None
     shell_snapshot: Any = None
 

@@ -30,6 +30,24 @@ _REASONS = {
     "landlock": "policy_denied",
     "failed to write file": "failed_to_write_file",
 }
+# Under a managed network the namespace has no route but the proxy bridges, so a failed
+# direct connection is the sandbox at work even when a tool hides the errno (curl does).
+# codexexec extension; Codex's heuristic misses these.
+MANAGED_NETWORK_FAILURES = (
+    "couldn't connect to server",
+    "failed to connect to",
+    "connection refused",
+    "network is unreachable",
+)
+# Under a managed network the namespace has no route but the proxy bridges, so a failed
+# direct connection is the sandbox at work even when a tool hides the errno (curl does).
+# A codexexec extension: Codex's heuristic misses these.
+MANAGED_NETWORK_FAILURES = (
+    "couldn't connect to server",
+    "failed to connect to",
+    "connection refused",
+    "network is unreachable",
+)
 QUICK_REJECT_EXIT_CODES = frozenset({2, 126, 127})
 SIGSYS_EXIT_CODE = 128 + 31
 SNIPPET_CHARS = 512
@@ -49,10 +67,10 @@ class DenialReport:
         return asdict(self)
 
 
-def _keyword(sections: tuple[str, ...]) -> str | None:
+def _keyword(sections: tuple[str, ...], keywords: tuple[str, ...] = DENIAL_KEYWORDS) -> str | None:
     for section in sections:
         lowered = section.lower()
-        for keyword in DENIAL_KEYWORDS:
+        for keyword in keywords:
             if keyword in lowered:
                 return keyword
     return None
@@ -65,7 +83,14 @@ def is_likely_sandbox_denied(
 
 
 def classify(
-    sandbox_type: str, backend: str, exit_code: int, stdout: str, stderr: str, aggregated: str
+    sandbox_type: str,
+    backend: str,
+    exit_code: int,
+    stdout: str,
+    stderr: str,
+    aggregated: str,
+    *,
+    managed_network: bool = False,
 ) -> DenialReport | None:
     """The denial report for a finished sandboxed command, or None if it was not denied."""
     if sandbox_type == "none" or exit_code == 0:
@@ -74,6 +99,8 @@ def classify(
     keyword = _keyword(sections)
     if keyword is not None:
         reason = _REASONS[keyword]
+    elif managed_network and _keyword(sections, MANAGED_NETWORK_FAILURES):
+        reason = "network_blocked"
     elif exit_code in QUICK_REJECT_EXIT_CODES:
         return None
     elif sandbox_type == "linuxSeccomp" and exit_code == SIGSYS_EXIT_CODE:

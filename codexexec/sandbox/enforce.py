@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from codexexec.sandbox.plan import resolve_plan
+from codexexec.sandbox.plan import NetworkRouting, resolve_plan
 from codexexec.sandbox.policy import PolicyError, parse_context
 
 
@@ -38,15 +38,36 @@ class SandboxedCommand:
         self.pass_fds = ()
 
 
+# Managed network without a file-system intent: everything but the network is open.
+_PROXY_ONLY = {
+    "permissions": {
+        "type": "managed",
+        "file_system": {"type": "unrestricted"},
+        "network": "restricted",
+    }
+}
+
+
 def prepare_command(
-    sandbox: Any, argv: list[str], cwd: str, arg0: str | None
+    sandbox: Any,
+    argv: list[str],
+    cwd: str,
+    arg0: str | None,
+    routing: NetworkRouting | None = None,
 ) -> SandboxedCommand | None:
-    """Wrap ``argv`` for the sandbox intent; None when the intent asks for no sandbox."""
+    """Wrap ``argv`` for the sandbox intent; None when the intent asks for no sandbox.
+
+    With ``routing`` the command may reach the network only through those proxy ports,
+    whatever the intent says about the network.
+    """
     try:
-        context = parse_context(sandbox)
-        if not context.permissions.enforced:
+        context = parse_context(sandbox if sandbox is not None else _PROXY_ONLY)
+        if not context.permissions.enforced and routing is None:
             return None
         plan = resolve_plan(context, cwd)
+        if routing is not None:
+            plan.network_enabled = False
+            plan.routing = routing
     except PolicyError as exc:
         raise SandboxRefused(f"invalid sandbox intent: {exc}", invalid=True) from None
     if sys.platform.startswith("linux"):

@@ -45,6 +45,19 @@ class WritableRoot:
     missing_protected: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class NetworkRouting:
+    """Managed network: reach only these loopback proxy ports, each via a host Unix socket."""
+
+    routes: tuple[tuple[int, str], ...]  # (port, unix socket path)
+    bridge_dir: str
+    allow_local_binding: bool = False
+
+    @property
+    def ports(self) -> list[int]:
+        return [port for port, _ in self.routes]
+
+
 @dataclass(slots=True)
 class SandboxPlan:
     full_read: bool
@@ -54,6 +67,7 @@ class SandboxPlan:
     denied: list[str]
     network_enabled: bool
     command_cwd: str
+    routing: NetworkRouting | None = None
 
     @property
     def all_read_only_paths(self) -> list[str]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from codexexec.network.host_bridge import HostBridges
+from codexexec.network.policy import NetworkPolicy
 from codexexec.protocol.limits import DEFAULT_DETACHED_SESSION_TTL_SECONDS
 from codexexec.rpc.peer import RpcPeer
 from codexexec.server.handler import ConnectionHandler
+from codexexec.server.managed_network import ExecutorNetwork
 from codexexec.server.session import SessionRegistry
 from codexexec.transport.base import MessageTransport
 
@@ -15,13 +18,16 @@ class ExecServer:
         *,
         detached_session_ttl: float = DEFAULT_DETACHED_SESSION_TTL_SECONDS,
         concurrent_requests: int = 1,
+        network_policy: NetworkPolicy | None = None,
     ) -> None:
         self.sessions = SessionRegistry(detached_session_ttl)
+        self.bridges = HostBridges()
+        self.network = ExecutorNetwork(network_policy)
         self._concurrent_requests = concurrent_requests
 
     async def serve(self, transport: MessageTransport, *, malformed_prefix: str) -> None:
         """Serve one connection until it ends; its session is then detached, not dropped."""
-        handler = ConnectionHandler(self.sessions)
+        handler = ConnectionHandler(self.sessions, self.bridges, self.network)
         peer = RpcPeer(
             transport,
             on_request=handler.on_request,
@@ -39,3 +45,9 @@ class ExecServer:
     def close(self) -> None:
         """Stop every process of every session (server shutdown)."""
         self.sessions.close()
+        self.bridges.close()
+
+    async def aclose(self) -> None:
+        """close(), then stop the managed network proxy."""
+        self.close()
+        await self.network.close()

@@ -11,6 +11,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from codexexec.network.host_bridge import HostBridges
+from codexexec.network.policy import PolicyError as NetworkPolicyError
 from codexexec.protocol import messages as m
 from codexexec.protocol.jsonrpc import (
     INTERNAL_ERROR,
@@ -24,12 +26,20 @@ from codexexec.protocol.jsonrpc import (
 from codexexec.protocol.path_uri import InvalidPathUri, PathUri
 from codexexec.rpc.peer import CloseConnection, ReplyThen, RpcPeer
 from codexexec.sandbox.enforce import SandboxedCommand, SandboxRefused, prepare_command
+from codexexec.sandbox.plan import NetworkRouting
+from codexexec.sandbox.proxy_routes import ManagedNetwork, ProxyRouteError, check_routes
 from codexexec.server import spawn
 from codexexec.server.env_policy import build_child_env
 from codexexec.server.environment import environment_info
+from codexexec.server.managed_network import (
+    ExecutorNetwork,
+    PreparedManagedNetwork,
+    policy_from_request,
+)
 from codexexec.server.output import ReadResult
 from codexexec.server.process import ManagedProcess, StdinClosed
 from codexexec.server.session import Session, SessionRegistry
+from codexexec.transport.base import TransportClosed
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +90,12 @@ def _read_result(result: ReadResult, process: ManagedProcess) -> dict[str, Any]:
 
 
 class ConnectionHandler:
-    def __init__(self, sessions: SessionRegistry) -> None:
+    def __init__(
+        self, sessions: SessionRegistry, bridges: HostBridges, network: ExecutorNetwork
+    ) -> None:
         self._sessions = sessions
+        self._bridges = bridges
+        self._network = network
         self._peer: RpcPeer | None = None
         self._initialize_received = False
         self._initialized = False
@@ -188,7 +202,9 @@ class ConnectionHandler:
             kind = "pty" if params.tty else "pipe"
             raise RpcError(INTERNAL_ERROR, f"missing program for {kind} spawn")
         env = build_child_env(params.env_policy, params.env)
-        sandboxed = _sandboxed_command(params, cwd)
+        prepared = await self._launch_network(params, env)
+        routing = await self._network_routing(params, env, prepared)
+        sandboxed = _sandboxed_command(params, cwd, routing)
         if sandboxed is not None:
             try:
                 spawn.ensure_program_exists(params.argv[0], env, cwd)
@@ -223,6 +239,11 @@ class ConnectionHandler:
                 sandboxed.release()
         if sandboxed is not None:
             process.created_paths = sandboxed.created_paths
+        process.managed_network = routing is not None
+        if prepared is not None:
+            token = prepared.token
+            process.network_decisions = lambda: self._network.decisions(token)
+            process.on_disposed = lambda: self._network.release(token)
         await process.attach(child)
         if session.processes.get(params.process_id) is not process:
             process.dispose()
@@ -231,6 +252,67 @@ class ConnectionHandler:
             {"processId": params.process_id, "sandboxType": process.sandbox_type},
             process.begin_publishing,
         )
+
+    async def _launch_network(
+        self, params: m.StartParams, env: dict[str, str]
+    ) -> PreparedManagedNetwork | None:
+        """codexexec's `networkProxy`: run this command behind the executor's proxy.
+
+        The proxy environment and the sandbox context come from one prepared snapshot.
+        """
+        if params.network_proxy is None:
+            return None
+        try:
+            policy = policy_from_request(params.network_proxy, self._network.baseline)
+        except (NetworkPolicyError, TypeError, ValueError) as exc:
+            raise RpcError(INVALID_PARAMS, f"invalid network proxy config: {exc}") from None
+        session = self._session()
+        prepared = await self._network.prepare(
+            params.process_id, policy, session.publish, self._ask_client, session.network_hosts
+        )
+        env.update(prepared.env)
+        return prepared
+
+    async def _ask_client(self, request: dict[str, Any]) -> Any:
+        """Ask this session's client about a destination; no client means no."""
+        session, peer = self.session, self._peer
+        if session is None or peer is None or session.outbox is not peer.outbox:
+            return {"decision": "deny"}
+        try:
+            return await peer.call("network/policyRequest", request)
+        except (RpcError, TransportClosed):
+            return {"decision": "deny"}
+
+    async def _network_routing(
+        self,
+        params: m.StartParams,
+        env: dict[str, str],
+        prepared: PreparedManagedNetwork | None,
+    ) -> NetworkRouting | None:
+        """Managed network: the proxy ports this command may reach, bridged into its sandbox."""
+        if prepared is not None:
+            params.managed_network = m.ManagedNetworkParams(
+                list(prepared.context.loopback_ports), prepared.context.allow_local_binding
+            )
+        if params.managed_network is None:
+            if params.enforce_managed_network:
+                raise RpcError(
+                    INVALID_PARAMS,
+                    "sandbox intent cannot be enforced on this executor: "
+                    "enforceManagedNetwork without a managedNetwork context",
+                )
+            return None
+        try:
+            context = ManagedNetwork(
+                tuple(params.managed_network.loopback_ports),
+                params.managed_network.allow_local_binding,
+            )
+            ports = check_routes(env, context)
+        except ProxyRouteError as exc:
+            raise RpcError(INVALID_PARAMS, f"invalid managed network: {exc}") from None
+        routes = tuple([(port, await self._bridges.socket_for(port)) for port in ports])
+        assert self._bridges.directory is not None
+        return NetworkRouting(routes, self._bridges.directory, context.allow_local_binding)
 
     async def _process_read(self, params: m.ReadParams) -> dict[str, Any]:
         process = self._process(params.process_id)
@@ -271,13 +353,13 @@ class ConnectionHandler:
 _BASE64_ALPHABET = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
 
 
-def _sandboxed_command(params: m.StartParams, cwd: str) -> SandboxedCommand | None:
-    if params.sandbox is None:
-        if params.enforce_managed_network:
-            raise RpcError(INVALID_PARAMS, "sandbox intent cannot be enforced on this executor")
+def _sandboxed_command(
+    params: m.StartParams, cwd: str, routing: NetworkRouting | None
+) -> SandboxedCommand | None:
+    if params.sandbox is None and routing is None:
         return None
     try:
-        return prepare_command(params.sandbox, params.argv, cwd, params.arg0)
+        return prepare_command(params.sandbox, params.argv, cwd, params.arg0, routing)
     except SandboxRefused as exc:
         raise RpcError(INVALID_PARAMS, str(exc)) from None
 

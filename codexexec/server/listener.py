@@ -44,7 +44,7 @@ async def run_server(
         else:
             await _serve_websocket(server, listen_url, stop, on_ready)
     finally:
-        server.close()
+        await server.aclose()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
 

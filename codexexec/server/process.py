@@ -146,6 +146,9 @@ class ManagedProcess:
         self.sandbox_type = sandbox_type
         self.sandbox_backend = sandbox_backend
         self.sandbox_denied = False
+        self.managed_network = False
+        self.network_decisions: Callable[[], list[dict[str, Any]]] = list
+        self.on_disposed: Callable[[], None] | None = None
         self.denial: DenialReport | None = None
         # Paths created on the host only as mount points for masks; removed after exit.
         self.created_paths: list[str] = []
@@ -247,6 +250,8 @@ class ManagedProcess:
         }
         if self.denial is not None:
             params["sandboxDenial"] = self.denial.to_json()
+        if self.managed_network and (blocked := self.network_decisions()):
+            params["networkDecisions"] = blocked  # codexexec extension: what the proxy refused
         self._emit("process/exited", params)
         self._close_stdin()
         self._maybe_close()
@@ -263,7 +268,18 @@ class ManagedProcess:
             stdout.decode(errors="replace"),
             stderr.decode(errors="replace"),
             aggregated.decode(errors="replace"),
+            managed_network=self.managed_network,
         )
+        blocked = self.network_decisions()
+        if self.denial is None and exit_code != 0 and blocked:
+            # The proxy said no; the tool may have hidden why (curl -f does).
+            first = blocked[0]
+            self.denial = DenialReport(
+                "network_policy_denied",
+                "managed_network_proxy",
+                f"{first['host']}:{first['port']}",
+                stderr.decode(errors="replace").strip()[:512],
+            )
         self.sandbox_denied = self.denial is not None
 
     def _remove_created_paths(self) -> None:
@@ -352,6 +368,9 @@ class ManagedProcess:
 
     def dispose(self) -> None:
         """Kill what is left and release every resource; the process is being dropped."""
+        if self.on_disposed is not None:
+            self.on_disposed()
+            self.on_disposed = None
         if self._expiry is not None:
             self._expiry.cancel()
         if self._child is not None and not self.output.exited:

@@ -25,6 +25,8 @@ class Session:
         self.id = session_id
         self.processes: dict[str, ManagedProcess] = {}
         self.outbox: Outbox | None = None
+        # Destinations this session's client allowed "for the session" (managed network).
+        self.network_hosts: set[str] = set()
         self._expiry: asyncio.TimerHandle | None = None
 
     # Publisher, for this session's processes.

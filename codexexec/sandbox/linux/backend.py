@@ -12,7 +12,7 @@ from functools import cache
 import msgspec
 
 from codexexec.sandbox.linux import bwrap as bw
-from codexexec.sandbox.plan import SandboxPlan
+from codexexec.sandbox.plan import NetworkRouting, SandboxPlan
 
 SANDBOX_TYPE = "linuxSeccomp"
 FORCE_BACKEND_ENV = "CODEXEXEC_LINUX_SANDBOX"  # "bwrap" or "landlock", for tests and ops
@@ -31,7 +31,17 @@ class PreparedCommand:
     created_paths: list[str] = field(default_factory=list)
 
 
+def _bridge_spec(routing: NetworkRouting, arg0: str | None) -> dict[str, object]:
+    return {
+        "routes": [{"port": port, "uds": path} for port, path in routing.routes],
+        "allow_local_binding": routing.allow_local_binding,
+        "argv0": arg0,
+    }
+
+
 def seccomp_mode_name(plan: SandboxPlan) -> str | None:
+    if plan.routing is not None:
+        return "proxy_routed"
     if not plan.network_enabled:
         return "restricted"
     if not plan.full_write:
@@ -63,6 +73,12 @@ def prepare(plan: SandboxPlan, command: list[str], *, arg0: str | None) -> Prepa
     bwrap = bw.find_bwrap(plan.command_cwd) if forced in ("", "bwrap") else None
     problem = bw.probe_bwrap(bwrap) if bwrap else "bwrap is not installed"
     if bwrap and problem is None:
+        if plan.routing is not None:
+            # The in-namespace stage bridges the proxy ports and applies seccomp itself.
+            spec = msgspec.json.encode(_bridge_spec(plan.routing, arg0)).decode()
+            inner = [sys.executable, "-m", "codexexec.sandbox.linux.netns_bridge", spec, "--"]
+            argv = bw.bwrap_argv(bwrap, plan, [*inner, *command], arg0=None, seccomp_fd=None)
+            return PreparedCommand(argv, "bubblewrap", (), _missing_paths(plan))
         fds: tuple[int, ...] = (_memfd_with(_bpf(mode)),) if mode else ()
         argv = bw.bwrap_argv(bwrap, plan, command, arg0=arg0, seccomp_fd=fds[0] if fds else None)
         return PreparedCommand(argv, "bubblewrap", fds, _missing_paths(plan))
@@ -101,10 +117,14 @@ def landlock_refusal(plan: SandboxPlan) -> str | None:
 
 
 def landlock_spec(plan: SandboxPlan, mode: str | None, arg0: str | None) -> dict[str, object]:
+    if plan.routing is not None:
+        ports: list[int] | None = plan.routing.ports  # straight to the proxy on host loopback
+    else:
+        # No TCP at all without network access (Landlock ABI >= 4); None = unrestricted.
+        ports = None if plan.network_enabled else []
     return {
         "write_roots": [r.path for r in plan.writable_roots],
-        # No TCP at all without network access (Landlock ABI >= 4); None = unrestricted.
-        "tcp_connect_ports": None if plan.network_enabled else [],
+        "tcp_connect_ports": ports,
         "seccomp": mode,
         "argv0": arg0,
     }

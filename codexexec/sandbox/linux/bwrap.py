@@ -89,6 +89,9 @@ def bwrap_argv(
                 args += ["--ro-bind", path, path]
             for path in root.missing_protected:
                 args += ["--perms", "555", "--tmpfs", path, "--remount-ro", path]
+    if plan.routing is not None:
+        # The bridge sockets must be reachable but not replaceable from inside.
+        args += ["--ro-bind", plan.routing.bridge_dir, plan.routing.bridge_dir]
     for path in plan.denied:
         if os.path.isdir(path):
             args += ["--perms", "000", "--tmpfs", path, "--remount-ro", path]
