@@ -75,7 +75,9 @@ class ExecOptions:
 async def run_exec(env: str, options: ExecOptions) -> int:
     async with _connected(env) as client:
         if options.network_proxy is not None and options.network_proxy.ask_unknown:
-            client.on_network_request = ask_network_in_terminal if options.ask else _deny_network
+            # Asking needs a person at a terminal; otherwise unlisted domains are denied.
+            interactive = sys.stdin.isatty() and not options.json_mode
+            client.on_network_request = ask_network_in_terminal if interactive else _deny_network
         if options.detach:
             return await _detach(client, env, options)
         renderer = EventRenderer(json_mode=options.json_mode)

@@ -1,0 +1,245 @@
+"""Managed network end to end: the CLI, the executor's proxy, the sandbox and the ask flow."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from threading import Thread
+
+import pytest
+
+from codexexec.client import ExecServerClient
+from codexexec.client.client import NetworkProxyRequest
+from codexexec.network.policy import NetworkPolicy
+from codexexec.server.managed_network import ExecutorNetwork
+from tests.servers import RunningServer, codexexec_command, start_server
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("bwrap") is None or shutil.which("curl") is None, reason="needs bwrap and curl"
+)
+
+
+class _Origin(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"origin says hi\n"
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def origin() -> Iterator[int]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Origin)
+    Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+
+
+def cx(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        codexexec_command(*args),
+        capture_output=True,
+        cwd="/tmp",
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+PROXY = (
+    "--network",
+    "proxy",
+    "--allow-domain",
+    "localhost",
+    "--allow-local",
+    "--approval",
+    "never",
+)
+
+
+def test_done_when_through_the_proxy_direct_and_disallowed(origin: int) -> None:
+    url = f"http://localhost:{origin}/"
+    through = cx("exec", *PROXY, "--", "curl", "-sS", url)
+    assert through.returncode == 0 and through.stdout == b"origin says hi\n", through.stderr
+    direct = cx("exec", *PROXY, "--json", "--", "curl", "-sS", "--noproxy", "*", url)
+    result = json.loads(direct.stdout.decode().splitlines()[-1])
+    assert direct.returncode == 7 and result["sandboxDenied"] is True
+    assert result["denial"]["reason"] == "network_blocked"
+    blocked = cx("exec", *PROXY, "--", "curl", "-sS", "-f", "http://example.com/")
+    assert blocked.returncode == 22
+    stderr = blocked.stderr.decode()
+    assert "the proxy blocked example.com:80 (not_allowed, baseline_policy, http)" in stderr
+    assert "network_policy_denied" in stderr
+    body = cx("exec", *PROXY, "--", "curl", "-sS", "http://example.com/")
+    assert b"CODEX_NETWORK_POLICY_DECISION {" in body.stdout  # the proxy's 403 explains itself
+
+
+def test_json_carries_the_proxy_decisions(origin: int) -> None:
+    result = cx(
+        "exec",
+        *PROXY,
+        "--json",
+        "--deny-domain",
+        "*.example.com",
+        "--",
+        "curl",
+        "-sS",
+        "-f",
+        "https://api.example.com/",
+    )
+    final = json.loads(result.stdout.decode().splitlines()[-1])
+    decision = final["networkDecisions"][0]
+    assert decision["host"] == "api.example.com" and decision["port"] == 443
+    assert decision["decision"] == "deny" and decision["reason"] == "denied"
+    assert decision["protocol"] == "httpsConnect" and decision["processId"] == final["processId"]
+
+
+def test_ask_flow_allow_and_deny(origin: int) -> None:
+    url = f"http://localhost:{origin}/"
+    ask = [
+        "exec",
+        "--network",
+        "proxy",
+        "--ask-domains",
+        "--allow-local",
+        "--approval",
+        "never",
+        "--",
+        "curl",
+        "-sS",
+        "-f",
+        url,
+    ]
+    code, screen = run_in_terminal_network(ask, "y")
+    assert "A command wants network access" in screen and "origin says hi" in screen and code == 0
+    code, screen = run_in_terminal_network(ask, "n")
+    assert code != 0 and "origin says hi" not in screen
+
+
+def run_in_terminal_network(args: list[str], answer: str) -> tuple[int, str]:
+    import os as _os
+    import pty
+    import select
+    import time
+
+    master, slave = pty.openpty()
+    process = subprocess.Popen(
+        codexexec_command(*args),
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        cwd="/tmp",
+        close_fds=True,
+    )
+    _os.close(slave)
+    screen, answered = b"", False
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.1)
+        if ready:
+            try:
+                data = _os.read(master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            screen += data
+        if not answered and b"Allow?" in screen:
+            _os.write(master, answer.encode() + b"\r")
+            answered = True
+        if process.poll() is not None and not ready:
+            break
+    code = process.wait(timeout=5)
+    _os.close(master)
+    return code, screen.decode(errors="replace")
+
+
+async def test_env_and_sandbox_ports_come_from_one_snapshot() -> None:
+    network = ExecutorNetwork()
+    try:
+        prepared = await network.prepare("p", NetworkPolicy(), lambda _: None, None, set())
+        from codexexec.sandbox.proxy_routes import check_routes, loopback_ports_from_env
+
+        assert loopback_ports_from_env(prepared.env) == set(prepared.context.loopback_ports)
+        assert check_routes(prepared.env, prepared.context) == tuple(
+            sorted(prepared.context.loopback_ports)
+        )
+        assert all(
+            f"{prepared.token}@127.0.0.1:" in prepared.env[k] for k in ("HTTP_PROXY", "ALL_PROXY")
+        )
+    finally:
+        await network.close()
+
+
+async def test_client_api_sees_policy_decisions(codexexec_server: RunningServer) -> None:
+    async with await ExecServerClient.connect(codexexec_server.url) as client:
+        process = await client.start(
+            ["curl", "-sS", "-f", "http://blocked.example/"],
+            cwd="/tmp",
+            sandbox="workspace-write",
+            network_proxy=NetworkProxyRequest(),
+        )
+        exited = await process.wait()
+        assert exited.exit_code == 22 and exited.sandbox_denied
+        assert exited.denial is not None and exited.denial["backend"] == "managed_network_proxy"
+        decisions = client.network_decisions(process.process_id)
+        assert decisions[0]["host"] == "blocked.example" and decisions[0]["decision"] == "deny"
+
+
+def test_operator_policy_file_denials_always_apply(origin: int, tmp_path: Path) -> None:
+    policy = tmp_path / "network.toml"
+    policy.write_text('[network]\nallow_local = true\n\n[network.domains]\n"localhost" = "deny"\n')
+    with start_server("codexexec", extra_args=("--network-policy", str(policy))) as running:
+        result = cx(
+            "exec",
+            "--env",
+            running.url,
+            *PROXY,
+            "--",
+            "curl",
+            "-sS",
+            "-f",
+            f"http://localhost:{origin}/",
+        )
+        assert result.returncode == 22
+        assert b"the proxy blocked localhost" in result.stderr and b"denied" in result.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[network]\nmode = "full"\n\n[network.domains]\n"x.com" = "maybe"\n')
+    failed = cx("serve", "--network-policy", str(bad))
+    assert failed.returncode == 2 and f"{bad}:5" in failed.stderr.decode()
+
+
+def test_proxy_flags_need_network_proxy() -> None:
+    result = cx("exec", "--allow-domain", "x.com", "--", "true")
+    assert result.returncode == 2 and b"need --network proxy" in result.stderr
+
+
+def test_landlock_fallback_admits_only_the_proxy(origin: int) -> None:
+    env = {"CODEXEXEC_LINUX_SANDBOX": "landlock"}
+    url = f"http://localhost:{origin}/"
+    through = cx(
+        "exec", "--sandbox", "danger-full-access", *PROXY, "--", "curl", "-sS", url, env=env
+    )
+    assert through.returncode == 0 and through.stdout == b"origin says hi\n", through.stderr
+    direct = cx(
+        "exec",
+        "--sandbox",
+        "danger-full-access",
+        *PROXY,
+        "--",
+        "curl",
+        "-sS",
+        "--noproxy",
+        "*",
+        url,
+        env=env,
+    )
+    assert direct.returncode == 7 and b"sandbox denied" in direct.stderr
