@@ -7,9 +7,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from threading import Thread
 
 import pytest
 
@@ -17,31 +15,19 @@ from codexexec.client import ExecServerClient
 from codexexec.client.client import NetworkProxyRequest
 from codexexec.network.policy import NetworkPolicy
 from codexexec.server.managed_network import ExecutorNetwork
+from tests.origins import http_origin
 from tests.servers import RunningServer, codexexec_command, start_server
+from tests.test_sandbox_cli import run_in_terminal
 
 pytestmark = pytest.mark.skipif(
     shutil.which("bwrap") is None or shutil.which("curl") is None, reason="needs bwrap and curl"
 )
 
 
-class _Origin(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = b"origin says hi\n"
-        self.send_response(200)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def origin() -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Origin)
-    Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1]
-    server.shutdown()
+    with http_origin(b"origin says hi\n") as port:
+        yield port
 
 
 def cx(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
@@ -118,48 +104,10 @@ def test_ask_flow_allow_and_deny(origin: int) -> None:
         "-f",
         url,
     ]
-    code, screen = run_in_terminal_network(ask, "y")
+    code, screen = run_in_terminal(ask, prompt=b"Allow?", answer="y")
     assert "A command wants network access" in screen and "origin says hi" in screen and code == 0
-    code, screen = run_in_terminal_network(ask, "n")
+    code, screen = run_in_terminal(ask, prompt=b"Allow?", answer="n")
     assert code != 0 and "origin says hi" not in screen
-
-
-def run_in_terminal_network(args: list[str], answer: str) -> tuple[int, str]:
-    import os as _os
-    import pty
-    import select
-    import time
-
-    master, slave = pty.openpty()
-    process = subprocess.Popen(
-        codexexec_command(*args),
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        cwd="/tmp",
-        close_fds=True,
-    )
-    _os.close(slave)
-    screen, answered = b"", False
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 0.1)
-        if ready:
-            try:
-                data = _os.read(master, 65536)
-            except OSError:
-                break
-            if not data:
-                break
-            screen += data
-        if not answered and b"Allow?" in screen:
-            _os.write(master, answer.encode() + b"\r")
-            answered = True
-        if process.poll() is not None and not ready:
-            break
-    code = process.wait(timeout=5)
-    _os.close(master)
-    return code, screen.decode(errors="replace")
 
 
 async def test_env_and_sandbox_ports_come_from_one_snapshot() -> None:

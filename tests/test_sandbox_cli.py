@@ -23,7 +23,12 @@ def target() -> Path:
     return Path("/var/lib") / f"cx-approve-{uuid.uuid4().hex[:8]}"
 
 
-def run_in_terminal(args: list[str], answer: str | None, timeout: float = 30) -> tuple[int, str]:
+def run_in_terminal(
+    args: list[str],
+    answer: str | None,
+    timeout: float = 30,
+    prompt: bytes = b"without the sandbox?",
+) -> tuple[int, str]:
     """Run the CLI on a real pseudo-terminal, answering its prompt like a person."""
     master, slave = pty.openpty()
     process = subprocess.Popen(
@@ -48,7 +53,7 @@ def run_in_terminal(args: list[str], answer: str | None, timeout: float = 30) ->
             if not data:
                 break
             screen += data
-        if not answered and b"without the sandbox?" in screen and b"(n)" in screen:
+        if not answered and prompt in screen and b"(n)" in screen:
             os.write(master, answer.encode() + b"\r")  # type: ignore[union-attr]
             answered = True
         if process.poll() is not None and not ready:

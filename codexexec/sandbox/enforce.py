@@ -91,5 +91,8 @@ def prepare_command(
         from codexexec.sandbox.macos.seatbelt import SANDBOX_TYPE as SEATBELT
         from codexexec.sandbox.macos.seatbelt import wrap_command
 
-        return SandboxedCommand(wrap_command(plan, argv), SEATBELT, "seatbelt", passes_arg0=True)
+        ports = plan.routing.ports if plan.routing is not None else ()
+        # Seatbelt admits exactly the prepared proxy ports; no bridges are needed on macOS.
+        wrapped = wrap_command(plan, argv, loopback_ports=ports)
+        return SandboxedCommand(wrapped, SEATBELT, "seatbelt", passes_arg0=True)
     raise SandboxRefused("sandbox intent cannot be enforced on this executor", invalid=False)
