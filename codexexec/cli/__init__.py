@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import typer
 
-from codexexec.cli import exec_cmd, read_cmd, sandbox_check_cmd, serve_cmd
+from codexexec.cli import (
+    exec_cmd,
+    read_cmd,
+    register_cmd,
+    rendezvous_cmd,
+    sandbox_check_cmd,
+    serve_cmd,
+)
 
 app = typer.Typer(
     name="codexexec",
@@ -21,6 +28,8 @@ app.command("serve")(serve_cmd.serve)
 app.command("exec", context_settings={"allow_interspersed_args": False})(exec_cmd.exec_command)
 app.command("read")(read_cmd.read)
 app.command("sandbox-check")(sandbox_check_cmd.sandbox_check)
+app.command("rendezvous")(rendezvous_cmd.rendezvous)
+app.command("register")(register_cmd.register)
 
 
 def main() -> None:

@@ -29,6 +29,9 @@ def exec_command(
     env: str = typer.Option(
         "local", "--env", help="local (in this process) or an exec-server ws:// URL."
     ),
+    registry: str | None = typer.Option(
+        None, "--registry", help="Registry URL: reach --env ID through its relay."
+    ),
     cd: str | None = typer.Option(None, "--cd", help="Working directory on the executor host."),
     tty: bool = typer.Option(False, "--tty", help="Run in a pseudo-terminal; forward stdin."),
     detach: bool = typer.Option(
@@ -79,6 +82,8 @@ def exec_command(
     from codexexec.cli.errors import fail
     from codexexec.cli.session import ExecOptions, run_exec
 
+    if registry is not None:
+        env = f"{env}@{registry}"
     if detach and env == "local":
         fail(
             "--detach needs a server environment (--env ws://…): "

@@ -30,6 +30,17 @@ def serve(
         help="TOML policy for the managed network proxy: denials always apply, "
         "allows and local access are the default for requests that bring none.",
     ),
+    remote: str | None = typer.Option(
+        None, "--remote", help="Register with this registry and serve through its relay."
+    ),
+    environment_id: str | None = typer.Option(
+        None, "--environment-id", help="With --remote: the environment to register as."
+    ),
+    token_file: str | None = typer.Option(
+        None,
+        "--token-file",
+        help="With --remote: bearer token file (else CODEXEXEC_REGISTRY_TOKEN).",
+    ),
     log_level: str = typer.Option("warning", "--log-level", help="debug, info, warning, error."),
 ) -> None:
     """Serve the exec-server protocol; the first stdout line is the bound URL."""
@@ -67,6 +78,17 @@ def serve(
         concurrent_requests=concurrent_requests,
         network_policy=baseline,
     )
+    if remote is not None:
+        if not environment_id:
+            fail("--remote needs --environment-id", 2)
+        from codexexec.cli.remote_serve import run_relay
+        from codexexec.transport.relay import RELAY_MALFORMED_PREFIX
+
+        async def serve_stream(stream: object) -> None:
+            await server.serve(stream, malformed_prefix=RELAY_MALFORMED_PREFIX)  # type: ignore[arg-type]
+
+        run_relay(remote, environment_id, token_file, serve_stream, server.aclose)
+        return
     try:
         asyncio.run(run_server(server, listen, on_ready=on_ready))
     except OSError as exc:

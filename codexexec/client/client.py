@@ -114,7 +114,40 @@ class ExecServerClient:
                 resume_session_id=resume_session_id,
                 timeout=timeout,
             )
-        raise ExecServerError(f"unknown environment `{target}`: expected `local` or a ws:// URL")
+        environment_id, at, registry = target.partition("@")
+        if at and registry.startswith(("http://", "https://")):
+            return await cls._connect_registry(
+                registry, environment_id, client_name, resume_session_id, timeout
+            )
+        raise ExecServerError(
+            f"unknown environment `{target}`: expected `local`, a ws:// URL or ENV@REGISTRY_URL"
+        )
+
+    @classmethod
+    async def _connect_registry(
+        cls,
+        registry: str,
+        environment_id: str,
+        client_name: str,
+        resume_session_id: str | None,
+        timeout: float,
+    ) -> ExecServerClient:
+        from codexexec.remote.registry import RegistryError, read_token
+        from codexexec.transport.relay import HarnessRelayTransport
+
+        try:
+            transport = await HarnessRelayTransport.connect(
+                registry, environment_id, read_token(None)
+            )
+        except RegistryError as exc:
+            raise ExecServerError(str(exc)) from None
+        return await cls.over(
+            transport,
+            description=f"{environment_id}@{registry}",
+            client_name=client_name,
+            resume_session_id=resume_session_id,
+            timeout=timeout,
+        )
 
     @classmethod
     async def _connect_local(cls, client_name: str, timeout: float) -> ExecServerClient:

@@ -1,0 +1,29 @@
+"""`codexexec rendezvous`: the self-hosted environment registry and relay."""
+
+from __future__ import annotations
+
+import typer
+
+
+def rendezvous(
+    listen: str = typer.Option(
+        "http://127.0.0.1:0", "--listen", help="http://IP:PORT to serve on (port 0 picks one)."
+    ),
+    token_file: str | None = typer.Option(
+        None,
+        "--token-file",
+        help="Bearer tokens, one per line (TOKEN [executor|harness] [env,...]). Without it, "
+        "a development token is created and its location printed.",
+    ),
+    db: str | None = typer.Option(None, "--db", help="SQLite file (default: in memory)."),
+) -> None:
+    """Register executors and relay harness streams to them (frames are never decrypted)."""
+    from pathlib import Path
+
+    from codexexec.cli.errors import fail
+    from codexexec.rendezvous.service import run_rendezvous
+
+    try:
+        run_rendezvous(listen, Path(token_file) if token_file else None, Path(db) if db else None)
+    except (OSError, ValueError) as exc:
+        fail(f"cannot run the rendezvous on {listen}: {exc}", 1)

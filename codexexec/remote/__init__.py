@@ -1,0 +1,1 @@
+"""Remote environments: the environment registry client."""

@@ -1,0 +1,240 @@
+"""The rendezvous's embedded SQLite store.
+
+Tiny and synchronous: every statement touches a handful of rows by primary key, so the service
+calls it directly on the event loop. It keeps
+
+* ``environments``: each environment id and its current executor registration;
+* ``registrations``: every executor registration (security profile and the executor's public
+  key, stored as opaque canonical JSON, never interpreted);
+* ``authorizations``: one-time harness key authorizations, kept only as SHA-256 digests with the
+  harness public key they were issued for, an expiry and a used mark;
+* ``meta``: the relay URL signing key (so executor URLs survive a restart).
+
+The database file is created 0600 (it holds the signing key).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from codexexec.rendezvous.signing import KEY_BYTES
+
+MEMORY = ":memory:"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS environments (
+    environment_id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    current_registration_id TEXT
+);
+CREATE TABLE IF NOT EXISTS registrations (
+    registration_id TEXT PRIMARY KEY,
+    environment_id TEXT NOT NULL,
+    security_profile TEXT NOT NULL,
+    executor_public_key TEXT,
+    created_at REAL NOT NULL,
+    registered_by TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS authorizations (
+    digest TEXT PRIMARY KEY,
+    environment_id TEXT NOT NULL,
+    registration_id TEXT NOT NULL,
+    harness_public_key TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    used_at REAL
+);
+CREATE INDEX IF NOT EXISTS authorizations_expiry ON authorizations(expires_at);
+"""
+
+
+def canonical_json(value: Any) -> str:
+    """One spelling per JSON value: sorted keys, no spaces, UTF-8 kept."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _auth_digest(authorization: str) -> str:
+    return hashlib.sha256(authorization.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Registration:
+    registration_id: str
+    environment_id: str
+    security_profile: str
+    executor_public_key: Any  # parsed JSON, or None for the legacy profile
+    created_at: float
+
+
+class ValidationOutcome:
+    """Why /validate answered as it did (for logs; never echoes the authorization)."""
+
+    VALID = "valid"
+    UNKNOWN = "unknown_authorization"
+    USED = "already_used"
+    EXPIRED = "expired"
+    MISMATCH = "mismatch"
+    STALE = "stale_registration"
+
+
+class Store:
+    def __init__(self, path: Path | str, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        target = str(path)
+        if target != MEMORY:
+            file = Path(target)
+            file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not file.exists():
+                os.close(os.open(file, os.O_WRONLY | os.O_CREAT, 0o600))
+        self._db = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA busy_timeout = 2000")
+        if target != MEMORY:
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- meta ---------------------------------------------------------------------------------
+
+    def signing_key(self) -> bytes:
+        row = self._db.execute("SELECT value FROM meta WHERE name = 'relay_signing_key'").fetchone()
+        if row is not None and isinstance(row[0], bytes) and len(row[0]) >= KEY_BYTES:
+            return row[0]
+        key = secrets.token_bytes(KEY_BYTES)
+        self._db.execute(
+            "INSERT OR REPLACE INTO meta(name, value) VALUES ('relay_signing_key', ?)", (key,)
+        )
+        return key
+
+    # -- registrations ------------------------------------------------------------------------
+
+    def register(
+        self,
+        environment_id: str,
+        security_profile: str,
+        executor_public_key: Any,
+        registered_by: str,
+    ) -> Registration:
+        """Record a new registration and make it the environment's current one."""
+        now = self._clock()
+        registration_id = f"reg-{uuid.uuid4()}"
+        key_text = None if executor_public_key is None else canonical_json(executor_public_key)
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "INSERT INTO registrations(registration_id, environment_id, security_profile,"
+                " executor_public_key, created_at, registered_by) VALUES (?, ?, ?, ?, ?, ?)",
+                (registration_id, environment_id, security_profile, key_text, now, registered_by),
+            )
+            self._db.execute(
+                "INSERT INTO environments(environment_id, created_at, current_registration_id)"
+                " VALUES (?, ?, ?) ON CONFLICT(environment_id)"
+                " DO UPDATE SET current_registration_id = excluded.current_registration_id",
+                (environment_id, now, registration_id),
+            )
+        return Registration(
+            registration_id, environment_id, security_profile, executor_public_key, now
+        )
+
+    def current_registration(self, environment_id: str) -> Registration | None:
+        row = self._db.execute(
+            "SELECT r.registration_id, r.environment_id, r.security_profile,"
+            " r.executor_public_key, r.created_at FROM environments e JOIN registrations r"
+            " ON r.registration_id = e.current_registration_id WHERE e.environment_id = ?",
+            (environment_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        key = None if row[3] is None else json.loads(row[3])
+        return Registration(row[0], row[1], row[2], key, row[4])
+
+    def environment_count(self) -> int:
+        row = self._db.execute("SELECT COUNT(*) FROM environments").fetchone()
+        return int(row[0])
+
+    # -- one-time harness authorizations ------------------------------------------------------
+
+    def issue_authorization(
+        self,
+        environment_id: str,
+        registration_id: str,
+        harness_public_key: Any,
+        ttl_seconds: float,
+    ) -> str:
+        """A fresh single-use authorization for this harness key; only its digest is kept."""
+        now = self._clock()
+        authorization = "hka-" + secrets.token_urlsafe(32)
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("DELETE FROM authorizations WHERE expires_at < ?", (now,))
+            self._db.execute(
+                "INSERT INTO authorizations(digest, environment_id, registration_id,"
+                " harness_public_key, expires_at, used_at) VALUES (?, ?, ?, ?, ?, NULL)",
+                (
+                    _auth_digest(authorization),
+                    environment_id,
+                    registration_id,
+                    canonical_json(harness_public_key),
+                    now + ttl_seconds,
+                ),
+            )
+        return authorization
+
+    def consume_authorization(
+        self,
+        environment_id: str,
+        registration_id: str,
+        harness_public_key: Any,
+        authorization: str,
+    ) -> str:
+        """Check and spend an authorization; returns a :class:`ValidationOutcome` value.
+
+        Any presentation of a known authorization spends it, whether or not the rest matches:
+        it is single-use, and a mismatched presentation is as suspicious as a replay.
+        """
+        now = self._clock()
+        digest = _auth_digest(authorization)
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            row = self._db.execute(
+                "SELECT environment_id, registration_id, harness_public_key, expires_at, used_at"
+                " FROM authorizations WHERE digest = ?",
+                (digest,),
+            ).fetchone()
+            if row is None:
+                return ValidationOutcome.UNKNOWN
+            if row[4] is not None:
+                return ValidationOutcome.USED
+            self._db.execute(
+                "UPDATE authorizations SET used_at = ? WHERE digest = ?", (now, digest)
+            )
+            current = self._db.execute(
+                "SELECT current_registration_id FROM environments WHERE environment_id = ?",
+                (environment_id,),
+            ).fetchone()
+        if row[3] <= now:
+            return ValidationOutcome.EXPIRED
+        if (
+            row[0] != environment_id
+            or row[1] != registration_id
+            or row[2] != canonical_json(harness_public_key)
+        ):
+            return ValidationOutcome.MISMATCH
+        if current is None or current[0] != registration_id:
+            return ValidationOutcome.STALE
+        return ValidationOutcome.VALID
