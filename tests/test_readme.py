@@ -19,8 +19,9 @@ def _sh_blocks() -> list[str]:
 def test_quick_start_runs_the_main_job() -> None:
     first = _sh_blocks()[0]
     command = first.split(".venv/bin/codexexec ", 1)[1]
-    result = subprocess.run(codexexec_command(*shlex.split(command)), capture_output=True,
-                            cwd="/tmp", timeout=60)
+    result = subprocess.run(
+        codexexec_command(*shlex.split(command)), capture_output=True, cwd="/tmp", timeout=60
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.decode().splitlines()
     assert lines[0].startswith("hello from codexexec on ")

@@ -1,0 +1,181 @@
+"""The remote stack on one machine: rendezvous, a relayed executor, a harness through it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.servers import RunningServer, codexexec_command
+
+TOKEN = "relay-test-token"
+
+
+class Rendezvous:
+    def __init__(self, tmp: Path, port: int = 0) -> None:
+        self.tmp = tmp
+        (tmp / "tokens").write_text(f"{TOKEN}\n")
+        self.process = subprocess.Popen(
+            codexexec_command(
+                "rendezvous",
+                "--listen",
+                f"http://127.0.0.1:{port}",
+                "--token-file",
+                str(tmp / "tokens"),
+                "--db",
+                str(tmp / "rv.sqlite3"),
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        assert self.process.stdout is not None
+        self.url = self.process.stdout.readline().decode().strip()
+        assert self.url.startswith("http://127.0.0.1:"), self.url
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "CODEXEXEC_REGISTRY_TOKEN": TOKEN}
+
+
+def start_executor(*args: str) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        codexexec_command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env()
+    )
+    assert process.stderr is not None
+    line = process.stderr.readline().decode()
+    assert "through the relay" in line, line
+    return process
+
+
+def cx(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        codexexec_command(*args), capture_output=True, env=env(), timeout=timeout, cwd="/tmp"
+    )
+
+
+@pytest.fixture
+def rendezvous(tmp_path: Path) -> Iterator[Rendezvous]:
+    rv = Rendezvous(tmp_path)
+    yield rv
+    rv.kill()
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def test_exec_through_the_relay(rendezvous: Rendezvous) -> None:
+    executor = start_executor("serve", "--remote", rendezvous.url, "--environment-id", "devbox")
+    try:
+        result = cx("exec", "--registry", rendezvous.url, "--env", "devbox", "--", "uname", "-a")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith(b"Linux ")
+        big = cx(
+            "exec",
+            "--registry",
+            rendezvous.url,
+            "--env",
+            "devbox",
+            "--",
+            "head",
+            "-c",
+            "3000000",
+            "/dev/zero",
+        )
+        assert len(big.stdout) == 3_000_000  # records reassembled across many frames
+        wrong = subprocess.run(
+            codexexec_command(
+                "exec", "--registry", rendezvous.url, "--env", "devbox", "--", "true"
+            ),
+            capture_output=True,
+            env={**os.environ, "CODEXEXEC_REGISTRY_TOKEN": "nope"},
+        )
+        assert wrong.returncode == 125 and b"authentication failed (401)" in wrong.stderr
+        assert b"nope" not in wrong.stderr
+    finally:
+        stop(executor)
+
+
+def test_register_forward_in_front_of_the_real_codex(
+    rendezvous: Rendezvous, codex_server: RunningServer
+) -> None:
+    forwarder = start_executor(
+        "register",
+        "--remote",
+        rendezvous.url,
+        "--environment-id",
+        "codexbox",
+        "--forward",
+        codex_server.url,
+    )
+    try:
+        result = cx(
+            "exec",
+            "--registry",
+            rendezvous.url,
+            "--env",
+            "codexbox",
+            "--",
+            "sh",
+            "-c",
+            "echo through codex; exit 4",
+        )
+        assert result.stdout == b"through codex\n" and result.returncode == 4
+    finally:
+        stop(forwarder)
+
+
+def test_detached_process_survives_a_rendezvous_restart(tmp_path: Path) -> None:
+    rendezvous = Rendezvous(tmp_path)
+    executor = start_executor("serve", "--remote", rendezvous.url, "--environment-id", "devbox")
+    try:
+        started = cx(
+            "exec",
+            "--registry",
+            rendezvous.url,
+            "--env",
+            "devbox",
+            "--detach",
+            "--",
+            "sh",
+            "-c",
+            "for i in $(seq 1 30); do echo line$i; sleep 0.1; done; exit 6",
+        )
+        handle = started.stdout.decode().strip()
+        assert started.returncode == 0 and handle.startswith("devbox@"), started.stderr
+        port = rendezvous.port
+        rendezvous.kill()  # the executor's socket drops mid-output
+        time.sleep(0.5)
+        rendezvous = Rendezvous(tmp_path, port)
+        deadline = time.monotonic() + 40
+        while True:  # the executor reconnects with backoff
+            probe = cx(
+                "exec", "--registry", rendezvous.url, "--env", "devbox", "--", "true", timeout=20
+            )
+            if probe.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert probe.returncode == 0, probe.stderr
+        followed = cx("read", handle, "--follow")
+        assert followed.stdout.decode().splitlines() == [f"line{i}" for i in range(1, 31)]
+        assert followed.returncode == 6
+    finally:
+        stop(executor)
+        rendezvous.kill()
