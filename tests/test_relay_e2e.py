@@ -179,3 +179,28 @@ def test_detached_process_survives_a_rendezvous_restart(tmp_path: Path) -> None:
     finally:
         stop(executor)
         rendezvous.kill()
+
+
+async def test_two_streams_on_one_executor_socket_do_not_interfere(rendezvous: Rendezvous) -> None:
+    from codexexec.client import ExecServerClient, Output
+
+    os.environ["CODEXEXEC_REGISTRY_TOKEN"] = TOKEN
+    executor = start_executor("serve", "--remote", rendezvous.url, "--environment-id", "devbox")
+    try:
+        target = f"devbox@{rendezvous.url}"
+        first = await ExecServerClient.connect(target)
+        second = await ExecServerClient.connect(target)
+        assert first.session_id != second.session_id
+        slow = await first.start(
+            ["sh", "-c", "for i in 1 2 3 4 5; do echo a$i; sleep 0.1; done"], cwd="/tmp"
+        )
+        quick = await second.start(["sh", "-c", "echo b1"], cwd="/tmp")
+        quick_out = b"".join([e.data async for e in quick.events() if isinstance(e, Output)])
+        await second.close()  # resets the second stream only
+        slow_out = b"".join([e.data async for e in slow.events() if isinstance(e, Output)])
+        assert quick_out == b"b1\n"
+        assert slow_out == b"a1\na2\na3\na4\na5\n"
+        await first.close()
+    finally:
+        stop(executor)
+        os.environ.pop("CODEXEXEC_REGISTRY_TOKEN", None)

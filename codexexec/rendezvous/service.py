@@ -207,6 +207,10 @@ def error_response(
 # -- outbox and peers ------------------------------------------------------------------------
 
 
+# How long a harness may fail to drain its outbox before it is cut off.
+SLOW_HARNESS_GRACE_SECONDS = 10.0
+
+
 class Outbox:
     """A bounded FIFO of outgoing websocket messages (frame count and byte budget).
 
@@ -562,7 +566,7 @@ class Relay:
         else:
             self.stats.dropped_unrouted += 1
 
-    def from_executor(self, executor: ExecutorPeer, data: bytes) -> None:
+    async def from_executor(self, executor: ExecutorPeer, data: bytes) -> None:
         decoded = self._decode(executor, data)
         if decoded is None:
             return
@@ -587,7 +591,20 @@ class Relay:
         if harness.closing:
             self.stats.dropped_unrouted += 1
             return
-        # A slow harness must not stall every other stream on this executor socket.
+        # A harness reading slower than its executor writes gets backpressure (nothing is
+        # lost); one that makes no progress for a while must not stall every other stream
+        # on this executor socket, so it is cut.
+        try:
+            async with asyncio.timeout(SLOW_HARNESS_GRACE_SECONDS):
+                delivered = await harness.outbox.put(data)
+        except TimeoutError:
+            delivered = False
+        if delivered:
+            self.stats.to_harness += 1
+            return
+        if harness.closing:
+            self.stats.dropped_unrouted += 1
+            return
         self.stats.slow_harnesses += 1
         _event(
             logging.WARNING,
@@ -906,7 +923,7 @@ async def handle_relay(request: web.Request) -> web.StreamResponse:
                     await relay.from_harness(peer, message.data)
                 else:
                     assert isinstance(peer, ExecutorPeer)
-                    relay.from_executor(peer, message.data)
+                    await relay.from_executor(peer, message.data)
             elif message.type == WSMsgType.TEXT:
                 relay.drop_text(peer)
             elif message.type == WSMsgType.ERROR:
