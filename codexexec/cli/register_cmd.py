@@ -18,11 +18,12 @@ def register(
     """Forward each relay stream to its own websocket connection to FORWARD."""
     from codexexec.cli.remote_serve import run_relay
     from codexexec.logs import configure_client_logging
+    from codexexec.transport.base import MessageTransport
     from codexexec.transport.forward import forward_stream
 
     configure_client_logging()
 
-    async def serve(stream: object) -> None:
-        await forward_stream(stream, forward)  # type: ignore[arg-type]
+    async def serve(stream: MessageTransport) -> None:
+        await forward_stream(stream, forward)
 
     run_relay(remote, environment_id, token_file, serve)

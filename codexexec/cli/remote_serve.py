@@ -6,11 +6,11 @@ import asyncio
 import contextlib
 import signal
 import sys
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from codexexec.cli.errors import fail
 from codexexec.remote.registry import RegistryError, check_environment_id, read_token
-from codexexec.transport.relay import ExecutorRelay
+from codexexec.transport.relay import ExecutorRelay, Serve
 
 
 def announce(environment_id: str) -> None:
@@ -19,8 +19,13 @@ def announce(environment_id: str) -> None:
 
 
 def run_relay(
-    registry_url: str, environment_id: str, token_file: str | None, serve: Any, on_stop: Any = None
+    registry_url: str,
+    environment_id: str,
+    token_file: str | None,
+    serve: Serve,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
+    """Serve through the registry until SIGINT/SIGTERM; registry refusals exit with one line."""
     try:
         check_environment_id(environment_id)
         token = read_token(token_file)
@@ -36,14 +41,14 @@ def run_relay(
             loop.add_signal_handler(signum, stop.set)
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (running, stopping):
-            task.cancel()
-        if on_stop is not None:
-            await on_stop()
-        if running.done() and not running.cancelled() and running.exception() is not None:
-            raise running.exception()  # type: ignore[misc]
-        with contextlib.suppress(asyncio.CancelledError):
-            await running
+        stopping.cancel()
+        running.cancel()  # a no-op when it already ended (with a registry error)
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+        finally:
+            if on_stop is not None:
+                await on_stop()
 
     try:
         asyncio.run(main())

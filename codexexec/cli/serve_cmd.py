@@ -82,10 +82,11 @@ def serve(
         if not environment_id:
             fail("--remote needs --environment-id", 2)
         from codexexec.cli.remote_serve import run_relay
+        from codexexec.transport.base import MessageTransport
         from codexexec.transport.relay import RELAY_MALFORMED_PREFIX
 
-        async def serve_stream(stream: object) -> None:
-            await server.serve(stream, malformed_prefix=RELAY_MALFORMED_PREFIX)  # type: ignore[arg-type]
+        async def serve_stream(stream: MessageTransport) -> None:
+            await server.serve(stream, malformed_prefix=RELAY_MALFORMED_PREFIX)
 
         run_relay(remote, environment_id, token_file, serve_stream, server.aclose)
         return
