@@ -159,7 +159,7 @@ class ExecServerClient:
         serving = asyncio.create_task(server.serve(server_end, malformed_prefix="invalid message"))
 
         async def stop_server() -> None:
-            server.close()
+            await server.aclose()
             serving.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await serving
