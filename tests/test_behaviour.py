@@ -113,6 +113,7 @@ async def test_process_starts_and_exits(server: RunningServer) -> None:
     result = await wire.start(process_id, ["true"])
     assert result == {"processId": process_id, "sandboxType": "none"}
     events = await wire.events_until_closed(process_id)
+    events.sort(key=lambda e: e["params"]["seq"])  # Codex may push out of seq order
     assert [e["method"] for e in events] == ["process/exited", "process/closed"]
     assert events[0]["params"] == {
         "processId": process_id,
@@ -197,6 +198,7 @@ async def test_output_after_exit_is_kept_until_streams_close(server: RunningServ
     process_id = pid()
     await wire.start(process_id, ["sh", "-c", "(sleep 0.3; echo late output after exit) & exit 0"])
     events = await wire.events_until_closed(process_id)
+    events.sort(key=lambda e: e["params"]["seq"])  # Codex may push out of seq order
     methods = [e["method"] for e in events]
     assert methods == ["process/exited", "process/output", "process/closed"]
     assert decoded_output(events) == b"late output after exit\n"

@@ -209,8 +209,10 @@ async def test_two_streams_on_one_executor_socket_do_not_interfere(rendezvous: R
 def test_executor_with_a_wrong_token_stops_with_one_line(rendezvous: Rendezvous) -> None:
     result = subprocess.run(
         codexexec_command("serve", "--remote", rendezvous.url, "--environment-id", "devbox"),
-        capture_output=True, timeout=30,
-        env={**os.environ, "CODEXEXEC_REGISTRY_TOKEN": "wrong-secret-value"})
+        capture_output=True,
+        timeout=30,
+        env={**os.environ, "CODEXEXEC_REGISTRY_TOKEN": "wrong-secret-value"},
+    )
     stderr = result.stderr.decode()
     assert result.returncode == 125
     assert "environment registry authentication failed (401)" in stderr

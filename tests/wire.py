@@ -94,9 +94,13 @@ class Wire:
     async def events_until_closed(
         self, process_id: str, timeout: float = 15.0
     ) -> list[dict[str, Any]]:
-        """All process/* notifications for one process, through process/closed."""
+        """All process/* notifications for one process, through both exited and closed.
+
+        Codex 0.169.0 occasionally pushes process/closed before process/exited.
+        """
         events = []
-        while True:
+        seen: set[str] = set()
+        while not {"process/exited", "process/closed"} <= seen:
             event = await self.notification(
                 lambda m: (
                     m["method"].startswith("process/") and m["params"]["processId"] == process_id
@@ -104,8 +108,8 @@ class Wire:
                 timeout,
             )
             events.append(event)
-            if event["method"] == "process/closed":
-                return events
+            seen.add(event["method"])
+        return events
 
 
 def decoded_output(events: list[dict[str, Any]], stream: str | None = None) -> bytes:
