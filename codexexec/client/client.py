@@ -133,12 +133,21 @@ class ExecServerClient:
         timeout: float,
     ) -> ExecServerClient:
         from codexexec.remote.registry import RegistryError, read_token
+        from codexexec.transport.base import MessageTransport
+        from codexexec.transport.noise_harness import NoiseHarnessTransport
         from codexexec.transport.relay import HarnessRelayTransport
 
+        token = read_token(None)
+        transport: MessageTransport
         try:
-            transport = await HarnessRelayTransport.connect(
-                registry, environment_id, read_token(None)
-            )
+            try:
+                # End-to-end encrypted by default, as Codex executors require.
+                transport = await NoiseHarnessTransport.connect(registry, environment_id, token)
+            except RegistryError as exc:
+                if exc.code != "security_profile_mismatch":
+                    raise
+                # A codexexec executor registered for the cleartext relay.
+                transport = await HarnessRelayTransport.connect(registry, environment_id, token)
         except RegistryError as exc:
             raise ExecServerError(str(exc)) from None
         return await cls.over(

@@ -16,12 +16,20 @@ from typing import Any
 
 REQUEST_TIMEOUT_SECONDS = 10.0
 LEGACY_PROFILE = "legacy"
+NOISE_PROFILE = "noise_hybrid_ik_v1"
 TOKEN_ENV = "CODEXEXEC_REGISTRY_TOKEN"
 _ENVIRONMENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class RegistryError(Exception):
-    """The registry refused or could not be reached; the message says which and why."""
+    """The registry refused or could not be reached; the message says which and why.
+
+    ``code`` is the registry's machine-readable error code when it sent one.
+    """
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +98,8 @@ async def _post(
         )
     if not 200 <= status < 300:
         raise RegistryError(
-            f"environment registry request failed ({status}): {_error_message(payload, text)}"
+            f"environment registry request failed ({status}): {_error_message(payload, text)}",
+            _error_code(payload),
         )
     if not isinstance(payload, dict):
         raise RegistryError("environment registry answered with something that is not JSON")
@@ -113,6 +122,13 @@ def _error_message(payload: Any, text: str) -> str:
     return text[:200].strip() or "no details"
 
 
+def _error_code(payload: Any) -> str | None:
+    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+        code = payload["error"].get("code")
+        return code if isinstance(code, str) else None
+    return None
+
+
 def _bundle(payload: dict[str, Any], environment_id: str) -> RelayBundle:
     if payload.get("environment_id") != environment_id:
         raise RegistryError("environment registry returned a different environment id")
@@ -132,3 +148,18 @@ async def register_executor(base_url: str, environment_id: str, token: str | Non
 async def connect_harness(base_url: str, environment_id: str, token: str | None) -> RelayBundle:
     payload = await _post(base_url, environment_id, "connect", {}, token)
     return _bundle(payload, environment_id)
+
+
+async def connect_harness_noise(
+    base_url: str, environment_id: str, token: str | None, harness_public_key: dict[str, str]
+) -> dict[str, Any]:
+    """The Noise connect bundle: url, registration id, executor key, one-time authorization."""
+    payload = await _post(
+        base_url, environment_id, "connect", {"harness_public_key": harness_public_key}, token
+    )
+    _bundle(payload, environment_id)  # the common checks
+    if payload.get("security_profile") != NOISE_PROFILE:
+        raise RegistryError("environment registry returned an unsupported security profile")
+    if not payload.get("harness_key_authorization") or not payload.get("executor_public_key"):
+        raise RegistryError("environment registry returned incomplete Noise connection data")
+    return payload
