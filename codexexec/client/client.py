@@ -133,7 +133,6 @@ class ExecServerClient:
         timeout: float,
     ) -> ExecServerClient:
         from codexexec.remote.registry import RegistryError, read_token
-        from codexexec.transport.base import MessageTransport
         from codexexec.transport.noise_harness import NoiseHarnessTransport
         from codexexec.transport.relay import HarnessRelayTransport
 
