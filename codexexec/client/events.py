@@ -14,7 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 MAX_BUFFERED_EVENTS = 50_000
+# While someone iterates, the reader waits above this (backpressure to the child).
 MAX_BUFFERED_BYTES = 8 * 1024 * 1024
+# While nobody iterates (or a gap is being re-read), older events are dropped above
+# this. Larger than the backpressure mark, so a short re-read under load loses nothing
+# the iterator still needs; still a hard bound per process.
+MAX_UNCONSUMED_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +101,7 @@ class EventBuffer:
             await self._space.wait()
         self._events.append(event)
         self._bytes += _size(event)
-        while len(self._events) > MAX_BUFFERED_EVENTS or self._bytes > MAX_BUFFERED_BYTES:
+        while len(self._events) > MAX_BUFFERED_EVENTS or self._bytes > MAX_UNCONSUMED_BYTES:
             self._bytes -= _size(self._events.popleft())
             self.complete = False
         self._changed.set()

@@ -65,6 +65,9 @@ class RemoteProcess:
         cursor = after_seq
         exited_seen = False
         needs_read = not buffer.complete
+        # The first buffered seq past a hole: a re-read fills only what lies before it,
+        # since everything from it on is already here (Codex may push events out of order).
+        gap_end: int | None = None
         try:
             while True:
                 if needs_read:
@@ -72,25 +75,40 @@ class RemoteProcess:
                     buffer.set_blocking(False)
                     response = await self.read(after_seq=cursor)
                     for chunk in response.chunks:
-                        if chunk.seq > cursor + 1:
+                        if gap_end is not None and chunk.seq >= gap_end:
+                            break
+                        # One missing seq can be the exit event; more is lost output.
+                        if chunk.seq > cursor + 2 or (
+                            chunk.seq == cursor + 2 and not response.exited
+                        ):
                             yield OutputGap(cursor + 1, chunk.seq)
                         cursor = chunk.seq
                         yield chunk
-                    cursor = max(cursor, response.next_seq - 1)
                     if response.exited and not exited_seen:
                         exited_seen = True
                         yield Exited(
                             None, response.exit_code, response.sandbox_denied, response.denial
                         )
-                    if response.closed:
-                        yield Closed(None)
-                        return
+                    if gap_end is not None:
+                        # Seqs still unaccounted for before the buffered head: exit and close
+                        # events explain at most two; anything more was lost output.
+                        events_between = int(response.exited) + int(response.closed)
+                        if gap_end - 1 - cursor > events_between:
+                            yield OutputGap(cursor + 1, gap_end)
+                        cursor = gap_end - 1
+                    else:
+                        cursor = max(cursor, response.next_seq - 1)
+                        if response.closed:
+                            yield Closed(None)
+                            return
                     needs_read = False
+                    gap_end = None
                     buffer.set_blocking(True)
                 try:
                     event = buffer.take_next(cursor)
-                except SeqGap:
+                except SeqGap as gap:
                     needs_read = True
+                    gap_end = gap.next_seq
                     continue
                 if event is None:
                     if not self.client.connected:
