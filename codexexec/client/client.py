@@ -133,7 +133,7 @@ class ExecServerClient:
         timeout: float,
     ) -> ExecServerClient:
         from codexexec.remote.registry import RegistryError, read_token
-        from codexexec.transport.noise_harness import NoiseHarnessTransport
+        from codexexec.transport.noise_harness import connect_noise_harness
         from codexexec.transport.relay import HarnessRelayTransport
 
         token = read_token(None)
@@ -141,7 +141,7 @@ class ExecServerClient:
         try:
             try:
                 # End-to-end encrypted by default, as Codex executors require.
-                transport = await NoiseHarnessTransport.connect(registry, environment_id, token)
+                transport = await connect_noise_harness(registry, environment_id, token)
             except RegistryError as exc:
                 if exc.code != "security_profile_mismatch":
                     raise

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from codexexec.noise.transport import NoiseError, NoiseTransport
 from codexexec.relay.frames import FrameError, encode, parse, resume_frame
 from codexexec.relay.framing import FramingError, MessageAssembler, records
 from codexexec.relay.limits import MAX_WEBSOCKET_MESSAGE_BYTES
@@ -219,37 +220,53 @@ async def _quietly(awaitable: Coroutine[object, object, None]) -> None:
         await awaitable
 
 
-class HarnessRelayTransport:
-    """One logical connection to an executor through the rendezvous."""
+async def open_relay_socket(url: str, environment_id: str) -> ClientConnection:
+    """The harness's websocket to a relay URL from the registry."""
+    try:
+        return await connect(
+            url,
+            max_size=MAX_WEBSOCKET_MESSAGE_BYTES,
+            compression=None,
+            ping_interval=PING_INTERVAL_SECONDS,
+            ping_timeout=PONG_TIMEOUT_SECONDS,
+            user_agent_header=None,
+        )
+    except (OSError, InvalidHandshake, TimeoutError) as exc:
+        raise RegistryError(
+            f"cannot open the relay for `{environment_id}`: {type(exc).__name__}"
+        ) from None
 
-    def __init__(self, ws: ClientConnection, stream_id: str, description: str) -> None:
+
+class HarnessRelayTransport:
+    """One logical connection to an executor through the rendezvous.
+
+    With a ``cipher`` (a completed Noise handshake) every record is one AES-GCM transport
+    message; without one the records travel in clear (codexexec's cleartext profile).
+    """
+
+    def __init__(
+        self,
+        ws: ClientConnection,
+        stream_id: str,
+        description: str,
+        cipher: NoiseTransport | None = None,
+    ) -> None:
         self._ws = ws
+        self._cipher = cipher
         self._outbound = OutboundSequencer(stream_id)
         self._inbound = ReorderBuffer()
         self._assembler = MessageAssembler()
         self._ready: list[bytes] = []
         self._stream_id = stream_id
         self._description = description
-        self.reset_reason: str | None = None
 
     @classmethod
     async def connect(
         cls, registry_url: str, environment_id: str, token: str | None
     ) -> HarnessRelayTransport:
+        """The cleartext profile: claim a fresh stream with `resume`, then talk."""
         bundle = await connect_harness(registry_url, environment_id, token)
-        try:
-            ws = await connect(
-                bundle.url,
-                max_size=MAX_WEBSOCKET_MESSAGE_BYTES,
-                compression=None,
-                ping_interval=PING_INTERVAL_SECONDS,
-                ping_timeout=PONG_TIMEOUT_SECONDS,
-                user_agent_header=None,
-            )
-        except (OSError, InvalidHandshake, TimeoutError) as exc:
-            raise RegistryError(
-                f"cannot open the relay for `{environment_id}`: {type(exc).__name__}"
-            ) from None
+        ws = await open_relay_socket(bundle.url, environment_id)
         stream_id = str(uuid.uuid4())
         await ws.send(encode(resume_frame(stream_id, 0)))
         return cls(ws, stream_id, f"{environment_id} via {registry_url}")
@@ -267,23 +284,23 @@ class HarnessRelayTransport:
             if isinstance(message, str):
                 continue
             try:
-                frame = parse(message)
+                frame = parse(message, strict=False)
             except FrameError:
                 continue
             if frame.stream_id != self._stream_id:
                 continue
             kind = frame.WhichOneof("body")
             if kind == "reset":
-                self.reset_reason = "the executor reset the relay stream"
                 await self._ws.close()
                 return None
             if kind != "data":
                 continue
             try:
-                released = self._inbound.push(frame.data.seq, frame.data.payload) or ()
-                for record in released:
+                for record in self._inbound.push(frame.data.seq, frame.data.payload) or ():
+                    if self._cipher is not None:
+                        record = self._cipher.decrypt(record)
                     self._ready.extend(self._assembler.feed(record))
-            except (StreamError, FramingError):
+            except (StreamError, FramingError, NoiseError):
                 await self._ws.close()
                 return None
         return self._ready.pop(0)
@@ -291,10 +308,12 @@ class HarnessRelayTransport:
     async def send(self, message: bytes) -> None:
         try:
             for record in records(message):
+                if self._cipher is not None:
+                    record = self._cipher.encrypt(record)
                 await self._ws.send(self._outbound.encode_data(record))
         except ConnectionClosed as exc:
             raise TransportClosed(f"relay to {self._description} closed") from exc
-        except (StreamError, FramingError) as exc:
+        except (StreamError, FramingError, NoiseError) as exc:
             raise TransportClosed(str(exc)) from None
 
     async def close(self) -> None:
