@@ -1,0 +1,1 @@
+"""Named environments: `environments.toml` and the EnvironmentManager that connects them."""
