@@ -6,7 +6,6 @@ shared ExecServer; it owns no OS code, only protocol rules.
 
 from __future__ import annotations
 
-import binascii
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -14,6 +13,7 @@ from typing import Any, TypeVar
 from codexexec.network.host_bridge import HostBridges
 from codexexec.network.policy import PolicyError as NetworkPolicyError
 from codexexec.protocol import messages as m
+from codexexec.protocol.base64_codec import Base64Error, decode_base64, encode_base64
 from codexexec.protocol.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -73,7 +73,7 @@ def _read_result(result: ReadResult, process: ManagedProcess) -> dict[str, Any]:
             {
                 "seq": c.seq,
                 "stream": c.stream,
-                "chunk": binascii.b2a_base64(c.data, newline=False).decode("ascii"),
+                "chunk": encode_base64(c.data),
             }
             for c in result.chunks
         ],
@@ -327,9 +327,9 @@ class ConnectionHandler:
         if not params.write_id:
             raise RpcError(INVALID_PARAMS, "writeId must not be empty")
         try:
-            data = binascii.a2b_base64(params.chunk, strict_mode=True)
-        except binascii.Error:
-            raise RpcError(INVALID_PARAMS, _base64_error_text(params.chunk)) from None
+            data = decode_base64(params.chunk)
+        except Base64Error as exc:
+            raise RpcError(INVALID_PARAMS, str(exc)) from None
         process = self._session().processes.get(params.process_id)
         if process is None:
             return {"status": "unknownProcess"}
@@ -350,9 +350,6 @@ class ConnectionHandler:
         return {"running": process is not None and process.terminate()}
 
 
-_BASE64_ALPHABET = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
-
-
 def _sandboxed_command(
     params: m.StartParams, cwd: str, routing: NetworkRouting | None
 ) -> SandboxedCommand | None:
@@ -362,16 +359,6 @@ def _sandboxed_command(
         return prepare_command(params.sandbox, params.argv, cwd, params.arg0, routing)
     except SandboxRefused as exc:
         raise RpcError(INVALID_PARAMS, str(exc)) from None
-
-
-def _base64_error_text(text: str) -> str:
-    """Why ``text`` is not standard padded base64, in the Rust base64 crate's words."""
-    data = text.encode("utf-8", "surrogatepass")
-    body = data.rstrip(b"=")
-    for offset, byte in enumerate(body):
-        if byte not in _BASE64_ALPHABET:
-            return f"Invalid symbol {byte}, offset {offset}."
-    return "Invalid padding"
 
 
 def _host_cwd(text: str) -> str:
