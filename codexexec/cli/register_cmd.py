@@ -14,6 +14,12 @@ def register(
     token_file: str | None = typer.Option(
         None, "--token-file", help="Bearer token file (else CODEXEXEC_REGISTRY_TOKEN)."
     ),
+    cleartext_relay: bool = typer.Option(
+        False,
+        "--cleartext-relay",
+        help="Register the unencrypted relay profile (the relay sees everything). "
+        "The default is Noise, end to end.",
+    ),
 ) -> None:
     """Forward each relay stream to its own websocket connection to FORWARD."""
     from codexexec.cli.remote_serve import run_relay
@@ -26,4 +32,4 @@ def register(
     async def serve(stream: MessageTransport) -> None:
         await forward_stream(stream, forward)
 
-    run_relay(remote, environment_id, token_file, serve)
+    run_relay(remote, environment_id, token_file, serve, cleartext=cleartext_relay)

@@ -10,12 +10,12 @@ from collections.abc import Awaitable, Callable
 
 from codexexec.cli.errors import fail
 from codexexec.remote.registry import RegistryError, check_environment_id, read_token
-from codexexec.transport.relay import ExecutorRelay, Serve
+from codexexec.transport.relay_executor import ExecutorRelay, Serve
 
-
-def announce(environment_id: str) -> None:
-    sys.stderr.write(f"codexexec: serving environment `{environment_id}` through the relay\n")
-    sys.stderr.flush()
+CLEARTEXT_WARNING = (
+    "codexexec: warning: --cleartext-relay: the rendezvous can read and alter every command, "
+    "its output and files on this environment; use it only with a relay you control\n"
+)
 
 
 def run_relay(
@@ -24,16 +24,43 @@ def run_relay(
     token_file: str | None,
     serve: Serve,
     on_stop: Callable[[], Awaitable[None]] | None = None,
+    *,
+    cleartext: bool = False,
+    identity_file: str | None = None,
 ) -> None:
-    """Serve through the registry until SIGINT/SIGTERM; registry refusals exit with one line."""
+    """Serve through the registry until SIGINT/SIGTERM; registry refusals exit with one line.
+
+    Streams are Noise-encrypted end to end unless ``cleartext`` is asked for explicitly.
+    """
+    from codexexec.noise.identity_file import IdentityFileError, load_or_create_identity
+    from codexexec.noise.keys import StaticIdentity
+
+    if cleartext and identity_file is not None:
+        fail("--cleartext-relay and --noise-identity-file cannot be combined", 2)
     try:
         check_environment_id(environment_id)
         token = read_token(token_file)
-    except RegistryError as exc:
+        identity = None
+        if not cleartext:
+            identity = (
+                StaticIdentity.generate()
+                if identity_file is None
+                else load_or_create_identity(identity_file)
+            )
+    except (RegistryError, IdentityFileError) as exc:
         fail(str(exc), 2)
+    if cleartext:
+        sys.stderr.write(CLEARTEXT_WARNING)
+    channel = "cleartext" if cleartext else "Noise"
+
+    def announce(environment_id: str) -> None:
+        sys.stderr.write(
+            f"codexexec: serving environment `{environment_id}` through the relay ({channel})\n"
+        )
+        sys.stderr.flush()
 
     async def main() -> None:
-        relay = ExecutorRelay(registry_url, environment_id, token, serve, announce)
+        relay = ExecutorRelay(registry_url, environment_id, token, serve, announce, identity)
         running = asyncio.create_task(relay.run())
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -41,6 +41,18 @@ def serve(
         "--token-file",
         help="With --remote: bearer token file (else CODEXEXEC_REGISTRY_TOKEN).",
     ),
+    cleartext_relay: bool = typer.Option(
+        False,
+        "--cleartext-relay",
+        help="With --remote: register the unencrypted relay profile (the relay sees "
+        "everything). The default is Noise, end to end.",
+    ),
+    noise_identity_file: str | None = typer.Option(
+        None,
+        "--noise-identity-file",
+        help="With --remote: keep the executor's Noise key here (created 0600 if missing) "
+        "instead of a fresh one per start.",
+    ),
     log_level: str = typer.Option("warning", "--log-level", help="debug, info, warning, error."),
 ) -> None:
     """Serve the exec-server protocol; the first stdout line is the bound URL."""
@@ -88,7 +100,15 @@ def serve(
         async def serve_stream(stream: MessageTransport) -> None:
             await server.serve(stream, malformed_prefix=RELAY_MALFORMED_PREFIX)
 
-        run_relay(remote, environment_id, token_file, serve_stream, server.aclose)
+        run_relay(
+            remote,
+            environment_id,
+            token_file,
+            serve_stream,
+            server.aclose,
+            cleartext=cleartext_relay,
+            identity_file=noise_identity_file,
+        )
         return
     try:
         asyncio.run(run_server(server, listen, on_ready=on_ready))

@@ -36,6 +36,10 @@ MAX_DECISIONS_KEPT = 256
 NetworkAsk = Callable[[dict[str, Any]], Awaitable[str]]
 
 
+# Opt-in for environments whose executor registered codexexec's cleartext relay profile.
+ALLOW_CLEARTEXT_RELAY_ENV = "CODEXEXEC_ALLOW_CLEARTEXT_RELAY"
+
+
 @dataclass(frozen=True, slots=True)
 class NetworkProxyRequest:
     """Run a command behind the executor's managed proxy (codexexec's `networkProxy`)."""
@@ -145,7 +149,14 @@ class ExecServerClient:
             except RegistryError as exc:
                 if exc.code != "security_profile_mismatch":
                     raise
-                # A codexexec executor registered for the cleartext relay.
+                # A codexexec executor registered for the cleartext relay. Only on request:
+                # otherwise a registry could downgrade us just by claiming a mismatch.
+                if os.environ.get(ALLOW_CLEARTEXT_RELAY_ENV) != "1":
+                    raise ExecServerError(
+                        f"environment `{environment_id}` is registered for the cleartext relay, "
+                        "which the registry can read; set "
+                        f"{ALLOW_CLEARTEXT_RELAY_ENV}=1 to use it anyway"
+                    ) from None
                 transport = await HarnessRelayTransport.connect(registry, environment_id, token)
         except RegistryError as exc:
             raise ExecServerError(str(exc)) from None

@@ -52,6 +52,7 @@ __all__ = [
     "MESSAGE1_OVERHEAD",
     "MESSAGE2_LEN",
     "PROLOGUE_DOMAIN",
+    "REGISTRY_AUTHENTICATION_REJECTED",
     "SHA256",
     "SHA512",
     "HandshakeError",
@@ -68,6 +69,8 @@ __all__ = [
 Rng = Callable[[int], bytes]
 
 PROLOGUE_DOMAIN = b"codex-exec-server-relay-noise/v1"
+# Message 2's payload when /validate answered 401 (verified §1.4: 41 ASCII bytes, then Reset).
+REGISTRY_AUTHENTICATION_REJECTED = b"codex-registry-authentication-rejected/v1"
 MAX_HARNESS_KEY_AUTHORIZATION_BYTES = 4096
 
 _KEM_CT_LEN = mlkem768.CIPHERTEXT_LEN  # 1088
@@ -204,6 +207,8 @@ class HandshakeResult:
     transport: NoiseTransport
     handshake_hash: bytes
     remote_static: StaticPublicKey
+    # Message 2's payload: empty, or REGISTRY_AUTHENTICATION_REJECTED (verified §1.4).
+    payload: bytes = b""
 
     def __repr__(self) -> str:
         return f"HandshakeResult(transport={self.transport!r})"
@@ -305,11 +310,13 @@ class _Party:
         except ValueError:
             raise HandshakeError("ML-KEM-768 encapsulation failed") from None
 
-    def _finish(self, remote: StaticPublicKey, initiator: bool) -> HandshakeResult:
+    def _finish(
+        self, remote: StaticPublicKey, initiator: bool, payload: bytes = b""
+    ) -> HandshakeResult:
         k1, k2 = self._state.split()
         transport = NoiseTransport(send=k1, recv=k2) if initiator else NoiseTransport(k2, k1)
         self._done = True
-        return HandshakeResult(transport, self._state.handshake_hash, remote)
+        return HandshakeResult(transport, self._state.handshake_hash, remote, payload)
 
 
 class HybridIKInitiator(_Party):
@@ -391,10 +398,11 @@ class HybridIKInitiator(_Party):
         rest = reader.rest()
         if len(rest) < TAG_LEN:
             raise HandshakeError("handshake message is too short")
-        if state.decrypt_and_hash(rest):
-            raise HandshakeError("handshake response payload must be empty")
+        payload = state.decrypt_and_hash(rest)
+        if payload not in (b"", REGISTRY_AUTHENTICATION_REJECTED):
+            raise HandshakeError("handshake response carries an unexpected payload")
         self._ephemeral = None
-        return self._finish(self._responder, initiator=True)
+        return self._finish(self._responder, initiator=True, payload=payload)
 
 
 class HybridIKResponder(_Party):
@@ -463,8 +471,12 @@ class HybridIKResponder(_Party):
         self._remote_ephemeral = (re_dh, re_kem)
         return payload
 
-    def write_message2(self) -> tuple[bytes, HandshakeResult]:
-        """Produce message 2 (empty payload) and the finished transport."""
+    def write_message2(self, payload: bytes = b"") -> tuple[bytes, HandshakeResult]:
+        """Produce message 2 and the finished transport.
+
+        The payload is empty, except after the registry refused the executor's own credentials
+        at /validate: then it is REGISTRY_AUTHENTICATION_REJECTED and a Reset follows.
+        """
         remote = self._remote
         remote_eph = self._remote_ephemeral
         if remote is None or remote_eph is None or self._done:
@@ -489,6 +501,6 @@ class HybridIKResponder(_Party):
         # ee, se
         state.mix_key(_dh(eph.dh_private, re_dh))
         state.mix_key(_dh(eph.dh_private, remote.x25519))
-        out.append(state.encrypt_and_hash(b""))
+        out.append(state.encrypt_and_hash(payload))
         self._remote_ephemeral = None
-        return b"".join(out), self._finish(remote, initiator=False)
+        return b"".join(out), self._finish(remote, initiator=False, payload=payload)

@@ -14,9 +14,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from codexexec.protocol.registry import LEGACY_PROFILE, NOISE_PROFILE
+
 REQUEST_TIMEOUT_SECONDS = 10.0
-LEGACY_PROFILE = "legacy"
-NOISE_PROFILE = "noise_hybrid_ik_v1"
 TOKEN_ENV = "CODEXEXEC_REGISTRY_TOKEN"
 _ENVIRONMENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -138,11 +138,25 @@ def _bundle(payload: dict[str, Any], environment_id: str) -> RelayBundle:
     return RelayBundle(environment_id, url, str(payload.get("security_profile", "")), registration)
 
 
-async def register_executor(base_url: str, environment_id: str, token: str | None) -> RelayBundle:
-    payload = await _post(
-        base_url, environment_id, "register", {"security_profile": LEGACY_PROFILE}, token
-    )
-    return _bundle(payload, environment_id)
+async def register_executor(
+    base_url: str,
+    environment_id: str,
+    token: str | None,
+    executor_public_key: dict[str, str] | None = None,
+) -> RelayBundle:
+    """Register; with ``executor_public_key`` the Noise profile, without it the legacy one."""
+    profile = LEGACY_PROFILE if executor_public_key is None else NOISE_PROFILE
+    body: dict[str, Any] = {"security_profile": profile}
+    if executor_public_key is not None:
+        body["executor_public_key"] = executor_public_key
+    payload = await _post(base_url, environment_id, "register", body, token)
+    bundle = _bundle(payload, environment_id)
+    if bundle.security_profile != profile:
+        raise RegistryError(
+            "environment registry returned unsupported security profile "
+            f"`{bundle.security_profile}`"
+        )
+    return bundle
 
 
 async def connect_harness(base_url: str, environment_id: str, token: str | None) -> RelayBundle:

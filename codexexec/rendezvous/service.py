@@ -74,6 +74,9 @@ from urllib.parse import urlsplit
 from aiohttp import WSMsgType, web
 from aiohttp.typedefs import Handler
 
+from codexexec.protocol.registry import LEGACY_PROFILE as SECURITY_PROFILE_LEGACY
+from codexexec.protocol.registry import NOISE_PROFILE as SECURITY_PROFILE_NOISE
+from codexexec.protocol.registry import STREAM_ID_HEADER
 from codexexec.relay.frames import FrameError, body_kind, encode_reset, parse, stream_header
 from codexexec.relay.limits import MAX_WEBSOCKET_MESSAGE_BYTES
 from codexexec.rendezvous.auth import (
@@ -108,9 +111,6 @@ __all__ = [
 
 log = logging.getLogger("codexexec.rendezvous")
 
-SECURITY_PROFILE_NOISE: Final = "noise_hybrid_ik_v1"
-SECURITY_PROFILE_LEGACY: Final = "legacy"
-STREAM_ID_HEADER: Final = "x-codex-noise-stream-id"
 DB_FILENAME: Final = "rendezvous.sqlite3"
 
 # Reset reasons the rendezvous itself sends (cleartext, unauthenticated: receivers never show

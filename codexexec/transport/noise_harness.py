@@ -8,19 +8,27 @@ an ordinary HarnessRelayTransport whose records are AES-GCM transport messages.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from codexexec.noise.hybrid_ik import HandshakeResult, HybridIKInitiator, build_prologue
+from codexexec.noise.hybrid_ik import (
+    REGISTRY_AUTHENTICATION_REJECTED,
+    HandshakeResult,
+    HybridIKInitiator,
+    build_prologue,
+)
 from codexexec.noise.keys import NoiseChannelPublicKey, StaticIdentity
 from codexexec.noise.transport import NoiseError
 from codexexec.relay.frames import FrameError, encode, handshake_frame, parse, resume_frame
 from codexexec.remote.registry import RegistryError, connect_harness_noise
 from codexexec.transport.relay import HarnessRelayTransport, open_relay_socket
 
-RESET_MESSAGE = "the executor reset the encrypted relay stream"
+RESET_MESSAGE = "Noise relay stream reset"
+# Message 2 arrives once the registry validated us: the executor waits up to 10 s for it.
+HANDSHAKE_TIMEOUT_SECONDS = 20.0
 
 
 async def connect_noise_harness(
@@ -44,12 +52,23 @@ async def connect_noise_harness(
     await ws.send(encode(resume_frame(stream_id, 0)))
     await ws.send(encode(handshake_frame(stream_id, message1)))
     try:
-        result = await _await_message2(ws, stream_id, initiator)
-    except (ConnectionClosed, FrameError, NoiseError) as exc:
+        async with asyncio.timeout(HANDSHAKE_TIMEOUT_SECONDS):
+            result = await _await_message2(ws, stream_id, initiator)
+    except (ConnectionClosed, FrameError, NoiseError, TimeoutError) as exc:
         await ws.close()
         raise RegistryError(
             f"Noise handshake with `{environment_id}` failed: {type(exc).__name__}"
         ) from None
+    except RegistryError:
+        await ws.close()
+        raise
+    if result.payload == REGISTRY_AUTHENTICATION_REJECTED:
+        await ws.close()
+        raise RegistryError(
+            f"the registry no longer accepts the executor of `{environment_id}` "
+            "(its registration credentials were rejected); try again once it re-registers",
+            "registry_authentication_rejected",
+        )
     description = f"{environment_id} via {registry_url} (Noise)"
     return HarnessRelayTransport(ws, stream_id, description, cipher=result.transport)
 
@@ -69,3 +88,5 @@ async def _await_message2(
             raise RegistryError(RESET_MESSAGE)
         if kind == "handshake":
             return initiator.read_message2(frame.handshake.payload)
+        if kind == "data":  # accepting it would open an unauthenticated path
+            raise RegistryError("Noise relay received data before handshake completion")

@@ -1,0 +1,212 @@
+"""Noise stream admission on one executor socket: handshake, registry validation, budget.
+
+A Handshake frame carrying message 1 is checked in Codex's order (noise §4.5, verified §4):
+cooldown, already active, already pending, capacity, pending validations, then the Noise read
+under this stream's prologue and the authorization's size and encoding. A handshake that
+passes waits for the registry's `/validate` (10 s at most); only then is message 2 written and
+the stream opened. Every refusal is a Reset with the one generic reason; the harness learns
+nothing about why. Charged failures (bad message 1, failed or late validation, data before
+the handshake, a second handshake while one is pending) count against a budget of 8 per
+socket; the 8th pauses all new handshakes for 10 s while the socket and its streams go on.
+
+Diagnostics are debug-level and name only stream and registration ids and a reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from codexexec.noise.hybrid_ik import (
+    REGISTRY_AUTHENTICATION_REJECTED,
+    HandshakeError,
+    HybridIKResponder,
+    build_prologue,
+    check_harness_key_authorization,
+)
+from codexexec.noise.keys import StaticIdentity
+from codexexec.relay.frames import RelayMessageFrame, encode, handshake_frame
+from codexexec.relay.limits import (
+    HANDSHAKE_COOLDOWN_SECONDS,
+    MAX_FAILED_HANDSHAKES,
+    MAX_PENDING_HANDSHAKE_VALIDATIONS,
+    VALIDATION_TIMEOUT_SECONDS,
+)
+from codexexec.relay.streams import Action, Reset
+from codexexec.remote.registry import RelayBundle
+from codexexec.remote.validation import Validation
+from codexexec.transport.relay_executor import SocketStreams
+
+log = logging.getLogger(__name__)
+
+Validate = Callable[[str, dict[str, str], str], Awaitable[Validation]]
+
+
+@dataclass(slots=True)
+class _Pending:
+    validation_id: int
+    task: asyncio.Task[None]
+
+
+class NoiseStreams:
+    """The Noise profile's admission for one physical socket."""
+
+    def __init__(
+        self,
+        streams: SocketStreams,
+        identity: StaticIdentity,
+        bundle: RelayBundle,
+        validate: Validate,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        validation_timeout: float = VALIDATION_TIMEOUT_SECONDS,
+        cooldown: float = HANDSHAKE_COOLDOWN_SECONDS,
+    ) -> None:
+        self._streams = streams
+        self._identity = identity
+        self._bundle = bundle
+        self._validate = validate
+        self._clock = clock
+        self._validation_timeout = validation_timeout
+        self._cooldown = cooldown
+        self._pending: dict[str, _Pending] = {}
+        self._validation_ids = 0
+        self.failures = 0
+        self._paused_until = 0.0
+
+    async def receive(self, frame: RelayMessageFrame) -> None:
+        stream_id = frame.stream_id
+        kind = frame.WhichOneof("body")
+        if stream_id in self._pending:
+            if kind == "reset":  # the harness gave up: drop it, nothing is sent back
+                self._cancel(stream_id)
+            elif kind in ("data", "handshake"):
+                # Early data would be an unauthenticated path; a second message 1 is a replay.
+                self._cancel(stream_id)
+                await self._refuse(
+                    stream_id,
+                    "data_before_handshake" if kind == "data" else "duplicate_pending_handshake",
+                    charge=True,
+                )
+            return
+        verdict = self._streams.table.receive(frame)
+        if verdict.action is Action.HANDSHAKE:
+            await self._handshake(stream_id, frame.handshake.payload)
+        else:
+            await self._streams.apply(verdict)
+
+    def close(self) -> None:
+        """The socket ended: abandon every validation still in flight."""
+        for stream_id in list(self._pending):
+            self._cancel(stream_id)
+
+    @property
+    def paused(self) -> bool:
+        return self._clock() < self._paused_until
+
+    # -- admission --------------------------------------------------------------------------
+
+    async def _handshake(self, stream_id: str, message1: bytes) -> None:
+        if self.paused:
+            await self._refuse(stream_id, "cooldown", charge=False)
+            return
+        refusal = self._streams.table.refusal(stream_id)
+        if refusal is not None:  # active (a replayed message 1), retired, or 128 active
+            await self._refuse(stream_id, f"stream_{refusal.value}", charge=False)
+            return
+        if len(self._pending) >= MAX_PENDING_HANDSHAKE_VALIDATIONS:
+            await self._refuse(stream_id, "too_many_pending_validations", charge=False)
+            return
+        bundle = self._bundle
+        prologue = build_prologue(bundle.environment_id, bundle.executor_registration_id, stream_id)
+        responder = HybridIKResponder(self._identity, prologue)
+        try:
+            authorization = check_harness_key_authorization(responder.read_message1(message1))
+            remote = responder.remote_static
+            assert remote is not None  # set by a successful read_message1
+        except HandshakeError:
+            await self._refuse(stream_id, "handshake_request", charge=True)
+            return
+        self._validation_ids += 1
+        validation_id = self._validation_ids
+        harness_key = remote.to_channel_key().to_json_obj()
+        task = self._streams.spawn(
+            self._complete(stream_id, validation_id, responder, harness_key, authorization)
+        )
+        self._pending[stream_id] = _Pending(validation_id, task)
+
+    async def _complete(
+        self,
+        stream_id: str,
+        validation_id: int,
+        responder: HybridIKResponder,
+        harness_key: dict[str, str],
+        authorization: str,
+    ) -> None:
+        try:
+            async with asyncio.timeout(self._validation_timeout):
+                outcome = await self._validate(stream_id, harness_key, authorization)
+            reason = outcome.value
+        except TimeoutError:
+            outcome, reason = None, "validation_timeout"
+        pending = self._pending.get(stream_id)
+        if pending is None or pending.validation_id != validation_id:
+            return  # cancelled or replaced meanwhile: the answer is stale
+        del self._pending[stream_id]
+        if outcome is Validation.VALID:
+            await self._open(stream_id, responder)
+        elif outcome is Validation.EXECUTOR_UNAUTHORIZED:
+            # Tell the harness (inside the channel) that credentials need refreshing, then end.
+            message2, _ = responder.write_message2(REGISTRY_AUTHENTICATION_REJECTED)
+            await self._streams.send_frame(encode(handshake_frame(stream_id, message2)))
+            await self._refuse(stream_id, reason, charge=True)
+        else:
+            await self._refuse(stream_id, reason, charge=True)
+
+    async def _open(self, stream_id: str, responder: HybridIKResponder) -> None:
+        table = self._streams.table
+        if table.refusal(stream_id) is not None:  # filled up while the registry answered
+            await self._refuse(stream_id, "stream_full", charge=False)
+            return
+        message2, result = responder.write_message2()
+        # Open before sending: the harness may send Data the moment message 2 arrives.
+        self._streams.open(table.open(stream_id), cipher=result.transport)
+        await self._streams.send_frame(encode(handshake_frame(stream_id, message2)))
+        log.debug(
+            "noise handshake accepted: stream=%s registration=%s",
+            stream_id,
+            self._bundle.executor_registration_id,
+        )
+
+    # -- refusals and the failure budget ----------------------------------------------------
+
+    def _cancel(self, stream_id: str) -> None:
+        pending = self._pending.pop(stream_id, None)
+        if pending is not None:
+            pending.task.cancel()
+
+    async def _refuse(self, stream_id: str, reason: str, *, charge: bool) -> None:
+        log.debug(
+            "noise handshake rejected: reason=%s stream=%s registration=%s",
+            reason,
+            stream_id,
+            self._bundle.executor_registration_id,
+        )
+        if charge:
+            self._charge()
+        await self._streams.send_frame(Reset.encode(stream_id))
+
+    def _charge(self) -> None:
+        self.failures += 1
+        if self.failures >= MAX_FAILED_HANDSHAKES:
+            self.failures = 0  # the count starts again after the pause (verified §4)
+            self._paused_until = self._clock() + self._cooldown
+            log.warning(
+                "pausing Noise relay handshakes for %.0f s after repeated failures "
+                "(registration %s)",
+                self._cooldown,
+                self._bundle.executor_registration_id,
+            )

@@ -1,0 +1,260 @@
+"""The executor's side of the relay: register, hold one websocket, serve every stream on it.
+
+Each harness stream (by `stream_id`) becomes its own MessageTransport served by the shared
+ExecServer, so a stream's failure or reset never touches the others and a dropped socket only
+detaches sessions. Two security profiles:
+
+* ``noise_hybrid_ik_v1`` (the default, Codex's): a stream exists only after its Noise handshake
+  was validated by the registry (noise_admission.py); every record is AES-GCM encrypted.
+* ``legacy``: codexexec's cleartext relay, where a Resume or Data frame opens a stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from codexexec.noise.transport import NoiseError, NoiseTransport
+from codexexec.relay.frames import FrameError, RelayMessageFrame, parse
+from codexexec.relay.framing import FramingError
+from codexexec.relay.limits import (
+    MAX_WEBSOCKET_MESSAGE_BYTES,
+    PING_INTERVAL_SECONDS,
+    PONG_TIMEOUT_SECONDS,
+    RECONNECT_BACKOFF_INITIAL_SECONDS,
+    RECONNECT_BACKOFF_MAX_SECONDS,
+)
+from codexexec.relay.streams import Action, Admission, RelayStream, StreamTable, Verdict
+from codexexec.remote.registry import RelayBundle, register_executor
+from codexexec.transport.base import TransportClosed
+from codexexec.transport.relay import VirtualStream
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from codexexec.noise.keys import StaticIdentity
+
+log = logging.getLogger(__name__)
+
+Serve = Callable[[VirtualStream], Coroutine[object, object, None]]
+
+
+class SocketStreams:
+    """The virtual streams of one physical socket, whichever profile admitted them."""
+
+    def __init__(self, table: StreamTable[None], serve: Serve, ws: ClientConnection) -> None:
+        self.table = table
+        self._serve = serve
+        self._ws = ws
+        self.streams: dict[str, VirtualStream] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def send_frame(self, frame: bytes) -> None:
+        try:
+            await self._ws.send(frame)
+        except ConnectionClosed as exc:
+            raise TransportClosed("relay socket closed") from exc
+
+    def send_later(self, frame: bytes) -> None:
+        """Send from synchronous code (a stream closing itself); failures are moot then."""
+        self.spawn(_quietly(self.send_frame(frame)))
+
+    def open(self, stream: RelayStream[None], cipher: NoiseTransport | None = None) -> None:
+        virtual = VirtualStream(stream, self.send_frame, self._closed_by_server, cipher)
+        self.streams[stream.stream_id] = virtual
+        self.spawn(self._serve(virtual))
+
+    def _closed_by_server(self, virtual: VirtualStream) -> None:
+        self.streams.pop(virtual.stream.stream_id, None)
+        reply = self.table.close(virtual.stream.stream_id, virtual.stream.instance)
+        if reply is not None:
+            self.send_later(reply)
+
+    async def apply(self, verdict: Verdict[None]) -> None:
+        """Carry out the stream table's verdict on one frame."""
+        virtual = self.streams.get(verdict.stream_id)
+        if verdict.action is Action.DELIVER and virtual is not None:
+            try:
+                for payload in verdict.payloads:
+                    virtual.feed(payload)
+            except (FramingError, NoiseError, asyncio.QueueFull) as exc:
+                # Undecryptable, malformed or flooding: this stream alone ends, with a Reset.
+                log.debug("relay stream %s reset: %s", verdict.stream_id[:8], type(exc).__name__)
+                self.streams.pop(verdict.stream_id, None)
+                virtual.end()
+                reply = self.table.close(verdict.stream_id)
+                if reply is not None:
+                    await self.send_frame(reply)
+        elif verdict.action in (Action.RESET, Action.CLOSED):
+            if virtual is not None:
+                self.streams.pop(verdict.stream_id, None)
+                virtual.end()
+            if verdict.reply is not None:
+                await self.send_frame(verdict.reply)
+
+    def end_all(self) -> None:
+        for virtual in list(self.streams.values()):
+            virtual.end()
+        self.streams.clear()
+        self.table.close_all()
+
+
+class StreamProfile(Protocol):
+    """How one security profile admits streams on a socket and routes their frames."""
+
+    async def receive(self, frame: RelayMessageFrame) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class CleartextStreams:
+    """The legacy profile: a Resume or Data frame for a new id opens the stream."""
+
+    def __init__(self, streams: SocketStreams) -> None:
+        self._streams = streams
+
+    async def receive(self, frame: RelayMessageFrame) -> None:
+        verdict = self._streams.table.receive(frame)
+        if verdict.stream is not None and verdict.opened:
+            self._streams.open(verdict.stream)
+        await self._streams.apply(verdict)
+
+    def close(self) -> None:
+        pass
+
+
+class ExecutorRelay:
+    """Register, hold one websocket to the rendezvous, serve every stream on it; reconnect.
+
+    With an ``identity`` the executor registers the Noise profile with its public key and
+    admits streams through validated handshakes; without one it registers the cleartext profile.
+    """
+
+    def __init__(
+        self,
+        registry_url: str,
+        environment_id: str,
+        token: str | None,
+        serve: Serve,
+        on_ready: Callable[[str], None] | None = None,
+        identity: StaticIdentity | None = None,
+    ) -> None:
+        self._registry_url = registry_url
+        self._environment_id = environment_id
+        self._token = token
+        self._serve = serve
+        self._on_ready = on_ready
+        self._identity = identity
+        self.connections = 0
+
+    async def run(self) -> None:
+        import aiohttp
+
+        from codexexec.remote.registry import REQUEST_TIMEOUT_SECONDS
+
+        timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            await self._run(http)
+
+    async def _run(self, http: aiohttp.ClientSession) -> None:
+        backoff = RECONNECT_BACKOFF_INITIAL_SECONDS
+        bundle = None
+        public_key = None if self._identity is None else self._identity.channel_public_key()
+        while True:
+            if bundle is None:
+                bundle = await register_executor(
+                    self._registry_url,
+                    self._environment_id,
+                    self._token,
+                    None if public_key is None else public_key.to_json_obj(),
+                )
+                log.debug(
+                    "registered environment %s as %s (%s)",
+                    self._environment_id,
+                    bundle.executor_registration_id,
+                    bundle.security_profile,
+                )
+            try:
+                async with connect(
+                    bundle.url,
+                    max_size=MAX_WEBSOCKET_MESSAGE_BYTES,
+                    compression=None,
+                    ping_interval=PING_INTERVAL_SECONDS,
+                    ping_timeout=PONG_TIMEOUT_SECONDS,
+                    user_agent_header=None,
+                ) as ws:
+                    self.connections += 1
+                    backoff = RECONNECT_BACKOFF_INITIAL_SECONDS
+                    if self._on_ready is not None:
+                        self._on_ready(self._environment_id)
+                    await self._serve_socket(ws, bundle, http)
+            except InvalidStatus as exc:
+                if 400 <= exc.response.status_code < 500:
+                    bundle = None  # the relay URL expired or was refused: register again
+                log.warning("relay connection refused (%s)", exc.response.status_code)
+            except (OSError, InvalidHandshake, TimeoutError) as exc:
+                log.warning("relay connection failed: %s", type(exc).__name__)
+            except ConnectionClosed:
+                pass
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, RECONNECT_BACKOFF_MAX_SECONDS)
+
+    def _profile(
+        self, streams: SocketStreams, bundle: RelayBundle, http: aiohttp.ClientSession
+    ) -> StreamProfile:
+        if self._identity is None:
+            return CleartextStreams(streams)
+        from codexexec.remote.validation import Validation, validate_harness_key
+        from codexexec.transport.noise_admission import NoiseStreams
+
+        async def validate(
+            stream_id: str, harness_public_key: dict[str, str], authorization: str
+        ) -> Validation:
+            return await validate_harness_key(
+                http,
+                self._registry_url,
+                self._environment_id,
+                self._token,
+                registration_id=bundle.executor_registration_id,
+                harness_public_key=harness_public_key,
+                authorization=authorization,
+                stream_id=stream_id,
+            )
+
+        return NoiseStreams(streams, self._identity, bundle, validate)
+
+    async def _serve_socket(
+        self, ws: ClientConnection, bundle: RelayBundle, http: aiohttp.ClientSession
+    ) -> None:
+        admission = Admission.IMPLICIT if self._identity is None else Admission.EXPLICIT
+        streams = SocketStreams(StreamTable(admission=admission), self._serve, ws)
+        profile = self._profile(streams, bundle, http)
+        try:
+            async for message in ws:
+                if isinstance(message, str):
+                    continue  # the relay speaks binary protobuf frames only
+                try:
+                    frame = parse(message)
+                except FrameError:
+                    continue  # logged and dropped, the socket is kept (noise §4.7)
+                await profile.receive(frame)
+        finally:
+            profile.close()
+            streams.end_all()
+
+
+async def _quietly(awaitable: Coroutine[object, object, None]) -> None:
+    with contextlib.suppress(TransportClosed, ConnectionClosed):
+        await awaitable

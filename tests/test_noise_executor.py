@@ -1,0 +1,536 @@
+"""codexexec's executor over Noise: a real rendezvous, a real ExecServer, real handshakes.
+
+The stack runs in this process (rendezvous, executor relay, server) so the frames the
+rendezvous routes can be tapped and inspected; harnesses are codexexec's own client or a raw
+harness built here from the protocol pieces, which can misbehave on purpose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from websockets.asyncio.client import ClientConnection
+
+from codexexec.client import ExecServerClient, ExecServerError, Exited, Output
+from codexexec.noise.hybrid_ik import HybridIKInitiator, build_prologue
+from codexexec.noise.keys import NoiseChannelPublicKey, StaticIdentity
+from codexexec.noise.transport import NoiseError, NoiseTransport
+from codexexec.relay.frames import (
+    RelayMessageFrame,
+    encode,
+    encode_data,
+    handshake_frame,
+    parse,
+    resume_frame,
+    stream_header,
+)
+from codexexec.relay.framing import records
+from codexexec.relay.limits import RESET_REASON
+from codexexec.remote.registry import connect_harness_noise
+from codexexec.rendezvous import RendezvousOptions, start_rendezvous
+from codexexec.rendezvous.auth import TokenTable
+from codexexec.rendezvous.store import Store
+from codexexec.server.app import ExecServer
+from codexexec.transport.base import MessageTransport
+from codexexec.transport.relay import RELAY_MALFORMED_PREFIX, open_relay_socket
+from codexexec.transport.relay_executor import ExecutorRelay
+
+TOKEN = "noise-executor-test-token-5e1d"
+ENV = "devbox"
+
+
+@dataclass
+class Stack:
+    url: str
+    identity: StaticIdentity
+    relay: ExecutorRelay
+    routed: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+@pytest.fixture
+async def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Stack]:
+    (tmp_path / "tokens").write_text(f"{TOKEN}\n")
+    store = Store(tmp_path / "rv.sqlite3")
+    running = await start_rendezvous(
+        "http://127.0.0.1:0",
+        TokenTable.load(tmp_path / "tokens"),
+        store,
+        RendezvousOptions(heartbeat=None, close_timeout=2.0, max_streams_per_harness=32),
+    )
+    routed: list[tuple[str, bytes]] = []
+    relay_core = running.state.relay
+    to_executor, to_harness = relay_core.from_harness, relay_core.from_executor
+
+    async def tap_harness(peer: Any, data: bytes) -> None:
+        routed.append(("harness", bytes(data)))
+        await to_executor(peer, data)
+
+    async def tap_executor(peer: Any, data: bytes) -> None:
+        routed.append(("executor", bytes(data)))
+        await to_harness(peer, data)
+
+    relay_core.from_harness = tap_harness  # type: ignore[method-assign]
+    relay_core.from_executor = tap_executor  # type: ignore[method-assign]
+
+    server = ExecServer()
+
+    async def serve(stream: MessageTransport) -> None:
+        await server.serve(stream, malformed_prefix=RELAY_MALFORMED_PREFIX)
+
+    ready = asyncio.Event()
+    identity = StaticIdentity.generate()
+    relay = ExecutorRelay(
+        running.url, ENV, TOKEN, serve, on_ready=lambda _: ready.set(), identity=identity
+    )
+    task = asyncio.create_task(relay.run())
+    monkeypatch.setenv("CODEXEXEC_REGISTRY_TOKEN", TOKEN)
+    try:
+        await asyncio.wait_for(ready.wait(), 10)
+        await _until_online(running.url)
+        yield Stack(running.url, identity, relay, routed)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await server.aclose()
+        await running.stop()
+        store.close()
+
+
+async def _until_online(url: str) -> None:
+    for _ in range(100):
+        try:
+            await connect_harness_noise(
+                url, ENV, TOKEN, StaticIdentity.generate().channel_public_key().to_json_obj()
+            )
+            return
+        except Exception:
+            await asyncio.sleep(0.05)
+    raise AssertionError("the executor never came online")
+
+
+# -- a raw harness that can misbehave ---------------------------------------------------------
+
+
+@dataclass
+class RawStream:
+    ws: ClientConnection
+    stream_id: str
+    initiator: HybridIKInitiator
+    message1: bytes
+    authorization: str
+    cipher: NoiseTransport | None = None
+    next_seq: int = 0
+
+    async def frame(self, timeout: float = 5.0) -> RelayMessageFrame:
+        """The next frame of this stream (others on the socket are skipped)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                raw = await self.ws.recv()
+                assert isinstance(raw, bytes)
+                frame = parse(raw, strict=False)
+                if frame.stream_id == self.stream_id:
+                    return frame
+
+    async def finish_handshake(self) -> None:
+        frame = await self.frame()
+        assert frame.WhichOneof("body") == "handshake", frame
+        self.cipher = self.initiator.read_message2(frame.handshake.payload).transport
+
+    async def send_record(self, plaintext: bytes, seq: int | None = None) -> bytes:
+        assert self.cipher is not None
+        ciphertext = self.cipher.encrypt(plaintext)
+        await self.send_ciphertext(ciphertext, seq)
+        return ciphertext
+
+    async def send_ciphertext(self, ciphertext: bytes, seq: int | None = None) -> None:
+        if seq is None:
+            seq, self.next_seq = self.next_seq, self.next_seq + 1
+        await self.ws.send(encode_data(stream_header(self.stream_id), seq, ciphertext))
+
+    async def request(self, message: dict[str, Any]) -> None:
+        for record in records(json.dumps(message).encode()):
+            await self.send_record(bytes(record))
+
+    async def reply(self) -> dict[str, Any]:
+        """Decrypt data frames until one whole JSON-RPC message is in."""
+        assert self.cipher is not None
+        buffer = b""
+        while True:
+            frame = await self.frame()
+            assert frame.WhichOneof("body") == "data", frame
+            buffer += self.cipher.decrypt(frame.data.payload)
+            if len(buffer) >= 4:
+                size = int.from_bytes(buffer[:4], "big")
+                if len(buffer) >= 4 + size:
+                    decoded: dict[str, Any] = json.loads(buffer[4 : 4 + size])
+                    return decoded
+
+    async def expect_reset(self) -> None:
+        frame = await self.frame()
+        assert frame.WhichOneof("body") == "reset", frame
+        assert frame.reset.reason == RESET_REASON
+
+
+async def open_raw(
+    stack: Stack,
+    *,
+    ws: ClientConnection | None = None,
+    identity: StaticIdentity | None = None,
+    authorize: StaticIdentity | None = None,
+    pinned: StaticIdentity | None = None,
+    stream_id: str | None = None,
+    send: bool = True,
+) -> RawStream:
+    """Fetch a bundle (authorizing ``authorize``'s key), build message 1 as ``identity``
+    for the executor key ``pinned`` (default: the one the registry returned), send it."""
+    identity = identity or StaticIdentity.generate()
+    authorized = authorize or identity
+    bundle = await connect_harness_noise(
+        stack.url, ENV, TOKEN, authorized.channel_public_key().to_json_obj()
+    )
+    executor_key = (
+        pinned.public_key
+        if pinned is not None
+        else NoiseChannelPublicKey.from_json_obj(bundle["executor_public_key"]).decode()
+    )
+    if ws is None:
+        ws = await open_relay_socket(bundle["url"], ENV)
+    stream_id = stream_id or str(uuid.uuid4())
+    prologue = build_prologue(ENV, bundle["executor_registration_id"], stream_id)
+    initiator = HybridIKInitiator(identity, executor_key, prologue)
+    authorization = bundle["harness_key_authorization"]
+    message1 = initiator.write_message1(authorization.encode())
+    raw = RawStream(ws, stream_id, initiator, message1, authorization)
+    if send:
+        await ws.send(encode(resume_frame(stream_id, 0)))
+        await ws.send(encode(handshake_frame(stream_id, message1)))
+    return raw
+
+
+async def initialized(raw: RawStream) -> dict[str, Any]:
+    await raw.finish_handshake()
+    await raw.request({"id": 1, "method": "initialize", "params": {"clientName": "raw"}})
+    reply = await raw.reply()
+    await raw.request({"method": "initialized", "params": {}})
+    return reply
+
+
+# -- the happy path and what the relay sees ---------------------------------------------------
+
+
+async def test_commands_run_over_noise_and_the_relay_routes_only_ciphertext(
+    stack: Stack,
+) -> None:
+    client = await ExecServerClient.connect(f"{ENV}@{stack.url}")
+    process = await client.start(
+        ["sh", "-c", "echo MARK-OUT-7f3a; head -c 200000 /dev/zero | tr '\\0' x; exit 4"],
+        cwd="/tmp",
+        pipe_stdin=True,
+    )
+    await client.write(process.process_id, b"MARK-STDIN-c0de\n")
+    output = b""
+    exit_code = None
+    async for event in process.events():
+        if isinstance(event, Output):
+            output += event.data
+        elif isinstance(event, Exited):
+            exit_code = event.exit_code
+    await client.close()
+    assert output.startswith(b"MARK-OUT-7f3a\n") and output.count(b"x") == 200_000
+    assert exit_code == 4
+
+    secrets = [
+        b"MARK-OUT-7f3a",
+        b"MARK-STDIN-c0de",
+        base64.b64encode(b"MARK-STDIN-c0de\n"),
+        base64.b64encode(b"MARK-OUT-7f3a\n")[:12],
+        b"xxxxxxxxxxxx",
+        b"process/start",
+        b"initialize",
+        b"sessionId",
+        b'"method"',
+    ]
+    kinds: dict[tuple[str, str], int] = {}
+    for direction, data in stack.routed:
+        frame = parse(data, strict=False)
+        kind = frame.WhichOneof("body")
+        kinds[direction, kind] = kinds.get((direction, kind), 0) + 1
+        for secret in secrets:
+            assert secret not in data, (direction, kind, secret)
+        if kind == "data":
+            assert len(frame.data.payload) >= 17  # at least one byte plus the AES-GCM tag
+    assert kinds["harness", "handshake"] == 1 and kinds["executor", "handshake"] == 1
+    assert kinds["harness", "data"] >= 3 and kinds["executor", "data"] >= 5
+
+
+async def test_a_persisted_identity_keeps_its_public_key(tmp_path: Path) -> None:
+    from codexexec.noise.identity_file import IdentityFileError, load_or_create_identity
+
+    path = tmp_path / "executor.noise"
+    first = load_or_create_identity(str(path))
+    assert path.stat().st_mode & 0o777 == 0o600
+    second = load_or_create_identity(str(path))
+    assert first.channel_public_key() == second.channel_public_key()
+    path.chmod(0o644)
+    with pytest.raises(IdentityFileError, match="chmod 600"):
+        load_or_create_identity(str(path))
+    path.chmod(0o600)
+    path.write_text("{}")
+    with pytest.raises(IdentityFileError, match="not a codexexec identity"):
+        load_or_create_identity(str(path))
+
+
+# -- bad input: each resets only its own stream -----------------------------------------------
+
+
+async def test_tampered_message1_is_reset_and_the_socket_keeps_serving(stack: Stack) -> None:
+    bad = await open_raw(stack, send=False)
+    tampered = bytearray(bad.message1)
+    tampered[100] ^= 0x01
+    await bad.ws.send(encode(resume_frame(bad.stream_id, 0)))
+    await bad.ws.send(encode(handshake_frame(bad.stream_id, bytes(tampered))))
+    await bad.expect_reset()
+    good = await open_raw(stack, ws=bad.ws)
+    assert "sessionId" in (await initialized(good))["result"]
+
+
+async def test_wrong_pinned_executor_key_is_reset(stack: Stack) -> None:
+    raw = await open_raw(stack, pinned=StaticIdentity.generate())
+    await raw.expect_reset()
+
+
+async def test_a_harness_key_the_registry_did_not_authorize_is_reset(stack: Stack) -> None:
+    # The authorization was issued for another key: the handshake decrypts, /validate says no.
+    raw = await open_raw(stack, authorize=StaticIdentity.generate())
+    await raw.expect_reset()
+
+
+async def test_replayed_message1_opens_nothing(stack: Stack) -> None:
+    raw = await open_raw(stack)
+    assert "result" in await initialized(raw)
+    # The same message 1 on the same (live) stream, and on a fresh stream id.
+    await raw.ws.send(encode(handshake_frame(raw.stream_id, raw.message1)))
+    await raw.expect_reset()
+    other = str(uuid.uuid4())
+    replay = RawStream(raw.ws, other, raw.initiator, raw.message1, raw.authorization)
+    await raw.ws.send(encode(handshake_frame(other, raw.message1)))
+    await replay.expect_reset()
+
+
+async def test_data_before_the_handshake_is_reset(stack: Stack) -> None:
+    raw = await open_raw(stack, send=False)
+    await raw.ws.send(encode(resume_frame(raw.stream_id, 0)))
+    await raw.ws.send(encode_data(stream_header(raw.stream_id), 0, b"\x00" * 40))
+    await raw.expect_reset()
+
+
+async def test_replayed_and_reordered_records(stack: Stack) -> None:
+    raw = await open_raw(stack)
+    await raw.finish_handshake()
+    message = records(b'{"id":1,"method":"initialize","params":{"clientName":"raw"}}')
+    first = await raw.send_record(bytes(next(iter(message))))
+    await raw.send_ciphertext(first, seq=0)  # a replayed record: dropped, the stream lives
+    assert "sessionId" in (await raw.reply())["result"]
+    # Two requests sent out of order (seq 2 before seq 1) are decrypted in order.
+    assert raw.cipher is not None
+    second = raw.cipher.encrypt(_record({"method": "initialized", "params": {}}))
+    third = raw.cipher.encrypt(_record({"id": 2, "method": "environment/info", "params": None}))
+    await raw.send_ciphertext(third, seq=2)
+    await raw.send_ciphertext(second, seq=1)
+    assert "result" in await raw.reply()
+
+
+async def test_tampered_record_resets_the_stream_only(stack: Stack) -> None:
+    keep = await open_raw(stack)
+    assert "result" in await initialized(keep)
+    raw = await open_raw(stack, ws=keep.ws)
+    await raw.finish_handshake()
+    assert raw.cipher is not None
+    ciphertext = bytearray(raw.cipher.encrypt(_record({"id": 1, "method": "initialize"})))
+    ciphertext[3] ^= 0x80
+    await raw.send_ciphertext(bytes(ciphertext))
+    await raw.expect_reset()
+    await keep.request({"id": 2, "method": "environment/info", "params": None})
+    assert "result" in await keep.reply()
+
+
+@pytest.mark.parametrize(
+    "plaintext",
+    [
+        pytest.param(b"x" * 61_441, id="record-over-60KiB"),
+        pytest.param(b"\x00\x00\x00\x00", id="length-0"),
+        pytest.param((64 * 1024 * 1024 + 1).to_bytes(4, "big"), id="length-over-64MiB"),
+    ],
+)
+async def test_bad_records_reset_the_stream(stack: Stack, plaintext: bytes) -> None:
+    raw = await open_raw(stack)
+    await raw.finish_handshake()
+    assert raw.cipher is not None
+    # encrypt() refuses an oversized record, so build that one with the raw cipher state.
+    sealed = (
+        raw.cipher._send.encrypt_with_ad(b"", plaintext)
+        if len(plaintext) > 61_440
+        else raw.cipher.encrypt(plaintext)
+    )
+    await raw.send_ciphertext(sealed)
+    await raw.expect_reset()
+
+
+async def test_truncated_record_resets_the_stream(stack: Stack) -> None:
+    raw = await open_raw(stack)
+    await raw.finish_handshake()
+    assert raw.cipher is not None
+    await raw.send_ciphertext(raw.cipher.encrypt(b"\x00\x00\x00\x10{}")[:-5])
+    await raw.expect_reset()
+
+
+async def test_second_handshake_on_a_live_stream_is_reset(stack: Stack) -> None:
+    raw = await open_raw(stack)
+    assert "result" in await initialized(raw)
+    again = await open_raw(stack, ws=raw.ws, stream_id=raw.stream_id, send=False)
+    await raw.ws.send(encode(handshake_frame(raw.stream_id, again.message1)))
+    await raw.expect_reset()
+
+
+async def test_failure_budget_pauses_handshakes_but_keeps_streams(stack: Stack) -> None:
+    live = await open_raw(stack)
+    assert "result" in await initialized(live)
+    for _ in range(8):
+        bad = await open_raw(stack, ws=live.ws, pinned=StaticIdentity.generate())
+        await bad.expect_reset()
+    # Paused: even a valid handshake is reset, without reaching /validate.
+    refused = await open_raw(stack, ws=live.ws)
+    await refused.expect_reset()
+    # The socket and the live stream are untouched.
+    await live.request({"id": 2, "method": "environment/info", "params": None})
+    assert "result" in await live.reply()
+
+
+async def test_nothing_secret_reaches_the_logs(
+    stack: Stack, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    # As every codexexec process configures it (logs.configure_logging): websockets' DEBUG
+    # records dump raw frames and request lines, so that library stays at INFO.
+    monkeypatch.setattr(logging.getLogger("websockets"), "level", logging.INFO)
+    raw = await open_raw(stack)
+    assert "result" in await initialized(raw)
+    bad = await open_raw(stack, ws=raw.ws, authorize=StaticIdentity.generate())
+    await bad.expect_reset()
+    client = await ExecServerClient.connect(f"{ENV}@{stack.url}")
+    process = await client.start(["sh", "-c", "echo MARK-LOG-55aa"], cwd="/tmp")
+    async for _ in process.events():
+        pass
+    await client.close()
+    text = "\n".join(f"{record.name}: {record.getMessage()}" for record in caplog.records)
+    assert "noise handshake" in text  # the lifecycle is logged...
+    executor_key = stack.identity.channel_public_key().to_json_obj()
+    for secret in (
+        TOKEN,
+        raw.authorization,
+        bad.authorization,
+        executor_key["x25519_public_key"][:16],
+        executor_key["mlkem768_public_key"][:16],
+        "sig=",
+        "MARK-LOG-55aa",
+    ):
+        assert secret not in text, secret
+
+
+async def test_registry_rejecting_the_executor_tells_the_harness(stack: Stack) -> None:
+    # The registry stops accepting the executor's credentials: /validate answers 401, so
+    # message 2 carries the "authentication rejected" payload and the stream is then reset.
+    from codexexec.remote.registry import RegistryError
+    from codexexec.transport.noise_harness import connect_noise_harness
+
+    stack.relay._token = "revoked-executor-token"
+    with pytest.raises(RegistryError) as caught:
+        await connect_noise_harness(stack.url, ENV, TOKEN)
+    assert caught.value.code == "registry_authentication_rejected"
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _record(message: dict[str, Any]) -> bytes:
+    body = json.dumps(message).encode()
+    return len(body).to_bytes(4, "big") + body
+
+
+async def test_cleartext_fallback_needs_an_explicit_opt_in(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = ExecServer()
+
+    async def serve(stream: MessageTransport) -> None:
+        await server.serve(stream, malformed_prefix=RELAY_MALFORMED_PREFIX)
+
+    ready = asyncio.Event()
+    relay = ExecutorRelay(stack.url, "plain", TOKEN, serve, on_ready=lambda _: ready.set())
+    task = asyncio.create_task(relay.run())
+    try:
+        await asyncio.wait_for(ready.wait(), 10)
+        await asyncio.sleep(0.1)
+        with pytest.raises(ExecServerError, match="CODEXEXEC_ALLOW_CLEARTEXT_RELAY=1"):
+            await ExecServerClient.connect(f"plain@{stack.url}")
+        monkeypatch.setenv("CODEXEXEC_ALLOW_CLEARTEXT_RELAY", "1")
+        client = await ExecServerClient.connect(f"plain@{stack.url}")
+        await client.close()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await server.aclose()
+
+
+# -- property: no single-bit change to a frame gets anything decrypted ------------------------
+
+
+def _cipher_pair() -> tuple[NoiseTransport, NoiseTransport]:
+    executor = StaticIdentity.generate()
+    harness = StaticIdentity.generate()
+    prologue = build_prologue(ENV, "reg-1", "stream-1")
+    from codexexec.noise.hybrid_ik import HybridIKResponder
+
+    initiator = HybridIKInitiator(harness, executor.public_key, prologue)
+    responder = HybridIKResponder(executor, prologue)
+    responder.read_message1(initiator.write_message1(b"hka"))
+    message2, executor_side = responder.write_message2()
+    return initiator.read_message2(message2).transport, executor_side.transport
+
+
+_SID = str(uuid.UUID(int=7))
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_any_single_bit_flip_in_a_data_frame_is_rejected(data: st.DataObject) -> None:
+    from codexexec.relay.frames import FrameError
+    from codexexec.relay.streams import Action, Admission, StreamTable
+
+    sender, receiver = _cipher_pair()
+    sealed = sender.encrypt(b"\x00\x00\x00\x02{}")
+    frame = bytearray(encode_data(stream_header(_SID), 0, sealed))
+    bit = data.draw(st.integers(0, len(frame) * 8 - 1))
+    frame[bit // 8] ^= 1 << (bit % 8)
+    table: StreamTable[None] = StreamTable(admission=Admission.EXPLICIT)
+    table.open(_SID)
+    try:
+        verdict = table.receive(parse(bytes(frame)))
+    except FrameError:
+        return  # undecodable or invalid: dropped
+    if verdict.action is not Action.DELIVER:
+        return  # another stream, a gap, or a reset: nothing is delivered
+    with pytest.raises(NoiseError):
+        for payload in verdict.payloads:
+            receiver.decrypt(payload)
