@@ -1,4 +1,6 @@
-"""Relay benchmark: the same client and executor, direct websocket vs through the rendezvous.
+"""Relay benchmark: one client, the executor reached directly, through the rendezvous in
+cleartext, and through the rendezvous end-to-end encrypted (Noise), plus the real Codex
+0.169.0 executor through the same rendezvous (Noise), and the hybrid-IK handshake's cost.
 
 .venv/bin/python bench/relay_bench.py [--count 200] [--size-mib 256]
 """
@@ -58,14 +60,75 @@ async def throughput(target: str, size: int) -> float:
 
 
 async def streams(target: str, count: int) -> float:
+    """``count`` streams open at once, each running one command. Connections are opened 16 at
+    a time: an executor validates at most 32 Noise handshakes at once and resets the rest."""
     began = time.perf_counter()
+    opening = asyncio.Semaphore(16)
+    all_open = asyncio.Barrier(count)
 
     async def one() -> None:
-        async with await ExecServerClient.connect(target) as client:
+        async with opening:
+            client = await ExecServerClient.connect(target)
+        async with client:
+            await all_open.wait()
             await (await client.start(["/bin/true"], cwd="/tmp", inherit_env=False)).wait()
 
     await asyncio.gather(*(one() for _ in range(count)))
     return (time.perf_counter() - began) * 1000
+
+
+def handshake_ms(count: int) -> float:
+    """Both sides of one hybrid-IK handshake, in process (median ms)."""
+    from codexexec.noise.hybrid_ik import HybridIKInitiator, HybridIKResponder, build_prologue
+    from codexexec.noise.keys import StaticIdentity
+
+    executor, harness = StaticIdentity.generate(), StaticIdentity.generate()
+    samples = []
+    for i in range(count):
+        began = time.perf_counter()
+        prologue = build_prologue("bench", "reg", f"stream-{i}")
+        initiator = HybridIKInitiator(harness, executor.public_key, prologue)
+        responder = HybridIKResponder(executor, prologue)
+        responder.read_message1(initiator.write_message1(b"authorization"))
+        message2, _ = responder.write_message2()
+        initiator.read_message2(message2)
+        samples.append(time.perf_counter() - began)
+    return statistics.median(samples) * 1000
+
+
+def start_codex_executor(registry: str) -> subprocess.Popen[bytes] | None:
+    """The real Codex executor registered with our rendezvous, if it is installed."""
+    from tests.servers import codex_binary
+
+    try:
+        binary = codex_binary()
+    except Exception:
+        return None
+    home = tempfile.mkdtemp(prefix="codex-home-", dir="/var/tmp")
+    process = subprocess.Popen(
+        [
+            *(binary, "exec-server", "--remote", registry),
+            *("--environment-id", "bench-codex", "--registration-bearer-stdin"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "CODEX_HOME": home},
+    )
+    assert process.stdin is not None
+    process.stdin.write(TOKEN.encode() + b"\n")
+    process.stdin.close()
+    return process
+
+
+async def until_reachable(target: str) -> None:
+    for _ in range(100):
+        try:
+            async with await ExecServerClient.connect(target):
+                return
+        except Exception:
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"{target} never became reachable")
 
 
 def main() -> None:
@@ -77,42 +140,57 @@ def main() -> None:
     (tmp / "tokens").write_text(TOKEN + "\n")
     env = {**os.environ, "CODEXEXEC_REGISTRY_TOKEN": TOKEN}
     os.environ["CODEXEXEC_REGISTRY_TOKEN"] = TOKEN
+    executors: list[subprocess.Popen[bytes]] = []
+    codex = None
     direct = spawn("serve", "--listen", "ws://127.0.0.1:0")
     rendezvous = spawn("rendezvous", "--token-file", str(tmp / "tokens"), "--db", str(tmp / "db"))
     try:
         assert direct.stdout is not None and rendezvous.stdout is not None
         url = direct.stdout.readline().decode().strip()
         registry = rendezvous.stdout.readline().decode().strip()
-        executor = spawn("serve", "--remote", registry, "--environment-id", "bench", env=env)
-        assert executor.stderr is not None
-        executor.stderr.readline()
-        relayed = f"bench@{registry}"
-        size = args.size_mib * 1024 * 1024
-        rows = [
-            (
-                "round trip start→closed, /bin/true (median ms)",
-                asyncio.run(round_trip(url, args.count)),
-                asyncio.run(round_trip(relayed, args.count)),
-            ),
-            (
-                f"stdout throughput, {args.size_mib} MiB (MB/s)",
-                asyncio.run(throughput(url, size)),
-                asyncio.run(throughput(relayed, size)),
-            ),
-            (
-                "128 concurrent streams, one command each (ms)",
-                asyncio.run(streams(url, 128)),
-                asyncio.run(streams(relayed, 128)),
+        os.environ["CODEXEXEC_ALLOW_CLEARTEXT_RELAY"] = "1"
+        executors += [
+            spawn("serve", "--remote", registry, "--environment-id", "bench", env=env),
+            spawn(
+                "serve",
+                "--remote",
+                registry,
+                "--environment-id",
+                "bench-clear",
+                "--cleartext-relay",
+                env=env,
             ),
         ]
-        print("| measure | direct websocket | through the rendezvous | relay / direct |")
-        print("|---|---:|---:|---:|")
-        for label, plain, relay in rows:
-            print(f"| {label} | {plain:.2f} | {relay:.2f} | {relay / plain:.2f}× |")
-        executor.terminate()
+        codex = start_codex_executor(registry)
+        targets = [url, f"bench-clear@{registry}", f"bench@{registry}"]
+        if codex is not None:
+            targets.append(f"bench-codex@{registry}")
+        for target in targets:
+            asyncio.run(until_reachable(target))
+        size = args.size_mib * 1024 * 1024
+        measures = [
+            ("round trip start→closed, /bin/true (median ms)", round_trip, args.count),
+            (f"stdout throughput, {args.size_mib} MiB (MB/s)", throughput, size),
+            ("128 concurrent streams, one command each (ms)", streams, 128),
+        ]
+        header = (
+            "| measure | direct websocket | relay, cleartext | relay, Noise | Noise / cleartext |"
+        )
+        if codex is not None:
+            header += " Codex executor, Noise |"
+        print(header)
+        print("|---|---:|---:|---:|---:|" + ("---:|" if codex is not None else ""))
+        for label, measure, arg in measures:
+            values = [asyncio.run(measure(target, arg)) for target in targets]
+            row = f"| {label} | {values[0]:.2f} | {values[1]:.2f} | {values[2]:.2f} | "
+            row += f"{values[2] / values[1]:.2f}× |"
+            if codex is not None:
+                row += f" {values[3]:.2f} |"
+            print(row)
+        print(f"\nhybrid-IK handshake, both sides in process: {handshake_ms(200):.2f} ms (median)")
     finally:
-        direct.terminate()
-        rendezvous.terminate()
+        for process in (direct, rendezvous, *executors, *([codex] if codex else [])):
+            process.terminate()
 
 
 if __name__ == "__main__":
