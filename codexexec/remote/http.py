@@ -1,0 +1,85 @@
+"""One JSON POST, the way every registry-side request is sent.
+
+Compact JSON (the bytes Codex's serde output has), no redirects followed (a credential
+never travels to a host it was not meant for), one total deadline, a bounded response,
+and no automatic ``User-Agent`` or ``Accept-Encoding`` (Codex 0.169 sends neither).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+MAX_RESPONSE_BYTES = 1 << 20
+TRACEPARENT_ENV, TRACESTATE_ENV = "TRACEPARENT", "TRACESTATE"
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+_TRACESTATE = re.compile(r"[\x21-\x7e ]{1,512}")
+
+
+class Unreachable(Exception):
+    """No HTTP answer (connection refused, DNS, TLS, timeout); the text names only the kind."""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpReply:
+    status: int
+    reason: str
+    content_type: str
+    text: str
+    location: str | None
+
+    @property
+    def status_line(self) -> str:
+        """``401 Unauthorized``, as Codex prints a status."""
+        return f"{self.status} {self.reason}".strip()
+
+
+async def post_json(
+    url: str, body: Mapping[str, Any], headers: Mapping[str, str], timeout: float
+) -> HttpReply:
+    import aiohttp
+
+    data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        async with (
+            aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            ) as http,
+            http.post(
+                url,
+                data=data,
+                headers={"Content-Type": "application/json", **headers},
+                allow_redirects=False,
+            ) as response,
+        ):
+            raw = await response.content.read(MAX_RESPONSE_BYTES)
+            return HttpReply(
+                response.status,
+                response.reason or "",
+                response.headers.get("Content-Type", ""),
+                raw.decode("utf-8", "replace"),
+                response.headers.get("Location"),
+            )
+    except aiohttp.ClientError as exc:
+        raise Unreachable(type(exc).__name__) from None
+    except TimeoutError:
+        raise Unreachable("no answer in time") from None
+
+
+def trace_context_headers(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """W3C trace context handed down by a parent process (``TRACEPARENT``/``TRACESTATE``,
+    the environment-carrier convention), passed through when well formed."""
+    env = os.environ if environ is None else environ
+    parent = env.get(TRACEPARENT_ENV, "").strip()
+    if not _TRACEPARENT.fullmatch(parent) or parent.startswith("ff"):
+        return {}
+    headers = {"traceparent": parent}
+    state = env.get(TRACESTATE_ENV, "").strip()
+    if _TRACESTATE.fullmatch(state):
+        headers["tracestate"] = state
+    return headers
