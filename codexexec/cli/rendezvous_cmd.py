@@ -16,14 +16,23 @@ def rendezvous(
         "a development token is created and its location printed.",
     ),
     db: str | None = typer.Option(None, "--db", help="SQLite file (default: in memory)."),
+    agent_keys: str | None = typer.Option(
+        None,
+        "--agent-keys",
+        help="Agents admitted by AgentAssertion, one per line "
+        "(AGENT_RUNTIME_ID ED25519_PUBLIC_KEY [executor|harness|both] [env,...]).",
+    ),
 ) -> None:
     """Register executors and relay harness streams to them (frames are never decrypted)."""
     from pathlib import Path
 
     from codexexec.cli.errors import fail
-    from codexexec.rendezvous.service import run_rendezvous
+    from codexexec.rendezvous.service import RendezvousOptions, run_rendezvous
 
+    options = RendezvousOptions(agent_keys=Path(agent_keys) if agent_keys else None)
     try:
-        run_rendezvous(listen, Path(token_file) if token_file else None, Path(db) if db else None)
+        run_rendezvous(
+            listen, Path(token_file) if token_file else None, Path(db) if db else None, options
+        )
     except (OSError, ValueError) as exc:
         fail(f"cannot run the rendezvous on {listen}: {exc}", 1)

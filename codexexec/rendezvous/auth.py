@@ -23,10 +23,12 @@ import hmac
 import os
 import secrets
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from codexexec.remote.auth.api_keys import API_KEY_PREFIX, API_KEY_REFUSED, looks_like_api_key
 
 Role = Literal["executor", "harness"]
 ROLES: tuple[Role, ...] = ("executor", "harness")
@@ -36,7 +38,6 @@ _ROLE_WORDS: dict[str, frozenset[Role]] = {
     "both": frozenset(ROLES),
 }
 
-API_KEY_PREFIX = "sk-"
 DEV_TOKEN_PREFIX = "cxr_"
 DEV_TOKEN_FILENAME = "rendezvous-tokens"
 
@@ -82,10 +83,6 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
 
 
-def looks_like_api_key(token: str) -> bool:
-    return token.startswith(API_KEY_PREFIX)
-
-
 def _valid_token_text(token: str) -> bool:
     return bool(token) and all(33 <= ord(ch) <= 126 for ch in token)
 
@@ -106,15 +103,7 @@ class TokenTable:
     def parse(cls, text: str, *, source: str = "token-file") -> TokenTable:
         grants: list[TokenGrant] = []
         seen: set[bytes] = set()
-        for number, raw in enumerate(text.splitlines(), start=1):
-            fields: list[str] = []
-            for field in raw.split():
-                if field.startswith("#"):
-                    break
-                fields.append(field)
-            if not fields:
-                continue
-            where = f"{source}:{number}"
+        for where, fields in config_lines(text, source):
             token = fields[0]
             if not _valid_token_text(token):
                 raise TokenFileError(f"{where}: a token must be printable ASCII without spaces")
@@ -123,24 +112,9 @@ class TokenTable:
                     f"{where}: this looks like an OpenAI API key ('{API_KEY_PREFIX}…'); the "
                     "rendezvous uses its own tokens, never an API key"
                 )
-            if len(fields) > 3:
-                raise TokenFileError(
-                    f"{where}: expected 'TOKEN [executor|harness|both [ENV-ID,...]]'"
-                )
-            roles = frozenset(ROLES)
-            if len(fields) >= 2:
-                word = fields[1].lower()
-                if word not in _ROLE_WORDS:
-                    raise TokenFileError(
-                        f"{where}: unknown role {fields[1]!r} (use executor, harness or both)"
-                    )
-                roles = _ROLE_WORDS[word]
-            environments: frozenset[str] | None = None
-            if len(fields) == 3 and fields[2] != "*":
-                names = [name for name in fields[2].split(",") if name]
-                if not names:
-                    raise TokenFileError(f"{where}: empty environment list")
-                environments = frozenset(names)
+            roles, environments = parse_scope(
+                fields[1:], where, "TOKEN [executor|harness|both [ENV-ID,...]]"
+            )
             digest = _digest(token)
             if digest in seen:
                 raise TokenFileError(f"{where}: the same token appears on an earlier line")
@@ -166,12 +140,7 @@ class TokenTable:
         """
         token = bearer_token(authorization)
         if looks_like_api_key(token):
-            raise AuthError(
-                401,
-                "api_key_not_accepted",
-                "the bearer looks like an OpenAI API key; this rendezvous only accepts the "
-                "tokens from its token file",
-            )
+            raise AuthError(401, "api_key_not_accepted", API_KEY_REFUSED)
         presented = _digest(token)
         match: TokenGrant | None = None
         for grant in self._grants:  # no early exit: every grant is compared
@@ -186,6 +155,41 @@ class TokenTable:
                 f"this token does not grant the {role} role for environment {environment_id!r}",
             )
         return Principal(match.label, role)
+
+
+def config_lines(text: str, source: str) -> Iterator[tuple[str, list[str]]]:
+    """(``source:LINE``, fields) of each line that holds more than blanks and a ``#`` comment."""
+    for number, raw in enumerate(text.splitlines(), start=1):
+        fields: list[str] = []
+        for field in raw.split():
+            if field.startswith("#"):
+                break
+            fields.append(field)
+        if fields:
+            yield f"{source}:{number}", fields
+
+
+def parse_scope(
+    fields: list[str], where: str, usage: str
+) -> tuple[frozenset[Role], frozenset[str] | None]:
+    """``[executor|harness|both [ENV-ID,...|*]]``: the roles and environments of one grant."""
+    if len(fields) > 2:
+        raise TokenFileError(f"{where}: expected '{usage}'")
+    roles = frozenset(ROLES)
+    if fields:
+        word = fields[0].lower()
+        if word not in _ROLE_WORDS:
+            raise TokenFileError(
+                f"{where}: unknown role {fields[0]!r} (use executor, harness or both)"
+            )
+        roles = _ROLE_WORDS[word]
+    environments: frozenset[str] | None = None
+    if len(fields) == 2 and fields[1] != "*":
+        names = [name for name in fields[1].split(",") if name]
+        if not names:
+            raise TokenFileError(f"{where}: empty environment list")
+        environments = frozenset(names)
+    return roles, environments
 
 
 def bearer_token(authorization: str | None) -> str:

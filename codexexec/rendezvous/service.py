@@ -19,6 +19,10 @@ HTTP (JSON, Codex's request/response shapes; errors are ``{"error":{"code","mess
   harness_public_key, harness_key_authorization}``; answers ``{"valid": true|false}`` and spends the
   authorization whatever the answer.
 * ``GET /healthz`` - no auth; ``{"status":"ok", …counts}``.
+* ``POST /v1/agent/{runtime_id}/task/register`` - Agent Identity task registration for the agents
+  in ``--agent-keys`` (``agent_auth.py``), so an executor started with
+  ``--allow-agent-identity-auth`` can then authenticate with ``Authorization: AgentAssertion …``
+  wherever a bearer is accepted.
 
 Relay websocket ``GET /relay?role=…&environment_id=…&registration_id=…&expires=…&sig=…`` (the
 signed query is the credential; expired → 401, forged → 403, stale registration → 401 so Codex's
@@ -79,6 +83,7 @@ from codexexec.protocol.registry import NOISE_PROFILE as SECURITY_PROFILE_NOISE
 from codexexec.protocol.registry import STREAM_ID_HEADER
 from codexexec.relay.frames import FrameError, body_kind, encode_reset, parse, stream_header
 from codexexec.relay.limits import MAX_WEBSOCKET_MESSAGE_BYTES
+from codexexec.rendezvous.agent_auth import AgentKeys, is_agent_assertion
 from codexexec.rendezvous.auth import (
     AuthError,
     Principal,
@@ -147,6 +152,7 @@ class RendezvousOptions:
     heartbeat: float | None = 30.0
     close_timeout: float = 5.0
     max_body_bytes: int = 64 * 1024
+    agent_keys: Path | None = None  # agents admitted by AgentAssertion (agent_auth.py)
 
 
 @dataclass
@@ -635,6 +641,7 @@ class RendezvousState:
     signer: RelayUrlSigner
     relay: Relay
     options: RendezvousOptions
+    agents: AgentKeys | None = None
     bound_netloc: str = ""
     started: float = field(default_factory=time.monotonic)
 
@@ -658,9 +665,30 @@ def _environment_id(request: web.Request) -> str:
 
 
 def _authenticate(request: web.Request, role: Role, environment_id: str) -> Principal:
-    return _state(request).tokens.authenticate(
-        request.headers.get("Authorization"), role, environment_id
-    )
+    state = _state(request)
+    authorization = request.headers.get("Authorization")
+    if authorization is not None and is_agent_assertion(authorization):
+        return _agents(state).authenticate(authorization, role, environment_id)
+    return state.tokens.authenticate(authorization, role, environment_id)
+
+
+def _agents(state: RendezvousState) -> AgentKeys:
+    if state.agents is None:
+        raise AuthError(
+            401,
+            "agent_identity_not_accepted",
+            "this rendezvous admits no Agent Identity (it runs without --agent-keys)",
+        )
+    return state.agents
+
+
+async def handle_task_register(request: web.Request) -> web.Response:
+    agents = _agents(_state(request))
+    body = await _json_body(request, optional=False)
+    runtime_id = request.match_info.get("runtime_id", "")
+    task_id = agents.register_task(runtime_id, body.get("timestamp"), body.get("signature"))
+    _event(logging.INFO, "agent.task_registered", agent=runtime_id)
+    return web.json_response({"task_id": task_id})
 
 
 async def _json_body(request: web.Request, *, optional: bool) -> dict[str, Any]:
@@ -1015,11 +1043,17 @@ def build_app(
         signer=RelayUrlSigner(store.signing_key()),
         relay=Relay(opts),
         options=opts,
+        agents=(
+            None
+            if opts.agent_keys is None
+            else AgentKeys.load(opts.agent_keys, store.signing_key())
+        ),
     )
     base = "/cloud/environment/{environment_id}"
     app.router.add_post(f"{base}/register", handle_register)
     app.router.add_post(f"{base}/connect", handle_connect)
     app.router.add_post(f"{base}/validate", handle_validate)
+    app.router.add_post("/v1/agent/{runtime_id}/task/register", handle_task_register)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get(RELAY_PATH, handle_relay)
 
