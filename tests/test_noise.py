@@ -9,6 +9,7 @@ import os
 import pickle
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import mlkem
@@ -44,6 +45,7 @@ from codexexec.noise.transport import (
     MAX_RECORD_PLAINTEXT_LEN,
     CipherState,
     NoiseDecryptError,
+    NoiseError,
     NoiseTransport,
     NonceExhaustedError,
     TransportError,
@@ -594,3 +596,79 @@ def test_identity_generate_with_injected_rng_is_deterministic() -> None:
         StaticIdentity.from_secret_bytes(bytes(31), bytes(64))
     with pytest.raises(NoiseKeyError):
         StaticIdentity.from_secret_bytes(bytes(32), bytes(63))
+
+
+# -- noise_ik_v1: classic IK through noiseprotocol ---------------------------------------------
+
+
+def _classic_pair(
+    prologue_i: bytes = b"p", prologue_r: bytes = b"p", pinned: bytes | None = None
+) -> tuple[Any, Any, Any, Any]:
+    from codexexec.noise.classic_ik import ClassicIdentity, ClassicIKInitiator, ClassicIKResponder
+
+    executor, harness = ClassicIdentity.generate(), ClassicIdentity.generate()
+    initiator = ClassicIKInitiator(harness, pinned or executor.public, prologue_i)
+    responder = ClassicIKResponder(executor, prologue_r)
+    return initiator, responder, executor, harness
+
+
+def test_classic_handshake_both_ways_and_records() -> None:
+    from codexexec.noise.classic_ik import decode_classic_public_key
+
+    initiator, responder, _, harness = _classic_pair()
+    assert responder.read_message1(initiator.write_message1(b"hka-1")) == b"hka-1"
+    assert decode_classic_public_key(responder.remote_public_key_json()) == harness.public
+    message2, executor_side = responder.write_message2()
+    harness_side = initiator.read_message2(message2)
+    assert harness_side.payload == b""
+    record = harness_side.transport.encrypt(b"\x00\x00\x00\x02{}")
+    assert executor_side.transport.decrypt(record) == b"\x00\x00\x00\x02{}"
+    assert harness_side.transport.decrypt(executor_side.transport.encrypt(b"x" * 61_440))
+    with pytest.raises(NoiseError):
+        executor_side.transport.decrypt(record)  # a replay: the nonce has moved on
+
+
+@pytest.mark.parametrize("case", ["prologue", "pinned"])
+def test_classic_handshake_binds_prologue_and_executor_key(case: str) -> None:
+    from codexexec.noise.classic_ik import ClassicIdentity
+
+    if case == "prologue":
+        initiator, responder, _, _ = _classic_pair(prologue_r=b"other stream")
+    else:
+        initiator, responder, _, _ = _classic_pair(pinned=ClassicIdentity.generate().public)
+    with pytest.raises(HandshakeError):
+        responder.read_message1(initiator.write_message1(b"hka"))
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_classic_bit_flip_in_either_handshake_message_fails(data: st.DataObject) -> None:
+    initiator, responder, _, _ = _classic_pair()
+    message1 = initiator.write_message1(b"hka")
+    if data.draw(st.booleans()):
+        bit = data.draw(st.integers(0, len(message1) * 8 - 1))
+        with pytest.raises(HandshakeError):
+            responder.read_message1(_flip(message1, bit))
+        return
+    responder.read_message1(message1)
+    message2, _ = responder.write_message2()
+    bit = data.draw(st.integers(0, len(message2) * 8 - 1))
+    with pytest.raises(HandshakeError):
+        initiator.read_message2(_flip(message2, bit))
+
+
+def test_classic_public_key_json_is_strict() -> None:
+    from codexexec.noise.classic_ik import ClassicIdentity, decode_classic_public_key
+    from codexexec.noise.keys import NoiseKeyError
+
+    good = ClassicIdentity.generate().public_key_json()
+    assert set(good) == {"suite", "x25519_public_key"}
+    for bad in (
+        {**good, "extra": "1"},
+        {"suite": good["suite"]},
+        {**good, "suite": "Noise_hybridIK_X25519+MLKEM768_AESGCM_SHA256"},
+        {**good, "x25519_public_key": good["x25519_public_key"].rstrip("=")},
+        {**good, "x25519_public_key": "AAAA"},
+    ):
+        with pytest.raises(NoiseKeyError):
+            decode_classic_public_key(bad)

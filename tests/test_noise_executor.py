@@ -25,6 +25,7 @@ from websockets.asyncio.client import ClientConnection
 from codexexec.client import ExecServerClient, ExecServerError, Exited, Output
 from codexexec.noise.hybrid_ik import HybridIKInitiator, build_prologue
 from codexexec.noise.keys import NoiseChannelPublicKey, StaticIdentity
+from codexexec.noise.profiles import ClassicParty, HybridParty
 from codexexec.noise.transport import NoiseError, NoiseTransport
 from codexexec.relay.frames import (
     RelayMessageFrame,
@@ -91,7 +92,7 @@ async def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
     ready = asyncio.Event()
     identity = StaticIdentity.generate()
     relay = ExecutorRelay(
-        running.url, ENV, TOKEN, serve, on_ready=lambda _: ready.set(), identity=identity
+        running.url, ENV, TOKEN, serve, on_ready=lambda _: ready.set(), party=HybridParty(identity)
     )
     task = asyncio.create_task(relay.run())
     monkeypatch.setenv("CODEXEXEC_REGISTRY_TOKEN", TOKEN)
@@ -491,6 +492,42 @@ async def test_cleartext_fallback_needs_an_explicit_opt_in(
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await server.aclose()
+
+
+async def test_classic_profile_for_peers_without_mlkem(stack: Stack) -> None:
+    # An executor registering noise_ik_v1: the harness offers its hybrid key first, the
+    # rendezvous names the profile in its mismatch error, the harness asks again (classic).
+    from codexexec.noise.classic_ik import ClassicIdentity
+
+    server = ExecServer()
+
+    async def serve(stream: MessageTransport) -> None:
+        await server.serve(stream, malformed_prefix=RELAY_MALFORMED_PREFIX)
+
+    ready = asyncio.Event()
+    party = ClassicParty(ClassicIdentity.generate())
+    relay = ExecutorRelay(stack.url, "classic", TOKEN, serve, lambda _: ready.set(), party)
+    task = asyncio.create_task(relay.run())
+    try:
+        await asyncio.wait_for(ready.wait(), 10)
+        await asyncio.sleep(0.1)
+        client = await ExecServerClient.connect(f"classic@{stack.url}")
+        process = await client.start(["sh", "-c", "echo MARK-CLASSIC-4b1d; exit 6"], cwd="/tmp")
+        events = [event async for event in process.events()]
+        await client.close()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await server.aclose()
+    assert b"".join(e.data for e in events if isinstance(e, Output)) == b"MARK-CLASSIC-4b1d\n"
+    assert [e.exit_code for e in events if isinstance(e, Exited)] == [6]
+    handshakes = [
+        d for _, d in stack.routed if parse(d, strict=False).WhichOneof("body") == "handshake"
+    ]
+    assert [len(parse(d, strict=False).handshake.payload) for d in handshakes][
+        1
+    ] == 48  # classic msg 2
+    assert not any(b"MARK-CLASSIC" in data or b"process/start" in data for _, data in stack.routed)
 
 
 # -- property: no single-bit change to a frame gets anything decrypted ------------------------

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from codexexec.cli.errors import fail
+from codexexec.protocol.registry import NOISE_PROFILE
 from codexexec.remote.registry import RegistryError, check_environment_id, read_token
 from codexexec.transport.relay_executor import ExecutorRelay, Serve
 
@@ -26,32 +27,35 @@ def run_relay(
     on_stop: Callable[[], Awaitable[None]] | None = None,
     *,
     cleartext: bool = False,
+    profile: str = NOISE_PROFILE,
     identity_file: str | None = None,
 ) -> None:
     """Serve through the registry until SIGINT/SIGTERM; registry refusals exit with one line.
 
-    Streams are Noise-encrypted end to end unless ``cleartext`` is asked for explicitly.
+    Streams are Noise-encrypted end to end (``profile``) unless ``cleartext`` is asked for.
     """
     from codexexec.noise.identity_file import IdentityFileError, load_or_create_identity
-    from codexexec.noise.keys import StaticIdentity
+    from codexexec.noise.profiles import PROFILES, HybridParty, NoiseParty, new_party
 
-    if cleartext and identity_file is not None:
-        fail("--cleartext-relay and --noise-identity-file cannot be combined", 2)
+    if profile not in PROFILES:
+        fail(f"unknown security profile `{profile}`: use one of {', '.join(PROFILES)}", 2)
+    if identity_file is not None and (cleartext or profile != NOISE_PROFILE):
+        fail(f"--noise-identity-file keeps a {NOISE_PROFILE} identity only", 2)
     try:
         check_environment_id(environment_id)
         token = read_token(token_file)
-        identity = None
+        party: NoiseParty | None = None
         if not cleartext:
-            identity = (
-                StaticIdentity.generate()
+            party = (
+                new_party(profile)
                 if identity_file is None
-                else load_or_create_identity(identity_file)
+                else HybridParty(load_or_create_identity(identity_file))
             )
     except (RegistryError, IdentityFileError) as exc:
         fail(str(exc), 2)
     if cleartext:
         sys.stderr.write(CLEARTEXT_WARNING)
-    channel = "cleartext" if cleartext else "Noise"
+    channel = "cleartext" if party is None else f"Noise, {party.profile}"
 
     def announce(environment_id: str) -> None:
         sys.stderr.write(
@@ -60,7 +64,7 @@ def run_relay(
         sys.stderr.flush()
 
     async def main() -> None:
-        relay = ExecutorRelay(registry_url, environment_id, token, serve, announce, identity)
+        relay = ExecutorRelay(registry_url, environment_id, token, serve, announce, party)
         running = asyncio.create_task(relay.run())
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

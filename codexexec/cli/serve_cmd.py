@@ -47,6 +47,12 @@ def serve(
         help="With --remote: register the unencrypted relay profile (the relay sees "
         "everything). The default is Noise, end to end.",
     ),
+    security_profile: str = typer.Option(
+        "noise_hybrid_ik_v1",
+        "--security-profile",
+        help="With --remote: noise_hybrid_ik_v1 (Codex's, X25519+ML-KEM-768) or noise_ik_v1 "
+        "(classic X25519 Noise IK, for harnesses without ML-KEM).",
+    ),
     noise_identity_file: str | None = typer.Option(
         None,
         "--noise-identity-file",
@@ -107,6 +113,7 @@ def serve(
             serve_stream,
             server.aclose,
             cleartext=cleartext_relay,
+            profile=security_profile,
             identity_file=noise_identity_file,
         )
         return

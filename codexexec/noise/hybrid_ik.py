@@ -427,6 +427,12 @@ class HybridIKResponder(_Party):
         """The initiator's authenticated static key, once message 1 has been read."""
         return self._remote
 
+    def remote_public_key_json(self) -> dict[str, str]:
+        """The initiator's static key as registry JSON (what /validate checks)."""
+        if self._remote is None:
+            raise HandshakeError("message 1 has not been read")
+        return self._remote.to_channel_key().to_json_obj()
+
     def read_message1(self, message: bytes) -> bytes:
         """Consume message 1 and return its decrypted payload.
 

@@ -23,11 +23,10 @@ from dataclasses import dataclass
 from codexexec.noise.hybrid_ik import (
     REGISTRY_AUTHENTICATION_REJECTED,
     HandshakeError,
-    HybridIKResponder,
     build_prologue,
     check_harness_key_authorization,
 )
-from codexexec.noise.keys import StaticIdentity
+from codexexec.noise.profiles import NoiseParty, Responder
 from codexexec.relay.frames import RelayMessageFrame, encode, handshake_frame
 from codexexec.relay.limits import (
     HANDSHAKE_COOLDOWN_SECONDS,
@@ -57,7 +56,7 @@ class NoiseStreams:
     def __init__(
         self,
         streams: SocketStreams,
-        identity: StaticIdentity,
+        party: NoiseParty,
         bundle: RelayBundle,
         validate: Validate,
         *,
@@ -66,7 +65,7 @@ class NoiseStreams:
         cooldown: float = HANDSHAKE_COOLDOWN_SECONDS,
     ) -> None:
         self._streams = streams
-        self._identity = identity
+        self._party = party
         self._bundle = bundle
         self._validate = validate
         self._clock = clock
@@ -122,17 +121,15 @@ class NoiseStreams:
             return
         bundle = self._bundle
         prologue = build_prologue(bundle.environment_id, bundle.executor_registration_id, stream_id)
-        responder = HybridIKResponder(self._identity, prologue)
+        responder = self._party.responder(prologue)
         try:
             authorization = check_harness_key_authorization(responder.read_message1(message1))
-            remote = responder.remote_static
-            assert remote is not None  # set by a successful read_message1
         except HandshakeError:
             await self._refuse(stream_id, "handshake_request", charge=True)
             return
         self._validation_ids += 1
         validation_id = self._validation_ids
-        harness_key = remote.to_channel_key().to_json_obj()
+        harness_key = responder.remote_public_key_json()
         task = self._streams.spawn(
             self._complete(stream_id, validation_id, responder, harness_key, authorization)
         )
@@ -142,7 +139,7 @@ class NoiseStreams:
         self,
         stream_id: str,
         validation_id: int,
-        responder: HybridIKResponder,
+        responder: Responder,
         harness_key: dict[str, str],
         authorization: str,
     ) -> None:
@@ -166,7 +163,7 @@ class NoiseStreams:
         else:
             await self._refuse(stream_id, reason, charge=True)
 
-    async def _open(self, stream_id: str, responder: HybridIKResponder) -> None:
+    async def _open(self, stream_id: str, responder: Responder) -> None:
         table = self._streams.table
         if table.refusal(stream_id) is not None:  # filled up while the registry answered
             await self._refuse(stream_id, "stream_full", charge=False)

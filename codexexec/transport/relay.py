@@ -14,11 +14,12 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from codexexec.noise.transport import NoiseError, NoiseTransport
+from codexexec.noise.transport import NoiseError
 from codexexec.relay.frames import FrameError, encode, parse, resume_frame
 from codexexec.relay.framing import FramingError, MessageAssembler, records
 from codexexec.relay.limits import MAX_WEBSOCKET_MESSAGE_BYTES
@@ -30,6 +31,9 @@ from codexexec.relay.streams import (
 )
 from codexexec.remote.registry import RegistryError, connect_harness
 from codexexec.transport.base import TransportClosed
+
+if TYPE_CHECKING:
+    from codexexec.noise.profiles import RecordCipher
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +52,7 @@ class VirtualStream:
         stream: RelayStream[None],
         send_frame: Callable[[bytes], Awaitable[None]],
         on_close: Callable[[VirtualStream], None],
-        cipher: NoiseTransport | None = None,
+        cipher: RecordCipher | None = None,
     ) -> None:
         self.stream = stream
         self._send_frame = send_frame
@@ -130,7 +134,7 @@ class HarnessRelayTransport:
         ws: ClientConnection,
         stream_id: str,
         description: str,
-        cipher: NoiseTransport | None = None,
+        cipher: RecordCipher | None = None,
     ) -> None:
         self._ws = ws
         self._cipher = cipher

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from codexexec.noise.transport import NoiseError, NoiseTransport
+from codexexec.noise.transport import NoiseError
 from codexexec.relay.frames import FrameError, RelayMessageFrame, parse
 from codexexec.relay.framing import FramingError
 from codexexec.relay.limits import (
@@ -38,7 +38,7 @@ from codexexec.transport.relay import VirtualStream
 if TYPE_CHECKING:
     import aiohttp
 
-    from codexexec.noise.keys import StaticIdentity
+    from codexexec.noise.profiles import NoiseParty, RecordCipher
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class SocketStreams:
         """Send from synchronous code (a stream closing itself); failures are moot then."""
         self.spawn(_quietly(self.send_frame(frame)))
 
-    def open(self, stream: RelayStream[None], cipher: NoiseTransport | None = None) -> None:
+    def open(self, stream: RelayStream[None], cipher: RecordCipher | None = None) -> None:
         virtual = VirtualStream(stream, self.send_frame, self._closed_by_server, cipher)
         self.streams[stream.stream_id] = virtual
         self.spawn(self._serve(virtual))
@@ -138,8 +138,8 @@ class CleartextStreams:
 class ExecutorRelay:
     """Register, hold one websocket to the rendezvous, serve every stream on it; reconnect.
 
-    With an ``identity`` the executor registers the Noise profile with its public key and
-    admits streams through validated handshakes; without one it registers the cleartext profile.
+    With a Noise ``party`` the executor registers that profile with its public key and admits
+    streams through validated handshakes; without one it registers the cleartext profile.
     """
 
     def __init__(
@@ -149,14 +149,14 @@ class ExecutorRelay:
         token: str | None,
         serve: Serve,
         on_ready: Callable[[str], None] | None = None,
-        identity: StaticIdentity | None = None,
+        party: NoiseParty | None = None,
     ) -> None:
         self._registry_url = registry_url
         self._environment_id = environment_id
         self._token = token
         self._serve = serve
         self._on_ready = on_ready
-        self._identity = identity
+        self._party = party
         self.connections = 0
 
     async def run(self) -> None:
@@ -171,14 +171,10 @@ class ExecutorRelay:
     async def _run(self, http: aiohttp.ClientSession) -> None:
         backoff = RECONNECT_BACKOFF_INITIAL_SECONDS
         bundle = None
-        public_key = None if self._identity is None else self._identity.channel_public_key()
         while True:
             if bundle is None:
                 bundle = await register_executor(
-                    self._registry_url,
-                    self._environment_id,
-                    self._token,
-                    None if public_key is None else public_key.to_json_obj(),
+                    self._registry_url, self._environment_id, self._token, self._party
                 )
                 log.debug(
                     "registered environment %s as %s (%s)",
@@ -214,7 +210,7 @@ class ExecutorRelay:
     def _profile(
         self, streams: SocketStreams, bundle: RelayBundle, http: aiohttp.ClientSession
     ) -> StreamProfile:
-        if self._identity is None:
+        if self._party is None:
             return CleartextStreams(streams)
         from codexexec.remote.validation import Validation, validate_harness_key
         from codexexec.transport.noise_admission import NoiseStreams
@@ -233,12 +229,12 @@ class ExecutorRelay:
                 stream_id=stream_id,
             )
 
-        return NoiseStreams(streams, self._identity, bundle, validate)
+        return NoiseStreams(streams, self._party, bundle, validate)
 
     async def _serve_socket(
         self, ws: ClientConnection, bundle: RelayBundle, http: aiohttp.ClientSession
     ) -> None:
-        admission = Admission.IMPLICIT if self._identity is None else Admission.EXPLICIT
+        admission = Admission.IMPLICIT if self._party is None else Admission.EXPLICIT
         streams = SocketStreams(StreamTable(admission=admission), self._serve, ws)
         profile = self._profile(streams, bundle, http)
         try:

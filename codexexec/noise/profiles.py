@@ -1,0 +1,108 @@
+"""The two Noise security profiles behind one shape, for the relay code that runs them.
+
+``noise_hybrid_ik_v1`` (Codex's, the default): X25519 + ML-KEM-768 hybrid IK, AES-GCM, SHA-256.
+``noise_ik_v1`` (codexexec's, for peers without ML-KEM): classic IK, ChaChaPoly, BLAKE2s.
+Both bind the same prologue and carry the same payloads; only the keys and ciphers differ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from codexexec.noise.classic_ik import (
+    CLASSIC_PROFILE,
+    ClassicIdentity,
+    ClassicIKInitiator,
+    ClassicIKResponder,
+    decode_classic_public_key,
+)
+from codexexec.noise.hybrid_ik import HybridIKInitiator, HybridIKResponder
+from codexexec.noise.keys import NoiseChannelPublicKey, StaticIdentity
+from codexexec.protocol.registry import NOISE_PROFILE
+
+PROFILES = (NOISE_PROFILE, CLASSIC_PROFILE)
+
+
+class RecordCipher(Protocol):
+    """A finished handshake's transport: one record in, one record out, strictly in order."""
+
+    def encrypt(self, plaintext: bytes) -> bytes: ...
+
+    def decrypt(self, ciphertext: bytes) -> bytes: ...
+
+
+class Finished(Protocol):
+    @property
+    def transport(self) -> RecordCipher: ...
+
+    @property
+    def payload(self) -> bytes: ...
+
+
+class Responder(Protocol):
+    def read_message1(self, message: bytes) -> bytes: ...
+
+    def remote_public_key_json(self) -> dict[str, str]: ...
+
+    def write_message2(self, payload: bytes = b"") -> tuple[bytes, Finished]: ...
+
+
+class Initiator(Protocol):
+    def write_message1(self, payload: bytes) -> bytes: ...
+
+    def read_message2(self, message: bytes) -> Finished: ...
+
+
+class NoiseParty(Protocol):
+    """One side's static identity under one profile."""
+
+    @property
+    def profile(self) -> str: ...
+
+    def public_key_json(self) -> dict[str, str]: ...
+
+    def responder(self, prologue: bytes) -> Responder: ...
+
+    def initiator(self, executor_public_key: Any, prologue: bytes) -> Initiator: ...
+
+
+@dataclass(frozen=True, repr=False)
+class HybridParty:
+    identity: StaticIdentity
+    profile: str = NOISE_PROFILE
+
+    def public_key_json(self) -> dict[str, str]:
+        return self.identity.channel_public_key().to_json_obj()
+
+    def responder(self, prologue: bytes) -> Responder:
+        return HybridIKResponder(self.identity, prologue)
+
+    def initiator(self, executor_public_key: Any, prologue: bytes) -> Initiator:
+        key = NoiseChannelPublicKey.from_json_obj(executor_public_key).decode()
+        return HybridIKInitiator(self.identity, key, prologue)
+
+
+@dataclass(frozen=True, repr=False)
+class ClassicParty:
+    identity: ClassicIdentity
+    profile: str = CLASSIC_PROFILE
+
+    def public_key_json(self) -> dict[str, str]:
+        return self.identity.public_key_json()
+
+    def responder(self, prologue: bytes) -> Responder:
+        return ClassicIKResponder(self.identity, prologue)
+
+    def initiator(self, executor_public_key: Any, prologue: bytes) -> Initiator:
+        key = decode_classic_public_key(executor_public_key)
+        return ClassicIKInitiator(self.identity, key, prologue)
+
+
+def new_party(profile: str) -> NoiseParty:
+    """A fresh identity for ``profile`` (one of PROFILES)."""
+    if profile == CLASSIC_PROFILE:
+        return ClassicParty(ClassicIdentity.generate())
+    if profile == NOISE_PROFILE:
+        return HybridParty(StaticIdentity.generate())
+    raise ValueError(f"unknown Noise security profile `{profile}`")
