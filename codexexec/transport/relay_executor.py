@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     import aiohttp
 
     from codexexec.noise.profiles import NoiseParty, RecordCipher
+    from codexexec.remote.auth.base import AuthProvider
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ class ExecutorRelay:
         self,
         registry_url: str,
         environment_id: str,
-        token: str | None,
+        token: AuthProvider | str | None,
         serve: Serve,
         on_ready: Callable[[str], None] | None = None,
         party: NoiseParty | None = None,
@@ -193,6 +194,9 @@ class ExecutorRelay:
                 ) as ws:
                     self.connections += 1
                     backoff = RECONNECT_BACKOFF_INITIAL_SECONDS
+                    log.debug(
+                        "relay socket connected: registration=%s", bundle.executor_registration_id
+                    )
                     if self._on_ready is not None:
                         self._on_ready(self._environment_id)
                     await self._serve_socket(ws, bundle, http)
@@ -249,6 +253,7 @@ class ExecutorRelay:
         finally:
             profile.close()
             streams.end_all()
+            log.debug("relay socket closed: registration=%s", bundle.executor_registration_id)
 
 
 async def _quietly(awaitable: Coroutine[object, object, None]) -> None:
