@@ -107,7 +107,7 @@ def test_exec_through_the_relay(rendezvous: Rendezvous) -> None:
             capture_output=True,
             env={**os.environ, "CODEXEXEC_REGISTRY_TOKEN": "nope"},
         )
-        assert wrong.returncode == 125 and b"authentication failed (401)" in wrong.stderr
+        assert wrong.returncode == 125 and b"authentication failed (401 Unauthorized)" in wrong.stderr
         assert b"nope" not in wrong.stderr
     finally:
         stop(executor)
@@ -215,5 +215,5 @@ def test_executor_with_a_wrong_token_stops_with_one_line(rendezvous: Rendezvous)
     )
     stderr = result.stderr.decode()
     assert result.returncode == 125
-    assert "environment registry authentication failed (401)" in stderr
+    assert "environment registry authentication failed (401 Unauthorized)" in stderr
     assert "wrong-secret-value" not in stderr and "Traceback" not in stderr

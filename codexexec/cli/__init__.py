@@ -10,6 +10,7 @@ import typer
 
 from codexexec.cli import (
     exec_cmd,
+    login_cmd,
     read_cmd,
     register_cmd,
     rendezvous_cmd,
@@ -30,6 +31,7 @@ app.command("read")(read_cmd.read)
 app.command("sandbox-check")(sandbox_check_cmd.sandbox_check)
 app.command("rendezvous")(rendezvous_cmd.rendezvous)
 app.command("register")(register_cmd.register)
+app.add_typer(login_cmd.app, name="login")
 
 
 def main() -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from codexexec.cli.auth_options import ALLOW_AGENT_IDENTITY, TOKEN_FILE, TOKEN_STDIN
+
 
 def register(
     remote: str = typer.Option(..., "--remote", help="Registry base URL."),
@@ -11,9 +13,9 @@ def register(
     forward: str = typer.Option(
         ..., "--forward", help="ws:// URL of the exec-server (codexexec's or Codex's)."
     ),
-    token_file: str | None = typer.Option(
-        None, "--token-file", help="Bearer token file (else CODEXEXEC_REGISTRY_TOKEN)."
-    ),
+    token_file: str | None = TOKEN_FILE,
+    token_stdin: bool = TOKEN_STDIN,
+    allow_agent_identity_auth: bool = ALLOW_AGENT_IDENTITY,
     cleartext_relay: bool = typer.Option(
         False,
         "--cleartext-relay",
@@ -24,6 +26,7 @@ def register(
     """Forward each relay stream to its own websocket connection to FORWARD."""
     from codexexec.cli.remote_serve import run_relay
     from codexexec.logs import configure_client_logging
+    from codexexec.remote.auth.resolve import AuthOptions
     from codexexec.transport.base import MessageTransport
     from codexexec.transport.forward import forward_stream
 
@@ -32,4 +35,5 @@ def register(
     async def serve(stream: MessageTransport) -> None:
         await forward_stream(stream, forward)
 
-    run_relay(remote, environment_id, token_file, serve, cleartext=cleartext_relay)
+    auth = AuthOptions(remote, token_file, token_stdin, allow_agent_identity_auth)
+    run_relay(remote, environment_id, auth, serve, cleartext=cleartext_relay)

@@ -10,7 +10,9 @@ from collections.abc import Awaitable, Callable
 
 from codexexec.cli.errors import fail
 from codexexec.protocol.registry import NOISE_PROFILE
-from codexexec.remote.registry import RegistryError, check_environment_id, read_token
+from codexexec.remote.auth.base import AuthError
+from codexexec.remote.auth.resolve import AuthOptions, resolve_registration_auth
+from codexexec.remote.registry import RegistryError, check_environment_id
 from codexexec.transport.relay_executor import ExecutorRelay, Serve
 
 CLEARTEXT_WARNING = (
@@ -19,10 +21,15 @@ CLEARTEXT_WARNING = (
 )
 
 
+def notice(text: str) -> None:
+    sys.stderr.write(f"codexexec: {text}\n")
+    sys.stderr.flush()
+
+
 def run_relay(
     registry_url: str,
     environment_id: str,
-    token_file: str | None,
+    auth: AuthOptions,
     serve: Serve,
     on_stop: Callable[[], Awaitable[None]] | None = None,
     *,
@@ -43,7 +50,6 @@ def run_relay(
         fail(f"--noise-identity-file keeps a {NOISE_PROFILE} identity only", 2)
     try:
         check_environment_id(environment_id)
-        token = read_token(token_file)
         party: NoiseParty | None = None
         if not cleartext:
             party = (
@@ -53,6 +59,10 @@ def run_relay(
             )
     except (RegistryError, IdentityFileError) as exc:
         fail(str(exc), 2)
+    try:
+        credential = resolve_registration_auth(auth, notice)
+    except AuthError as exc:
+        fail(str(exc))
     if cleartext:
         sys.stderr.write(CLEARTEXT_WARNING)
     channel = "cleartext" if party is None else f"Noise, {party.profile}"
@@ -64,7 +74,7 @@ def run_relay(
         sys.stderr.flush()
 
     async def main() -> None:
-        relay = ExecutorRelay(registry_url, environment_id, token, serve, announce, party)
+        relay = ExecutorRelay(registry_url, environment_id, credential, serve, announce, party)
         running = asyncio.create_task(relay.run())
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from codexexec.cli.auth_options import ALLOW_AGENT_IDENTITY, TOKEN_FILE, TOKEN_STDIN
 from codexexec.protocol.limits import DEFAULT_DETACHED_SESSION_TTL_SECONDS
 
 
@@ -36,11 +37,9 @@ def serve(
     environment_id: str | None = typer.Option(
         None, "--environment-id", help="With --remote: the environment to register as."
     ),
-    token_file: str | None = typer.Option(
-        None,
-        "--token-file",
-        help="With --remote: bearer token file (else CODEXEXEC_REGISTRY_TOKEN).",
-    ),
+    token_file: str | None = TOKEN_FILE,
+    token_stdin: bool = TOKEN_STDIN,
+    allow_agent_identity_auth: bool = ALLOW_AGENT_IDENTITY,
     cleartext_relay: bool = typer.Option(
         False,
         "--cleartext-relay",
@@ -100,6 +99,7 @@ def serve(
         if not environment_id:
             fail("--remote needs --environment-id", 2)
         from codexexec.cli.remote_serve import run_relay
+        from codexexec.remote.auth.resolve import AuthOptions
         from codexexec.transport.base import MessageTransport
         from codexexec.transport.relay import RELAY_MALFORMED_PREFIX
 
@@ -109,7 +109,7 @@ def serve(
         run_relay(
             remote,
             environment_id,
-            token_file,
+            AuthOptions(remote, token_file, token_stdin, allow_agent_identity_auth),
             serve_stream,
             server.aclose,
             cleartext=cleartext_relay,

@@ -4,32 +4,66 @@
     POST {base}/cloud/environment/{id}/connect    (harness)
 
 Redirects are never followed (a registry must not send credentials elsewhere), each
-request is bounded by 10 s, and errors quote the registry's `{"error": {code, message}}`
-but never the request's credentials.
+request is bounded by 10 s, and errors read like Codex 0.169.0's (captured from the real
+binary): `environment registry authentication error: environment registry authentication
+failed (401 Unauthorized): <message>` and `environment registry request failed (500 Internal
+Server Error, <code>): <message>`, where the message is the body's `error.message`, else the
+body itself on one line. Unlike Codex, a message that quotes the request's credential is
+replaced by `response body omitted`, and an HTML page is not printed. Registration alone is
+retried, only for 503 `registration_conflict` and 502 `authentication_service_unavailable`,
+after Codex's jittered delays (0.7 s doubling, at most 6 s, +/-20 %).
+
+Credentials: an ``AuthProvider`` (asked for fresh headers before every request), or a bare
+bearer token string (the harness's static credential, as Codex's harness has).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import random
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from codexexec.protocol.registry import LEGACY_PROFILE, NOISE_PROFILE
 
+if TYPE_CHECKING:
+    from codexexec.noise.profiles import NoiseParty
+    from codexexec.remote.auth.base import AuthProvider
+    from codexexec.remote.http import HttpReply
+
 REQUEST_TIMEOUT_SECONDS = 10.0
-TOKEN_ENV = "CODEXEXEC_REGISTRY_TOKEN"
 _ENVIRONMENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+RETRYABLE_REGISTRATION = {
+    (503, "registration_conflict"),
+    (502, "authentication_service_unavailable"),
+}
+RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS, RETRY_JITTER = 0.7, 6.0, 0.2
+MAX_ERROR_MESSAGE_CHARS = 4096
+BODY_OMITTED = "response body omitted"
+log = logging.getLogger(__name__)
 
 
 class RegistryError(Exception):
     """The registry refused or could not be reached; the message says which and why.
 
-    ``code`` is the registry's machine-readable error code when it sent one.
+    ``code`` is the registry's machine-readable error code when it sent one;
+    ``security_profile`` the profile the environment uses, when the registry names it (a
+    codexexec rendezvous does on `security_profile_mismatch`).
     """
 
-    def __init__(self, message: str, code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        code: str | None = None,
+        security_profile: str | None = None,
+        status: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
+        self.security_profile = security_profile
+        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,61 +83,146 @@ def check_environment_id(environment_id: str) -> str:
 
 
 def read_token(token_file: str | None) -> str | None:
-    """A bearer from --token-file (first non-comment line) or CODEXEXEC_REGISTRY_TOKEN."""
+    """A harness bearer from ``token_file`` or ``CODEXEXEC_REGISTRY_TOKEN``."""
     import os
+
+    from codexexec.remote.auth.base import AuthError
+    from codexexec.remote.auth.bearer import TOKEN_ENV, token_from_file
 
     if token_file:
         try:
-            with open(token_file, encoding="utf-8") as handle:
-                for line in handle:
-                    line = line.strip()
-                    if line and not line.startswith("#"):
-                        return line.split()[0]
-        except OSError as exc:
-            raise RegistryError(f"cannot read token file {token_file}: {exc.strerror}") from None
-        raise RegistryError(f"token file {token_file} holds no token")
+            return token_from_file(token_file)
+        except AuthError as exc:
+            raise RegistryError(str(exc)) from None
     return os.environ.get(TOKEN_ENV) or None
 
 
+async def credential_headers(credential: AuthProvider | str | None) -> dict[str, str]:
+    """Fresh headers for one request (a provider may refresh first)."""
+    from codexexec.remote.auth.base import AuthError
+    from codexexec.remote.auth.bearer import StaticBearer
+
+    try:
+        if isinstance(credential, str):
+            return await StaticBearer(credential, "the registry token").headers()
+        return {} if credential is None else await credential.headers()
+    except AuthError as exc:
+        raise RegistryError(str(exc)) from None
+
+
 async def _post(
-    base_url: str, environment_id: str, action: str, body: dict[str, Any], token: str | None
+    base_url: str,
+    environment_id: str,
+    action: str,
+    body: dict[str, Any],
+    credential: AuthProvider | str | None,
 ) -> dict[str, Any]:
-    import aiohttp
+    from codexexec.remote.http import Unreachable, post_json, trace_context_headers
 
     url = (
         f"{base_url.rstrip('/')}/cloud/environment/{check_environment_id(environment_id)}/{action}"
     )
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS)
+    auth_headers = await credential_headers(credential)
     try:
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as http,
-            http.post(url, json=body, headers=headers, allow_redirects=False) as response,
-        ):
-            text = await response.text()
-            status = response.status
-    except aiohttp.ClientError as exc:
-        raise RegistryError(
-            f"cannot reach the environment registry at {base_url}: {type(exc).__name__}"
-        ) from None
-    except TimeoutError:
-        raise RegistryError(
-            f"the environment registry at {base_url} did not answer in time"
-        ) from None
-    payload = _json(text)
-    if status in (401, 403):
-        raise RegistryError(
-            f"environment registry authentication failed ({status}): "
-            f"{_error_message(payload, text)}"
+        reply = await post_json(
+            url, body, {**auth_headers, **trace_context_headers()}, REQUEST_TIMEOUT_SECONDS
         )
-    if not 200 <= status < 300:
+    except Unreachable as exc:
         raise RegistryError(
-            f"environment registry request failed ({status}): {_error_message(payload, text)}",
-            _error_code(payload),
-        )
+            f"cannot reach the environment registry at {_origin(base_url)}: {exc}"
+        ) from None
+    payload = _json(reply.text)
+    if not 200 <= reply.status < 300:
+        raise _failure(reply, payload, auth_headers)
     if not isinstance(payload, dict):
-        raise RegistryError("environment registry answered with something that is not JSON")
+        raise RegistryError(f"invalid environment registry {action} response: not a JSON object")
     return payload
+
+
+async def _post_retrying(
+    base_url: str,
+    environment_id: str,
+    action: str,
+    body: dict[str, Any],
+    credential: AuthProvider | str | None,
+) -> dict[str, Any]:
+    """`_post`, retried while the registry answers a retryable code (each wait bounded)."""
+    attempt = 0
+    while True:
+        try:
+            return await _post(base_url, environment_id, action, body, credential)
+        except RegistryError as exc:
+            if (exc.status, exc.code) not in RETRYABLE_REGISTRATION:
+                raise
+            attempt += 1
+            nominal = min(RETRY_FIRST_SECONDS * 2 ** (attempt - 1), RETRY_MAX_SECONDS)
+            delay = nominal * random.uniform(1 - RETRY_JITTER, 1 + RETRY_JITTER)
+            log.warning(
+                "environment registry %s answered %s %s; retrying in %.1f s (attempt %d)",
+                action,
+                exc.status,
+                exc.code,
+                delay,
+                attempt,
+            )
+            await asyncio.sleep(delay)
+
+
+def _failure(reply: HttpReply, payload: Any, auth_headers: dict[str, str]) -> RegistryError:
+    error = payload.get("error") if isinstance(payload, dict) else None
+    code = _error_field(error, "code")
+    code = code if code is not None and code.isprintable() and len(code) <= 128 else None
+    authentication = reply.status in (401, 403)
+    message = _error_message(reply, error, authentication)
+    secrets = [value.partition(" ")[2] or value for value in auth_headers.values()]
+    if any(len(secret) >= 8 and secret in message for secret in secrets):
+        message = BODY_OMITTED
+    if authentication:
+        text = (
+            "environment registry authentication error: environment registry authentication "
+            f"failed ({reply.status_line}): {message}"
+        )
+    else:
+        where = f"{reply.status_line}, {code}" if code else reply.status_line
+        text = f"environment registry request failed ({where}): {message}"
+    return RegistryError(text, code, _error_field(error, "security_profile"), reply.status)
+
+
+def _error_message(reply: HttpReply, error: Any, authentication: bool) -> str:
+    message = _error_field(error, "message")
+    if message is not None:
+        return _one_line(message)
+    if 300 <= reply.status < 400:
+        target = _origin(reply.location) if reply.location else "nowhere"
+        return f"redirect to {target} not followed (credentials are never forwarded)"
+    text = reply.text.strip()
+    if not text:
+        return "empty error body" if authentication else "empty or malformed error body"
+    if "html" in reply.content_type.lower() or text.startswith("<"):
+        return f"{BODY_OMITTED} (an HTML page, not the registry's JSON error)"
+    return _one_line(text)
+
+
+def _error_field(error: Any, name: str) -> str | None:
+    value = error.get(name) if isinstance(error, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _one_line(text: str) -> str:
+    flat = " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
+    return flat[:MAX_ERROR_MESSAGE_CHARS]
+
+
+def _origin(url: str) -> str:
+    """scheme://host[:port] of a URL: never its user info, path or query."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    return f"{parts.scheme}://{parts.hostname or ''}{port}" if parts.scheme else "(relative URL)"
 
 
 def _json(text: str) -> Any:
@@ -113,20 +232,6 @@ def _json(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return None
-
-
-def _error_message(payload: Any, text: str) -> str:
-    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
-        error = payload["error"]
-        return str(error.get("message") or error.get("code") or "error")
-    return text[:200].strip() or "no details"
-
-
-def _error_code(payload: Any) -> str | None:
-    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
-        code = payload["error"].get("code")
-        return code if isinstance(code, str) else None
-    return None
 
 
 def _bundle(payload: dict[str, Any], environment_id: str) -> RelayBundle:
@@ -141,15 +246,16 @@ def _bundle(payload: dict[str, Any], environment_id: str) -> RelayBundle:
 async def register_executor(
     base_url: str,
     environment_id: str,
-    token: str | None,
-    executor_public_key: dict[str, str] | None = None,
+    token: AuthProvider | str | None,
+    party: NoiseParty | None = None,
 ) -> RelayBundle:
-    """Register; with ``executor_public_key`` the Noise profile, without it the legacy one."""
-    profile = LEGACY_PROFILE if executor_public_key is None else NOISE_PROFILE
+    """Register; with a Noise ``party`` its profile and public key, without one the legacy
+    cleartext profile."""
+    profile = LEGACY_PROFILE if party is None else party.profile
     body: dict[str, Any] = {"security_profile": profile}
-    if executor_public_key is not None:
-        body["executor_public_key"] = executor_public_key
-    payload = await _post(base_url, environment_id, "register", body, token)
+    if party is not None:
+        body["executor_public_key"] = party.public_key_json()
+    payload = await _post_retrying(base_url, environment_id, "register", body, token)
     bundle = _bundle(payload, environment_id)
     if bundle.security_profile != profile:
         raise RegistryError(
@@ -165,14 +271,18 @@ async def connect_harness(base_url: str, environment_id: str, token: str | None)
 
 
 async def connect_harness_noise(
-    base_url: str, environment_id: str, token: str | None, harness_public_key: dict[str, str]
+    base_url: str,
+    environment_id: str,
+    token: str | None,
+    harness_public_key: dict[str, str],
+    profile: str = NOISE_PROFILE,
 ) -> dict[str, Any]:
     """The Noise connect bundle: url, registration id, executor key, one-time authorization."""
     payload = await _post(
         base_url, environment_id, "connect", {"harness_public_key": harness_public_key}, token
     )
     _bundle(payload, environment_id)  # the common checks
-    if payload.get("security_profile") != NOISE_PROFILE:
+    if payload.get("security_profile") != profile:
         raise RegistryError("environment registry returned an unsupported security profile")
     if not payload.get("harness_key_authorization") or not payload.get("executor_public_key"):
         raise RegistryError("environment registry returned incomplete Noise connection data")

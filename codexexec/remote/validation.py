@@ -15,10 +15,12 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from codexexec.protocol.registry import STREAM_ID_HEADER
-from codexexec.remote.registry import check_environment_id
+from codexexec.remote.registry import RegistryError, check_environment_id, credential_headers
 
 if TYPE_CHECKING:
     import aiohttp
+
+    from codexexec.remote.auth.base import AuthProvider
 
 
 class Validation(enum.Enum):
@@ -35,7 +37,7 @@ async def validate_harness_key(
     http: aiohttp.ClientSession,
     base_url: str,
     environment_id: str,
-    token: str | None,
+    token: AuthProvider | str | None,
     *,
     registration_id: str,
     harness_public_key: dict[str, str],
@@ -49,9 +51,10 @@ async def validate_harness_key(
     url = (
         f"{base_url.rstrip('/')}/cloud/environment/{check_environment_id(environment_id)}/validate"
     )
-    headers = {STREAM_ID_HEADER: stream_id}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
+    try:
+        headers = {STREAM_ID_HEADER: stream_id, **await credential_headers(token)}
+    except RegistryError:  # the executor's credential cannot be renewed: no one can say yes
+        return Validation.REGISTRY_HTTP
     body = {
         "executor_registration_id": registration_id,
         "harness_public_key": harness_public_key,

@@ -138,6 +138,9 @@ class AgentIdentityAuth:
             f"from {ACCESS_TOKEN_ENV}"
         )
 
+    def expires_at(self) -> float:
+        return self._identity.expires_at
+
     async def headers(self) -> dict[str, str]:
         now = time.time()
         if self._identity.expires_at <= now:

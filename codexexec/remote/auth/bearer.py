@@ -35,12 +35,17 @@ class StaticBearer:
 
 
 def bearer_from_file(path: str) -> StaticBearer:
+    return StaticBearer(token_from_file(path), f"token file {path}")
+
+
+def token_from_file(path: str) -> str:
+    """The first field of the first line that is not blank or a ``#`` comment."""
     try:
         with open(path, encoding="utf-8") as handle:
             for line in handle:
                 line = line.strip()
                 if line and not line.startswith("#"):
-                    return StaticBearer(line.split()[0], f"token file {path}")
+                    return line.split()[0]
     except OSError as exc:
         raise AuthError(f"cannot read token file {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
