@@ -571,3 +571,13 @@ def test_any_single_bit_flip_in_a_data_frame_is_rejected(data: st.DataObject) ->
     with pytest.raises(NoiseError):
         for payload in verdict.payloads:
             receiver.decrypt(payload)
+
+
+async def test_a_reset_reaches_the_user_as_one_fixed_message(stack: Stack) -> None:
+    client = await ExecServerClient.connect(f"{ENV}@{stack.url}")
+    # An unknown notification makes the server drop the connection (as Codex's does); over
+    # the relay that is a Reset, which the harness reports without the peer's text.
+    await client._peer.notify("codexexec/no-such-notification", {})
+    with pytest.raises(ExecServerError, match="Noise relay stream reset"):
+        await client.call("environment/info", None)
+    await client.close()

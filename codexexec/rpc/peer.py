@@ -137,6 +137,10 @@ class RpcPeer:
         while True:
             raw = await self.transport.receive()
             if raw is None:
+                # A transport may know why it ended (e.g. a relay stream reset).
+                self.close_reason = self.close_reason or getattr(
+                    self.transport, "close_reason", None
+                )
                 return
             try:
                 value = jsonrpc.decode_json(raw)

@@ -144,6 +144,7 @@ class HarnessRelayTransport:
         self._ready: list[bytes] = []
         self._stream_id = stream_id
         self._description = description
+        self.close_reason: str | None = None
 
     @classmethod
     async def connect(
@@ -175,7 +176,10 @@ class HarnessRelayTransport:
             if frame.stream_id != self._stream_id:
                 continue
             kind = frame.WhichOneof("body")
-            if kind == "reset":
+            if kind == "reset":  # the peer's reason is unauthenticated: never shown
+                self.close_reason = (
+                    "Noise relay stream reset" if self._cipher else "relay stream reset"
+                )
                 await self._ws.close()
                 return None
             if kind != "data":
@@ -186,6 +190,7 @@ class HarnessRelayTransport:
                         record = self._cipher.decrypt(record)
                     self._ready.extend(self._assembler.feed(record))
             except (StreamError, FramingError, NoiseError):
+                self.close_reason = "malformed or undecryptable relay record"
                 await self._ws.close()
                 return None
         return self._ready.pop(0)
