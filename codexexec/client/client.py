@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from codexexec.client.errors import ExecServerError
 from codexexec.client.events import Closed, EventBuffer, Exited, Output, ReadResponse
@@ -67,16 +67,40 @@ def _decode_chunk(item: Mapping[str, Any]) -> Output:
     return Output(int(item["seq"]), str(item["stream"]), base64.b64decode(item["chunk"]))
 
 
+async def open_registry_transport(
+    registry: str, environment_id: str, token: str | None
+) -> MessageTransport:
+    """A stream to ``environment_id`` through ``registry``: Noise, or cleartext if opted in.
+
+    Raises RegistryError, or ExecServerError when only a cleartext relay is on offer.
+    """
+    from codexexec.remote.registry import RegistryError
+    from codexexec.transport.noise_harness import connect_noise_harness
+    from codexexec.transport.relay import HarnessRelayTransport
+
+    try:
+        # End-to-end encrypted by default, as Codex executors require.
+        return await connect_noise_harness(registry, environment_id, token)
+    except RegistryError as exc:
+        if exc.code != "security_profile_mismatch":
+            raise
+    # A codexexec executor registered for the cleartext relay. Only on request:
+    # otherwise a registry could downgrade us just by claiming a mismatch.
+    if os.environ.get(ALLOW_CLEARTEXT_RELAY_ENV) != "1":
+        raise ExecServerError(
+            f"environment `{environment_id}` is registered for the cleartext relay, "
+            f"which the registry can read; set {ALLOW_CLEARTEXT_RELAY_ENV}=1 to use it anyway"
+        )
+    return await HarnessRelayTransport.connect(registry, environment_id, token)
+
+
 class ExecServerClient:
+    _peer: RpcPeer
+    _runner: asyncio.Task[None]
+
     def __init__(
-        self,
-        peer: RpcPeer,
-        runner: asyncio.Task[None],
-        description: str,
-        on_close: Callable[[], Awaitable[None]] | None = None,
+        self, description: str, on_close: Callable[[], Awaitable[None]] | None = None
     ) -> None:
-        self._peer = peer
-        self._runner = runner
         self.description = description
         self._on_close = on_close
         self._buffers: dict[str, EventBuffer] = {}
@@ -137,27 +161,9 @@ class ExecServerClient:
         timeout: float,
     ) -> ExecServerClient:
         from codexexec.remote.registry import RegistryError, read_token
-        from codexexec.transport.noise_harness import connect_noise_harness
-        from codexexec.transport.relay import HarnessRelayTransport
 
-        token = read_token(None)
-        transport: MessageTransport
         try:
-            try:
-                # End-to-end encrypted by default, as Codex executors require.
-                transport = await connect_noise_harness(registry, environment_id, token)
-            except RegistryError as exc:
-                if exc.code != "security_profile_mismatch":
-                    raise
-                # A codexexec executor registered for the cleartext relay. Only on request:
-                # otherwise a registry could downgrade us just by claiming a mismatch.
-                if os.environ.get(ALLOW_CLEARTEXT_RELAY_ENV) != "1":
-                    raise ExecServerError(
-                        f"environment `{environment_id}` is registered for the cleartext relay, "
-                        "which the registry can read; set "
-                        f"{ALLOW_CLEARTEXT_RELAY_ENV}=1 to use it anyway"
-                    ) from None
-                transport = await HarnessRelayTransport.connect(registry, environment_id, token)
+            transport = await open_registry_transport(registry, environment_id, read_token(None))
         except RegistryError as exc:
             raise ExecServerError(str(exc)) from None
         return await cls.over(
@@ -199,36 +205,42 @@ class ExecServerClient:
         description: str,
         client_name: str = DEFAULT_CLIENT_NAME,
         resume_session_id: str | None = None,
-        timeout: float = 10.0,
+        timeout: float | None = 10.0,
         on_close: Callable[[], Awaitable[None]] | None = None,
-    ) -> ExecServerClient:
+    ) -> Self:
         """Initialize a session over an already-open transport."""
-        holder: list[ExecServerClient] = []
-
-        async def on_notification(notification: Notification) -> None:
-            await holder[0]._on_notification(notification)
-
-        async def on_request(request: Request) -> Any:
-            return await holder[0]._on_request(request)
-
-        peer = RpcPeer(transport, on_notification=on_notification, on_request=on_request)
-        runner = asyncio.create_task(peer.run())
-        client = cls(peer, runner, description, on_close)
-        holder.append(client)
-        # Iterators waiting for events must learn that the connection is gone.
-        runner.add_done_callback(lambda _: client._wake_all())
-        params: dict[str, Any] = {"clientName": client_name}
-        if resume_session_id:
-            params["resumeSessionId"] = resume_session_id
+        client = cls(description, on_close)
+        client._attach(transport)
         try:
-            result = await client._call("initialize", params, timeout=timeout)
-            await peer.notify("initialized", {})
+            result = await client._initialize(client_name, resume_session_id, timeout)
         except BaseException:
             await client.close()
             raise
         client.session_id = str(result.get("sessionId", ""))
         client.environment_info = result.get("environmentInfo") or {}
         return client
+
+    def _attach(self, transport: MessageTransport) -> None:
+        """Speak JSON-RPC over ``transport`` from now on (the first one, or a replacement)."""
+        self._peer = RpcPeer(
+            transport, on_notification=self._on_notification, on_request=self._on_request
+        )
+        self._runner = asyncio.create_task(self._peer.run())
+        self._runner.add_done_callback(lambda _: self._connection_lost())
+
+    def _connection_lost(self) -> None:
+        # Iterators waiting for events must learn that the connection is gone.
+        self._wake_all()
+
+    async def _initialize(
+        self, client_name: str, resume_session_id: str | None, timeout: float | None
+    ) -> dict[str, Any]:
+        params: dict[str, Any] = {"clientName": client_name}
+        if resume_session_id:
+            params["resumeSessionId"] = resume_session_id
+        result = await self._call_once("initialize", params, timeout=timeout)
+        await self._peer.notify("initialized", {})
+        return result if isinstance(result, dict) else {}
 
     async def __aenter__(self) -> ExecServerClient:
         return self
@@ -259,6 +271,10 @@ class ExecServerClient:
     # -- calls ----------------------------------------------------------------------
 
     async def _call(self, method: str, params: Any, timeout: float | None = None) -> Any:
+        # Every method goes through here, so a subclass can recover around it.
+        return await self._call_once(method, params, timeout)
+
+    async def _call_once(self, method: str, params: Any, timeout: float | None = None) -> Any:
         try:
             return await self._peer.call(method, params, timeout=timeout)
         except RpcError as exc:

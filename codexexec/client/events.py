@@ -88,6 +88,9 @@ class EventBuffer:
         self._events: deque[Output | Exited | Closed] = deque()
         self._bytes = 0
         self.blocking = False
+        # Set when the connection was replaced: notifications may have been lost in
+        # between, so the reader must re-read from its cursor.
+        self.resync = False
         self._changed = asyncio.Event()
         self._space = asyncio.Event()
         self._space.set()
@@ -138,3 +141,8 @@ class EventBuffer:
     def wake(self) -> None:
         self._changed.set()
         self._space.set()
+
+    def reconnected(self) -> None:
+        self.complete = False
+        self.resync = True
+        self.wake()

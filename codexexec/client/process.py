@@ -70,6 +70,9 @@ class RemoteProcess:
         gap_end: int | None = None
         try:
             while True:
+                if buffer.resync:
+                    buffer.resync = False
+                    needs_read, gap_end = True, None
                 if needs_read:
                     # Never block the connection's reader while we wait for our own read.
                     buffer.set_blocking(False)

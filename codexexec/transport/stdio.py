@@ -26,6 +26,7 @@ STDERR_LINES_KEPT = 20
 STDERR_LINE_BYTES = 512
 NOT_JSON_SHOWN_BYTES = 80
 TERMINATE_GRACE_SECONDS = 2.0
+STDERR_DRAIN_SECONDS = 1.0
 
 
 class StreamTransport:
@@ -99,8 +100,7 @@ class StreamTransport:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._process.wait(), timeout)
         if self._stderr_task is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._stderr_task), timeout)
+            await asyncio.wait({self._stderr_task}, timeout=timeout)
         return self._process.returncode
 
     async def send(self, message: bytes) -> None:
@@ -120,6 +120,8 @@ class StreamTransport:
         if self._process is not None:
             await _stop_group(self._process)
         if self._stderr_task is not None:
+            # With the group gone stderr ends, unless something escaped the group.
+            await asyncio.wait({self._stderr_task}, timeout=STDERR_DRAIN_SECONDS)
             self._stderr_task.cancel()
 
 
