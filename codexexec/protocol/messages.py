@@ -84,6 +84,31 @@ class TerminateParams(_Params):
     process_id: str
 
 
+class HttpHeader(_Params):
+    """One request header; ``valueEnvVar`` appends an executor environment value to ``value``."""
+
+    name: str
+    value: str
+    value_env_var: str | None = None
+
+
+class HttpRequestParams(_Params):
+    method: str
+    url: str
+    request_id: str
+    headers: list[HttpHeader] = []
+    body_base64: str | None = None
+    timeout_ms: Unsigned | None = None
+    redirect_policy: Literal["follow", "stop"] = "follow"
+    stream_response: bool = False
+
+
+class EnvironmentConfigReadParams(_Params):
+    cwd: str
+    config_paths: list[list[str]]
+    requirements_paths: list[list[str]]
+
+
 class ParamsError(ValueError):
     """Params that do not decode; the message reads like Codex's (serde) wording."""
 
@@ -117,6 +142,8 @@ def _serde_wording(message: str, kind: type[Any]) -> str:
         allowed = [str(a) for a in get_args(hint)] if get_origin(hint) is Literal else []
         if len(allowed) == 1:
             return f"unknown variant `{value}`, expected `{allowed[0]}`"
+        if len(allowed) == 2:
+            return f"unknown variant `{value}`, expected `{allowed[0]}` or `{allowed[1]}`"
         if allowed:
             listed = ", ".join(f"`{a}`" for a in allowed)
             return f"unknown variant `{value}`, expected one of {listed}"

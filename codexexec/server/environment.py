@@ -11,13 +11,13 @@ from typing import Any
 from codexexec import __version__
 from codexexec.protocol.path_uri import PathUri
 
-# codexexec implements none of Codex's optional capabilities yet; each says false
-# until its method exists, so a harness never calls into a gap.
+# Each optional capability says false until its method exists, so a harness never
+# calls into a gap.
 CAPABILITIES: dict[str, bool] = {
     "networkProxyLaunch": False,
     "capabilityDiscoverySandbox": False,
-    "environmentConfigRead": False,
-    "httpHeaderEnvVars": False,
+    "environmentConfigRead": True,
+    "httpHeaderEnvVars": True,
     "sandboxedFileStreaming": False,
     "shellSnapshotV2": False,
 }

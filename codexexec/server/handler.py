@@ -23,7 +23,6 @@ from codexexec.protocol.jsonrpc import (
     Request,
     RpcError,
 )
-from codexexec.protocol.path_uri import InvalidPathUri, PathUri
 from codexexec.rpc.peer import CloseConnection, ReplyThen, RpcPeer
 from codexexec.sandbox.enforce import SandboxedCommand, SandboxRefused, prepare_command
 from codexexec.sandbox.plan import NetworkRouting
@@ -31,6 +30,8 @@ from codexexec.sandbox.proxy_routes import ManagedNetwork, ProxyRouteError, chec
 from codexexec.server import spawn
 from codexexec.server.env_policy import build_child_env
 from codexexec.server.environment import environment_info
+from codexexec.server.environment_config import read_environment_config
+from codexexec.server.http_request import HttpRequests
 from codexexec.server.managed_network import (
     ExecutorNetwork,
     PreparedManagedNetwork,
@@ -39,6 +40,7 @@ from codexexec.server.managed_network import (
 from codexexec.server.output import ReadResult
 from codexexec.server.process import ManagedProcess, StdinClosed
 from codexexec.server.session import Session, SessionRegistry
+from codexexec.server.uri_params import host_path
 from codexexec.transport.base import TransportClosed
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,7 @@ class ConnectionHandler:
         self._initialize_received = False
         self._initialized = False
         self.session: Session | None = None
+        self._http = HttpRequests(network, self._notify)
         # method -> (params type, handler). Codex decodes params before the lifecycle
         # gate, so a malformed request gets -32602 even before initialize.
         self._methods: dict[str, tuple[type[Any], Callable[[Any], Awaitable[Any]]]] = {
@@ -110,12 +113,15 @@ class ConnectionHandler:
             "process/terminate": (m.TerminateParams, self._process_terminate),
             "environment/info": (m.NoParams, self._environment_info),
             "environment/status": (m.NoParams, self._environment_status),
+            "environmentConfig/read": (m.EnvironmentConfigReadParams, self._environment_config),
+            "http/request": (m.HttpRequestParams, self._http.request),
         }
 
     def bind(self, peer: RpcPeer) -> None:
         self._peer = peer
 
     def connection_ended(self) -> None:
+        self._http.close()
         if self.session is not None and self._peer is not None:
             self._sessions.detach(self.session, self._peer.outbox)
 
@@ -183,6 +189,15 @@ class ConnectionHandler:
     async def _environment_status(self, params: m.NoParams) -> dict[str, Any]:
         return {"status": "ready"}
 
+    async def _environment_config(self, params: m.EnvironmentConfigReadParams) -> dict[str, Any]:
+        return read_environment_config(params)
+
+    async def _notify(self, method: str, params: Any) -> None:
+        """A notification on this connection (not the session): http/request body deltas."""
+        if self._peer is None:
+            raise TransportClosed("connection not bound")
+        await self._peer.notify(method, params)
+
     # -- processes ------------------------------------------------------------------
 
     def _process(self, process_id: str) -> ManagedProcess:
@@ -194,7 +209,7 @@ class ConnectionHandler:
     async def _process_start(self, params: m.StartParams) -> ReplyThen:
         if not params.argv:
             raise RpcError(INVALID_PARAMS, "argv must not be empty")
-        cwd = _host_cwd(params.cwd)
+        cwd = host_path(params.cwd, field="cwd")
         session = self._session()
         if params.process_id in session.processes:
             raise RpcError(INVALID_REQUEST, f"process {params.process_id} already exists")
@@ -359,21 +374,6 @@ def _sandboxed_command(
         return prepare_command(params.sandbox, params.argv, cwd, params.arg0, routing)
     except SandboxRefused as exc:
         raise RpcError(INVALID_PARAMS, str(exc)) from None
-
-
-def _host_cwd(text: str) -> str:
-    """The native cwd for a PathUri, refused in Codex's words when it is not one."""
-    scheme, colon, _ = text.partition(":")
-    if not colon or "/" in scheme or not scheme:
-        raise RpcError(INVALID_PARAMS, "invalid URI: relative URL without a base")
-    if scheme.lower() != "file":
-        raise RpcError(INVALID_PARAMS, f"unsupported path URI scheme `{scheme}`")
-    try:
-        return PathUri.parse(text).to_host_native_path()
-    except InvalidPathUri as exc:
-        raise RpcError(
-            INVALID_PARAMS, f"cwd URI `{text}` is not valid on this exec-server host: {exc}"
-        ) from None
 
 
 def _os_error_text(exc: OSError) -> str:
