@@ -47,7 +47,7 @@ def status(
         left = expires - time.time()
         if left > 0:
             print(f"expires: {when} (in {int(left // 60)} min)")
-        elif isinstance(provider, ChatGPTAuth):
+        elif isinstance(provider, ChatGPTAuth) and provider.can_refresh:
             print(f"expired: {when}; the refresh token renews it on first use")
         else:
             print(f"expired: {when}")

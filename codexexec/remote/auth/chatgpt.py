@@ -119,6 +119,11 @@ class ChatGPTAuth:
         )
         return f"ChatGPT login{f' ({who})' if who else ''} from {self._store.where}"
 
+    @property
+    def can_refresh(self) -> bool:
+        token = self._tokens.get("refresh_token")
+        return isinstance(token, str) and bool(token)
+
     def expires_at(self) -> float | None:
         try:
             return numeric_claim(_claims(self._tokens["access_token"]), "exp")
@@ -157,7 +162,7 @@ class ChatGPTAuth:
                     return
                 self._data = fresh._data
             refresh_token = self._tokens.get("refresh_token")
-            if not isinstance(refresh_token, str) or not refresh_token:
+            if not self.can_refresh:
                 raise AuthError(
                     f"the ChatGPT access token in {self._store.where} has expired and there "
                     "is no refresh token to renew it; run `codex login`"
