@@ -46,6 +46,7 @@ from codexexec.rendezvous.auth import (
     TokenFileError,
     config_lines,
     parse_scope,
+    read_grant_file,
 )
 
 MAX_ASSERTION_SKEW_SECONDS = 300.0
@@ -94,13 +95,7 @@ class AgentKeys:
 
     @classmethod
     def load(cls, path: Path, task_key: bytes) -> AgentKeys:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as error:
-            raise TokenFileError(f"cannot read agent keys {path}: {error.strerror}") from None
-        except UnicodeDecodeError:
-            raise TokenFileError(f"agent keys file {path} is not UTF-8 text") from None
-        return cls.parse(text, task_key, source=path.name)
+        return cls.parse(read_grant_file(path, "agent keys file"), task_key, source=path.name)
 
     # -- tasks ------------------------------------------------------------------------------
 

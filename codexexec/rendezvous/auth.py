@@ -124,13 +124,7 @@ class TokenTable:
 
     @classmethod
     def load(cls, path: Path) -> TokenTable:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as error:
-            raise TokenFileError(f"cannot read token file {path}: {error.strerror}") from None
-        except UnicodeDecodeError:
-            raise TokenFileError(f"token file {path} is not UTF-8 text") from None
-        return cls.parse(text, source=path.name)
+        return cls.parse(read_grant_file(path, "token file"), source=path.name)
 
     def authenticate(self, authorization: str | None, role: Role, environment_id: str) -> Principal:
         """Check an ``Authorization`` header value for ``role`` on ``environment_id``.
@@ -155,6 +149,15 @@ class TokenTable:
                 f"this token does not grant the {role} role for environment {environment_id!r}",
             )
         return Principal(match.label, role)
+
+
+def read_grant_file(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise TokenFileError(f"cannot read {what} {path}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise TokenFileError(f"{what} {path} is not UTF-8 text") from None
 
 
 def config_lines(text: str, source: str) -> Iterator[tuple[str, list[str]]]:
