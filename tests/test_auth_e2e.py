@@ -193,3 +193,89 @@ async def test_the_rendezvous_holds_an_agent_to_its_scope(tmp_path: Path, scope:
         "authentication failed (403 Forbidden): this agent is not granted the executor role for "
         "environment 'devbox'"
     )
+
+
+async def test_the_real_codex_executors_agent_assertion_is_verified_by_the_rendezvous(
+    tmp_path: Path,
+) -> None:
+    """Codex 0.169.0 with --use-agent-identity-auth registers its task with codexexec's
+    rendezvous and registers the environment with its AgentAssertion; a codexexec harness
+    then runs a command on it. (Codex checks the JWT against a JWKS: a loopback stub
+    serves the RSA key that signed it.)"""
+    import json
+    import shutil
+    import tempfile
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+    from tests.auth_helpers import b64url
+    from tests.servers import codex_binary
+
+    agent = Agent()
+    signer = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    numbers = signer.public_key().public_numbers()
+    jwks = {
+        "keys": [
+            {
+                "kty": "RSA",
+                "kid": "k1",
+                "alg": "RS256",
+                "use": "sig",
+                "n": b64url(numbers.n.to_bytes(256, "big")),
+                "e": b64url(numbers.e.to_bytes(3, "big")),
+            }
+        ]
+    }
+    unsigned = agent.token()
+    header = b64url(json.dumps({"alg": "RS256", "kid": "k1", "typ": "JWT"}).encode())
+    payload = unsigned.split(".")[1]
+    signature = signer.sign(f"{header}.{payload}".encode(), padding.PKCS1v15(), hashes.SHA256())
+    token = f"{header}.{payload}.{b64url(signature)}"
+    home = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="cx-auth-"))  # Codex refuses /tmp
+    async with (
+        Stub(lambda _: web.json_response(jwks)) as jwks_stub,
+        rendezvous(tmp_path, "tok-unused-executor-0123", agent) as rv,
+    ):
+        process = await asyncio.create_subprocess_exec(
+            codex_binary(),
+            "exec-server",
+            "--remote",
+            rv.url,
+            "--environment-id",
+            "devbox",
+            "--use-agent-identity-auth",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            env=clean_env(
+                CODEX_HOME=str(home),
+                CODEX_ACCESS_TOKEN=token,
+                CODEX_AGENT_IDENTITY_JWKS_BASE_URL=jwks_stub.url,
+                CODEX_AGENT_IDENTITY_AUTHAPI_BASE_URL=rv.url,
+            ),
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while True:  # the environment is usable once Codex has registered and connected
+                run = await cli(
+                    "exec",
+                    "--registry",
+                    rv.url,
+                    "--env",
+                    "devbox",
+                    "--",
+                    "echo",
+                    "via-codex",
+                    env=clean_env(CODEXEXEC_REGISTRY_TOKEN=HARNESS),
+                )
+                if run.returncode == 0 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.5)
+            assert run.stdout == "via-codex\n", run.stderr
+        finally:
+            process.terminate()
+            await process.wait()
+            shutil.rmtree(home, ignore_errors=True)
+        rendezvous_log = await rv.stderr()
+    assert payload not in rendezvous_log

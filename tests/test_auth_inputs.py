@@ -153,6 +153,31 @@ async def test_a_refused_refresh_says_what_codex_says(
     assert expected in one_error_line(run, "rt-secret-x")
 
 
+async def test_a_registry_echoing_the_credential_never_gets_it_printed_or_logged(
+    tmp_path: Path,
+) -> None:
+    home = codex_home(tmp_path, chatgpt_login(ACCESS))
+
+    def echo(request: Recorded) -> web.Response:
+        return error(401, "denied", f"denied {request.header('Authorization')}")
+
+    async with Stub(echo) as stub:
+        run = await cli(
+            "serve",
+            "--remote",
+            stub.url,
+            "--environment-id",
+            "devbox",
+            "--log-level",
+            "debug",
+            env=clean_env(CODEX_HOME=str(home)),
+        )
+    assert one_error_line(run, ACCESS) == (
+        "environment registry authentication error: environment registry authentication failed "
+        "(401 Unauthorized): response body omitted"
+    )
+
+
 async def test_config_toml_problems_are_named(tmp_path: Path) -> None:
     home = codex_home(tmp_path, chatgpt_login(ACCESS), config="cli_auth_credentials_store = [")
     assert "config.toml is not valid TOML" in one_error_line(
