@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from codexexec.cli import (
+    env_cmd,
     exec_cmd,
     login_cmd,
     read_cmd,
@@ -31,6 +32,7 @@ app.command("read")(read_cmd.read)
 app.command("sandbox-check")(sandbox_check_cmd.sandbox_check)
 app.command("rendezvous")(rendezvous_cmd.rendezvous)
 app.command("register")(register_cmd.register)
+app.add_typer(env_cmd.app, name="env")
 app.add_typer(login_cmd.app, name="login")
 
 

@@ -26,8 +26,11 @@ class Approval(enum.StrEnum):
 
 def exec_command(
     argv: list[str] = typer.Argument(..., metavar="-- ARGV...", help="The command to run."),
-    env: str = typer.Option(
-        "local", "--env", help="local (in this process) or an exec-server ws:// URL."
+    env: str | None = typer.Option(
+        None,
+        "--env",
+        help="A configured environment (`codexexec env list`), local (in this process), an "
+        "exec-server ws:// URL, or ENV@REGISTRY_URL. Default: the configured default, else local.",
     ),
     registry: str | None = typer.Option(
         None, "--registry", help="Registry URL: reach --env ID through its relay."
@@ -83,13 +86,9 @@ def exec_command(
     from codexexec.cli.session import ExecOptions, run_exec
 
     if registry is not None:
+        if env is None:
+            fail("--registry needs --env ID (the environment's id at that registry)", 2)
         env = f"{env}@{registry}"
-    if detach and env == "local":
-        fail(
-            "--detach needs a server environment (--env ws://…): "
-            "the local environment ends with this command",
-            2,
-        )
     if approval is None:
         approval = Approval.on_failure if sys.stdin.isatty() and not json_mode else Approval.never
     if network is None:

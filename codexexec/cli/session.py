@@ -41,16 +41,23 @@ def _spawn_failure_code(error: ExecServerError) -> int:
 
 @contextlib.asynccontextmanager
 async def _connected(
-    env: str, resume_session_id: str | None = None
-) -> AsyncIterator[ExecServerClient]:
-    try:
-        client = await ExecServerClient.connect(env, resume_session_id=resume_session_id)
-    except ExecServerError as exc:
-        fail(str(exc))
-    try:
-        yield client
-    finally:
-        await client.close()
+    env: str | None, resume_session_id: str | None = None, *, detach: bool = False
+) -> AsyncIterator[tuple[ExecServerClient, str]]:
+    """The client of environment ``env`` (None: the default) and the environment's name."""
+    from codexexec.cli.targets import chosen_environment, connect
+
+    async with chosen_environment(env) as environment:
+        if detach and environment.kind in ("local", "stdio"):
+            fail(_DETACH_NEEDS_SERVER[environment.kind].format(environment.id), 2)
+        yield await connect(environment, resume_session_id=resume_session_id), environment.id
+
+
+_DETACH_NEEDS_SERVER = {
+    "local": "--detach needs a server environment (--env ws://…): "
+    "the local environment ends with this command",
+    "stdio": "--detach needs an environment whose exec-server outlives this command: "
+    "`{}` is a stdio environment, its exec-server is this command's child",
+}
 
 
 async def _stream(process: RemoteProcess, renderer: EventRenderer, after_seq: int = 0) -> None:
@@ -72,8 +79,8 @@ class ExecOptions:
     network_proxy: NetworkProxyRequest | None = None
 
 
-async def run_exec(env: str, options: ExecOptions) -> int:
-    async with _connected(env) as client:
+async def run_exec(env: str | None, options: ExecOptions) -> int:
+    async with _connected(env, detach=options.detach) as (client, env):
         if options.network_proxy is not None and options.network_proxy.ask_unknown:
             # Asking needs a person at a terminal; otherwise unlisted domains are denied.
             interactive = sys.stdin.isatty() and not options.json_mode
@@ -206,7 +213,7 @@ async def run_read(handle_text: str, *, follow: bool, after_seq: int, json_mode:
         handle = ProcessHandle.parse(handle_text)
     except InvalidHandle as exc:
         fail(str(exc), 2)
-    async with _connected(handle.environment, handle.session_id) as client:
+    async with _connected(handle.environment, handle.session_id) as (client, _):
         process = client.process(handle.process_id)
         renderer = EventRenderer(json_mode=json_mode)
         try:

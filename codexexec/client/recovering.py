@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,6 +27,8 @@ from codexexec.client.client import DEFAULT_CLIENT_NAME, ExecServerClient
 from codexexec.client.errors import ExecServerError
 from codexexec.protocol.jsonrpc import SESSION_ALREADY_ATTACHED
 from codexexec.transport.base import MessageTransport
+
+log = logging.getLogger(__name__)
 
 SESSION_RECOVERY_TIMEOUT_SECONDS = 25.0
 # Safe to send again after a drop that may or may not have delivered them: process/read
@@ -158,6 +161,7 @@ class RecoveringClient(ExecServerClient):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.recovery_timeout
         last = f"recovery timed out after {self.recovery_timeout:g}s"
+        log.info("%s: %s; resuming session %s", self.description, reason, self.session_id)
         attempt = 0
         while True:
             try:
@@ -170,6 +174,7 @@ class RecoveringClient(ExecServerClient):
                 if not (isinstance(exc, OpenFailed) and exc.retryable):
                     break
             else:
+                log.info("%s: resumed session %s", self.description, self.session_id)
                 self.recoveries += 1
                 for buffer in self._buffers.values():
                     buffer.reconnected()
@@ -180,6 +185,7 @@ class RecoveringClient(ExecServerClient):
                 break
             await asyncio.sleep(delay)
         self.failure = f"{reason}; failed to resume exec-server session: {last}"
+        log.warning("%s: %s", self.description, self.failure)
         self._wake_all()
 
     async def _resume_once(self, reopen: Reopen) -> None:

@@ -1,0 +1,78 @@
+"""How a command finds and reaches its environment (`--env NAME`, or a handle's).
+
+A name is looked up in codexexec's environments.toml (which is read only when a name
+needs it, so a broken file never gets in the way of `--env ws://…`); `local`, ws://
+URLs and ENV@REGISTRY_URL work without one. Connecting shows a spinner once it takes
+longer than 300 ms, and a failure is one line naming environment, step and cause.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from codexexec.cli.errors import fail
+from codexexec.cli.spinner import spinner
+from codexexec.client.client import ExecServerClient
+from codexexec.client.errors import ExecServerError
+from codexexec.environments.config import (
+    LOCAL_ENVIRONMENT_ID,
+    EnvironmentConfigError,
+    EnvironmentsConfig,
+    load_config,
+)
+from codexexec.environments.manager import Environment, EnvironmentManager
+
+
+def load_environments() -> EnvironmentsConfig:
+    try:
+        return load_config()
+    except EnvironmentConfigError as exc:
+        fail(str(exc))
+
+
+def _is_literal(target: str) -> bool:
+    _, at, registry = target.partition("@")
+    return (
+        target == LOCAL_ENVIRONMENT_ID
+        or target.startswith(("ws://", "wss://"))
+        or bool(at and registry.startswith(("http://", "https://")))
+    )
+
+
+@contextlib.asynccontextmanager
+async def chosen_environment(target: str | None) -> AsyncIterator[Environment]:
+    """The environment ``target`` names (None: the configured default), closed afterwards."""
+    config = None if target is not None and _is_literal(target) else load_environments()
+    if target is None:
+        assert config is not None
+        if config.default is None:
+            fail(f"no default environment is configured ({config.path}): pass --env NAME", 2)
+        target = config.default
+    if config is None:
+        manager = EnvironmentManager()
+    else:
+        try:
+            manager = EnvironmentManager.from_config(config, only=[target])
+        except ExecServerError as exc:
+            fail(str(exc))
+    try:
+        try:
+            environment = manager.resolve(target, config=config)
+        except ExecServerError as exc:
+            fail(str(exc))
+        yield environment
+    finally:
+        await manager.aclose()
+
+
+async def connect(
+    environment: Environment, *, resume_session_id: str | None = None
+) -> ExecServerClient:
+    try:
+        async with spinner(f"connecting to {environment.id}"):
+            if resume_session_id is not None:
+                return await environment.resume(resume_session_id)
+            return await environment.client()
+    except ExecServerError as exc:
+        fail(str(exc))
