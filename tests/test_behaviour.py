@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 import urllib.request
 import uuid
 
 import pytest
 
+from tests.http_upstream import upstream
 from tests.servers import RunningServer
 from tests.wire import Wire, decoded_output
 
@@ -538,4 +540,336 @@ async def test_env_policy(server: RunningServer) -> None:
         envPolicy={**policy, "includeOnly": ["cxtest_*"], "exclude": ["*PASSWORD*"], "set": {}},
     )
     assert only == {"CXTEST_PLAIN": "plain"}
+    await wire.close()
+
+
+# -- http/request (reference §2.8; docs/codex-0.169-observed.md §10) ---------------------
+
+
+def _http(url: str, request_id: str = "r", **extra: object) -> dict[str, object]:
+    return {"method": "GET", "url": url, "headers": [], "requestId": request_id, **extra}
+
+
+async def _body_deltas(wire: Wire, request_id: str, timeout: float = 15.0) -> list[dict]:
+    deltas = []
+    while not (deltas and deltas[-1]["done"]):
+        message = await wire.notification(
+            lambda m: (
+                m["method"] == "http/request/bodyDelta" and m["params"]["requestId"] == request_id
+            ),
+            timeout,
+        )
+        deltas.append(message["params"])
+    return deltas
+
+
+async def test_http_request_buffers_the_response(server: RunningServer) -> None:
+    async with upstream() as up:
+        wire = await connected(server)
+        result = await wire.result(
+            "http/request",
+            {
+                "method": "POST",
+                "url": up.url("/echo?q=1"),
+                "headers": [
+                    {"name": "X-One", "value": "a"},
+                    {"name": "x-one", "value": "b"},
+                    {"name": "Content-Type", "value": "text/plain"},
+                ],
+                "bodyBase64": base64.b64encode(b"hello").decode(),
+                "requestId": "r1",
+            },
+        )
+        assert result["status"] == 201
+        assert base64.b64decode(result["bodyBase64"]) == b"ok"
+        names = [(h["name"], h["value"]) for h in result["headers"]]
+        assert ("x-echo", "yes") in names
+        assert [v for n, v in names if n == "x-a"] == ["1", "2"]  # order and repeats kept
+        assert "x-not-ascii" not in dict(names)  # not visible ASCII: dropped
+        seen = up.received[-1]
+        assert (seen.method, seen.path_qs, seen.body) == ("POST", "/echo?q=1", b"hello")
+        assert [(n, v) for n, v in seen.headers if n == "x-one"] == [("x-one", "a"), ("x-one", "b")]
+        assert seen.header("accept") == "*/*"
+        assert seen.header("user-agent") is None
+        await wire.close()
+
+
+async def test_http_request_streams_chunked_body_after_the_response(
+    server: RunningServer,
+) -> None:
+    async with upstream() as up:
+        wire = await connected(server)
+        await wire.send(
+            {
+                "id": 7,
+                "method": "http/request",
+                "params": _http(
+                    up.url("/chunked?parts=3&size=5&delay=0.2"), "s1", streamResponse=True
+                ),
+            }
+        )
+        first = await wire.recv()
+        assert first["id"] == 7  # the response comes before any body delta
+        assert first["result"]["status"] == 200 and first["result"]["bodyBase64"] == ""
+        deltas = await _body_deltas(wire, "s1")
+        assert [d["seq"] for d in deltas] == list(range(1, len(deltas) + 1))
+        body = b"".join(base64.b64decode(d["deltaBase64"]) for d in deltas)
+        assert body == b"aaaaabbbbbccccc"
+        assert deltas[-1] == {
+            "requestId": "s1",
+            "seq": len(deltas),
+            "deltaBase64": "",
+            "done": True,
+            "error": None,
+        }
+        await wire.close()
+
+
+async def test_http_request_streams_a_slow_body_as_it_arrives(server: RunningServer) -> None:
+    async with upstream() as up:
+        wire = await connected(server)
+        await wire.result(
+            "http/request",
+            _http(up.url("/chunked?parts=4&size=3&delay=0.4"), "slow", streamResponse=True),
+        )
+        first = await wire.notification(lambda m: m["method"] == "http/request/bodyDelta")
+        arrived = time.monotonic()
+        assert base64.b64decode(first["params"]["deltaBase64"]) == b"aaa"
+        deltas = [first["params"], *await _body_deltas(wire, "slow")]
+        assert arrived < up.chunk_times[-1]  # streamed, not buffered until the end
+        body = b"".join(base64.b64decode(d["deltaBase64"]) for d in deltas)
+        assert body == b"aaabbbcccddd"
+        await wire.close()
+
+
+async def test_http_request_large_stream_uses_deltas_of_at_most_one_mib(
+    server: RunningServer,
+) -> None:
+    async with upstream() as up:
+        wire = await connected(server)
+        size = 3 * 1024 * 1024 + 7
+        await wire.result(
+            "http/request", _http(up.url(f"/big?size={size}"), "b", streamResponse=True)
+        )
+        deltas = await _body_deltas(wire, "b", timeout=30)
+        sizes = [len(base64.b64decode(d["deltaBase64"])) for d in deltas]
+        assert sum(sizes) == size and max(sizes) <= 1024 * 1024
+        assert deltas[-1]["done"] and deltas[-1]["error"] is None
+        await wire.close()
+
+
+async def test_http_request_one_active_stream_per_request_id(server: RunningServer) -> None:
+    async with upstream() as up:
+        wire = await connected(server)
+        await wire.result(
+            "http/request",
+            _http(up.url("/chunked?parts=3&size=1&delay=0.3"), "dup", streamResponse=True),
+        )
+        again = await wire.request(
+            "http/request", _http(up.url("/echo"), "dup", streamResponse=True)
+        )
+        assert again["error"] == {
+            "code": -32602,
+            "message": "http/request streamResponse requestId `dup` is already active",
+        }
+        buffered = await wire.result("http/request", _http(up.url("/echo"), "dup"))
+        assert buffered["status"] == 201  # a buffered request does not use the stream id
+        await _body_deltas(wire, "dup")
+        reused = await wire.result(
+            "http/request", _http(up.url("/echo"), "dup", streamResponse=True)
+        )
+        assert reused["status"] == 201  # free again after the terminal delta
+        assert (
+            b"".join(base64.b64decode(d["deltaBase64"]) for d in await _body_deltas(wire, "dup"))
+            == b"ok"
+        )
+        await wire.close()
+
+
+async def test_http_request_timeouts(server: RunningServer) -> None:
+    async with upstream() as up:
+        wire = await connected(server)
+        url = up.url("/slow?delay=1")
+        timed_out = await wire.request("http/request", _http(url, timeoutMs=100))
+        assert timed_out["error"]["code"] == -32603
+        # Codex 0.169 races two timers with the same deadline: either text may come.
+        assert timed_out["error"]["message"] in (
+            "http/request failed: route-aware request timed out",
+            f"http/request failed: error sending request for url ({url})",
+        )
+        for no_timeout in ({}, {"timeoutMs": None}):
+            slow = await wire.result("http/request", _http(up.url("/slow?delay=0.5"), **no_timeout))
+            assert base64.b64decode(slow["bodyBase64"]) == b"slow"
+        await wire.close()
+
+
+async def test_http_request_a_body_that_never_ends_is_cut_by_the_timeout(
+    server: RunningServer,
+) -> None:
+    async with upstream() as up:
+        wire = await connected(server)
+        buffered = await wire.request("http/request", _http(up.url("/endless"), timeoutMs=500))
+        assert buffered["error"] == {
+            "code": -32603,
+            "message": "failed to read http/request response body: error decoding response body",
+        }
+        await wire.result(
+            "http/request", _http(up.url("/endless"), "e", streamResponse=True, timeoutMs=500)
+        )
+        deltas = await _body_deltas(wire, "e")
+        assert deltas[-1]["done"] and deltas[-1]["error"] == "error decoding response body"
+        assert all(base64.b64decode(d["deltaBase64"]) == b"tick\n" for d in deltas[:-1])
+        await wire.close()
+
+
+async def test_http_request_truncated_body_is_an_error(server: RunningServer) -> None:
+    async with upstream() as up:
+        wire = await connected(server)
+        buffered = await wire.request("http/request", _http(up.url("/truncated")))
+        assert buffered["error"]["message"] == (
+            "failed to read http/request response body: error decoding response body"
+        )
+        await wire.result("http/request", _http(up.url("/truncated"), "t", streamResponse=True))
+        deltas = await _body_deltas(wire, "t")
+        assert b"".join(base64.b64decode(d["deltaBase64"]) for d in deltas) == b"short"
+        assert deltas[-1]["error"] == "error decoding response body"
+        await wire.close()
+
+
+async def test_http_request_header_from_executor_environment(server: RunningServer) -> None:
+    async with upstream() as up:
+        wire = await connected(server)
+        header = {"name": "Authorization", "value": "Bearer ", "valueEnvVar": "CXTEST_PLAIN"}
+        await wire.result("http/request", {**_http(up.url("/echo")), "headers": [header]})
+        assert up.received[-1].header("authorization") == "Bearer plain"
+        missing = {**header, "valueEnvVar": "CXTEST_NOT_SET"}
+        reply = await wire.request("http/request", {**_http(up.url("/echo")), "headers": [missing]})
+        assert reply["error"] == {
+            "code": -32602,
+            "message": "http/request header Authorization requires executor environment "
+            "variable CXTEST_NOT_SET",
+        }
+        await wire.close()
+
+
+async def test_http_request_redirects(server: RunningServer) -> None:
+    async with upstream() as up:
+        wire = await connected(server)
+        ten = await wire.result("http/request", _http(up.url("/redirect?n=9")))
+        assert ten["status"] == 201 and len(up.received) == 11  # 10 redirects followed
+        assert up.received[-1].header("referer") == up.url("/redirect?n=0")
+        eleven = await wire.request("http/request", _http(up.url("/redirect?n=10")))
+        assert eleven["error"] == {
+            "code": -32603,
+            "message": "http/request failed: too many redirects",
+        }
+        stop = await wire.result(
+            "http/request", _http(up.url("/redirect?n=1"), redirectPolicy="stop")
+        )
+        assert stop["status"] == 302
+        assert {"name": "location", "value": "/redirect?n=0"} in stop["headers"]
+        up.received.clear()
+        see_other = {
+            "method": "POST",
+            "url": up.url("/to?status=303&location=/echo"),
+            "headers": [
+                {"name": "Authorization", "value": "a"},
+                {"name": "Content-Type", "value": "x/y"},
+            ],
+            "bodyBase64": base64.b64encode(b"data").decode(),
+            "requestId": "r",
+        }
+        await wire.result("http/request", see_other)
+        follow = up.received[-1]
+        assert (follow.method, follow.body, follow.header("content-type")) == ("GET", b"", None)
+        assert follow.header("authorization") == "a"  # same origin keeps credentials
+        cross = up.url("/echo", host="localhost")
+        await wire.result(
+            "http/request",
+            {
+                **_http(up.url(f"/to?status=307&location={cross}")),
+                "headers": [
+                    {"name": "Authorization", "value": "a"},
+                    {"name": "X-Custom", "value": "1"},
+                ],
+            },
+        )
+        moved = up.received[-1]
+        assert moved.header("authorization") is None  # another origin: credentials dropped
+        assert moved.header("x-custom") == "1"
+        assert moved.header("referer") == up.url("/")
+        ftp = await wire.request("http/request", _http(up.url("/to?status=302&location=ftp://x/")))
+        assert ftp["error"]["message"] == (
+            "http/request failed: redirect target uses unsupported URL scheme: ftp"
+        )
+        await wire.close()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"method": "GET POST"}, "http/request method is invalid: invalid HTTP method"),
+        ({"method": ""}, "http/request method is invalid: invalid HTTP method"),
+        ({"url": "not a url"}, "http/request url is invalid: relative URL without a base"),
+        ({"url": "/relative"}, "http/request url is invalid: relative URL without a base"),
+        ({"url": "http://"}, "http/request url is invalid: empty host"),
+        ({"url": "ftp://127.0.0.1/x"}, "http/request only supports http and https URLs, got ftp"),
+        ({"url": "file:///etc/passwd"}, "http/request only supports http and https URLs, got file"),
+        (
+            {"headers": [{"name": "X-Bad\r\nInjected", "value": "1"}]},
+            "http/request header name is invalid: invalid HTTP header name",
+        ),
+        (
+            {"headers": [{"name": "X-Ok", "value": "1\r\nInjected: 2"}]},
+            "http/request header value is invalid for X-Ok: failed to parse header value",
+        ),
+        ({"bodyBase64": "!!!"}, "Invalid symbol 33, offset 0."),
+        ({"bodyBase64": "aGk"}, "Invalid padding"),
+        ({"requestId": None}, "missing field `requestId`"),
+        ({"redirectPolicy": "bogus"}, "unknown variant `bogus`, expected `follow` or `stop`"),
+        ({"timeoutMs": -1}, "invalid number"),
+    ],
+)
+async def test_http_request_bad_input(
+    server: RunningServer, change: dict[str, object], message: str
+) -> None:
+    wire = await connected(server)
+    params = {**_http("http://127.0.0.1:9/never-reached"), **change}
+    reply = await wire.request("http/request", {k: v for k, v in params.items() if v is not None})
+    assert reply["error"] == {"code": -32602, "message": message}
+    await wire.close()
+
+
+async def test_http_request_connection_refused(server: RunningServer) -> None:
+    wire = await connected(server)
+    reply = await wire.request("http/request", _http("http://127.0.0.1:1/"))
+    assert reply["error"] == {
+        "code": -32603,
+        "message": "http/request failed: error sending request for url (http://127.0.0.1:1/)",
+    }
+    await wire.close()
+
+
+async def test_environment_config_read(server: RunningServer) -> None:
+    wire = await connected(server)
+    params = {
+        "cwd": "file:///tmp",
+        "configPaths": [["cxtest_no_such_key"]],
+        "requirementsPaths": [["cxtest_no_such_key"]],
+    }
+    result = await wire.result("environmentConfig/read", params)
+    assert result["config"] == {"layers": [], "cloudInsertionIndex": 0}
+    assert result["requirements"] == {"layers": [], "cloudInsertionIndex": 0}
+    assert result["codexHomeDir"].startswith("file:///")
+    assert isinstance(result["hostname"], str)
+    for change, message in [
+        (
+            {"configPaths": [], "requirementsPaths": []},
+            "at least one config or requirements path is required",
+        ),
+        ({"configPaths": [[]]}, "TOML paths must contain at least one key segment"),
+        ({"cwd": "/tmp"}, "invalid URI: relative URL without a base"),
+    ]:
+        reply = await wire.request("environmentConfig/read", {**params, **change})
+        assert reply["error"] == {"code": -32602, "message": message}
     await wire.close()

@@ -1,14 +1,21 @@
 """The public Python API: ExecServerClient and RemoteProcess."""
 
 from codexexec.client.client import ExecServerClient
+from codexexec.client.environment_config import ConfigLayer, EnvironmentConfig
 from codexexec.client.errors import ExecServerError
+from codexexec.client.http import Header, HttpBodyStream, HttpResponse
 from codexexec.client.process import Closed, Exited, Output, OutputGap, ProcessEvent, RemoteProcess
 
 __all__ = [
     "Closed",
+    "ConfigLayer",
+    "EnvironmentConfig",
     "ExecServerClient",
     "ExecServerError",
     "Exited",
+    "Header",
+    "HttpBodyStream",
+    "HttpResponse",
     "Output",
     "OutputGap",
     "ProcessEvent",

@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
+from codexexec.client.environment_config import EnvironmentConfig, read_environment_config
 from codexexec.client.errors import ExecServerError
 from codexexec.client.events import Closed, EventBuffer, Exited, Output, ReadResponse
+from codexexec.client.http import HttpClient
 from codexexec.client.process import RemoteProcess
 from codexexec.protocol.jsonrpc import METHOD_NOT_FOUND, Notification, Request, RpcError
 from codexexec.protocol.path_uri import InvalidPathUri, PathUri
@@ -111,6 +113,7 @@ class ExecServerClient:
         self.on_network_request: NetworkAsk | None = None
         self._network_decisions: dict[str, list[dict[str, Any]]] = {}
         self.environment_info: dict[str, Any] = {}
+        self.http = HttpClient(self._call)
 
     # -- connecting -----------------------------------------------------------------
 
@@ -293,6 +296,17 @@ class ExecServerClient:
     async def environment_status(self) -> str:
         return str((await self._call("environment/status", {}))["status"])
 
+    async def read_environment_config(
+        self,
+        cwd: str | None,
+        config_paths: Sequence[Sequence[str]],
+        requirements_paths: Sequence[Sequence[str]] = (),
+    ) -> EnvironmentConfig:
+        """The executor's Codex config layers for ``cwd``, cut to the given key paths."""
+        return await read_environment_config(
+            self._call, self._cwd_uri(cwd), config_paths, requirements_paths
+        )
+
     async def start(
         self,
         argv: list[str],
@@ -439,6 +453,9 @@ class ExecServerClient:
     async def _on_notification(self, notification: Notification) -> None:
         params = notification.params
         if not isinstance(params, dict):
+            return
+        if notification.method == "http/request/bodyDelta":
+            self.http.deliver(params)
             return
         process_id = params.get("processId")
         if notification.method == "network/policyDecision" and isinstance(process_id, str):
