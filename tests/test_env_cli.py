@@ -313,3 +313,53 @@ CODEX_LOG = "debug"
     again = cx(home, "env", "import", "--codex-home", str(codex_home))
     assert again.returncode == 125 and "already has `devbox`, `ssh-dev`" in again.stderr
     assert len(load_config(home / "environments.toml").environments) == 3  # unchanged
+
+
+def test_registry_errors_name_the_step_and_never_the_token(
+    devbox: tuple[Path, Rendezvous, TcpProxy], tmp_path: Path
+) -> None:
+    home, rendezvous, _ = devbox
+    (tmp_path / "devbox.token").write_text(f"{TOKEN}\n")
+    write_config(
+        home,
+        f"""[[environments]]
+id = "by-file"
+registry = "{rendezvous.url}"
+environment_id = "devbox"
+token_file = "{tmp_path / "devbox.token"}"
+
+[[environments]]
+id = "wrong"
+registry = "{rendezvous.url}"
+environment_id = "devbox"
+token_env = "WRONG_TOKEN"
+
+[[environments]]
+id = "unset"
+registry = "{rendezvous.url}"
+environment_id = "devbox"
+token_env = "UNSET_TOKEN"
+
+[[environments]]
+id = "nobody"
+registry = "{rendezvous.url}"
+""",
+    )
+    by_file = cx(home, "exec", "--env", "by-file", "--", "echo", "ok")
+    assert by_file.stdout == "ok\n", by_file.stderr
+    os.environ["WRONG_TOKEN"] = "not-the-secret-value"
+    try:
+        wrong = cx(home, "exec", "--env", "wrong", "--", "true")
+    finally:
+        del os.environ["WRONG_TOKEN"]
+    assert wrong.returncode == 125
+    assert wrong.stderr.startswith("codexexec: error: environment `wrong`: auth: ")
+    assert "401" in wrong.stderr and "not-the-secret-value" not in wrong.stderr
+    unset = cx(home, "exec", "--env", "unset", "--", "true")
+    assert unset.stderr == (
+        "codexexec: error: environment `unset`: auth: environment registry bearer token is "
+        "required: set UNSET_TOKEN (or token_file in the environment's entry)\n"
+    )
+    nobody = cx(home, "exec", "--env", "nobody", "--", "true")
+    assert nobody.stderr.startswith("codexexec: error: environment `nobody`: connect: ")
+    assert "404" in nobody.stderr

@@ -293,3 +293,19 @@ async def test_a_missing_stdio_program_is_one_saved_spawn_error(
     with pytest.raises(EnvironmentUnavailable) as second:
         await environment.wait_until_ready()
     assert second.value is first.value and environment.attempts == 1
+
+
+async def test_a_stdio_environment_whose_program_died_is_not_respawned(
+    tmp_path: Path, cleanup: list[EnvironmentManager]
+) -> None:
+    marker = tmp_path / "spawned"
+    script = f"echo $$ >> {marker}; exec {sys.executable} -m codexexec serve --listen stdio"
+    environment = await one(StdioSpec("ssh-like", "sh", ("-c", script)), cleanup)
+    client = await environment.client()
+    os.kill(int(marker.read_text()), 9)  # the connection was the program: it is gone
+    await until(lambda: not client.connected)
+    assert environment.status() is Status.DISCONNECTED
+    assert await environment.client() is client  # handed back as is, not respawned
+    with pytest.raises(ExecServerError, match="exec-server transport disconnected"):
+        await client.call("environment/info", {})
+    assert len(marker.read_text().splitlines()) == 1 and environment.attempts == 1

@@ -142,23 +142,35 @@ async def _spawn(spec: StdioSpec, label: str) -> MessageTransport:
         raise EnvironmentUnavailable(label, "connect", cause, retryable=False) from None
 
 
-def registry_token(spec: RegistrySpec) -> str | None:
+def _registry_token(spec: RegistrySpec, label: str) -> str:
     """The harness bearer for a registry entry: its token file, or its variable."""
     from codexexec.remote.registry import RegistryError, read_token
 
     if spec.token_file is not None:
         try:
-            return read_token(spec.token_file)
+            token = read_token(spec.token_file)
         except RegistryError as exc:
-            raise EnvironmentUnavailable(spec.id, "auth", str(exc), retryable=False) from None
-    return os.environ.get(spec.token_env or DEFAULT_TOKEN_ENV) or None
+            raise EnvironmentUnavailable(label, "auth", str(exc), retryable=False) from None
+        assert token is not None  # read_token raises for a file without a token
+        return token
+    variable = spec.token_env or DEFAULT_TOKEN_ENV
+    token = os.environ.get(variable, "").strip()
+    if not token:
+        raise EnvironmentUnavailable(
+            label,
+            "auth",
+            f"environment registry bearer token is required: set {variable} "
+            "(or token_file in the environment's entry)",
+            retryable=False,
+        )
+    return token
 
 
 async def _open_registry(spec: RegistrySpec, label: str) -> MessageTransport:
     from codexexec.client.client import open_registry_transport
     from codexexec.remote.registry import RegistryError
 
-    token = registry_token(spec)
+    token = _registry_token(spec, label)
     try:
         async with asyncio.timeout(spec.connect_timeout):
             return await open_registry_transport(spec.registry, spec.environment_id, token)
