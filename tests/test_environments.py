@@ -309,3 +309,24 @@ async def test_a_stdio_environment_whose_program_died_is_not_respawned(
     with pytest.raises(ExecServerError, match="exec-server transport disconnected"):
         await client.call("environment/info", {})
     assert len(marker.read_text().splitlines()) == 1 and environment.attempts == 1
+
+
+async def test_auth_bearer_token_opens_a_guarded_server() -> None:
+    from tests.servers import start_server
+
+    with start_server("codexexec", env={"CODEX_EXEC_SERVER_CONNECTION_TOKEN": "sekrit"}) as guarded:
+        url = guarded.url.replace("127.0.0.1", "localhost")  # loopback: a token is allowed
+        manager = await managed(
+            WebSocketSpec("guarded", url, bearer_token="sekrit"),
+            WebSocketSpec("anonymous", url),
+        )
+        try:
+            guarded_env, anonymous = manager.get("guarded"), manager.get("anonymous")
+            assert guarded_env is not None and anonymous is not None
+            assert (await guarded_env.client()).session_id
+            with pytest.raises(EnvironmentUnavailable) as caught:
+                await anonymous.client()
+            assert str(caught.value).startswith("environment `anonymous`: auth: ")
+            assert "401" in str(caught.value) and "sekrit" not in repr(guarded_env.spec)
+        finally:
+            await manager.aclose()

@@ -57,7 +57,11 @@ INVALID = [
     (entry('id = "devbox"\nurl = "  "'), "environment url cannot be empty"),
     (
         entry('id = "devbox"\nurl = "ws://"'),
-        "environment url `ws://` is invalid: URL error: No host name in the URL",
+        "environment url `ws://` is invalid: HTTP format error: empty string",
+    ),
+    (
+        entry('id = "devbox"\nurl = "ws://exa mple"'),
+        "environment url `ws://exa mple` is invalid: HTTP format error: invalid uri character",
     ),
     (
         entry('id = "devbox"\nurl = "ws://127.0.0.1:8765"\nprogram = "codex"'),
@@ -72,6 +76,18 @@ INVALID = [
     (
         entry('id = "ssh-dev"\nprogram = "ssh"\nconnect_timeout_sec = 1.0'),
         "environment `ssh-dev` connect_timeout_sec requires url",
+    ),
+    (
+        entry('id = "d"\nprogram = "x"\nconnect_timeout_sec = 1\nauth_bearer_token = "t"'),
+        "environment `d` auth_bearer_token requires url",
+    ),
+    (
+        entry('id = "d"\nurl = "ws://10.0.0.1:1"\nauth_bearer_token = ""'),
+        "exec-server WebSocket headers require wss:// or a loopback destination",
+    ),
+    (
+        entry('id = "d"\nurl = "ws://127.0.0.1:1"\nauth_bearer_token = "a\\nb"'),
+        "invalid value for exec-server WebSocket header `authorization`",
     ),
     (
         entry('id = "devbox"\nurl = "ws://127.0.0.1:1"') + entry('id = "devbox"\nprogram = "x"'),
@@ -95,28 +111,65 @@ def test_invalid_files_are_rejected_with_codexs_message(
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
-        ("unknown = true\n", "unknown field `unknown`"),
-        (entry('id = "devbox"\nurl = "ws://127.0.0.1:4512"\nunknown = true'), "unknown field"),
-        (entry('id = "devbox"\nregistry = "http://127.0.0.1:1"'), "unknown field `registry`"),
-        ("default = [\n", "Invalid value (at end of document)"),
-        (entry('url = "ws://127.0.0.1:4512"'), "missing field `id`"),
-        (entry('id = 5\nurl = "ws://127.0.0.1:4512"'), "invalid type: integer `5`"),
+        (
+            "unknown = true\n",
+            "unknown field `unknown`, expected one of `default`, `include_local`, `environments`",
+        ),
+        (
+            entry('id = "devbox"\nurl = "ws://127.0.0.1:4512"\nunknown = true'),
+            "unknown field `unknown`, expected one of `id`, `skills`, `url`, `auth_bearer_token`, "
+            "`program`, `args`, `env`, `cwd`, `connect_timeout_sec`, `initialize_timeout_sec` "
+            "in `environments`",
+        ),
+        (
+            entry('id = "devbox"\nregistry = "http://127.0.0.1:1"'),
+            "unknown field `registry`, expected one of `id`, `skills`, `url`, "
+            "`auth_bearer_token`, `program`, `args`, `env`, `cwd`, `connect_timeout_sec`, "
+            "`initialize_timeout_sec` in `environments`",
+        ),
+        ("default = [\n", "Invalid value (at end of document)"),  # Codex: its TOML parser's
+        (entry('url = "ws://127.0.0.1:4512"'), "missing field `id` in `environments`"),
+        (
+            entry('id = 5\nurl = "ws://127.0.0.1:4512"'),
+            "invalid type: integer `5`, expected a string in `environments.id`",
+        ),
+        (
+            entry('id = "d"\nurl = "ws://127.0.0.1:1"\nargs = [1]'),
+            "invalid type: integer `1`, expected a string in `environments.args`",
+        ),
         (
             entry('id = "d"\nurl = "ws://127.0.0.1:1"\nconnect_timeout_sec = -1'),
-            "cannot convert float seconds to Duration: value is negative",
+            "cannot convert float seconds to Duration: value is negative "
+            "in `environments.connect_timeout_sec`",
         ),
         (
             entry('id = "d"\nurl = "ws://127.0.0.1:1"\nconnect_timeout_sec = nan'),
-            "value is either too big or NaN",
+            "cannot convert float seconds to Duration: value is either too big or NaN "
+            "in `environments.connect_timeout_sec`",
+        ),
+        (
+            entry('id = "d"\nurl = "ws://127.0.0.1:1"\nskills = 5'),
+            "invalid type: integer `5`, expected struct ScopedSkillsConfig "
+            "in `environments.skills`",
+        ),
+        (
+            entry('id = "d"\nurl = "ws://127.0.0.1:1"\nskills = {x = 1}'),
+            "unknown field `x`, expected `required` in `environments.skills`",
+        ),
+        (
+            entry('id = "d"\nurl = "ws://127.0.0.1:1"\nskills = {required = "x"}'),
+            'invalid type: string "x", expected a sequence in `environments.skills.required`',
         ),
     ],
 )
 def test_unparseable_files_name_the_file(tmp_path: Path, text: str, fragment: str) -> None:
+    """Texts as Codex 0.169.0 prints them (its location line joined onto the message)."""
     with pytest.raises(EnvironmentConfigError) as caught:
         load(tmp_path, text, dialect="codex")
     message = str(caught.value)
-    assert message.startswith(f"{P}failed to parse environment config `{tmp_path}/")
-    assert fragment in message
+    prefix = f"{P}failed to parse environment config `{tmp_path}/environments.toml`: "
+    assert message.startswith(prefix)
+    assert message.removeprefix(prefix) == fragment
 
 
 def test_an_unreadable_file_names_the_file(tmp_path: Path) -> None:

@@ -38,9 +38,12 @@ HOME_ENV = "CODEXEXEC_HOME"
 PROTOCOL_ERROR = "exec-server protocol error: "
 
 _TOP_KEYS = ("default", "include_local", "environments")
+# Codex 0.169.0's fields, in its order (its "expected one of" list).
 _CODEX_KEYS = (
     "id",
+    "skills",
     "url",
+    "auth_bearer_token",
     "program",
     "args",
     "env",
@@ -69,6 +72,8 @@ class WebSocketSpec:
     url: str
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     initialize_timeout: float = DEFAULT_INITIALIZE_TIMEOUT
+    # Codex 0.169.0's `auth_bearer_token`: sent as `Authorization: Bearer …` on the upgrade.
+    bearer_token: str | None = field(default=None, repr=False)
 
     kind = "websocket"
     reconnectable = True
@@ -186,34 +191,48 @@ def load_config(path: Path | None = None, *, dialect: Dialect = "codexexec") -> 
 
 
 class _ShapeError(Exception):
-    """What serde would report while deserializing: unknown or missing fields, bad types."""
+    """What serde reports while deserializing (unknown or missing fields, wrong types),
+    worded as Codex 0.169.0 prints it, with the location on the same line."""
 
-
-_TOML_TYPES = {
-    bool: "boolean",
-    int: "integer",
-    float: "floating point",
-    str: "string",
-    list: "sequence",
-    dict: "map",
-}
+    def __init__(self, message: str, where: str | None = None) -> None:
+        super().__init__(f"{message} in `{where}`" if where else message)
 
 
 def _invalid_type(value: Any, expected: str, where: str) -> _ShapeError:
-    kind = _TOML_TYPES.get(type(value), "value")
-    shown = f" `{value}`" if isinstance(value, (bool, int, float, str)) else ""
-    return _ShapeError(f"invalid type: {kind}{shown}, expected {expected} for key `{where}`")
+    if isinstance(value, bool):
+        kind = f"boolean `{str(value).lower()}`"
+    elif isinstance(value, int):
+        kind = f"integer `{value}`"
+    elif isinstance(value, float):
+        kind = f"floating point `{value}`"
+    elif isinstance(value, str):
+        kind = f'string "{value}"'
+    else:
+        kind = "sequence" if isinstance(value, list) else "map"
+    return _ShapeError(f"invalid type: {kind}, expected {expected}", where)
 
 
-def _check_keys(table: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
+def _check_keys(table: Mapping[str, Any], allowed: tuple[str, ...], where: str | None) -> None:
     for key in table:
         if key not in allowed:
-            expected = ", ".join(f"`{name}`" for name in allowed)
-            raise _ShapeError(f"unknown field `{key}`, expected one of {expected}")
+            if len(allowed) == 1:
+                expected = f"expected `{allowed[0]}`"
+            else:
+                expected = "expected one of " + ", ".join(f"`{name}`" for name in allowed)
+            raise _ShapeError(f"unknown field `{key}`, {expected}", where)
+
+
+def _check_strings(values: Any, expected: str, where: str) -> None:
+    """A sequence (``expected`` "a sequence") or map ("a map") whose values are strings."""
+    if not isinstance(values, list if expected == "a sequence" else dict):
+        raise _invalid_type(values, expected, where)
+    for value in values if isinstance(values, list) else values.values():
+        if not isinstance(value, str):
+            raise _invalid_type(value, "a string", where)
 
 
 def _check_shape(document: Mapping[str, Any], dialect: Dialect) -> None:
-    _check_keys(document, _TOP_KEYS)
+    _check_keys(document, _TOP_KEYS, None)
     if "default" in document and not isinstance(document["default"], str):
         raise _invalid_type(document["default"], "a string", "default")
     if "include_local" in document and not isinstance(document["include_local"], bool):
@@ -222,25 +241,34 @@ def _check_shape(document: Mapping[str, Any], dialect: Dialect) -> None:
     if not isinstance(entries, list):
         raise _invalid_type(entries, "a sequence", "environments")
     allowed = _CODEX_KEYS if dialect == "codex" else _CODEX_KEYS + _REGISTRY_KEYS
-    for index, entry in enumerate(entries):
-        where = f"environments[{index}]"
+    for entry in entries:
         if not isinstance(entry, dict):
-            raise _invalid_type(entry, "struct EnvironmentToml", where)
-        _check_keys(entry, allowed)
+            raise _invalid_type(entry, "struct EnvironmentToml", "environments")
+        _check_keys(entry, allowed, "environments")
         if "id" not in entry:
-            raise _ShapeError(f"missing field `id` for key `{where}`")
-        for key in ("id", "url", "program", "cwd", *_REGISTRY_KEYS):
+            raise _ShapeError("missing field `id`", "environments")
+        for key in ("id", "url", "auth_bearer_token", "program", "cwd", *_REGISTRY_KEYS):
             if key in entry and not isinstance(entry[key], str):
-                raise _invalid_type(entry[key], "a string", f"{where}.{key}")
-        args = entry.get("args", [])
-        if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
-            raise _ShapeError(f"invalid type: expected a sequence of strings for `{where}.args`")
-        env = entry.get("env", {})
-        if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
-            raise _ShapeError(f"invalid type: expected a map of strings for `{where}.env`")
+                raise _invalid_type(entry[key], "a string", f"environments.{key}")
+        if "args" in entry:
+            _check_strings(entry["args"], "a sequence", "environments.args")
+        if "env" in entry:
+            _check_strings(entry["env"], "a map", "environments.env")
+        if "skills" in entry:
+            _check_skills(entry["skills"])
         for key in ("connect_timeout_sec", "initialize_timeout_sec"):
             if key in entry:
-                _check_seconds(entry[key], f"{where}.{key}")
+                _check_seconds(entry[key], f"environments.{key}")
+
+
+def _check_skills(skills: Any) -> None:
+    # Codex 0.169.0's per-environment skills table (a harness feature codexexec has no
+    # use for): accepted when well formed, so Codex's files load here unchanged.
+    if not isinstance(skills, dict):
+        raise _invalid_type(skills, "struct ScopedSkillsConfig", "environments.skills")
+    _check_keys(skills, ("required",), "environments.skills")
+    if "required" in skills:
+        _check_strings(skills["required"], "a sequence", "environments.skills.required")
 
 
 def _check_seconds(value: Any, where: str) -> None:
@@ -248,10 +276,10 @@ def _check_seconds(value: Any, where: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _invalid_type(value, "f64", where)
     if value < 0:
-        raise _ShapeError("cannot convert float seconds to Duration: value is negative")
+        raise _ShapeError("cannot convert float seconds to Duration: value is negative", where)
     if not math.isfinite(value) or value > 2**64:
         raise _ShapeError(
-            "cannot convert float seconds to Duration: value is either too big or NaN"
+            "cannot convert float seconds to Duration: value is either too big or NaN", where
         )
 
 
@@ -303,6 +331,8 @@ def _parse_entry(entry: Mapping[str, Any], config_dir: Path | None) -> Environme
     url, program, registry = entry.get("url"), entry.get("program"), entry.get("registry")
     if program is None and any(key in entry for key in ("args", "env", "cwd")):
         raise _protocol_error(f"environment `{environment_id}` args, env, and cwd require program")
+    if url is None and "auth_bearer_token" in entry:
+        raise _protocol_error(f"environment `{environment_id}` auth_bearer_token requires url")
     if url is None and registry is None and "connect_timeout_sec" in entry:
         raise _protocol_error(f"environment `{environment_id}` connect_timeout_sec requires url")
     if registry is None and any(key in entry for key in _REGISTRY_KEYS[1:]):
@@ -317,9 +347,11 @@ def _parse_entry(entry: Mapping[str, Any], config_dir: Path | None) -> Environme
         choices = "url or program" if registry is None else "url, program, or registry"
         raise _protocol_error(f"environment `{environment_id}` must set exactly one of {choices}")
     if url is not None:
-        return WebSocketSpec(
-            environment_id, validate_websocket_url(url), connect_timeout, initialize_timeout
-        )
+        url = validate_websocket_url(url)
+        bearer = entry.get("auth_bearer_token")
+        if bearer is not None:
+            _check_bearer_header(url, bearer)
+        return WebSocketSpec(environment_id, url, connect_timeout, initialize_timeout, bearer)
     if program is not None:
         program = program.strip()
         if not program:
@@ -351,17 +383,32 @@ def validate_websocket_url(url: str) -> str:
 
 
 def _url_problem(url: str) -> str | None:
-    """Why a client request could not be built for ``url`` (None when it can)."""
+    """Why a client request could not be built for ``url`` (None when it can), in the
+    words of the HTTP URI parser Codex uses."""
     from urllib.parse import urlsplit
 
-    try:
-        parts = urlsplit(url)
-        _ = parts.port  # a port that is not a number raises here
-    except ValueError as exc:
-        return f"URL error: {exc}"
-    if not parts.hostname:
-        return "URL error: No host name in the URL"
+    if any(not 33 <= ord(ch) < 127 or ch in '"<>\\^`{|}' for ch in url):
+        return "HTTP format error: invalid uri character"
+    if not urlsplit(url).netloc:
+        return "HTTP format error: empty string"
     return None
+
+
+def _check_bearer_header(url: str, token: str) -> None:
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not url.startswith("wss://") and not loopback:
+        raise _protocol_error(
+            "exec-server WebSocket headers require wss:// or a loopback destination"
+        )
+    if any(not (ch == "\t" or 32 <= ord(ch) < 127) for ch in f"Bearer {token}"):
+        raise _protocol_error("invalid value for exec-server WebSocket header `authorization`")
 
 
 def _stdio_cwd(environment_id: str, cwd: str | None, config_dir: Path | None) -> str | None:

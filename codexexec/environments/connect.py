@@ -113,7 +113,9 @@ async def open_transport(spec: EnvironmentSpec, label: str) -> MessageTransport:
 async def _open_websocket(spec: WebSocketSpec, label: str) -> MessageTransport:
     from codexexec.transport.websocket import ConnectError, connect_websocket
 
-    token = os.environ.get(CONNECTION_TOKEN_ENV) or None
+    token = spec.bearer_token
+    if token is None:
+        token = os.environ.get(CONNECTION_TOKEN_ENV) or None
     try:
         async with asyncio.timeout(spec.connect_timeout):
             # The library's own timeout stays out of the way of the environment's.

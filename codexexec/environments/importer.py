@@ -4,7 +4,9 @@ Codex's file is read with Codex's rules (so it is imported only if Codex would l
 it), its entries are appended to codexexec's file as TOML (relative ``cwd`` made
 absolute, since the file moves), and the result is validated before it replaces the
 old file, so a failed import changes nothing. Codex's ``default`` is reported, not
-copied: which environment codexexec uses by default stays the user's choice.
+copied: which environment codexexec uses by default stays the user's choice. An
+entry's ``skills`` table (a Codex harness setting codexexec has no use for) is not
+carried over.
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ def render(spec: EnvironmentSpec) -> str:
     lines = ["[[environments]]", f"id = {_string(spec.id)}"]
     if isinstance(spec, WebSocketSpec):
         lines.append(f"url = {_string(spec.url)}")
+        if spec.bearer_token is not None:
+            lines.append(f"auth_bearer_token = {_string(spec.bearer_token)}")
     elif isinstance(spec, StdioSpec):
         lines.append(f"program = {_string(spec.program)}")
         if spec.args:

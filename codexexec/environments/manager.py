@@ -66,6 +66,7 @@ class Environment:
         self._current: ExecServerClient | None = None
         self._others: list[ExecServerClient] = []
         self._closed = False
+        self._closing: asyncio.Task[None] | None = None
         # Physical connection attempts so far, and the step timings of the latest success.
         self.attempts = 0
         self.timings: Timings | None = None
@@ -158,9 +159,7 @@ class Environment:
         for task in (self._background, self._startup, self._reconnect):
             if task is not None and not task.done():
                 task.cancel()
-        closing = asyncio.create_task(self._close_clients())
-        _CLOSING.add(closing)
-        closing.add_done_callback(_CLOSING.discard)
+        self._closing = asyncio.create_task(self._close_clients())
 
     async def aclose(self) -> None:
         self.close_soon()
@@ -168,7 +167,9 @@ class Environment:
             if task is not None:
                 with contextlib.suppress(asyncio.CancelledError, ExecServerError):
                     await task
-        await self._close_clients()
+        if self._closing is not None:
+            await self._closing
+        await self._close_clients()  # a client an attempt finished with while we waited
 
     async def _close_clients(self) -> None:
         clients = [c for c in (self._current, *self._others) if c is not None]
@@ -233,10 +234,6 @@ class Environment:
             return client
         client, self.timings = await connect_environment(self.spec, self.id)
         return client
-
-
-# Closings scheduled by close_soon, kept referenced until they finish.
-_CLOSING: set[asyncio.Task[None]] = set()
 
 
 def _snapshot_error(message: str) -> ExecServerError:
