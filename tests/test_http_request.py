@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from codexexec.client import ExecServerClient, ExecServerError, Header
+from codexexec.client import ExecServerClient, ExecServerError, Header, HttpBodyStream
+from codexexec.client.http import MAX_QUEUED_DELTAS
 from codexexec.protocol import messages as m
 from codexexec.protocol.jsonrpc import RpcError
 from codexexec.server.environment_config import read_environment_config
@@ -269,3 +270,17 @@ async def test_environment_config_untrusted_project_and_system_layers(
     (home / "config.toml").write_text("not toml [")
     with pytest.raises(RpcError, match="failed to load executor-local config"):
         read_environment_config(params, system_dir=str(system))
+
+
+async def test_client_stream_that_falls_behind_fails_instead_of_growing() -> None:
+    released: list[str] = []
+    stream = HttpBodyStream("http-x-1", released.append)
+    for seq in range(1, MAX_QUEUED_DELTAS + 10):
+        chunk = base64.b64encode(b"%d," % seq).decode()
+        stream.deliver({"requestId": "http-x-1", "seq": seq, "deltaBase64": chunk, "done": False})
+    received = []
+    with pytest.raises(ExecServerError, match="fell more than 256 deltas behind"):
+        async for chunk in stream:
+            received.append(chunk)
+    assert len(received) == MAX_QUEUED_DELTAS  # what was queued is still delivered
+    assert released == ["http-x-1"]

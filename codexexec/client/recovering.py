@@ -39,6 +39,7 @@ REPLAYABLE_METHODS = frozenset(
         "process/write",
         "environment/info",
         "environment/status",
+        "environmentConfig/read",
         "fs/readFile",
         "fs/getMetadata",
         "fs/readDirectory",
