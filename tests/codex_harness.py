@@ -64,6 +64,30 @@ class NoiseEnvironment:
         }
 
 
+@dataclass(frozen=True)
+class FunctionCall:
+    """The tool call the scripted model makes; a bare string command means `exec_command`."""
+
+    name: str
+    arguments: dict[str, Any]
+    namespace: str | None = None  # e.g. "mcp__<server>" for an MCP tool
+
+    def item(self, call_id: str) -> dict[str, Any]:
+        item = {
+            "type": "function_call",
+            "call_id": call_id,
+            "name": self.name,
+            "arguments": json.dumps(self.arguments),
+        }
+        if self.namespace is not None:
+            item["namespace"] = self.namespace
+        return item
+
+
+def exec_command(cmd: str) -> FunctionCall:
+    return FunctionCall("exec_command", {"cmd": cmd})
+
+
 @dataclass
 class CommandExecution:
     command: str
@@ -87,6 +111,23 @@ class TurnResult:
     def command(self) -> CommandExecution:
         assert len(self.commands) == 1, self.summary()
         return self.commands[0]
+
+    def items(self, item_type: str) -> list[dict[str, Any]]:
+        """Completed turn items of one type (`commandExecution`, `mcpToolCall`, …)."""
+        return [
+            n["params"]["item"]
+            for n in self.notifications
+            if n.get("method") == "item/completed" and n["params"]["item"].get("type") == item_type
+        ]
+
+    def function_call_output(self) -> str:
+        """What the harness sent back to the model for its tool call."""
+        for request in self.model_requests:
+            for item in request.get("input", []):
+                if isinstance(item, dict) and item.get("type") == "function_call_output":
+                    output = item.get("output")
+                    return output if isinstance(output, str) else json.dumps(output)
+        raise AssertionError(f"the harness never answered the model's call: {self.summary()}")
 
     def methods_called(self) -> list[str]:
         return [c["method"] for c in self.exec_server_calls if "method" in c]
@@ -120,10 +161,10 @@ def _completed(response_id: str) -> dict[str, Any]:
 
 
 class FakeResponses:
-    """POST /v1/responses: first an exec_command call, then (after its output) a message."""
+    """POST /v1/responses: first the scripted tool call, then (after its output) a message."""
 
-    def __init__(self, command: str) -> None:
-        self.command = command
+    def __init__(self, call: FunctionCall) -> None:
+        self.call = call
         self.requests: list[dict[str, Any]] = []
         self._ids = itertools.count(1)
 
@@ -143,12 +184,7 @@ class FakeResponses:
                 "content": [{"type": "output_text", "text": "done"}],
             }
         else:
-            output = {
-                "type": "function_call",
-                "call_id": "call_1",
-                "name": "exec_command",
-                "arguments": json.dumps({"cmd": self.command}),
-            }
+            output = self.call.item("call_1")
         events = [
             {"type": "response.created", "response": {"id": response_id}},
             {"type": "response.output_item.done", "item": output},
@@ -158,8 +194,8 @@ class FakeResponses:
 
 
 @contextlib.asynccontextmanager
-async def _fake_responses(command: str) -> AsyncIterator[tuple[FakeResponses, str]]:
-    fake = FakeResponses(command)
+async def _fake_responses(call: FunctionCall) -> AsyncIterator[tuple[FakeResponses, str]]:
+    fake = FakeResponses(call)
     app = web.Application()
     app.router.add_post("/v1/responses", fake.handle)
     runner = web.AppRunner(app, access_log=None)
@@ -371,19 +407,21 @@ async def _drive_turn(
 
 async def run_codex_turn(
     environment: UrlEnvironment | NoiseEnvironment,
-    command: str,
+    command: str | FunctionCall,
     *,
     cwd: str = "/tmp",
     extra_env: dict[str, str] | None = None,
     timeout: float = TURN_TIMEOUT_SECONDS,
 ) -> TurnResult:
-    """One harness turn that runs ``command`` (through `bash -lc`) on ``environment``."""
+    """One harness turn on ``environment`` whose model makes one tool call: ``command`` run
+    through `exec_command` (`bash -lc`), or any other FunctionCall (an MCP tool, say)."""
+    call = exec_command(command) if isinstance(command, str) else command
     home = Path(tempfile.mkdtemp(prefix="codex-harness-", dir="/var/tmp"))
     env = dict(extra_env or {})
     proxy: RecordingProxy | None = None
     try:
         async with contextlib.AsyncExitStack() as stack:
-            fake, model_url = await stack.enter_async_context(_fake_responses(command))
+            fake, model_url = await stack.enter_async_context(_fake_responses(call))
             url_environment: UrlEnvironment | None = None
             if isinstance(environment, UrlEnvironment):
                 url_environment = environment
@@ -406,21 +444,17 @@ async def run_codex_turn(
                 raise AssertionError(f"{exc!r}; stderr tail:\n{app.stderr_tail()}") from exc
             finally:
                 await app.stop()
-            commands = [
-                _command(n["params"]["item"])
-                for n in notifications
-                if n.get("method") == "item/completed"
-                and n["params"]["item"].get("type") == "commandExecution"
-            ]
-            return TurnResult(
+            result = TurnResult(
                 turn_status=status,
-                commands=commands,
+                commands=[],
                 notifications=notifications,
                 model_requests=fake.requests,
                 exec_server_calls=list(proxy.calls) if proxy else [],
                 exec_server_replies=list(proxy.replies) if proxy else [],
                 stderr_tail=app.stderr_tail(),
             )
+            result.commands = [_command(item) for item in result.items("commandExecution")]
+            return result
     finally:
         shutil.rmtree(home, ignore_errors=True)
 

@@ -142,3 +142,63 @@ async def upstream() -> AsyncIterator[Upstream]:
         yield state
     finally:
         await runner.cleanup()
+
+
+@dataclass
+class McpStub:
+    """A Streamable-HTTP MCP server with one tool, `ping`; it records each JSON-RPC method."""
+
+    port: int = 0
+    methods: list[str] = field(default_factory=list)
+    reply: str = "pong from the executor's side"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if request.method != "POST":
+            self.methods.append(request.method)  # GET (event stream) and DELETE (session end)
+            return web.Response(status=405 if request.method == "GET" else 200)
+        message = await request.json()
+        self.methods.append(message["method"])
+        if "id" not in message:
+            return web.Response(status=202)
+        results = {
+            "initialize": {
+                "protocolVersion": message.get("params", {}).get("protocolVersion"),
+                "capabilities": {"tools": {}},
+                "serverInfo": {"name": "stub", "version": "1"},
+            },
+            "tools/list": {
+                "tools": [
+                    {
+                        "name": "ping",
+                        "description": "Answers pong.",
+                        "inputSchema": {"type": "object", "properties": {}},
+                    }
+                ]
+            },
+            "tools/call": {"content": [{"type": "text", "text": self.reply}]},
+        }
+        result = results.get(message["method"], {})
+        return web.json_response(
+            {"jsonrpc": "2.0", "id": message["id"], "result": result},
+            headers={"Mcp-Session-Id": "stub-session"},
+        )
+
+
+@contextlib.asynccontextmanager
+async def mcp_stub() -> AsyncIterator[McpStub]:
+    state = McpStub()
+    app = web.Application()
+    app.router.add_route("*", "/mcp", state.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    state.port = runner.addresses[0][1]
+    try:
+        yield state
+    finally:
+        await runner.cleanup()

@@ -67,9 +67,15 @@ def start_server(
         argv = codexexec_command("serve", "--listen", "ws://127.0.0.1:0", *extra_args)
         home = None
     else:
-        # Outside /tmp: under /tmp Codex refuses to create its sandbox helpers.
-        home = tempfile.mkdtemp(prefix="codex-home-", dir="/var/tmp")
-        full_env["CODEX_HOME"] = home
+        # Outside /tmp: under /tmp Codex refuses to create its sandbox helpers. A caller's
+        # own CODEX_HOME (a config to test) is used as given and left in place.
+        home = (
+            None
+            if "CODEX_HOME" in (env or {})
+            else tempfile.mkdtemp(prefix="codex-home-", dir="/var/tmp")
+        )
+        if home:
+            full_env["CODEX_HOME"] = home
         argv = [codex_binary(), "exec-server", "--listen", "ws://127.0.0.1:0", *extra_args]
     process = subprocess.Popen(
         [*wrapper, *argv], stdout=subprocess.PIPE, env=full_env, cwd=tempfile.gettempdir()
