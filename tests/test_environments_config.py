@@ -320,3 +320,13 @@ async def test_manager_lookups_and_default_order() -> None:
         assert disabled.get("local") is not None
     finally:
         await manager.aclose()
+
+
+def test_the_readme_example_loads(tmp_path: Path) -> None:
+    import re
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    (example,) = re.findall(r"```toml\n(.*?)\n```", readme, re.S)
+    config = load(tmp_path, example)
+    assert [spec.kind for spec in config.environments] == ["registry", "stdio", "websocket"]
+    assert config.default == "devbox"
