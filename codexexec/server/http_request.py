@@ -92,12 +92,14 @@ class HttpRequests:
             exchange = await _Exchange.open(
                 call, params.redirect_policy == "follow", deadline, self._network
             )
-        except InvalidRequest as exc:
-            self._reserved.discard(request_id or "")
-            raise RpcError(INVALID_PARAMS, str(exc)) from None
-        except _SendFailed as exc:
-            self._reserved.discard(request_id or "")
-            raise RpcError(INTERNAL_ERROR, f"http/request failed: {exc}") from None
+        except BaseException as exc:
+            if request_id is not None:
+                self._reserved.discard(request_id)
+            if isinstance(exc, InvalidRequest):
+                raise RpcError(INVALID_PARAMS, str(exc)) from None
+            if isinstance(exc, _SendFailed):
+                raise RpcError(INTERNAL_ERROR, f"http/request failed: {exc}") from None
+            raise
         result = {"status": exchange.status, "headers": exchange.headers, "bodyBase64": ""}
         if request_id is None:
             try:
