@@ -154,6 +154,29 @@ def test_detach_on_a_websocket_environment_and_follow_across_a_dropped_connectio
         proxy.stop()
 
 
+def test_exec_streams_on_across_a_dropped_connection(
+    tmp_path: Path, codexexec_server: RunningServer
+) -> None:
+    proxy = TcpProxy(int(codexexec_server.url.rsplit(":", 1)[1]))
+    home = tmp_path / "home"
+    write_config(home, f'[[environments]]\nid = "box"\nurl = "{proxy.ws_url()}"\n')
+    try:
+        running = subprocess.Popen(
+            codexexec_command("exec", "--env", "box", "--", "sh", "-c", SLOW_LINES),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**cli_env(home), "CODEXEXEC_LOG": "info"},
+        )
+        time.sleep(1.0)
+        proxy.cut()
+        out, err = running.communicate(timeout=60)
+        assert out.splitlines() == [f"line{i}" for i in range(1, LINES + 1)], err
+        assert running.returncode == 6 and "box: resumed session" in err
+    finally:
+        proxy.stop()
+
+
 def test_env_list_and_check(tmp_path: Path, codexexec_server: RunningServer) -> None:
     home = tmp_path / "home"
     marker = tmp_path / "spawned"
