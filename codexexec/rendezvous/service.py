@@ -80,7 +80,7 @@ from aiohttp.typedefs import Handler
 
 from codexexec.protocol.registry import LEGACY_PROFILE as SECURITY_PROFILE_LEGACY
 from codexexec.protocol.registry import NOISE_PROFILE as SECURITY_PROFILE_NOISE
-from codexexec.protocol.registry import STREAM_ID_HEADER
+from codexexec.protocol.registry import NOISE_SUITES, STREAM_ID_HEADER
 from codexexec.relay.frames import FrameError, body_kind, encode_reset, parse, stream_header
 from codexexec.relay.limits import MAX_WEBSOCKET_MESSAGE_BYTES
 from codexexec.rendezvous.agent_auth import AgentKeys, is_agent_assertion
@@ -176,6 +176,7 @@ class ApiError(Exception):
         self.status = status
         self.code = code
         self.message = message
+        self.extra: dict[str, str] = {}
 
 
 _MAX_LOGGED_VALUE = 160
@@ -203,10 +204,16 @@ def _event(level: int, event: str, **fields: object) -> None:
 
 
 def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, str] | None = None,
 ) -> web.Response:
     return web.json_response(
-        {"error": {"code": code, "message": message}}, status=status, headers=headers
+        {"error": {"code": code, "message": message, **(extra or {})}},
+        status=status,
+        headers=headers,
     )
 
 
@@ -738,12 +745,12 @@ async def handle_register(request: web.Request) -> web.Response:
     body = await _json_body(request, optional=True)
     profile = body.get("security_profile", SECURITY_PROFILE_LEGACY)
     key = body.get("executor_public_key")
-    if profile == SECURITY_PROFILE_NOISE:
-        if not isinstance(key, dict) or not key:
+    if profile in NOISE_SUITES:
+        if not isinstance(key, dict) or key.get("suite") != NOISE_SUITES[profile]:
             raise ApiError(
                 400,
                 "invalid_request",
-                f"{SECURITY_PROFILE_NOISE} needs an executor_public_key object",
+                f"{profile} needs an executor_public_key object of suite {NOISE_SUITES[profile]}",
             )
     elif profile == SECURITY_PROFILE_LEGACY:
         if key is not None:
@@ -754,7 +761,8 @@ async def handle_register(request: web.Request) -> web.Response:
         raise ApiError(
             400,
             "unsupported_security_profile",
-            f"security_profile must be {SECURITY_PROFILE_NOISE!r} or {SECURITY_PROFILE_LEGACY!r}",
+            "security_profile must be one of "
+            + ", ".join(repr(name) for name in (*NOISE_SUITES, SECURITY_PROFILE_LEGACY)),
         )
     registration = state.store.register(environment_id, profile, key, principal.label)
     state.relay.supersede(environment_id, registration.registration_id)
@@ -802,13 +810,16 @@ async def handle_connect(request: web.Request) -> web.Response:
         "security_profile": registration.security_profile,
         "executor_registration_id": registration.registration_id,
     }
-    if registration.security_profile == SECURITY_PROFILE_NOISE:
+    profile = registration.security_profile
+    if profile in NOISE_SUITES:
         if not isinstance(harness_key, dict) or not harness_key:
             raise ApiError(
                 400,
                 "invalid_request",
                 "harness_public_key (an object) is required for this environment",
             )
+        if harness_key.get("suite") != NOISE_SUITES[profile]:
+            raise _profile_mismatch(environment_id, profile)
         response["executor_public_key"] = registration.executor_public_key
         response["harness_key_authorization"] = state.store.issue_authorization(
             environment_id,
@@ -817,11 +828,7 @@ async def handle_connect(request: web.Request) -> web.Response:
             state.options.authorization_ttl,
         )
     elif harness_key is not None:
-        raise ApiError(
-            409,
-            "security_profile_mismatch",
-            f"environment {environment_id!r} uses the legacy cleartext relay, not Noise",
-        )
+        raise _profile_mismatch(environment_id, profile)
     _event(
         logging.INFO,
         "registry.connect",
@@ -832,6 +839,18 @@ async def handle_connect(request: web.Request) -> web.Response:
         token=principal.label,
     )
     return web.json_response(response)
+
+
+def _profile_mismatch(environment_id: str, profile: str) -> ApiError:
+    """The harness offered a key for another profile; the error names the right one so a
+    harness that speaks it can ask again (a codexexec extension of the error body)."""
+    error = ApiError(
+        409,
+        "security_profile_mismatch",
+        f"environment {environment_id!r} uses the {profile} security profile",
+    )
+    error.extra["security_profile"] = profile
+    return error
 
 
 async def handle_validate(request: web.Request) -> web.Response:
@@ -988,7 +1007,7 @@ async def _errors_and_access_log(request: web.Request, handler: Handler) -> web.
         return response
     except ApiError as error:
         status = error.status
-        return error_response(error.status, error.code, error.message)
+        return error_response(error.status, error.code, error.message, extra=error.extra)
     except AuthError as error:
         status = error.status
         _event(
