@@ -49,10 +49,10 @@ def write_config(home: Path, text: str) -> None:
     (home / "environments.toml").write_text(text)
 
 
-def follow(home: Path, handle: str) -> subprocess.Popen[str]:
-    """`read HANDLE --follow` in the background, logging its session recoveries."""
+def follow(home: Path, *args: str) -> subprocess.Popen[str]:
+    """A codexexec command in the background, logging its session recoveries."""
     return subprocess.Popen(
-        codexexec_command("read", handle, "--follow"),
+        codexexec_command(*args),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -115,7 +115,7 @@ def test_devbox_and_ssh_like_run_commands_and_a_detached_process_survives_a_cut(
     handle = started.stdout.strip()
     assert started.returncode == 0 and handle.startswith("devbox#"), started.stderr
     # A reader following from another terminal while the executor's connection drops.
-    follower = follow(home, handle)
+    follower = follow(home, "read", handle, "--follow")
     time.sleep(1.0)
     before = proxy.accepted
     proxy.cut()  # the executor's relay connection (and its registry session) is gone
@@ -132,49 +132,41 @@ def test_devbox_and_ssh_like_run_commands_and_a_detached_process_survives_a_cut(
     assert again.stdout.splitlines() == expected and again.returncode == 6, again.stderr
 
 
+@pytest.fixture
+def box(tmp_path: Path, codexexec_server: RunningServer) -> Iterator[tuple[Path, TcpProxy]]:
+    """A websocket entry `box` whose connections go through a proxy that can cut them."""
+    proxy = TcpProxy(int(codexexec_server.url.rsplit(":", 1)[1]))
+    home = tmp_path / "home"
+    write_config(home, f'[[environments]]\nid = "box"\nurl = "{proxy.ws_url()}"\n')
+    yield home, proxy
+    proxy.stop()
+
+
+def cut_while_running(proxy: TcpProxy, running: subprocess.Popen[str]) -> tuple[str, str]:
+    """Cut every connection a second into ``running``; its output once it is done."""
+    time.sleep(1.0)
+    proxy.cut()
+    out, err = running.communicate(timeout=60)
+    assert out.splitlines() == [f"line{i}" for i in range(1, LINES + 1)], err
+    assert running.returncode == 6 and "box: resumed session" in err
+    return out, err
+
+
 def test_detach_on_a_websocket_environment_and_follow_across_a_dropped_connection(
-    tmp_path: Path, codexexec_server: RunningServer
+    box: tuple[Path, TcpProxy],
 ) -> None:
-    proxy = TcpProxy(int(codexexec_server.url.rsplit(":", 1)[1]))
-    home = tmp_path / "home"
-    write_config(home, f'[[environments]]\nid = "box"\nurl = "{proxy.ws_url()}"\n')
-    try:
-        started = cx(home, "exec", "--env", "box", "--detach", "--", "sh", "-c", SLOW_LINES)
-        handle = started.stdout.strip()
-        assert started.returncode == 0 and handle.startswith("box#"), started.stderr
-        follower = follow(home, handle)
-        time.sleep(1.0)
-        proxy.cut()
-        out, err = follower.communicate(timeout=60)
-        assert out.splitlines() == [f"line{i}" for i in range(1, LINES + 1)], err
-        assert "box: resumed session" in err
-        # detach, follow, then the resume (retried while the server still held the old socket)
-        assert follower.returncode == 6 and proxy.accepted >= 3
-    finally:
-        proxy.stop()
+    home, proxy = box
+    started = cx(home, "exec", "--env", "box", "--detach", "--", "sh", "-c", SLOW_LINES)
+    handle = started.stdout.strip()
+    assert started.returncode == 0 and handle.startswith("box#"), started.stderr
+    cut_while_running(proxy, follow(home, "read", handle, "--follow"))
+    # detach, follow, then the resume (retried while the server still held the old socket)
+    assert proxy.accepted >= 3
 
 
-def test_exec_streams_on_across_a_dropped_connection(
-    tmp_path: Path, codexexec_server: RunningServer
-) -> None:
-    proxy = TcpProxy(int(codexexec_server.url.rsplit(":", 1)[1]))
-    home = tmp_path / "home"
-    write_config(home, f'[[environments]]\nid = "box"\nurl = "{proxy.ws_url()}"\n')
-    try:
-        running = subprocess.Popen(
-            codexexec_command("exec", "--env", "box", "--", "sh", "-c", SLOW_LINES),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**cli_env(home), "CODEXEXEC_LOG": "info"},
-        )
-        time.sleep(1.0)
-        proxy.cut()
-        out, err = running.communicate(timeout=60)
-        assert out.splitlines() == [f"line{i}" for i in range(1, LINES + 1)], err
-        assert running.returncode == 6 and "box: resumed session" in err
-    finally:
-        proxy.stop()
+def test_exec_streams_on_across_a_dropped_connection(box: tuple[Path, TcpProxy]) -> None:
+    home, proxy = box
+    cut_while_running(proxy, follow(home, "exec", "--env", "box", "--", "sh", "-c", SLOW_LINES))
 
 
 def test_env_list_and_check(tmp_path: Path, codexexec_server: RunningServer) -> None:
