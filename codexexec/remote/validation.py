@@ -18,8 +18,6 @@ from codexexec.protocol.registry import STREAM_ID_HEADER
 from codexexec.remote.registry import RegistryError, check_environment_id, credential_headers
 
 if TYPE_CHECKING:
-    import aiohttp
-
     from codexexec.remote.auth.base import AuthProvider
 
 
@@ -34,7 +32,6 @@ class Validation(enum.Enum):
 
 
 async def validate_harness_key(
-    http: aiohttp.ClientSession,
     base_url: str,
     environment_id: str,
     token: AuthProvider | str | None,
@@ -46,7 +43,8 @@ async def validate_harness_key(
 ) -> Validation:
     """One /validate round trip. Network failures count as REGISTRY_HTTP; the caller bounds
     the wait (10 s, verified §1.4) and treats the timeout as a failure too."""
-    import aiohttp
+    from codexexec.relay.limits import VALIDATION_TIMEOUT_SECONDS
+    from codexexec.remote.http import Unreachable, post_json
 
     url = (
         f"{base_url.rstrip('/')}/cloud/environment/{check_environment_id(environment_id)}/validate"
@@ -61,11 +59,10 @@ async def validate_harness_key(
         "harness_key_authorization": authorization,
     }
     try:
-        async with http.post(url, json=body, headers=headers, allow_redirects=False) as response:
-            status = response.status
-            text = await response.text() if 200 <= status < 300 else ""
-    except aiohttp.ClientError:
+        reply = await post_json(url, body, headers, VALIDATION_TIMEOUT_SECONDS)
+    except Unreachable:
         return Validation.REGISTRY_HTTP
+    status, text = reply.status, reply.text
     if status == 401:
         return Validation.EXECUTOR_UNAUTHORIZED
     if not 200 <= status < 300:

@@ -36,8 +36,6 @@ from codexexec.transport.base import TransportClosed
 from codexexec.transport.relay import VirtualStream
 
 if TYPE_CHECKING:
-    import aiohttp
-
     from codexexec.noise.profiles import NoiseParty, RecordCipher
     from codexexec.remote.auth.base import AuthProvider
 
@@ -161,15 +159,6 @@ class ExecutorRelay:
         self.connections = 0
 
     async def run(self) -> None:
-        import aiohttp
-
-        from codexexec.remote.registry import REQUEST_TIMEOUT_SECONDS
-
-        timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS)
-        async with aiohttp.ClientSession(timeout=timeout) as http:
-            await self._run(http)
-
-    async def _run(self, http: aiohttp.ClientSession) -> None:
         backoff = RECONNECT_BACKOFF_INITIAL_SECONDS
         bundle = None
         while True:
@@ -199,7 +188,7 @@ class ExecutorRelay:
                     )
                     if self._on_ready is not None:
                         self._on_ready(self._environment_id)
-                    await self._serve_socket(ws, bundle, http)
+                    await self._serve_socket(ws, bundle)
             except InvalidStatus as exc:
                 if 400 <= exc.response.status_code < 500:
                     bundle = None  # the relay URL expired or was refused: register again
@@ -211,9 +200,7 @@ class ExecutorRelay:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, RECONNECT_BACKOFF_MAX_SECONDS)
 
-    def _profile(
-        self, streams: SocketStreams, bundle: RelayBundle, http: aiohttp.ClientSession
-    ) -> StreamProfile:
+    def _profile(self, streams: SocketStreams, bundle: RelayBundle) -> StreamProfile:
         if self._party is None:
             return CleartextStreams(streams)
         from codexexec.remote.validation import Validation, validate_harness_key
@@ -223,7 +210,6 @@ class ExecutorRelay:
             stream_id: str, harness_public_key: dict[str, str], authorization: str
         ) -> Validation:
             return await validate_harness_key(
-                http,
                 self._registry_url,
                 self._environment_id,
                 self._token,
@@ -235,12 +221,10 @@ class ExecutorRelay:
 
         return NoiseStreams(streams, self._party, bundle, validate)
 
-    async def _serve_socket(
-        self, ws: ClientConnection, bundle: RelayBundle, http: aiohttp.ClientSession
-    ) -> None:
+    async def _serve_socket(self, ws: ClientConnection, bundle: RelayBundle) -> None:
         admission = Admission.IMPLICIT if self._party is None else Admission.EXPLICIT
         streams = SocketStreams(StreamTable(admission=admission), self._serve, ws)
-        profile = self._profile(streams, bundle, http)
+        profile = self._profile(streams, bundle)
         try:
             async for message in ws:
                 if isinstance(message, str):
