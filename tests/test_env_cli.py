@@ -378,3 +378,13 @@ registry = "{rendezvous.url}"
     nobody = cx(home, "exec", "--env", "nobody", "--", "true")
     assert nobody.stderr.startswith("codexexec: error: environment `nobody`: connect: ")
     assert "404" in nobody.stderr
+
+
+def test_read_opens_only_the_connection_it_resumes(box: tuple[Path, TcpProxy]) -> None:
+    home, proxy = box
+    started = cx(home, "exec", "--env", "box", "--detach", "--", "echo", "once")
+    handle = started.stdout.strip()
+    for _ in range(2):
+        read = cx(home, "read", handle, "--follow")
+        assert read.stdout == "once\n" and read.returncode == 0, read.stderr
+    assert proxy.accepted == 3  # no background start of a session nobody would use

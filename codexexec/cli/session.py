@@ -46,7 +46,7 @@ async def _connected(
     """The client of environment ``env`` (None: the default) and the environment's name."""
     from codexexec.cli.targets import chosen_environment, connect
 
-    async with chosen_environment(env) as environment:
+    async with chosen_environment(env, autostart=resume_session_id is None) as environment:
         if detach and environment.kind in ("local", "stdio"):
             fail(_DETACH_NEEDS_SERVER[environment.kind].format(environment.id), 2)
         yield await connect(environment, resume_session_id=resume_session_id), environment.id

@@ -41,8 +41,13 @@ def _is_literal(target: str) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def chosen_environment(target: str | None) -> AsyncIterator[Environment]:
-    """The environment ``target`` names (None: the configured default), closed afterwards."""
+async def chosen_environment(
+    target: str | None, *, autostart: bool = True
+) -> AsyncIterator[Environment]:
+    """The environment ``target`` names (None: the configured default), closed afterwards.
+
+    ``autostart=False`` when only a session will be resumed: no other session is opened.
+    """
     config = None if target is not None and _is_literal(target) else load_environments()
     if target is None:
         assert config is not None
@@ -50,10 +55,10 @@ async def chosen_environment(target: str | None) -> AsyncIterator[Environment]:
             fail(f"no default environment is configured ({config.path}): pass --env NAME", 2)
         target = config.default
     if config is None:
-        manager = EnvironmentManager()
+        manager = EnvironmentManager(autostart=autostart)
     else:
         try:
-            manager = EnvironmentManager.from_config(config, only=[target])
+            manager = EnvironmentManager.from_config(config, only=[target], autostart=autostart)
         except ExecServerError as exc:
             fail(str(exc))
     try:

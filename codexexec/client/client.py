@@ -268,6 +268,11 @@ class ExecServerClient:
     def connected(self) -> bool:
         return not self._peer.closed.is_set()
 
+    @property
+    def lost_reason(self) -> str:
+        """Why calls fail once the connection is gone, for error messages."""
+        return f"exec-server transport disconnected ({self.description})"
+
     async def wait_closed(self) -> None:
         await self._peer.closed.wait()
 

@@ -115,9 +115,7 @@ class RemoteProcess:
                     continue
                 if event is None:
                     if not self.client.connected:
-                        raise ExecServerError(
-                            f"exec-server transport disconnected ({self.client.description})"
-                        )
+                        raise ExecServerError(self.client.lost_reason)
                     await buffer.wait_changed()
                     continue
                 if event.seq is not None:

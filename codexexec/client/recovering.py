@@ -105,6 +105,10 @@ class RecoveringClient(ExecServerClient):
         return self.failure is None and not self._closing
 
     @property
+    def lost_reason(self) -> str:
+        return self.failure or super().lost_reason
+
+    @property
     def recovering(self) -> bool:
         return self._recovery is not None and not self._recovery.done()
 

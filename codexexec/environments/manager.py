@@ -141,10 +141,8 @@ class Environment:
     def error(self) -> str | None:
         """Why the environment is disconnected, when it is."""
         current = self._current
-        if isinstance(current, RecoveringClient) and current.failure is not None:
-            return current.failure
         if current is not None and not current.connected:
-            return f"exec-server transport disconnected ({current.description})"
+            return current.lost_reason
         startup = self._startup
         if current is None and startup is not None and startup.done() and not startup.cancelled():
             exc = startup.exception()
@@ -243,26 +241,41 @@ def _snapshot_error(message: str) -> ExecServerError:
 class EnvironmentManager:
     """The named environments of one harness; lookups return the same object each time."""
 
-    def __init__(self, *, include_local: bool = True, default: str | None = None) -> None:
+    def __init__(
+        self, *, include_local: bool = True, default: str | None = None, autostart: bool = True
+    ) -> None:
         self._local = Environment(LocalSpec()) if include_local else None
         self._environments: dict[str, Environment] = {}
         self._adhoc: dict[str, Environment] = {}
         self.default_id = default
+        # False for a user that only resumes sessions: a background start would open a
+        # session nobody uses.
+        self.autostart = autostart
 
     @classmethod
     def from_config(
-        cls, config: EnvironmentsConfig, *, only: Collection[str] | None = None
+        cls,
+        config: EnvironmentsConfig,
+        *,
+        only: Collection[str] | None = None,
+        autostart: bool = True,
     ) -> EnvironmentManager:
         """Validate the whole snapshot, then register (``only``: just these) and start."""
         ids = [spec.id for spec in config.environments]
         _validate_snapshot(ids, config.default, config.include_local)
-        manager = cls(include_local=config.include_local, default=config.default)
+        manager = cls(
+            include_local=config.include_local, default=config.default, autostart=autostart
+        )
         for spec in config.environments:
             if only is None or spec.id in only:
                 manager._environments[spec.id] = Environment(spec)
         for environment in manager._environments.values():
-            environment.start_connecting()
+            manager._start(environment)
         return manager
+
+    def _start(self, environment: Environment) -> None:
+        if self.autostart:
+            environment.start_connecting()
 
     def get(self, environment_id: str) -> Environment | None:
         if environment_id == LOCAL_ENVIRONMENT_ID:
@@ -295,7 +308,7 @@ class EnvironmentManager:
         self._environments[spec.id] = environment
         if old is not None:
             old.close_soon()
-        environment.start_connecting()
+        self._start(environment)
         return environment
 
     def remove(self, environment_id: str) -> None:
@@ -314,7 +327,7 @@ class EnvironmentManager:
 
             environment = Environment(spec_for_target(target, config), label=target)
             self._adhoc[target] = environment
-            environment.start_connecting()
+            self._start(environment)
         return environment
 
     async def aclose(self) -> None:
