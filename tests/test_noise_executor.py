@@ -581,3 +581,60 @@ async def test_a_reset_reaches_the_user_as_one_fixed_message(stack: Stack) -> No
     with pytest.raises(ExecServerError, match="Noise relay stream reset"):
         await client.call("environment/info", None)
     await client.close()
+
+
+async def test_a_refused_relay_url_is_retried_once_with_a_fresh_bundle(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import codexexec.transport.noise_harness as noise_harness
+
+    real_open = noise_harness.open_relay_socket
+    urls: list[str] = []
+
+    async def open_with_a_stale_first_url(url: str, environment_id: str) -> ClientConnection:
+        urls.append(url)
+        if len(urls) == 1:  # an unusable signed URL: the rendezvous answers 401
+            url = _without_signature(url)
+        return await real_open(url, environment_id)
+
+    real_connect = noise_harness.connect_harness_noise
+    bundles = 0
+
+    async def counting_connect(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        nonlocal bundles
+        bundles += 1
+        return await real_connect(*args, **kwargs)
+
+    monkeypatch.setattr(noise_harness, "open_relay_socket", open_with_a_stale_first_url)
+    monkeypatch.setattr(noise_harness, "connect_harness_noise", counting_connect)
+    transport = await noise_harness.connect_noise_harness(stack.url, ENV, TOKEN)
+    await transport.send(
+        _record({"id": 1, "method": "initialize", "params": {"clientName": "t"}})[4:]
+    )
+    assert b"sessionId" in (await transport.receive() or b"")
+    await transport.close()
+    assert len(urls) == 2 and bundles == 2  # one retry, with a fresh bundle
+
+
+async def test_a_relay_that_keeps_refusing_fails_with_the_status(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import codexexec.transport.noise_harness as noise_harness
+    from codexexec.remote.registry import RegistryError
+
+    real_open = noise_harness.open_relay_socket
+
+    async def always_stale(url: str, environment_id: str) -> ClientConnection:
+        return await real_open(_without_signature(url), environment_id)
+
+    monkeypatch.setattr(noise_harness, "open_relay_socket", always_stale)
+    with pytest.raises(RegistryError, match=r"refused the connection to `devbox` \(401\)"):
+        await noise_harness.connect_noise_harness(stack.url, ENV, TOKEN)
+
+
+def _without_signature(url: str) -> str:
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "sig"])
+    return urlunsplit(parts._replace(query=query))

@@ -64,7 +64,17 @@ async def connect_noise_harness(
         bundle = await connect_harness_noise(
             registry_url, environment_id, token, party.public_key_json(), party.profile
         )
-    ws = await open_relay_socket(bundle["url"], environment_id)
+    try:
+        ws = await open_relay_socket(bundle["url"], environment_id)
+    except RegistryError as exc:
+        if exc.status != 401:
+            raise
+        # The signed URL expired or was refused: a bundle is single-use, so fetch one fresh
+        # bundle and try once more (as Codex's harness does on its first connection).
+        bundle = await connect_harness_noise(
+            registry_url, environment_id, token, party.public_key_json(), party.profile
+        )
+        ws = await open_relay_socket(bundle["url"], environment_id)
     stream_id = str(uuid.uuid4())
     prologue = build_prologue(environment_id, bundle["executor_registration_id"], stream_id)
     try:

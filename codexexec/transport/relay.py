@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from codexexec.noise.transport import NoiseError
 from codexexec.relay.frames import FrameError, encode, parse, resume_frame
@@ -116,6 +116,11 @@ async def open_relay_socket(url: str, environment_id: str) -> ClientConnection:
             ping_timeout=PONG_TIMEOUT_SECONDS,
             user_agent_header=None,
         )
+    except InvalidStatus as exc:
+        status = exc.response.status_code
+        raise RegistryError(
+            f"the relay refused the connection to `{environment_id}` ({status})", status=status
+        ) from None
     except (OSError, InvalidHandshake, TimeoutError) as exc:
         raise RegistryError(
             f"cannot open the relay for `{environment_id}`: {type(exc).__name__}"
