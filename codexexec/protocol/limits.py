@@ -38,3 +38,16 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 # One read from a child's stdout/stderr; larger reads mean fewer, bigger notifications.
 OUTPUT_READ_CHUNK_BYTES = 64 * 1024
+
+# Filesystem methods (Codex 0.169.0, docs/codex-0.169-observed.md §20).
+FS_MAX_OPEN_HANDLES_PER_CONNECTION = 128
+FS_MAX_HANDLE_ID_BYTES = 32
+FS_MAX_BLOCK_BYTES = 1024 * 1024  # fs/readBlock len and fs/writeBlock chunk, decoded
+FS_WALK_MAX_DEPTH = 64
+FS_WALK_MAX_DIRECTORIES = 10_000
+FS_WALK_MAX_ENTRIES = 50_000
+# fs/walk stops once its entries would exceed this: each costs its URI's length + 64.
+FS_WALK_RESPONSE_BUDGET_BYTES = 4 * 1024 * 1024
+FS_WALK_ITEM_OVERHEAD_BYTES = 64
+# codexexec's bound (Codex has none): whole-file reads and listings that fit one message.
+FS_MAX_WHOLE_READ_BYTES = (MAX_MESSAGE_BYTES - 64 * 1024) // 4 * 3

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Final, TypeAlias
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
-__all__ = ["InvalidPathUri", "PathConvention", "PathUri"]
+__all__ = ["InvalidPathUri", "PathConvention", "PathUri", "encode_segment"]
 
 
 class InvalidPathUri(ValueError):
@@ -104,6 +104,11 @@ def _q(text: str | bytes) -> str:
 
 def _encode_segment(raw: bytes) -> str:
     return quote_from_bytes(raw, _SAFE)
+
+
+def encode_segment(name: bytes) -> str:
+    """A file name (raw bytes) as one canonical PathUri segment, for building child URIs."""
+    return _encode_segment(name)
 
 
 def _b64encode(payload: bytes) -> str:

@@ -5,6 +5,7 @@ The server calls only this; which OS mechanism runs is decided here, per host.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from dataclasses import dataclass, field
@@ -36,6 +37,13 @@ class SandboxedCommand:
         for fd in self.pass_fds:
             os.close(fd)
         self.pass_fds = ()
+
+
+def remove_created_paths(paths: list[str]) -> None:
+    """Remove the mount points bwrap created for masks, once the sandboxed process is gone."""
+    for path in reversed(paths):
+        with contextlib.suppress(OSError):
+            os.rmdir(path)  # only if still empty: never removes anything real
 
 
 # Managed network without a file-system intent: everything but the network is open.

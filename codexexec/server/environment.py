@@ -18,7 +18,9 @@ CAPABILITIES: dict[str, bool] = {
     "capabilityDiscoverySandbox": False,
     "environmentConfigRead": True,
     "httpHeaderEnvVars": True,
-    "sandboxedFileStreaming": False,
+    "fsWatchMissing": True,
+    "sandboxedFileStreaming": True,
+    "fileWriteStreaming": True,
     "shellSnapshotV2": False,
 }
 

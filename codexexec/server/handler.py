@@ -31,12 +31,14 @@ from codexexec.server import spawn
 from codexexec.server.env_policy import build_child_env
 from codexexec.server.environment import environment_info
 from codexexec.server.environment_config import read_environment_config
+from codexexec.server.fs.methods import FileSystemMethods
 from codexexec.server.http_request import HttpRequests
 from codexexec.server.managed_network import (
     ExecutorNetwork,
     PreparedManagedNetwork,
     policy_from_request,
 )
+from codexexec.server.os_errors import os_error_text
 from codexexec.server.output import ReadResult
 from codexexec.server.process import ManagedProcess, StdinClosed
 from codexexec.server.session import Session, SessionRegistry
@@ -116,12 +118,15 @@ class ConnectionHandler:
             "environmentConfig/read": (m.EnvironmentConfigReadParams, self._environment_config),
             "http/request": (m.HttpRequestParams, self._http.request),
         }
+        self._files = FileSystemMethods(self._notify)
+        self._methods.update(self._files.methods())
 
     def bind(self, peer: RpcPeer) -> None:
         self._peer = peer
 
     def connection_ended(self) -> None:
         self._http.close()
+        self._files.close()
         if self.session is not None and self._peer is not None:
             self._sessions.detach(self.session, self._peer.outbox)
 
@@ -225,7 +230,7 @@ class ConnectionHandler:
                 spawn.ensure_program_exists(params.argv[0], env, cwd)
             except OSError as exc:
                 sandboxed.release()
-                raise RpcError(INTERNAL_ERROR, _os_error_text(exc)) from None
+                raise RpcError(INTERNAL_ERROR, os_error_text(exc)) from None
         process = ManagedProcess(
             params.process_id,
             session,
@@ -248,7 +253,7 @@ class ConnectionHandler:
             )
         except OSError as exc:
             del session.processes[params.process_id]
-            raise RpcError(INTERNAL_ERROR, _os_error_text(exc)) from None
+            raise RpcError(INTERNAL_ERROR, os_error_text(exc)) from None
         finally:
             if sandboxed is not None:
                 sandboxed.release()
@@ -374,9 +379,3 @@ def _sandboxed_command(
         return prepare_command(params.sandbox, params.argv, cwd, params.arg0, routing)
     except SandboxRefused as exc:
         raise RpcError(INVALID_PARAMS, str(exc)) from None
-
-
-def _os_error_text(exc: OSError) -> str:
-    # Codex (Rust) renders OS errors as "<reason> (os error N)".
-    reason = exc.strerror or str(exc)
-    return f"{reason} (os error {exc.errno})" if exc.errno else reason

@@ -20,6 +20,7 @@ from codexexec.protocol.limits import (
     REMEMBERED_WRITE_IDS_PER_PROCESS,
 )
 from codexexec.sandbox.denial import DenialReport, classify
+from codexexec.sandbox.enforce import remove_created_paths
 from codexexec.server import spawn
 from codexexec.server.output import OutputLog
 
@@ -283,9 +284,7 @@ class ManagedProcess:
         self.sandbox_denied = self.denial is not None
 
     def _remove_created_paths(self) -> None:
-        for path in reversed(self.created_paths):
-            with contextlib.suppress(OSError):
-                os.rmdir(path)  # only if still empty: never removes anything real
+        remove_created_paths(self.created_paths)
         self.created_paths = []
 
     def _on_stream_end(self) -> None:

@@ -1,0 +1,169 @@
+"""The `fs/*` methods of one connection: params in, Codex-shaped results or errors out.
+
+Each operation runs in a worker thread, or in the sandboxed helper when the request's
+`sandbox` restricts the file system (``sandboxed``); handles and watches belong to the
+connection and end with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from codexexec.protocol import fs_messages as f
+from codexexec.protocol.base64_codec import Base64Error, decode_base64
+from codexexec.protocol.jsonrpc import INVALID_REQUEST, RpcError
+from codexexec.server.fs import sandboxed
+from codexexec.server.fs.handles import FileHandles
+from codexexec.server.fs.uris import native_path
+from codexexec.server.fs.walk import WalkLimits
+from codexexec.server.fs.watch import MissingWatches, Notify
+from codexexec.server.fs.worker import OPENERS, OPERATIONS
+from codexexec.server.os_errors import rpc_error
+
+MethodTable = dict[str, tuple[type[Any], Callable[[Any], Awaitable[Any]]]]
+
+
+# Operations that only read: a sandbox that lets everything be read does not confine them.
+_READS_ONLY = frozenset(
+    {"read_file", "get_metadata", "canonicalize", "read_directory", "walk", "open_for_read"}
+)
+
+
+async def _run(sandbox: Any, op: str, **args: Any) -> Any:
+    """Run one operation where the request's sandbox says it must run."""
+    confined = sandboxed.confinement(sandbox, reads_only=op in _READS_ONLY)
+    if confined is not None:
+        return await sandboxed.run(confined, op, args)
+    function: Callable[..., Any] = OPENERS.get(op) or OPERATIONS[op]
+    try:
+        return await asyncio.to_thread(function, **args)
+    except OSError as exc:
+        raise rpc_error(exc) from None
+
+
+def _follow(flag: bool | None) -> bool:
+    return flag is not False  # Codex follows symlinks unless told not to
+
+
+class FileSystemMethods:
+    def __init__(self, notify: Notify) -> None:
+        self._handles = FileHandles()
+        self._watches = MissingWatches(notify)
+
+    def methods(self) -> MethodTable:
+        return {
+            "fs/readFile": (f.ReadFileParams, self._read_file),
+            "fs/writeFile": (f.WriteFileParams, self._write_file),
+            "fs/createDirectory": (f.CreateDirectoryParams, self._create_directory),
+            "fs/getMetadata": (f.GetMetadataParams, self._get_metadata),
+            "fs/canonicalize": (f.PathParams, self._canonicalize),
+            "fs/readDirectory": (f.PathParams, self._read_directory),
+            "fs/walk": (f.WalkParams, self._walk),
+            "fs/remove": (f.RemoveParams, self._remove),
+            "fs/copy": (f.CopyParams, self._copy),
+            "fs/open": (f.OpenParams, self._open),
+            "fs/readBlock": (f.ReadBlockParams, self._read_block),
+            "fs/writeBlock": (f.WriteBlockParams, self._write_block),
+            "fs/close": (f.CloseParams, self._close),
+            "fs/watchMissing": (f.WatchMissingParams, self._watch_missing),
+        }
+
+    def close(self) -> None:
+        self._handles.close_all()
+        self._watches.close()
+
+    async def _read_file(self, p: f.ReadFileParams) -> Any:
+        path = native_path(p.path)
+        return await _run(
+            p.sandbox, "read_file", path=path, follow_symlinks=_follow(p.follow_symlinks)
+        )
+
+    async def _write_file(self, p: f.WriteFileParams) -> Any:
+        try:
+            data = decode_base64(p.data_base64)
+        except Base64Error as exc:
+            raise RpcError(
+                INVALID_REQUEST, f"fs/writeFile requires valid base64 dataBase64: {exc}"
+            ) from None
+        path = native_path(p.path)
+        return await _run(
+            p.sandbox,
+            "write_file",
+            path=path,
+            data=data,
+            follow_symlinks=_follow(p.follow_symlinks),
+        )
+
+    async def _create_directory(self, p: f.CreateDirectoryParams) -> Any:
+        return await _run(
+            p.sandbox,
+            "create_directory",
+            path=native_path(p.path),
+            recursive=p.recursive is not False,
+            follow_symlinks=_follow(p.follow_symlinks),
+        )
+
+    async def _get_metadata(self, p: f.GetMetadataParams) -> Any:
+        path = native_path(p.path)
+        return await _run(
+            p.sandbox, "get_metadata", path=path, follow_symlinks=_follow(p.follow_symlinks)
+        )
+
+    async def _canonicalize(self, p: f.PathParams) -> Any:
+        return await _run(p.sandbox, "canonicalize", path=native_path(p.path))
+
+    async def _read_directory(self, p: f.PathParams) -> Any:
+        return await _run(p.sandbox, "read_directory", path=native_path(p.path))
+
+    async def _walk(self, p: f.WalkParams) -> Any:
+        o = p.options
+        limits = WalkLimits(
+            o.max_depth,
+            o.max_directories,
+            o.max_entries,
+            o.follow_directory_symlinks,
+            o.prune_hidden_directories,
+        )
+        limits.check()
+        return await _run(p.sandbox, "walk", path=native_path(p.path), limits=limits)
+
+    async def _remove(self, p: f.RemoveParams) -> Any:
+        return await _run(
+            p.sandbox,
+            "remove",
+            path=native_path(p.path),
+            recursive=p.recursive is not False,
+            force=p.force is not False,
+            follow_symlinks=_follow(p.follow_symlinks),
+        )
+
+    async def _copy(self, p: f.CopyParams) -> Any:
+        return await _run(
+            p.sandbox,
+            "copy",
+            source=native_path(p.source_path),
+            destination=native_path(p.destination_path),
+            recursive=p.recursive,
+        )
+
+    async def _open(self, p: f.OpenParams) -> Any:
+        self._handles.check_new(p.handle_id)
+        opener = "open_for_read" if p.mode == "read" else "open_for_replace"
+        fd = await _run(p.sandbox, opener, path=native_path(p.path))
+        return self._handles.add(p.handle_id, fd)
+
+    async def _read_block(self, p: f.ReadBlockParams) -> Any:
+        return await self._handles.read_block(p.handle_id, p.offset, p.len)
+
+    async def _write_block(self, p: f.WriteBlockParams) -> Any:
+        return await self._handles.write_block(p.handle_id, p.offset, p.data)
+
+    async def _close(self, p: f.CloseParams) -> Any:
+        return self._handles.close(p.handle_id)
+
+    async def _watch_missing(self, p: f.WatchMissingParams) -> Any:
+        missing = [native_path(uri) for uri in p.missing]
+        present = native_path(p.present) if p.present is not None else None
+        return self._watches.watch(p.watch_id, missing, present)
