@@ -25,10 +25,11 @@ from typing import Any, Self
 from codexexec.client.environment_config import EnvironmentConfig, read_environment_config
 from codexexec.client.errors import ExecServerError
 from codexexec.client.events import Closed, EventBuffer, Exited, Output, ReadResponse
+from codexexec.client.files import RemoteFiles
 from codexexec.client.http import HttpClient
 from codexexec.client.process import RemoteProcess
 from codexexec.protocol.jsonrpc import METHOD_NOT_FOUND, Notification, Request, RpcError
-from codexexec.protocol.path_uri import InvalidPathUri, PathUri
+from codexexec.protocol.path_uri import InvalidPathUri, PathConvention, PathUri
 from codexexec.rpc.peer import RpcPeer
 from codexexec.sandbox.policy import LegacyMode, legacy_profile, sandbox_context_json
 from codexexec.transport.base import MessageTransport, TransportClosed
@@ -114,6 +115,7 @@ class ExecServerClient:
         self._network_decisions: dict[str, list[dict[str, Any]]] = {}
         self.environment_info: dict[str, Any] = {}
         self.http = HttpClient(self._call)
+        self.files = RemoteFiles(self._call, self._path_convention)
 
     # -- connecting -----------------------------------------------------------------
 
@@ -388,6 +390,11 @@ class ExecServerClient:
                 f"working directory `{cwd}` must be an absolute path on the executor host"
             ) from None
 
+    def _path_convention(self) -> PathConvention:
+        """How the executor writes paths (its environment info says which OS it runs)."""
+        windows = self.environment_info.get("platformOs") == "windows"
+        return PathConvention.WINDOWS if windows else PathConvention.POSIX
+
     def process(self, process_id: str) -> RemoteProcess:
         """A handle on a process this session already has (e.g. after resuming)."""
         self.buffer(process_id)
@@ -461,6 +468,9 @@ class ExecServerClient:
             return
         if notification.method == "http/request/bodyDelta":
             self.http.deliver(params)
+            return
+        if notification.method == "fs/missingChanged":
+            self.files.deliver(params)
             return
         process_id = params.get("processId")
         if notification.method == "network/policyDecision" and isinstance(process_id, str):
