@@ -11,6 +11,7 @@ import typer
 from codexexec.cli import (
     env_cmd,
     exec_cmd,
+    fs_cmd,
     login_cmd,
     read_cmd,
     register_cmd,
@@ -33,6 +34,7 @@ app.command("sandbox-check")(sandbox_check_cmd.sandbox_check)
 app.command("rendezvous")(rendezvous_cmd.rendezvous)
 app.command("register")(register_cmd.register)
 app.add_typer(env_cmd.app, name="env")
+app.add_typer(fs_cmd.app, name="fs")
 app.add_typer(login_cmd.app, name="login")
 
 

@@ -128,8 +128,22 @@ class RemoteFile:
         params = {"handleId": self.handle_id, "offset": offset, "chunk": encode_base64(data)}
         await self._call("fs/writeBlock", params)
 
-    async def write_all(self, blocks: Iterable[bytes], offset: int = 0) -> int:
-        """Write ``blocks`` (each at most 1 MiB) one after another; returns the bytes written."""
+    async def write_all(
+        self,
+        blocks: Iterable[bytes],
+        offset: int = 0,
+        on_written: Callable[[int], None] | None = None,
+    ) -> int:
+        """Write ``blocks`` (each at most 1 MiB) one after another; returns the end offset.
+
+        ``on_written`` hears the size of each block once the executor has written it.
+        """
+
+        async def write(at: int, block: bytes) -> None:
+            await self.write_block(at, block)
+            if on_written is not None:
+                on_written(len(block))
+
         in_flight: set[asyncio.Task[None]] = set()
         try:
             for block in blocks:
@@ -139,7 +153,7 @@ class RemoteFile:
                     )
                     for task in done:
                         task.result()
-                in_flight.add(asyncio.ensure_future(self.write_block(offset, block)))
+                in_flight.add(asyncio.ensure_future(write(offset, block)))
                 offset += len(block)
             for task in in_flight:
                 await task

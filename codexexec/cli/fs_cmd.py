@@ -1,0 +1,86 @@
+"""`codexexec fs cat|ls|put|get ENV:PATH`: files on an environment, for people.
+
+ENV is what `exec --env` takes (a configured environment, `local`, a ws:// URL or
+ENV@REGISTRY_URL); `--registry URL` reaches ENV through that registry's relay, and a
+bare /PATH means the configured default environment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from typing import Any
+
+import typer
+
+app = typer.Typer(
+    name="fs",
+    help="Files on an environment, named ENV:PATH (e.g. devbox:/tmp, ws://127.0.0.1:4000:/etc).",
+    no_args_is_help=True,
+)
+
+_TARGET = "ENV:PATH on the executor (ENV as for `exec --env`; a bare /PATH: the default)."
+_REGISTRY = "Registry URL: reach ENV through its relay."
+
+
+def _run(command: Coroutine[Any, Any, int]) -> None:
+    import asyncio
+
+    from codexexec.logs import configure_client_logging
+
+    configure_client_logging()
+    try:
+        code = asyncio.run(command)
+    except KeyboardInterrupt:
+        code = 130
+    raise SystemExit(code)
+
+
+@app.command("cat")
+def cat(
+    target: str = typer.Argument(..., metavar="ENV:PATH", help=_TARGET),
+    registry: str | None = typer.Option(None, "--registry", help=_REGISTRY),
+) -> None:
+    """Write a file's bytes to stdout."""
+    from codexexec.cli.fs_session import parse_target, run_cat
+
+    _run(run_cat(parse_target(target, registry)))
+
+
+@app.command("ls")
+def ls(
+    target: str = typer.Argument(..., metavar="ENV:PATH", help=_TARGET),
+    registry: str | None = typer.Option(None, "--registry", help=_REGISTRY),
+    json_mode: bool = typer.Option(False, "--json", help="One JSON object per entry."),
+) -> None:
+    """List a directory (or describe a file): name, type, size, modified."""
+    from codexexec.cli.fs_session import parse_target, run_ls
+
+    _run(run_ls(parse_target(target, registry), json_mode=json_mode))
+
+
+@app.command("get")
+def get(
+    target: str = typer.Argument(..., metavar="ENV:PATH", help=_TARGET),
+    local: str | None = typer.Argument(
+        None, metavar="[LOCAL]", help="Where to write it: a file or directory here; - for stdout."
+    ),
+    registry: str | None = typer.Option(None, "--registry", help=_REGISTRY),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Copy a file from the executor here (a progress bar above 1 MiB)."""
+    from codexexec.cli.fs_session import parse_target, run_get
+
+    _run(run_get(parse_target(target, registry), local, quiet=quiet))
+
+
+@app.command("put")
+def put(
+    local: str = typer.Argument(..., metavar="LOCAL", help="A file here; - for stdin."),
+    target: str = typer.Argument(..., metavar="ENV:PATH", help=_TARGET),
+    registry: str | None = typer.Option(None, "--registry", help=_REGISTRY),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Copy a local file to the executor, replacing what is there (a progress bar above 1 MiB)."""
+    from codexexec.cli.fs_session import parse_target, run_put
+
+    _run(run_put(local, parse_target(target, registry), quiet=quiet))

@@ -1,0 +1,243 @@
+"""What `codexexec fs` does once its arguments are parsed: connect, call, render.
+
+Errors a user can act on leave as one line on stderr naming the path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from codexexec.cli.errors import fail
+from codexexec.client.client import ExecServerClient
+from codexexec.client.errors import ExecServerError
+from codexexec.client.files import FileMetadata
+from codexexec.protocol.limits import FS_MAX_BLOCK_BYTES
+
+# Transfers larger than this get a progress bar (on stderr).
+PROGRESS_ABOVE_BYTES = 1024 * 1024
+# Metadata requests `ls` keeps in flight for a directory's entries.
+METADATA_IN_FLIGHT = 32
+
+
+@dataclass(frozen=True, slots=True)
+class FsTarget:
+    env: str | None  # None: the configured default environment
+    path: str
+
+
+def parse_target(text: str, registry: str | None) -> FsTarget:
+    """``ENV:PATH``: the path is everything from the first ``:/`` after ENV's own ``://``."""
+    env: str | None = None
+    path = text
+    if not text.startswith("/"):
+        scheme = text.find("://")
+        cut = text.find(":/", scheme + 3 if scheme >= 0 else 0)
+        if cut <= 0:
+            fail(f"`{text}` is not ENV:PATH with an absolute PATH (e.g. devbox:/tmp)", 2)
+        env, path = text[:cut], text[cut + 1 :]
+    if registry is not None:
+        if env is None:
+            fail("--registry needs ENV:PATH (the environment's id at that registry)", 2)
+        env = f"{env}@{registry}"
+    return FsTarget(env, path)
+
+
+@contextlib.asynccontextmanager
+async def _client(target: FsTarget) -> AsyncIterator[ExecServerClient]:
+    from codexexec.cli.targets import chosen_environment, connect
+
+    async with chosen_environment(target.env) as environment:
+        client = await connect(environment)
+        try:
+            yield client
+        except ExecServerError as exc:
+            fail(f"{target.path}: {exc}")
+
+
+@contextlib.contextmanager
+def _progress(label: str, total: int | None, show: bool) -> Iterator[Callable[[int], None]]:
+    """A transfer progress bar on stderr; ``show`` False gives a no-op."""
+    if not show:
+        yield lambda _: None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True)) as progress:
+        task = progress.add_task(label, total=total)
+        yield lambda size: progress.advance(task, size)
+
+
+async def run_cat(target: FsTarget) -> int:
+    async with _client(target) as client:
+        out = sys.stdout.buffer
+        async with await client.files.open(target.path) as reader:
+            async for chunk in reader.chunks():
+                out.write(chunk)
+        out.flush()
+    return 0
+
+
+# -- ls ---------------------------------------------------------------------------------
+
+
+def _kind(meta: FileMetadata) -> str:
+    kind = "dir" if meta.is_directory else "file" if meta.is_file else "other"
+    return f"{kind} (link)" if meta.is_symlink else kind
+
+
+def _size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+async def _describe(client: ExecServerClient, path: str) -> FileMetadata | None:
+    try:
+        return await client.files.metadata(path)
+    except ExecServerError:
+        return None  # gone (or unreadable) since the listing
+
+
+async def run_ls(target: FsTarget, *, json_mode: bool) -> int:
+    async with _client(target) as client:
+        files = client.files
+        meta = await files.metadata(target.path)
+        if meta.is_directory:
+            names = sorted(entry.name for entry in await files.list_directory(target.path))
+            gate = asyncio.Semaphore(METADATA_IN_FLIGHT)
+
+            async def describe(name: str) -> FileMetadata | None:
+                async with gate:
+                    return await _describe(client, f"{target.path.rstrip('/')}/{name}")
+
+            rows = list(zip(names, await asyncio.gather(*map(describe, names)), strict=True))
+        else:
+            rows = [(os.path.basename(target.path.rstrip("/")) or "/", meta)]
+    if json_mode:
+        _print_json(rows)
+    else:
+        _print_table(target, rows)
+    return 0
+
+
+def _print_json(rows: list[tuple[str, FileMetadata | None]]) -> None:
+    from codexexec.cli.render import emit_json
+
+    for name, meta in rows:
+        entry: dict[str, Any] = {"name": name}
+        if meta is not None:
+            entry.update(
+                type=_kind(meta).split()[0],
+                isSymlink=meta.is_symlink,
+                size=meta.size,
+                modifiedAtMs=meta.modified_at_ms,
+            )
+        emit_json(entry)
+
+
+def _print_table(target: FsTarget, rows: list[tuple[str, FileMetadata | None]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{target.env or 'default'}:{target.path}", title_justify="left")
+    table.add_column("Name")
+    table.add_column("Type")
+    table.add_column("Size", justify="right")
+    table.add_column("Modified")
+    for name, meta in rows:
+        if meta is None:
+            table.add_row(name, "?", "", "")
+            continue
+        modified = time.strftime("%Y-%m-%d %H:%M", time.localtime(meta.modified_at_ms / 1000))
+        size = "" if meta.is_directory else _size(meta.size)
+        table.add_row(name + ("/" if meta.is_directory else ""), _kind(meta), size, modified)
+    Console().print(table)
+
+
+# -- get / put --------------------------------------------------------------------------
+
+
+def _destination(local: str | None, remote: str) -> str:
+    name = os.path.basename(remote.rstrip("/")) or "download"
+    if local is None:
+        return name
+    return os.path.join(local, name) if os.path.isdir(local) else local
+
+
+async def run_get(target: FsTarget, local: str | None, *, quiet: bool) -> int:
+    async with _client(target) as client:
+        meta = await client.files.metadata(target.path)
+        if meta.is_directory:
+            fail(f"{target.path}: is a directory (fs get copies one file)")
+        to_stdout = local == "-"
+        destination = "-" if to_stdout else _destination(local, target.path)
+        show = not quiet and meta.size > PROGRESS_ABOVE_BYTES
+        if to_stdout:
+            sink: BinaryIO = sys.stdout.buffer
+        else:
+            sink = await asyncio.to_thread(open, destination, "wb")
+        try:
+            with _progress(os.path.basename(target.path), meta.size, show) as advance:
+                async with await client.files.open(target.path) as reader:
+                    async for chunk in reader.chunks():
+                        sink.write(chunk)
+                        advance(len(chunk))
+        except BaseException:
+            if not to_stdout:
+                sink.close()
+                with contextlib.suppress(OSError):
+                    os.unlink(destination)  # no half-copied file left behind
+            raise
+        if to_stdout:
+            sink.flush()
+        else:
+            sink.close()
+    return 0
+
+
+def _blocks(source: BinaryIO) -> Iterator[bytes]:
+    while block := source.read(FS_MAX_BLOCK_BYTES):
+        yield block
+
+
+async def run_put(local: str, target: FsTarget, *, quiet: bool) -> int:
+    try:
+        source = sys.stdin.buffer if local == "-" else await asyncio.to_thread(open, local, "rb")
+    except OSError as exc:
+        fail(f"{local}: {exc.strerror}")
+    with source:
+        size = os.fstat(source.fileno()).st_size if local != "-" else None
+        async with _client(target) as client:
+            if size is not None and size <= PROGRESS_ABOVE_BYTES:
+                await client.files.write(target.path, source.read())
+                return 0
+            show = not quiet and size is not None
+            with _progress(os.path.basename(local), size, show) as advance:
+                async with await client.files.open(target.path, mode="replace") as writer:
+                    await writer.write_all(_blocks(source), on_written=advance)
+    return 0

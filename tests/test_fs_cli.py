@@ -1,0 +1,157 @@
+"""`codexexec fs cat|ls|put|get`, run as a person would: real CLI processes against real
+servers (codexexec's and Codex's), directly and through the relay."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.servers import RunningServer, codexexec_command
+from tests.test_relay_e2e import Rendezvous, cx, start_executor, stop
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def tree() -> Iterator[Path]:
+    root = Path("/var/tmp") / f"cx-fscli-{uuid.uuid4().hex[:8]}"
+    (root / "sub").mkdir(parents=True)
+    (root / "small.bin").write_bytes(bytes(range(256)))
+    (root / "link").symlink_to("small.bin")
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def fs(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    env = {**os.environ, "COLUMNS": "120"}
+    return subprocess.run(
+        codexexec_command("fs", *args), input=stdin, capture_output=True, env=env, timeout=60
+    )
+
+
+def test_ls_renders_a_table_and_json(server: RunningServer, tree: Path) -> None:
+    table = fs("ls", f"{server.url}:{tree}")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.decode().splitlines()
+    assert lines[0].strip() == f"{server.url}:{tree}"
+    rows = {line.split("│")[1].strip(): line.split("│")[2:4] for line in lines if "│" in line}
+    assert [cell.strip() for cell in rows["small.bin"]] == ["file", "256 B"]
+    assert [cell.strip() for cell in rows["link"]] == ["file (link)", "256 B"]
+    assert rows["sub/"][0].strip() == "dir"
+    listed = fs("ls", "--json", f"{server.url}:{tree}")
+    entries = [json.loads(line) for line in listed.stdout.decode().splitlines()]
+    assert [e["name"] for e in entries] == ["link", "small.bin", "sub"]
+    assert entries[1] == {
+        "name": "small.bin",
+        "type": "file",
+        "isSymlink": False,
+        "size": 256,
+        "modifiedAtMs": entries[1]["modifiedAtMs"],
+    }
+    one = fs("ls", "--json", f"{server.url}:{tree}/small.bin")
+    assert json.loads(one.stdout)["name"] == "small.bin"
+
+
+def test_cat_writes_the_exact_bytes(server: RunningServer, tree: Path) -> None:
+    result = fs("cat", f"{server.url}:{tree}/small.bin")
+    assert result.returncode == 0 and result.stdout == bytes(range(256))
+
+
+def test_put_and_get_round_trip_with_progress(codexexec_server: RunningServer, tree: Path) -> None:
+    data = os.urandom(3 * MiB + 7)
+    local = tree / "local.bin"
+    local.write_bytes(data)
+    remote = f"{codexexec_server.url}:{tree}/sub/remote.bin"
+    put = fs("put", str(local), remote)
+    assert put.returncode == 0, put.stderr
+    assert (tree / "sub" / "remote.bin").read_bytes() == data
+    assert b"3.0/3.0 MiB" in put.stderr  # the bar (over 1 MiB), on stderr
+    get = fs("get", remote, str(tree))  # into a directory: keeps the name
+    assert get.returncode == 0, get.stderr
+    assert (tree / "remote.bin").read_bytes() == data
+    assert b"MiB" in get.stderr
+    quiet = fs("get", "-q", remote, "-")
+    assert quiet.stdout == data and quiet.stderr == b""
+    small = fs("put", "-", f"{codexexec_server.url}:{tree}/from-stdin", stdin=b"piped")
+    assert small.returncode == 0 and (tree / "from-stdin").read_bytes() == b"piped"
+    assert small.stderr == b""  # no bar for a small transfer
+
+
+def test_put_and_get_against_the_real_codex(codex_server: RunningServer, tree: Path) -> None:
+    data = os.urandom(2 * MiB + 1)
+    (tree / "up.bin").write_bytes(data)
+    remote = f"{codex_server.url}:{tree}/codex.bin"
+    assert fs("put", "-q", str(tree / "up.bin"), remote).returncode == 0
+    assert fs("get", "-q", remote, "-").stdout == data
+
+
+def test_errors_are_one_line(codexexec_server: RunningServer, tree: Path) -> None:
+    missing = fs("cat", f"{codexexec_server.url}:{tree}/nope")
+    assert missing.returncode == 125
+    assert missing.stderr.decode() == (
+        f"codexexec: error: {tree}/nope: No such file or directory (os error 2)\n"
+    )
+    directory = fs("get", f"{codexexec_server.url}:{tree}", str(tree / "x"))
+    assert directory.returncode == 125 and b"is a directory" in directory.stderr
+    assert not (tree / "x").exists()
+    bad = fs("ls", "relative/path")
+    assert bad.returncode == 2 and b"is not ENV:PATH" in bad.stderr
+    no_env = fs("ls", "--registry", "http://127.0.0.1:1", "/tmp")
+    assert no_env.returncode == 2 and b"--registry needs ENV:PATH" in no_env.stderr
+
+
+def test_local_environment(tree: Path) -> None:
+    result = fs("cat", f"local:{tree}/link")
+    assert result.returncode == 0 and result.stdout == bytes(range(256))
+
+
+@pytest.fixture
+def rendezvous(tmp_path: Path) -> Iterator[Rendezvous]:
+    rv = Rendezvous(tmp_path)
+    yield rv
+    rv.kill()
+
+
+def test_fs_ls_and_get_through_the_relay(rendezvous: Rendezvous, tree: Path) -> None:
+    executor = start_executor("serve", "--remote", rendezvous.url, "--environment-id", "devbox")
+    try:
+        listed = cx("fs", "ls", "--json", "--registry", rendezvous.url, f"devbox:{tree}")
+        assert listed.returncode == 0, listed.stderr
+        names = [json.loads(line)["name"] for line in listed.stdout.decode().splitlines()]
+        assert names == ["link", "small.bin", "sub"]
+        table = cx("fs", "ls", "--registry", rendezvous.url, "devbox:/tmp")
+        assert table.returncode == 0 and f"devbox@{rendezvous.url}:/tmp".encode() in table.stdout
+        data = os.urandom(3 * MiB)
+        (tree / "big").write_bytes(data)
+        fetched = cx("fs", "get", "-q", f"devbox@{rendezvous.url}:{tree}/big", "-")
+        assert fetched.returncode == 0 and fetched.stdout == data
+    finally:
+        stop(executor)
+
+
+def test_fs_ls_through_the_relay_in_front_of_the_real_codex(
+    rendezvous: Rendezvous, codex_server: RunningServer, tree: Path
+) -> None:
+    forwarder = start_executor(
+        "register",
+        "--remote",
+        rendezvous.url,
+        "--environment-id",
+        "codexbox",
+        "--forward",
+        codex_server.url,
+    )
+    try:
+        listed = cx("fs", "ls", "--json", "--registry", rendezvous.url, f"codexbox:{tree}")
+        assert listed.returncode == 0, listed.stderr
+        names = [json.loads(line)["name"] for line in listed.stdout.decode().splitlines()]
+        assert names == ["link", "small.bin", "sub"]
+    finally:
+        stop(forwarder)
