@@ -18,7 +18,6 @@ import stat
 from collections.abc import Iterator
 from typing import Any
 
-from codexexec.protocol.base64_codec import encode_base64
 from codexexec.protocol.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, RpcError
 from codexexec.protocol.limits import FS_MAX_WHOLE_READ_BYTES
 from codexexec.server.fs.uris import path_uri
@@ -176,7 +175,8 @@ def read_file(path: str, follow_symlinks: bool) -> dict[str, Any]:
     try:
         if os.fstat(fd).st_size > FS_MAX_WHOLE_READ_BYTES:
             raise _too_large()
-        return {"dataBase64": encode_base64(_read_all(fd))}
+        # Bytes: the JSON encoder writes them as standard base64.
+        return {"dataBase64": _read_all(fd)}
     finally:
         os.close(fd)
 

@@ -1,0 +1,164 @@
+"""Filesystem benchmark: codexexec's exec-server vs the real Codex 0.169.0 one, `fs/*`.
+
+    .venv/bin/python bench/fs_bench.py [--size-mib 256] [--entries 50000]
+
+Both servers are driven by the same Python websocket client (bench/run.py's) in one run
+on the same files: a streamed read with fs/readBlock (1 MiB blocks, 4 in flight, and one
+at a time), fs/walk of a tree of N entries, and single-request latencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.run import WORKSPACE_WRITE, Conn, open_conn, start  # noqa: E402
+
+MiB = 1024 * 1024
+BASE = Path("/var/tmp/cxfsb")
+
+
+def make_files(size: int, entries: int) -> tuple[Path, Path]:
+    BASE.mkdir(exist_ok=True)
+    big = BASE / "big"
+    if not big.exists() or big.stat().st_size != size:
+        with open(big, "wb") as out:
+            for _ in range(size // MiB):
+                out.write(os.urandom(MiB))
+    tree = BASE / "t"
+    per_dir = 1000
+    directories = max(1, entries // (per_dir + 1))
+    marker = BASE / f"t.{entries}"
+    if not marker.exists():
+        shutil.rmtree(tree, ignore_errors=True)
+        made = 0
+        for d in range(directories):
+            folder = tree / f"d{d:03d}"
+            folder.mkdir(parents=True)
+            made += 1
+            for f in range(min(per_dir, entries - made)):
+                (folder / f"f{f:03d}").touch()
+                made += 1
+        marker.touch()
+    return big, tree
+
+
+async def stream(conn: Conn, path: Path, in_flight: int) -> float:
+    """MB/s of reading ``path`` through fs/open + fs/readBlock, ``in_flight`` blocks ahead."""
+    handle = f"b{in_flight}-{time.monotonic_ns() % 10**9}"
+    await conn.call("fs/open", {"handleId": handle, "path": path.as_uri()})
+    total = 0
+    began = time.perf_counter()
+    offset = 0
+    pending: list[asyncio.Task[Any]] = []
+    while True:
+        while len(pending) < in_flight:
+            params = {"handleId": handle, "offset": offset, "len": MiB}
+            pending.append(asyncio.create_task(conn.call("fs/readBlock", params)))
+            offset += MiB
+        result = await pending.pop(0)
+        chunk = result["chunk"]
+        # Counted, not decoded: the client's own base64 work would blur the servers' figures.
+        total += len(chunk) * 3 // 4 - chunk[-2:].count("=")
+        if result["eof"]:
+            break
+    elapsed = time.perf_counter() - began
+    for task in pending:
+        await task
+    await conn.call("fs/close", {"handleId": handle})
+    assert total == path.stat().st_size, (total, path.stat().st_size)
+    return total / elapsed / 1e6
+
+
+async def walk(conn: Conn, tree: Path, runs: int) -> tuple[float, int, bool]:
+    options = {
+        "maxDepth": 64,
+        "maxDirectories": 10_000,
+        "maxEntries": 50_000,
+        "followDirectorySymlinks": False,
+    }
+    samples = []
+    result: dict[str, Any] = {}
+    for _ in range(runs + 1):  # the first one warms the caches
+        began = time.perf_counter()
+        result = await conn.call("fs/walk", {"path": tree.as_uri(), "options": options})
+        samples.append(time.perf_counter() - began)
+    return statistics.median(samples[1:]) * 1000, len(result["entries"]), result["truncated"]
+
+
+async def latency(conn: Conn, method: str, params: dict[str, Any], count: int) -> float:
+    samples = []
+    for _ in range(count + 3):
+        began = time.perf_counter()
+        await conn.call(method, params)
+        samples.append(time.perf_counter() - began)
+    return statistics.median(samples[3:]) * 1000
+
+
+async def measure(kind: str, big: Path, tree: Path, runs: int) -> dict[str, Any]:
+    server = start(kind)
+    try:
+        conn, task = await open_conn(server.url)
+        figures = {
+            "read4": await stream(conn, big, 4),
+            "read1": await stream(conn, big, 1),
+            "peak_mb": server.rss_kib("VmHWM") / 1024,
+        }
+        figures["walk_ms"], figures["walk_entries"], figures["walk_truncated"] = await walk(
+            conn, tree, runs
+        )
+        figures["meta_ms"] = await latency(
+            conn, "fs/getMetadata", {"path": big.as_uri(), "sandbox": None}, 200
+        )
+        sandbox = {**WORKSPACE_WRITE, "cwd": BASE.as_uri(), "workspaceRoots": [BASE.as_uri()]}
+        write = {"path": (BASE / "w").as_uri(), "dataBase64": "aGk=", "sandbox": sandbox}
+        figures["sandboxed_write_ms"] = await latency(conn, "fs/writeFile", write, 20)
+        await conn.ws.close()
+        task.cancel()
+        return figures
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--entries", type=int, default=50_000)
+    parser.add_argument("--runs", type=int, default=5, help="walks per server (median)")
+    args = parser.parse_args()
+    big, tree = make_files(args.size_mib * MiB, args.entries)
+    ours = asyncio.run(measure("codexexec", big, tree, args.runs))
+    theirs = asyncio.run(measure("codex", big, tree, args.runs))
+    size = f"{args.size_mib} MiB"
+    rows = [
+        (f"fs/readBlock stream, {size}, 4 blocks in flight (MB/s)", "read4", "{:.0f}"),
+        (f"fs/readBlock stream, {size}, one block at a time (MB/s)", "read1", "{:.0f}"),
+        (f"fs/walk, {args.entries:,}-entry tree (median ms)", "walk_ms", "{:.0f}"),
+        ("fs/getMetadata round trip (median ms)", "meta_ms", "{:.2f}"),
+        ("fs/writeFile, workspace-write sandbox (median ms)", "sandboxed_write_ms", "{:.1f}"),
+        (f"peak server RSS after the {size} stream (MB)", "peak_mb", "{:.1f}"),
+    ]
+    print("| measure | codexexec | Codex 0.169.0 | codexexec / Codex |")
+    print("|---|---:|---:|---:|")
+    for label, key, fmt in rows:
+        ratio = ours[key] / theirs[key]
+        print(f"| {label} | {fmt.format(ours[key])} | {fmt.format(theirs[key])} | {ratio:.2f}× |")
+    print(
+        f"\nfs/walk returned {ours['walk_entries']:,} entries (truncated: "
+        f"{ours['walk_truncated']}) from codexexec and {theirs['walk_entries']:,} "
+        f"(truncated: {theirs['walk_truncated']}) from Codex."
+    )
+
+
+if __name__ == "__main__":
+    main()
