@@ -53,11 +53,12 @@ def make_files(size: int, entries: int) -> tuple[Path, Path]:
     return big, tree
 
 
-async def stream(conn: Conn, path: Path, in_flight: int) -> float:
-    """MB/s of reading ``path`` through fs/open + fs/readBlock, ``in_flight`` blocks ahead."""
+async def stream(conn: Conn, path: Path, size: int, in_flight: int) -> float:
+    """MB/s of reading ``path`` (``size`` bytes) through fs/open + fs/readBlock, with
+    ``in_flight`` blocks requested ahead."""
     handle = f"b{in_flight}-{time.monotonic_ns() % 10**9}"
     await conn.call("fs/open", {"handleId": handle, "path": path.as_uri()})
-    total = 0
+    total: int = 0
     began = time.perf_counter()
     offset = 0
     pending: list[asyncio.Task[Any]] = []
@@ -67,7 +68,7 @@ async def stream(conn: Conn, path: Path, in_flight: int) -> float:
             pending.append(asyncio.create_task(conn.call("fs/readBlock", params)))
             offset += MiB
         result = await pending.pop(0)
-        chunk = result["chunk"]
+        chunk: str = result["chunk"]
         # Counted, not decoded: the client's own base64 work would blur the servers' figures.
         total += len(chunk) * 3 // 4 - chunk[-2:].count("=")
         if result["eof"]:
@@ -76,7 +77,7 @@ async def stream(conn: Conn, path: Path, in_flight: int) -> float:
     for task in pending:
         await task
     await conn.call("fs/close", {"handleId": handle})
-    assert total == path.stat().st_size, (total, path.stat().st_size)
+    assert total == size, (total, size)
     return total / elapsed / 1e6
 
 
@@ -105,13 +106,13 @@ async def latency(conn: Conn, method: str, params: dict[str, Any], count: int) -
     return statistics.median(samples[3:]) * 1000
 
 
-async def measure(kind: str, big: Path, tree: Path, runs: int) -> dict[str, Any]:
+async def measure(kind: str, big: Path, size: int, tree: Path, runs: int) -> dict[str, Any]:
     server = start(kind)
     try:
         conn, task = await open_conn(server.url)
         figures = {
-            "read4": await stream(conn, big, 4),
-            "read1": await stream(conn, big, 1),
+            "read4": await stream(conn, big, size, 4),
+            "read1": await stream(conn, big, size, 1),
             "peak_mb": server.rss_kib("VmHWM") / 1024,
         }
         figures["walk_ms"], figures["walk_entries"], figures["walk_truncated"] = await walk(
@@ -137,8 +138,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="walks per server (median)")
     args = parser.parse_args()
     big, tree = make_files(args.size_mib * MiB, args.entries)
-    ours = asyncio.run(measure("codexexec", big, tree, args.runs))
-    theirs = asyncio.run(measure("codex", big, tree, args.runs))
+    size_bytes = args.size_mib * MiB
+    ours = asyncio.run(measure("codexexec", big, size_bytes, tree, args.runs))
+    theirs = asyncio.run(measure("codex", big, size_bytes, tree, args.runs))
     size = f"{args.size_mib} MiB"
     rows = [
         (f"fs/readBlock stream, {size}, 4 blocks in flight (MB/s)", "read4", "{:.0f}"),
