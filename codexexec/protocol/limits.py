@@ -39,7 +39,7 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # One read from a child's stdout/stderr; larger reads mean fewer, bigger notifications.
 OUTPUT_READ_CHUNK_BYTES = 64 * 1024
 
-# Filesystem methods (Codex 0.169.0, docs/codex-0.169-observed.md §20).
+# Filesystem methods (Codex 0.169.0, docs/codex-0.169-observed.md §26).
 FS_MAX_OPEN_HANDLES_PER_CONNECTION = 128
 FS_MAX_HANDLE_ID_BYTES = 32
 FS_MAX_BLOCK_BYTES = 1024 * 1024  # fs/readBlock len and fs/writeBlock chunk, decoded

@@ -1,6 +1,6 @@
 """fs/walk: a breadth-first listing of a tree, bounded the way Codex 0.169.0 bounds it.
 
-Observed rules (docs/codex-0.169-observed.md §20.6): directories are read level by
+Observed rules (docs/codex-0.169-observed.md §26.6): directories are read level by
 level, each one's names sorted bytewise; only directories and regular files are
 listed, but every entry whose target can be stat'ed (a FIFO, a symlink) counts toward
 ``maxEntries``; a symlink is listed (as a directory) only when following directory
