@@ -21,6 +21,8 @@ from codexexec.protocol.limits import (
 )
 from codexexec.server.os_errors import rpc_error
 
+_MAX_OFFSET = 2**63 - 1
+
 
 @dataclass(slots=True)
 class _Handle:
@@ -48,6 +50,22 @@ def _block_size_error(kind: str) -> RpcError:
     return RpcError(
         INVALID_REQUEST, f"file {kind} block length must be between 1 and {FS_MAX_BLOCK_BYTES}"
     )
+
+
+def _cached_block(fd: int, length: int, offset: int) -> bytearray | None:
+    """A whole block straight from the page cache, or None (not cached, short, or refused).
+
+    Reading it here, on the event loop, saves the hop to a worker thread; RWF_NOWAIT makes
+    sure that never means waiting for a disk.
+    """
+    if offset > _MAX_OFFSET:
+        return None
+    block = bytearray(length)
+    try:
+        read = os.preadv(fd, [block], offset, os.RWF_NOWAIT)
+    except OSError:
+        return None
+    return block if read == length else None
 
 
 def _pread(fd: int, length: int, offset: int) -> tuple[bytes, bool]:
@@ -109,7 +127,10 @@ class FileHandles:
         handle = self._get(handle_id)
         async with handle.lock:
             try:
-                chunk, eof = await asyncio.to_thread(_pread, handle.fd, length, offset)
+                chunk: bytes | bytearray | None = _cached_block(handle.fd, length, offset)
+                eof = False
+                if chunk is None:
+                    chunk, eof = await asyncio.to_thread(_pread, handle.fd, length, offset)
             except OSError as exc:
                 self.close(handle_id)
                 raise rpc_error(exc) from None
