@@ -9,14 +9,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
+import pwd
+import shutil
 import time
 import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
 
 from tests.http_upstream import upstream
-from tests.servers import RunningServer
+from tests.servers import RunningServer, start_server
 from tests.wire import Wire, decoded_output
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
@@ -44,6 +48,36 @@ async def test_initialize_returns_a_session_and_environment(server: RunningServe
     status = await wire.result("environment/status", {})
     assert status == {"status": "ready"}
     await wire.close()
+
+
+@pytest.mark.parametrize("kind", ["codexexec", "codex"])
+@pytest.mark.parametrize("account", ["root", "nobody"])
+async def test_reported_shell_is_the_accounts_login_shell_not_dollar_shell(
+    kind: str, account: str, tmp_path: Path
+) -> None:
+    """A harness builds its command lines from this path, so it must name a shell that
+    exists and that the harness can drive: the account's login shell, else bash on PATH."""
+    entry = pwd.getpwnam(account)
+    if account != "root" and os.getuid() != 0:
+        pytest.skip("switching accounts needs root")
+    wrapper = (
+        ()
+        if account == "root"
+        else ("setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups")
+    )
+    home = tmp_path / "home"
+    home.mkdir()
+    home.chmod(0o777)
+    tmp_path.chmod(0o755)
+    env = {"SHELL": "/bin/sh", "PATH": "/usr/bin:/bin", "CODEX_HOME": str(home)}
+    with start_server(kind, env=env, wrapper=wrapper) as server:
+        wire = await Wire.open(server.url)
+        shell = (await wire.result("initialize", {"clientName": "t"}))["environmentInfo"]["shell"]
+        await wire.close()
+    expected = (
+        "/bin/bash" if entry.pw_shell == "/bin/bash" else shutil.which("bash", path="/usr/bin:/bin")
+    )
+    assert shell == {"name": "bash", "path": expected}
 
 
 async def test_string_ids_and_jsonrpc_member_are_accepted(server: RunningServer) -> None:

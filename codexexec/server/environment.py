@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import sys
 import tempfile
@@ -35,8 +36,20 @@ def _platform_os() -> str:
     return sys.platform
 
 
+# Shells a harness knows how to drive; anything else in the account entry (nologin, fish…)
+# makes way for bash on PATH, as Codex 0.169 does.
+_KNOWN_SHELLS = frozenset({"bash", "zsh", "sh"})
+
+
 def _shell() -> dict[str, str]:
-    path = os.environ.get("SHELL") or shutil.which("bash") or "/bin/sh"
+    # Codex reads the account's login shell, not $SHELL (observed: SHELL=/bin/sh still
+    # reports /bin/bash for root; a nologin account reports `which bash`).
+    try:
+        path = pwd.getpwuid(os.getuid()).pw_shell
+    except KeyError:
+        path = ""
+    if os.path.basename(path) not in _KNOWN_SHELLS or not os.access(path, os.X_OK):
+        path = shutil.which("bash") or "/bin/sh"
     return {"name": os.path.basename(path), "path": path}
 
 
