@@ -107,7 +107,9 @@ def test_exec_through_the_relay(rendezvous: Rendezvous) -> None:
             capture_output=True,
             env={**os.environ, "CODEXEXEC_REGISTRY_TOKEN": "nope"},
         )
-        assert wrong.returncode == 125 and b"authentication failed (401 Unauthorized)" in wrong.stderr
+        assert (
+            wrong.returncode == 125 and b"authentication failed (401 Unauthorized)" in wrong.stderr
+        )
         assert b"nope" not in wrong.stderr
     finally:
         stop(executor)
