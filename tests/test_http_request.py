@@ -16,7 +16,8 @@ from codexexec.client.http import MAX_QUEUED_DELTAS
 from codexexec.protocol import messages as m
 from codexexec.protocol.jsonrpc import RpcError
 from codexexec.server.environment_config import read_environment_config
-from codexexec.server.http_request import MAX_ACTIVE_STREAMS, MAX_BUFFERED_BODY_BYTES
+from codexexec.server.http_exchange import MAX_BUFFERED_BODY_BYTES
+from codexexec.server.http_request import MAX_ACTIVE_STREAMS
 from tests.http_upstream import upstream
 from tests.servers import RunningServer, start_server
 from tests.wire import Wire

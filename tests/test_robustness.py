@@ -202,3 +202,24 @@ def test_readyz_is_plain_http() -> None:
         url = running.url.replace("ws://", "http://")
         with pytest.raises(urllib.error.HTTPError):
             urllib.request.urlopen(url + "/", timeout=5)
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+async def test_an_idle_executor_uses_no_more_memory_than_codexs() -> None:
+    """An executor sits idle on devboxes most of its life; it must not cost more than
+    Codex's own (features it has not been asked for, like the HTTP client, stay unloaded)."""
+    idle: dict[str, int] = {}
+    for kind in ("codexexec", "codex"):
+        with start_server(kind) as running:
+            wire = await connected(running.url)
+            await asyncio.sleep(0.5)
+            idle[kind] = _rss_kib(running.process.pid)
+            await wire.close()
+    assert idle["codexexec"] <= idle["codex"], idle

@@ -42,6 +42,19 @@ _BODY_HEADERS = frozenset(
 )
 
 
+# Codex's words for a body that broke off, timed out or was cut short.
+BODY_ERROR = "error decoding response body"
+MAX_DELTA_BYTES = 1024 * 1024
+
+
+class SendFailed(Exception):
+    """The request could not be completed; ``str()`` follows "http/request failed: "."""
+
+
+class BodyFailed(Exception):
+    """The response body broke off, timed out or was too large."""
+
+
 class InvalidRequest(ValueError):
     """Bad params: answered -32602 with this message."""
 
