@@ -1,4 +1,4 @@
-"""The registration-credential options `serve --remote`, `register` and `login status` share."""
+"""The registration options `serve --remote`, `register` and `login status` share."""
 
 from __future__ import annotations
 
@@ -17,4 +17,10 @@ ALLOW_AGENT_IDENTITY = typer.Option(
     False,
     "--allow-agent-identity-auth",
     help="Register with the Agent Identity in CODEX_ACCESS_TOKEN (ignored without this flag).",
+)
+CLEARTEXT_RELAY = typer.Option(
+    False,
+    "--cleartext-relay",
+    help="Register the unencrypted relay profile (the relay sees everything). "
+    "The default is Noise, end to end.",
 )

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import typer
 
-from codexexec.cli.auth_options import ALLOW_AGENT_IDENTITY, TOKEN_FILE, TOKEN_STDIN
+from codexexec.cli.auth_options import (
+    ALLOW_AGENT_IDENTITY,
+    CLEARTEXT_RELAY,
+    TOKEN_FILE,
+    TOKEN_STDIN,
+)
 
 
 def register(
@@ -16,12 +21,7 @@ def register(
     token_file: str | None = TOKEN_FILE,
     token_stdin: bool = TOKEN_STDIN,
     allow_agent_identity_auth: bool = ALLOW_AGENT_IDENTITY,
-    cleartext_relay: bool = typer.Option(
-        False,
-        "--cleartext-relay",
-        help="Register the unencrypted relay profile (the relay sees everything). "
-        "The default is Noise, end to end.",
-    ),
+    cleartext_relay: bool = CLEARTEXT_RELAY,
 ) -> None:
     """Forward each relay stream to its own websocket connection to FORWARD."""
     from codexexec.cli.remote_serve import run_relay

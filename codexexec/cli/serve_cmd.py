@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import typer
 
-from codexexec.cli.auth_options import ALLOW_AGENT_IDENTITY, TOKEN_FILE, TOKEN_STDIN
+from codexexec.cli.auth_options import (
+    ALLOW_AGENT_IDENTITY,
+    CLEARTEXT_RELAY,
+    TOKEN_FILE,
+    TOKEN_STDIN,
+)
 from codexexec.protocol.limits import DEFAULT_DETACHED_SESSION_TTL_SECONDS
 
 
@@ -40,12 +45,7 @@ def serve(
     token_file: str | None = TOKEN_FILE,
     token_stdin: bool = TOKEN_STDIN,
     allow_agent_identity_auth: bool = ALLOW_AGENT_IDENTITY,
-    cleartext_relay: bool = typer.Option(
-        False,
-        "--cleartext-relay",
-        help="With --remote: register the unencrypted relay profile (the relay sees "
-        "everything). The default is Noise, end to end.",
-    ),
+    cleartext_relay: bool = CLEARTEXT_RELAY,
     security_profile: str = typer.Option(
         "noise_hybrid_ik_v1",
         "--security-profile",

@@ -19,9 +19,9 @@ import os
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Self
 
+from codexexec.client.closing import AsyncClosing
 from codexexec.client.environment_config import EnvironmentConfig, read_environment_config
 from codexexec.client.errors import ExecServerError
 from codexexec.client.events import Closed, EventBuffer, Exited, Output, ReadResponse
@@ -97,7 +97,7 @@ async def open_registry_transport(
     return await HarnessRelayTransport.connect(registry, environment_id, token)
 
 
-class ExecServerClient:
+class ExecServerClient(AsyncClosing):
     _peer: RpcPeer
     _runner: asyncio.Task[None]
 
@@ -246,17 +246,6 @@ class ExecServerClient:
         result = await self._call_once("initialize", params, timeout=timeout)
         await self._peer.notify("initialized", {})
         return result if isinstance(result, dict) else {}
-
-    async def __aenter__(self) -> ExecServerClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def close(self) -> None:
         await self._peer.transport.close()

@@ -21,9 +21,9 @@ import itertools
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Literal
 
+from codexexec.client.closing import AsyncClosing
 from codexexec.client.errors import ExecServerError
 from codexexec.protocol.base64_codec import decode_base64, encode_base64
 from codexexec.protocol.limits import FS_MAX_BLOCK_BYTES
@@ -77,7 +77,7 @@ def _native(uri: str) -> str:
         return uri
 
 
-class RemoteFile:
+class RemoteFile(AsyncClosing):
     """An open file on the executor (``fs/open``); close it, or use ``async with``."""
 
     def __init__(self, call: Call, handle_id: str, path: str) -> None:
@@ -85,17 +85,6 @@ class RemoteFile:
         self.handle_id = handle_id
         self.path = path
         self._closed = False
-
-    async def __aenter__(self) -> RemoteFile:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def read_block(self, offset: int, length: int = FS_MAX_BLOCK_BYTES) -> tuple[bytes, bool]:
         """Up to ``length`` bytes at ``offset``, and whether the read came up short (EOF)."""
