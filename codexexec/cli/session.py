@@ -47,17 +47,14 @@ async def _connected(
     from codexexec.cli.targets import chosen_environment, connect
 
     async with chosen_environment(env, autostart=resume_session_id is None) as environment:
-        if detach and environment.kind in ("local", "stdio"):
-            fail(_DETACH_NEEDS_SERVER[environment.kind].format(environment.id), 2)
-        yield await connect(environment, resume_session_id=resume_session_id), environment.id
-
-
-_DETACH_NEEDS_SERVER = {
-    "local": "--detach needs a server environment (--env ws://…): "
-    "the local environment ends with this command",
-    "stdio": "--detach needs an environment whose exec-server outlives this command: "
-    "`{}` is a stdio environment, its exec-server is this command's child",
-}
+        if detach and environment.kind == "local":
+            fail(
+                "--detach needs a server environment (--env ws://…): "
+                "the local environment ends with this command",
+                2,
+            )
+        client = await connect(environment, resume_session_id=resume_session_id, lasting=detach)
+        yield client, environment.id
 
 
 async def _stream(process: RemoteProcess, renderer: EventRenderer, after_seq: int = 0) -> None:

@@ -72,12 +72,15 @@ async def chosen_environment(
 
 
 async def connect(
-    environment: Environment, *, resume_session_id: str | None = None
+    environment: Environment, *, resume_session_id: str | None = None, lasting: bool = False
 ) -> ExecServerClient:
+    """``lasting``: a session that outlives this command (`--detach`)."""
     try:
         async with spinner(f"connecting to {environment.id}"):
             if resume_session_id is not None:
                 return await environment.resume(resume_session_id)
+            if lasting:
+                return await environment.lasting_client()
             return await environment.client()
     except ExecServerError as exc:
         fail(str(exc))

@@ -12,8 +12,9 @@ import asyncio
 import hashlib
 import os
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 from codexexec.client.errors import ExecServerError
 from codexexec.client.recovering import (
@@ -34,6 +35,7 @@ from codexexec.transport.base import MessageTransport
 Step = Literal["connect", "auth", "handshake", "initialize"]
 CONNECTION_TOKEN_ENV = "CODEX_EXEC_SERVER_CONNECTION_TOKEN"
 _STATUS = re.compile(r"\((\d{3})\)")
+_T = TypeVar("_T")
 
 
 class EnvironmentUnavailable(OpenFailed):
@@ -74,11 +76,34 @@ async def connect_environment(
     transport = await open_transport(spec, label)
     timings.steps["connect"] = loop.time() - started
     started = loop.time()
+    client = await initialize_over(
+        spec,
+        label,
+        transport,
+        lambda: RecoveringClient.over(
+            transport, description=label, resume_session_id=resume_session_id, timeout=None
+        ),
+    )
+    timings.steps["initialize"] = loop.time() - started
+    if spec.reconnectable:
+        client.enable_recovery(
+            lambda: open_transport(spec, label),
+            initialize_timeout=spec.initialize_timeout,
+            retry_delay=_retry_delay(spec, client.session_id),
+        )
+    return client, timings
+
+
+async def initialize_over(
+    spec: EnvironmentSpec,
+    label: str,
+    transport: MessageTransport,
+    initialize: Callable[[], Awaitable[_T]],
+) -> _T:
+    """Run ``initialize`` on a fresh ``transport``, bounded; failures name the step and cause."""
     try:
         async with asyncio.timeout(spec.initialize_timeout):
-            client = await RecoveringClient.over(
-                transport, description=label, resume_session_id=resume_session_id, timeout=None
-            )
+            return await initialize()
     except TimeoutError:
         raise EnvironmentUnavailable(
             label,
@@ -92,14 +117,6 @@ async def connect_environment(
         raise EnvironmentUnavailable(
             label, "initialize", cause, retryable=exc.code is None
         ) from None
-    timings.steps["initialize"] = loop.time() - started
-    if spec.reconnectable:
-        client.enable_recovery(
-            lambda: open_transport(spec, label),
-            initialize_timeout=spec.initialize_timeout,
-            retry_delay=_retry_delay(spec, client.session_id),
-        )
-    return client, timings
 
 
 async def open_transport(spec: EnvironmentSpec, label: str) -> MessageTransport:
@@ -221,10 +238,15 @@ def _registry_backoff(session_id: str, attempt: int) -> float:
 
 async def _initialize_failure(transport: MessageTransport, error: ExecServerError) -> str:
     """Why initialize failed, with what a spawned program said about it."""
-    from codexexec.transport.stdio import StreamTransport
-
     if error.code is not None:
         return f"exec-server rejected request ({error.code}): {error}"
+    return await closed_cause(transport)
+
+
+async def closed_cause(transport: MessageTransport) -> str:
+    """Why a transport to an exec-server ended, with what a spawned program said about it."""
+    from codexexec.transport.stdio import StreamTransport
+
     if not isinstance(transport, StreamTransport):
         return "exec-server transport closed"
     if transport.not_json is not None:
@@ -234,6 +256,8 @@ async def _initialize_failure(transport: MessageTransport, error: ExecServerErro
     cause = "exec-server transport closed"
     if code is not None and code >= 0:
         cause += f" (the program exited with code {code})"
+    elif code is not None:
+        cause += f" (the program was killed by signal {-code})"
     if tail:
         cause += f": {tail[-1]}"
     return cause

@@ -30,8 +30,10 @@ from codexexec.environments.config import (
     PROTOCOL_ERROR,
     EnvironmentsConfig,
     EnvironmentSpec,
+    StdioSpec,
 )
 from codexexec.environments.connect import Timings, connect_environment
+from codexexec.environments.kept import connect_kept
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +121,26 @@ class Environment:
     async def resume(self, session_id: str) -> ExecServerClient:
         """A connection of its own that resumes ``session_id`` (e.g. a detached process's)."""
         self._check_open()
+        client: ExecServerClient
         if isinstance(self.spec, LocalSpec):
             raise ExecServerError("the local environment has no sessions to resume")
-        client, _ = await connect_environment(self.spec, self.id, resume_session_id=session_id)
+        if isinstance(self.spec, StdioSpec):
+            client = await connect_kept(self.spec, self.id, resume_session_id=session_id)
+        else:
+            client, _ = await connect_environment(self.spec, self.id, resume_session_id=session_id)
+        self._others.append(client)
+        return client
+
+    async def lasting_client(self) -> ExecServerClient:
+        """A client whose session outlives this process (for detached processes).
+
+        A stdio environment's program dies with the command that spawned it, so its
+        lasting sessions live in the environment's keeper instead (environments/keeper.py).
+        """
+        if not isinstance(self.spec, StdioSpec):
+            return await self.client()
+        self._check_open()
+        client = await connect_kept(self.spec, self.id)
         self._others.append(client)
         return client
 
