@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import shutil
@@ -141,8 +142,6 @@ async def test_denial_report_says_why(codexexec_server: RunningServer, workspace
         "path": "/etc/cx-denied",
         "snippet": "touch: cannot touch '/etc/cx-denied': Read-only file system",
     }
-    read = await wire.result("process/read", {"processId": "nope-not-here"}) if False else None
-    assert read is None
     await wire.close()
 
 
@@ -157,6 +156,32 @@ async def test_protected_metadata(codexexec_server: RunningServer, workspace: Pa
     (workspace / ".codex").mkdir()
     _, _, exited = await run(wire, ["touch", ".codex/config.toml"], workspace, sandbox)
     assert exited["sandboxDenied"] is True
+    await wire.close()
+
+
+async def test_overlapping_sandboxes_keep_a_missing_protected_name_protected(
+    codexexec_server: RunningServer, workspace: Path
+) -> None:
+    """The first sandbox creates `.codex` on the host as its mask's mount point; a second
+    one, started meanwhile, binds that directory read-only. When the first ends, the
+    directory must stay until the second has ended too: removing it would detach the
+    second's mount and let it create `.codex/config.toml` after all."""
+    wire = await connected(codexexec_server.url)
+    sandbox = context("workspace-write", workspace)
+    first = {"processId": "first", "argv": ["sleep", "0.5"], "cwd": uri(workspace)}
+    await wire.result("process/start", {**first, "env": {}, "tty": False, "sandbox": sandbox})
+    for _ in range(100):  # until bubblewrap has made the mount point
+        if (workspace / ".codex").exists():
+            break
+        await asyncio.sleep(0.01)
+    attempt = "sleep 1.2; mkdir -p .codex && echo planted > .codex/config.toml"
+    second = {"processId": "second", "argv": ["sh", "-c", attempt], "cwd": uri(workspace)}
+    await wire.result("process/start", {**second, "env": {}, "tty": False, "sandbox": sandbox})
+    await wire.events_until_closed("first")
+    events = await wire.events_until_closed("second")
+    assert b"Read-only file system" in decoded_output(events)
+    assert not (workspace / ".codex" / "config.toml").exists()
+    assert not (workspace / ".codex").exists()  # removed once the last user ended
     await wire.close()
 
 

@@ -5,12 +5,12 @@ The server calls only this; which OS mechanism runs is decided here, per host.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from codexexec.sandbox import mount_points
 from codexexec.sandbox.plan import NetworkRouting, resolve_plan
 from codexexec.sandbox.policy import PolicyError, parse_context
 
@@ -40,10 +40,8 @@ class SandboxedCommand:
 
 
 def remove_created_paths(paths: list[str]) -> None:
-    """Remove the mount points bwrap created for masks, once the sandboxed process is gone."""
-    for path in reversed(paths):
-        with contextlib.suppress(OSError):
-            os.rmdir(path)  # only if still empty: never removes anything real
+    """The sandboxed process is gone: drop its mount points nobody else relies on."""
+    mount_points.release(paths)
 
 
 # Managed network without a file-system intent: everything but the network is open.

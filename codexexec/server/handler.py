@@ -24,7 +24,12 @@ from codexexec.protocol.jsonrpc import (
     RpcError,
 )
 from codexexec.rpc.peer import CloseConnection, ReplyThen, RpcPeer
-from codexexec.sandbox.enforce import SandboxedCommand, SandboxRefused, prepare_command
+from codexexec.sandbox.enforce import (
+    SandboxedCommand,
+    SandboxRefused,
+    prepare_command,
+    remove_created_paths,
+)
 from codexexec.sandbox.plan import NetworkRouting
 from codexexec.sandbox.proxy_routes import ManagedNetwork, ProxyRouteError, check_routes
 from codexexec.server import spawn
@@ -230,6 +235,7 @@ class ConnectionHandler:
                 spawn.ensure_program_exists(params.argv[0], env, cwd)
             except OSError as exc:
                 sandboxed.release()
+                remove_created_paths(sandboxed.created_paths)
                 raise RpcError(INTERNAL_ERROR, os_error_text(exc)) from None
         process = ManagedProcess(
             params.process_id,
@@ -253,6 +259,8 @@ class ConnectionHandler:
             )
         except OSError as exc:
             del session.processes[params.process_id]
+            if sandboxed is not None:
+                remove_created_paths(sandboxed.created_paths)
             raise RpcError(INTERNAL_ERROR, os_error_text(exc)) from None
         finally:
             if sandboxed is not None:

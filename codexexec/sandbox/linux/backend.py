@@ -11,6 +11,7 @@ from functools import cache
 
 import msgspec
 
+from codexexec.sandbox import mount_points
 from codexexec.sandbox.linux import bwrap as bw
 from codexexec.sandbox.plan import NetworkRouting, SandboxPlan
 
@@ -67,6 +68,10 @@ def _missing_paths(plan: SandboxPlan) -> list[str]:
     return [p for root in plan.writable_roots for p in root.missing_protected]
 
 
+def _held_mount_points(plan: SandboxPlan) -> list[str]:
+    return mount_points.hold(_missing_paths(plan), plan.all_read_only_paths)
+
+
 def prepare(plan: SandboxPlan, command: list[str], *, arg0: str | None) -> PreparedCommand:
     forced = os.environ.get(FORCE_BACKEND_ENV, "")
     mode = seccomp_mode_name(plan)
@@ -78,10 +83,10 @@ def prepare(plan: SandboxPlan, command: list[str], *, arg0: str | None) -> Prepa
             spec = msgspec.json.encode(_bridge_spec(plan.routing, arg0)).decode()
             inner = [sys.executable, "-m", "codexexec.sandbox.linux.netns_bridge", spec, "--"]
             argv = bw.bwrap_argv(bwrap, plan, [*inner, *command], arg0=None, seccomp_fd=None)
-            return PreparedCommand(argv, "bubblewrap", (), _missing_paths(plan))
+            return PreparedCommand(argv, "bubblewrap", (), _held_mount_points(plan))
         fds: tuple[int, ...] = (_memfd_with(_bpf(mode)),) if mode else ()
         argv = bw.bwrap_argv(bwrap, plan, command, arg0=arg0, seccomp_fd=fds[0] if fds else None)
-        return PreparedCommand(argv, "bubblewrap", fds, _missing_paths(plan))
+        return PreparedCommand(argv, "bubblewrap", fds, _held_mount_points(plan))
     if forced in ("", "landlock"):
         reason = landlock_refusal(plan)
         if reason is None:
