@@ -10,6 +10,7 @@ import asyncio
 import base64
 import os
 import shutil
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,8 +20,11 @@ import pytest
 
 from codexexec.protocol.limits import FS_MAX_WHOLE_READ_BYTES
 from codexexec.sandbox.linux.landlock import landlock_abi
+from codexexec.server.fs import helpers as helpers_module
+from codexexec.server.fs import sandboxed
+from codexexec.server.fs.helpers import MAX_HELPERS_PER_CONNECTION
 from tests.servers import RunningServer, start_server
-from tests.test_behaviour_fs import read_only, uri, workspace_write
+from tests.test_behaviour_fs import needs_bwrap, read_only, uri, workspace_write
 from tests.wire import Wire
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
@@ -151,3 +155,97 @@ async def test_landlock_backend_confines_fs_operations(tree: Path) -> None:
             "sandbox intent cannot be enforced on this executor"
         )
         await wire.close()
+
+
+# -- sandboxed helpers kept across operations ------------------------------------------------
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as children:
+            found |= {int(child) for child in children.read().split()}
+    return found
+
+
+async def _write(
+    wire: Wire, path: Path, data: bytes, sandbox: dict[str, object]
+) -> dict[str, object]:
+    params = {"path": uri(path), "dataBase64": base64.b64encode(data).decode(), "sandbox": sandbox}
+    return await wire.request("fs/writeFile", params)
+
+
+@needs_bwrap
+async def test_a_sandboxed_helper_serves_the_next_operation_but_never_a_wider_one(
+    tree: Path,
+) -> None:
+    workspace = tree / "ws"
+    workspace.mkdir()
+    sandbox = workspace_write(workspace)
+    with start_server("codexexec") as server:
+        wire = await connected(server)
+        assert "result" in await _write(wire, workspace / "a", b"1", sandbox)
+        helpers = _children(server.process.pid)
+        assert len(helpers) == 1
+        for name in "bcd":
+            assert "result" in await _write(wire, workspace / name, b"2", sandbox)
+        assert _children(server.process.pid) == helpers  # the same helper, no new process
+        # A `.git` that appears later is protected: the plan changed, so a new helper runs it.
+        (workspace / ".git").mkdir()
+        reply = await _write(wire, workspace / ".git" / "config", b"evil", sandbox)
+        assert reply["error"]["message"] == "Read-only file system (os error 30)"
+        assert not (workspace / ".git" / "config").exists()
+        await wire.close()
+        deadline = time.monotonic() + 10
+        while _children(server.process.pid) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert _children(server.process.pid) == set()  # the helpers end with the connection
+
+
+@needs_bwrap
+async def test_sandboxed_helpers_are_bounded_and_survive_a_killed_one(tree: Path) -> None:
+    workspace = tree / "ws"
+    workspace.mkdir()
+    sandbox = workspace_write(workspace)
+    with start_server("codexexec") as server:
+        wire = await connected(server)
+        for i in range(12):  # all in flight at once
+            data = base64.b64encode(bytes([i]) * 1000).decode()
+            params = {"path": uri(workspace / f"f{i}"), "dataBase64": data, "sandbox": sandbox}
+            await wire.send({"id": f"w{i}", "method": "fs/writeFile", "params": params})
+        replies = [await wire.response(f"w{i}", timeout=30) for i in range(12)]
+        assert all("result" in reply for reply in replies), replies
+        assert all((workspace / f"f{i}").read_bytes() == bytes([i]) * 1000 for i in range(12))
+        helpers = _children(server.process.pid)
+        assert 1 <= len(helpers) <= MAX_HELPERS_PER_CONNECTION
+        for helper in helpers:
+            os.killpg(helper, signal.SIGKILL)  # idle helpers die behind the server's back
+        assert "result" in await _write(wire, workspace / "after", b"ok", sandbox)
+        assert (workspace / "after").read_bytes() == b"ok"
+        await wire.close()
+
+
+@needs_bwrap
+async def test_an_idle_sandboxed_helper_retires(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(helpers_module, "HELPER_IDLE_SECONDS", 0.3)
+    workspace = tree / "ws"
+    workspace.mkdir()
+    confined = sandboxed.confinement(workspace_write(workspace), reads_only=False)
+    assert confined is not None
+    others = _children(os.getpid())  # e.g. servers other tests share
+    pool = helpers_module.SandboxedHelpers()
+    args = {"path": str(workspace / "f"), "data": b"x", "follow_symlinks": True}
+    assert await pool.run(confined, "write_file", args) == {}
+    helpers = _children(os.getpid()) - others
+    assert len(helpers) == 1 and (workspace / ".codex").exists()  # a helper, its mount point
+    await asyncio.sleep(1.0)
+    assert _children(os.getpid()) & helpers == set()
+    assert not (workspace / ".codex").exists()
+    assert await pool.run(confined, "write_file", args) == {}  # a new one when needed
+    pool.close()
+    deadline = time.monotonic() + 5
+    while _children(os.getpid()) - others and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert _children(os.getpid()) - others == set()  # closing stops it

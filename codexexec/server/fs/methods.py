@@ -1,8 +1,8 @@
 """The `fs/*` methods of one connection: params in, Codex-shaped results or errors out.
 
-Each operation runs in a worker thread, or in the sandboxed helper when the request's
-`sandbox` restricts the file system (``sandboxed``); handles and watches belong to the
-connection and end with it.
+Each operation runs in a worker thread, or in a sandboxed helper when the request's
+`sandbox` restricts the file system (``sandboxed``, ``helpers``); handles, watches and
+helpers belong to the connection and end with it.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from codexexec.protocol.base64_codec import Base64Error, decode_base64
 from codexexec.protocol.jsonrpc import INVALID_REQUEST, RpcError
 from codexexec.server.fs import sandboxed
 from codexexec.server.fs.handles import FileHandles
+from codexexec.server.fs.helpers import SandboxedHelpers
 from codexexec.server.fs.uris import native_path
 from codexexec.server.fs.walk import WalkLimits
 from codexexec.server.fs.watch import MissingWatches, Notify
@@ -31,18 +32,6 @@ _READS_ONLY = frozenset(
 )
 
 
-async def _run(sandbox: Any, op: str, **args: Any) -> Any:
-    """Run one operation where the request's sandbox says it must run."""
-    confined = sandboxed.confinement(sandbox, reads_only=op in _READS_ONLY)
-    if confined is not None:
-        return await sandboxed.run(confined, op, args)
-    function: Callable[..., Any] = OPENERS.get(op) or OPERATIONS[op]
-    try:
-        return await asyncio.to_thread(function, **args)
-    except OSError as exc:
-        raise rpc_error(exc) from None
-
-
 def _follow(flag: bool | None) -> bool:
     return flag is not False  # Codex follows symlinks unless told not to
 
@@ -51,6 +40,7 @@ class FileSystemMethods:
     def __init__(self, notify: Notify) -> None:
         self._handles = FileHandles()
         self._watches = MissingWatches(notify)
+        self._helpers = SandboxedHelpers()
 
     def methods(self) -> MethodTable:
         return {
@@ -73,10 +63,22 @@ class FileSystemMethods:
     def close(self) -> None:
         self._handles.close_all()
         self._watches.close()
+        self._helpers.close()
+
+    async def _run(self, sandbox: Any, op: str, **args: Any) -> Any:
+        """Run one operation where the request's sandbox says it must run."""
+        confined = sandboxed.confinement(sandbox, reads_only=op in _READS_ONLY)
+        if confined is not None:
+            return await self._helpers.run(confined, op, args)
+        function: Callable[..., Any] = OPENERS.get(op) or OPERATIONS[op]
+        try:
+            return await asyncio.to_thread(function, **args)
+        except OSError as exc:
+            raise rpc_error(exc) from None
 
     async def _read_file(self, p: f.ReadFileParams) -> Any:
         path = native_path(p.path)
-        return await _run(
+        return await self._run(
             p.sandbox, "read_file", path=path, follow_symlinks=_follow(p.follow_symlinks)
         )
 
@@ -88,7 +90,7 @@ class FileSystemMethods:
                 INVALID_REQUEST, f"fs/writeFile requires valid base64 dataBase64: {exc}"
             ) from None
         path = native_path(p.path)
-        return await _run(
+        return await self._run(
             p.sandbox,
             "write_file",
             path=path,
@@ -97,7 +99,7 @@ class FileSystemMethods:
         )
 
     async def _create_directory(self, p: f.CreateDirectoryParams) -> Any:
-        return await _run(
+        return await self._run(
             p.sandbox,
             "create_directory",
             path=native_path(p.path),
@@ -107,15 +109,15 @@ class FileSystemMethods:
 
     async def _get_metadata(self, p: f.GetMetadataParams) -> Any:
         path = native_path(p.path)
-        return await _run(
+        return await self._run(
             p.sandbox, "get_metadata", path=path, follow_symlinks=_follow(p.follow_symlinks)
         )
 
     async def _canonicalize(self, p: f.PathParams) -> Any:
-        return await _run(p.sandbox, "canonicalize", path=native_path(p.path))
+        return await self._run(p.sandbox, "canonicalize", path=native_path(p.path))
 
     async def _read_directory(self, p: f.PathParams) -> Any:
-        return await _run(p.sandbox, "read_directory", path=native_path(p.path))
+        return await self._run(p.sandbox, "read_directory", path=native_path(p.path))
 
     async def _walk(self, p: f.WalkParams) -> Any:
         o = p.options
@@ -127,10 +129,10 @@ class FileSystemMethods:
             o.prune_hidden_directories,
         )
         limits.check()
-        return await _run(p.sandbox, "walk", path=native_path(p.path), limits=limits)
+        return await self._run(p.sandbox, "walk", path=native_path(p.path), limits=limits)
 
     async def _remove(self, p: f.RemoveParams) -> Any:
-        return await _run(
+        return await self._run(
             p.sandbox,
             "remove",
             path=native_path(p.path),
@@ -140,7 +142,7 @@ class FileSystemMethods:
         )
 
     async def _copy(self, p: f.CopyParams) -> Any:
-        return await _run(
+        return await self._run(
             p.sandbox,
             "copy",
             source=native_path(p.source_path),
@@ -151,7 +153,7 @@ class FileSystemMethods:
     async def _open(self, p: f.OpenParams) -> Any:
         self._handles.check_new(p.handle_id)
         opener = "open_for_read" if p.mode == "read" else "open_for_replace"
-        fd = await _run(p.sandbox, opener, path=native_path(p.path))
+        fd = await self._run(p.sandbox, opener, path=native_path(p.path))
         return self._handles.add(p.handle_id, fd)
 
     async def _read_block(self, p: f.ReadBlockParams) -> Any:

@@ -1,9 +1,9 @@
 """Filesystem operations under a request's `sandbox`: the same enforcement as a command.
 
 When the sandbox restricts the file system, the operation runs in a helper process
-(``codexexec.server.fs.worker``) wrapped exactly as a sandboxed command would be
-(``sandbox.enforce.prepare_command``: bubblewrap, or Landlock), so a file operation
-reaches nothing a command under that sandbox could not. Opens come back as file
+(``codexexec.server.fs.worker``, kept by ``helpers``) wrapped exactly as a sandboxed
+command would be (``sandbox.enforce.prepare_command``: bubblewrap, or Landlock), so a file
+operation reaches nothing a command under that sandbox could not. Opens come back as file
 descriptors the helper opened inside the sandbox. Anything else runs in-process.
 
 A sandbox that hides most of the file system also hides the Python runtime the helper
@@ -13,12 +13,9 @@ Codex adds its own helper executables.
 
 from __future__ import annotations
 
-import array
-import asyncio
 import contextlib
+import dataclasses
 import os
-import signal
-import socket
 import struct
 import sys
 from dataclasses import dataclass
@@ -28,14 +25,12 @@ from typing import Any
 import msgspec
 
 import codexexec
-from codexexec.protocol.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, RpcError
-from codexexec.protocol.limits import MAX_MESSAGE_BYTES
+from codexexec.protocol.jsonrpc import INVALID_PARAMS, RpcError
 from codexexec.protocol.path_uri import PathUri
 from codexexec.sandbox.enforce import (
     SandboxedCommand,
     SandboxRefused,
     prepare_command,
-    remove_created_paths,
 )
 from codexexec.sandbox.plan import SandboxPlan, resolve_plan
 from codexexec.sandbox.policy import PolicyError, parse_context
@@ -44,7 +39,6 @@ WORKER = [sys.executable, "-m", "codexexec.server.fs.worker"]
 # The helper's working directory: always readable to it (it holds the helper's own code)
 # and never an ancestor of bwrap (which prepare_command refuses, as a repo could plant one).
 _WORKER_CWD = os.path.dirname(os.path.abspath(__file__))
-_MAX_STDERR_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +47,25 @@ class Confinement:
 
     sandbox: dict[str, Any]
     plan: SandboxPlan
+
+    def key(self) -> bytes:
+        """Equal only for confinements one helper may serve alike, so a helper started
+        earlier never reaches more than a new one would: the same intent, the same
+        protected subpaths (a `.git` that appears later changes it), and the same kind of
+        each denied path. A protected subpath that was missing when the helper started is
+        covered by a read-only mount inside it even once it exists (the helper's own mount
+        point creates it), so it counts the same present or missing."""
+        plan = dataclasses.asdict(self.plan)
+        for root in plan["writable_roots"]:
+            root["read_only"] = sorted({*root["read_only"], *root.pop("missing_protected")})
+        denied = [_kind(path) for path in self.plan.denied]
+        return msgspec.json.encode([self.sandbox, plan, denied], order="sorted")
+
+
+def _kind(path: str) -> str:
+    if os.path.isdir(path):
+        return "directory"
+    return "present" if os.path.lexists(path) else "missing"
 
 
 def confinement(sandbox: Any, *, reads_only: bool) -> Confinement | None:
@@ -151,7 +164,8 @@ def _worker_context(sandbox: dict[str, Any], plan: SandboxPlan) -> dict[str, Any
     return {**sandbox, "permissions": permissions}
 
 
-def _prepare(confined: Confinement) -> SandboxedCommand:
+def prepare_helper(confined: Confinement) -> SandboxedCommand:
+    """The helper's command line, wrapped for the confinement."""
     context = _worker_context(confined.sandbox, confined.plan)
     try:
         command = prepare_command(context, WORKER, _WORKER_CWD, None)
@@ -160,92 +174,3 @@ def _prepare(confined: Confinement) -> SandboxedCommand:
     if command is None:  # cannot happen for a restricting sandbox; never run unconfined
         raise RpcError(INVALID_PARAMS, "filesystem sandbox cannot be enforced on this executor")
     return command
-
-
-def _exchange(channel: socket.socket, request: bytes) -> tuple[bytes, list[int]]:
-    """Send the request, then read the whole reply and any descriptors sent with it."""
-    try:
-        channel.sendall(request)
-        channel.shutdown(socket.SHUT_WR)
-    except (BrokenPipeError, ConnectionResetError):
-        pass  # the helper is gone; its reply (none) and its stderr say why
-    reply = bytearray()
-    fds: list[int] = []
-    space = socket.CMSG_SPACE(array.array("i", [0]).itemsize)
-    while True:
-        data, ancillary, _, _ = channel.recvmsg(1024 * 1024, space)
-        for level, kind, payload in ancillary:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                received = array.array("i")
-                received.frombytes(payload[: len(payload) - len(payload) % received.itemsize])
-                fds.extend(received)
-        if not data:
-            return bytes(reply), fds
-        reply += data
-        if len(reply) > MAX_MESSAGE_BYTES:
-            for fd in fds:
-                os.close(fd)
-            raise RpcError(INTERNAL_ERROR, "filesystem sandbox helper reply is too large")
-
-
-def _failed(reason: str) -> RpcError:
-    return RpcError(INTERNAL_ERROR, f"filesystem sandbox helper failed: {reason}")
-
-
-async def run(confined: Confinement, op: str, args: dict[str, Any]) -> Any:
-    """Run ``op`` in the sandboxed helper; an opener's result is the received fd."""
-    command = _prepare(confined)
-    ours, theirs = socket.socketpair()
-    try:
-        process = await asyncio.create_subprocess_exec(
-            *command.argv,
-            stdin=theirs.fileno(),
-            stdout=theirs.fileno(),
-            stderr=asyncio.subprocess.PIPE,
-            pass_fds=command.pass_fds,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        ours.close()
-        raise _failed(str(exc)) from None
-    finally:
-        theirs.close()
-        command.release()
-    try:
-        request = msgspec.json.encode({"op": op, "args": args})
-        reply, fds = await asyncio.to_thread(_exchange, ours, request)
-        assert process.stderr is not None
-        stderr = await process.stderr.read(_MAX_STDERR_BYTES)
-        await process.wait()
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        raise
-    finally:
-        ours.close()
-        remove_created_paths(command.created_paths)
-    if not reply:
-        for fd in fds:
-            os.close(fd)
-        lines = stderr.decode(errors="replace").strip().splitlines()
-        raise _failed(lines[-1] if lines else f"exit status {process.returncode}")
-    return _result(reply, fds)
-
-
-def _result(reply: bytes, fds: list[int]) -> Any:
-    for extra in fds[1:]:
-        os.close(extra)
-    fd = fds[0] if fds else None
-    try:
-        answer = msgspec.json.decode(reply)
-    except msgspec.DecodeError:
-        answer = {}
-    if answer.get("fd") and fd is not None:
-        return fd
-    if fd is not None:
-        os.close(fd)
-    if "error" in answer:
-        raise RpcError(answer["error"]["code"], answer["error"]["message"])
-    if "result" not in answer:
-        raise _failed("it sent no answer")
-    return answer["result"]

@@ -1,16 +1,16 @@
 """The sandboxed filesystem helper: ``python -m codexexec.server.fs.worker``.
 
-Started by the server inside the request's sandbox (the same bwrap or Landlock wrapping
-a sandboxed command gets), with a Unix socket as stdin and stdout. It reads one JSON
-request ``{"op", "args"}`` until EOF, runs the operation from ``ops`` and answers with
-``{"result": …}``, ``{"error": {"code", "message"}}``, or, for an open, ``{"fd": true}``
-with the opened descriptor attached (SCM_RIGHTS), so streaming reads and writes go on
-through a descriptor the sandbox granted.
+Started by the server inside a sandbox (the same bwrap or Landlock wrapping a sandboxed
+command gets), with a Unix socket as stdin and stdout. It serves requests one at a time
+until the server closes the socket: each ``{"op", "args"}`` frame (``helper_protocol``)
+runs the operation from ``ops`` and is answered with ``{"result": …}``,
+``{"error": {"code", "message"}}``, or, for an open, ``{"fd": true}`` with the opened
+descriptor attached (SCM_RIGHTS), so streaming reads and writes go on through a
+descriptor the sandbox granted.
 """
 
 from __future__ import annotations
 
-import array
 import os
 import socket
 import sys
@@ -20,8 +20,8 @@ from typing import Any
 import msgspec
 
 from codexexec.protocol.jsonrpc import RpcError
-from codexexec.protocol.limits import MAX_MESSAGE_BYTES
 from codexexec.server.fs import ops
+from codexexec.server.fs.helper_protocol import read_request, send_reply
 from codexexec.server.fs.walk import WalkLimits, walk
 from codexexec.server.os_errors import rpc_error
 
@@ -53,22 +53,15 @@ def _arguments(raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _read_request(fd: int) -> Any:
-    data = bytearray()
-    while chunk := os.read(fd, 1024 * 1024):
-        data += chunk
-        if len(data) > MAX_MESSAGE_BYTES:
-            raise ValueError("filesystem helper request is too large")
-    return msgspec.json.decode(data)
-
-
 def _answer(request: Any, channel: socket.socket) -> None:
     op, args = request["op"], _arguments(request["args"])
     try:
         if op in OPENERS:
             fd = OPENERS[op](**args)
-            rights = array.array("i", [fd])
-            channel.sendmsg([b'{"fd":true}'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)])
+            try:
+                send_reply(channel, b'{"fd":true}', fd)
+            finally:
+                os.close(fd)  # the server holds its own copy now
             return
         reply: dict[str, Any] = {"result": OPERATIONS[op](**args)}
     except RpcError as exc:
@@ -76,9 +69,7 @@ def _answer(request: Any, channel: socket.socket) -> None:
     except OSError as exc:
         error = rpc_error(exc)
         reply = {"error": {"code": error.code, "message": error.message}}
-    data = memoryview(msgspec.json.encode(reply))
-    while data:
-        data = data[channel.sendmsg([data]) :]
+    send_reply(channel, msgspec.json.encode(reply))
 
 
 def main() -> None:
@@ -86,7 +77,8 @@ def main() -> None:
     # socket is wrapped with family, type and protocol given, so nothing is probed, and
     # it is closed, not shut down, when the helper exits.
     channel = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, sys.stdin.fileno())
-    _answer(_read_request(channel.fileno()), channel)
+    while (request := read_request(channel.fileno())) is not None:
+        _answer(msgspec.json.decode(request), channel)
 
 
 if __name__ == "__main__":
