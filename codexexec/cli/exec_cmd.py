@@ -38,7 +38,11 @@ def exec_command(
     cd: str | None = typer.Option(None, "--cd", help="Working directory on the executor host."),
     tty: bool = typer.Option(False, "--tty", help="Run in a pseudo-terminal; forward stdin."),
     detach: bool = typer.Option(
-        False, "--detach", help="Print the process handle and return at once."
+        False,
+        "--detach",
+        help="Print the process handle and return at once (for `read HANDLE`). A stdio "
+        "environment's session is held by its keeper, which ends with the program or "
+        "after CODEXEXEC_KEEPER_IDLE_TTL seconds (default 600) with no client attached.",
     ),
     json_mode: bool = typer.Option(False, "--json", help="Print JSON Lines events."),
     sandbox: SandboxMode = typer.Option(
