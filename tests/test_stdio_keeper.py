@@ -41,6 +41,11 @@ id = "ssh-like"
 program = "codexexec"
 args = ["serve", "--listen", "stdio"]
 env = { KEEPER_TEST_SECRET = "s3cr3t-keeper-value" }
+
+[[environments]]
+id = "broken"
+program = "sh"
+args = ["-c", "echo no such host >&2; exit 255"]
 """,
     )
     try:
@@ -200,3 +205,40 @@ def test_a_stale_socket_is_replaced(home: Path) -> None:
     handle = detach(home, "echo fresh")
     followed = cx(home, "read", handle, "--follow")
     assert followed.stdout == "fresh\n" and followed.returncode == 0, followed.stderr
+
+
+def test_a_program_that_fails_at_once_gives_one_line_naming_environment_and_step(
+    home: Path,
+) -> None:
+    started = cx(home, "exec", "--env", "broken", "--detach", "--", "true")
+    assert started.returncode != 0 and started.stdout == ""
+    assert started.stderr == (
+        "codexexec: error: environment `broken`: initialize: exec-server transport closed "
+        "(the program exited with code 255): no such host\n"
+    )
+    assert not ours(home, "codexexec.environments.keeper")
+
+
+def test_a_client_that_stops_reading_is_disconnected_and_the_others_carry_on(home: Path) -> None:
+    handle = detach(home, "sleep 1; head -c 12000000 /dev/zero; echo; echo done")
+    stuck = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stuck.connect(str(paths(home).socket))
+    stuck.sendall(b'{"id":1,"method":"initialize","params":{"clientName":"stuck"}}\n')
+    stuck.sendall(b'{"method":"initialized"}\n')
+    # It never reads: the ~16 MB of output notifications would pile up in the keeper.
+    followed = cx(home, "read", handle, "--follow")
+    assert followed.returncode == 0 and followed.stdout.endswith("\ndone\n"), followed.stderr
+    (keeper,) = ours(home, "codexexec.environments.keeper")
+    rss_kb = int(
+        next(
+            line.split()[1]
+            for line in Path(f"/proc/{keeper}/status").read_text().splitlines()
+            if line.startswith("VmHWM:")
+        )
+    )
+    assert rss_kb < 120_000, rss_kb
+    # Dropped: what the socket still holds, then end of stream.
+    stuck.settimeout(10)
+    while stuck.recv(1 << 20):
+        pass
+    stuck.close()

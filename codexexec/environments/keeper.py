@@ -140,17 +140,22 @@ async def keep(order: KeeperOrder) -> int:
     mux = Multiplexer(label)
     try:
         transport = await open_transport(spec, label)
-        server = RpcPeer(
-            transport,
-            on_request=mux.on_server_request,
-            on_notification=mux.on_server_notification,
-            concurrency=SERVER_CONCURRENCY,
-        )
-        running = asyncio.create_task(server.run())
-        mux.server = server
+    except EnvironmentUnavailable as exc:
+        _report(step=exc.step, cause=exc.cause)
+        return 1
+    server = RpcPeer(
+        transport,
+        on_request=mux.on_server_request,
+        on_notification=mux.on_server_notification,
+        concurrency=SERVER_CONCURRENCY,
+    )
+    running = asyncio.create_task(server.run())
+    mux.server = server
+    try:
         mux.session = await initialize_over(spec, label, transport, lambda: _initialize(server))
     except EnvironmentUnavailable as exc:
         _report(step=exc.step, cause=exc.cause)
+        await _stop_server(transport, running)
         return 1
     # The CLI that started us holds the start lock: nothing else binds here meanwhile,
     # so a socket file still present is a dead keeper's.
@@ -162,8 +167,8 @@ async def keep(order: KeeperOrder) -> int:
     try:
         listener = await serve_unix(order.socket, mux.serve_client, f"client of `{label}`")
     except OSError as exc:
-        await transport.close()
         _report(step="connect", cause=f"the keeper cannot listen at {order.socket}: {exc.strerror}")
+        await _stop_server(transport, running)
         return 1
     finally:
         os.umask(previous)
@@ -180,11 +185,16 @@ async def keep(order: KeeperOrder) -> int:
             os.unlink(order.socket)
     mux.ended.set_result(f"environment `{label}`: {reason}")
     await mux.close_clients()
+    await _stop_server(transport, running)
+    return 0
+
+
+async def _stop_server(transport: MessageTransport, running: asyncio.Task[None]) -> None:
+    """Stop the program (its whole process group) and our connection to it."""
     await transport.close()
     running.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await running
-    return 0
 
 
 async def _until_the_end(
@@ -196,10 +206,16 @@ async def _until_the_end(
     stopped: asyncio.Future[str] = loop.create_future()
     for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(number, _stop, stopped, signal.Signals(number).name)
-    idle = asyncio.create_task(_idle(mux, order.idle_ttl))
-    ends: set[asyncio.Future[Any]] = {running, idle, stopped}
-    await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
-    idle.cancel()
+    while True:
+        idle = asyncio.create_task(_idle(mux, order.idle_ttl))
+        ends: set[asyncio.Future[Any]] = {running, idle, stopped}
+        await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+        idle.cancel()
+        if not (idle.done() and mux.clients) or running.done() or stopped.done():
+            break
+        # A client attached just as the idle time ran out: it is served after all.
+    # Decided, with no await since: a client connecting from now on is turned away.
+    mux.closing = True
     gone = "; the session and its processes are gone"
     if running.done():
         cause = await closed_cause(transport)

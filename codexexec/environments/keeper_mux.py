@@ -61,6 +61,8 @@ class Multiplexer:
         self.clients: list[KeeperClient] = []
         # Set on every attach and detach (the idle watch waits on it).
         self.changed = asyncio.Event()
+        # The keeper is ending: new clients are turned away.
+        self.closing = False
         # Why the exec-server connection ended, once it has: pending requests fail with it.
         self.ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
@@ -85,6 +87,9 @@ class Multiplexer:
     # -- the clients' side ------------------------------------------------------------
 
     async def serve_client(self, transport: MessageTransport) -> None:
+        if self.closing:
+            await transport.close()
+            return
         if len(self.clients) >= MAX_CLIENTS:
             refusal = f"the keeper of `{self._label}` has {MAX_CLIENTS} clients attached already"
             with contextlib.suppress(TransportClosed, ConnectionError):
