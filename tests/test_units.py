@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 
+import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from codexexec.client.handle import InvalidHandle, ProcessHandle
 from codexexec.protocol import jsonrpc
+from codexexec.protocol.base64_codec import (
+    Base64Error,
+    base64_bytes,
+    base64_json,
+    decode_base64,
+    encode_base64,
+)
 from codexexec.protocol.limits import (
     RETAINED_OUTPUT_BYTES_PER_PROCESS,
     RETAINED_OUTPUT_CHUNKS_PER_PROCESS,
@@ -75,3 +87,37 @@ def test_handles_round_trip_and_reject_garbage() -> None:
     for text in ("", "ws://x", "ws://x#s", "#s/p", "ws://x#/p"):
         with pytest.raises(InvalidHandle):
             ProcessHandle.parse(text)
+
+
+# Text near base64: the alphabet, padding, and a few characters that must be refused.
+_NEAR_BASE64 = st.text(
+    alphabet=st.sampled_from(
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\n -_√"
+    ),
+    max_size=24,
+)
+
+
+@given(_NEAR_BASE64)
+@settings(max_examples=3000)
+def test_base64_decoding_is_exactly_the_strict_decoders(text: str) -> None:
+    """The fast path accepts and refuses exactly what the strict decoder does (a harness
+    relies on a bad chunk being refused, never half-decoded), with the same result."""
+    try:
+        expected: bytes | None = binascii.a2b_base64(text, strict_mode=True)
+    except (binascii.Error, ValueError):
+        expected = None
+    try:
+        got: bytes | None = decode_base64(text)
+    except Base64Error:
+        got = None
+    assert got == expected
+
+
+@given(st.binary(max_size=4096))
+def test_base64_round_trips_in_every_form(data: bytes) -> None:
+    standard = base64.b64encode(data)
+    assert base64_bytes(data) == standard
+    assert encode_base64(data) == standard.decode()
+    assert msgspec.json.encode({"c": base64_json(data)}) == b'{"c":"' + standard + b'"}'
+    assert decode_base64(standard.decode()) == data

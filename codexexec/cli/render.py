@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 import sys
 from typing import Any
 
 import msgspec
 
 from codexexec.client.events import Closed, Exited, Output, OutputGap, ProcessEvent
+from codexexec.protocol.base64_codec import encode_base64
 
 _encode = msgspec.json.Encoder().encode
 
@@ -23,7 +23,7 @@ def output_json(event: Output) -> dict[str, Any]:
     try:
         record["text"] = event.data.decode("utf-8")
     except UnicodeDecodeError:
-        record["base64"] = base64.b64encode(event.data).decode("ascii")
+        record["base64"] = encode_base64(event.data)
     return record
 
 

@@ -12,7 +12,6 @@ Targets: ``local`` (an exec-server embedded in this process, no socket), ``ws://
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import itertools
 import os
@@ -28,6 +27,7 @@ from codexexec.client.events import Closed, EventBuffer, Exited, Output, ReadRes
 from codexexec.client.files import RemoteFiles
 from codexexec.client.http import HttpClient
 from codexexec.client.process import RemoteProcess
+from codexexec.protocol.base64_codec import decode_base64, encode_base64
 from codexexec.protocol.jsonrpc import METHOD_NOT_FOUND, Notification, Request, RpcError
 from codexexec.protocol.path_uri import InvalidPathUri, PathConvention, PathUri
 from codexexec.rpc.peer import RpcPeer
@@ -67,7 +67,7 @@ DEFAULT_CLIENT_NAME = "codexexec"
 
 
 def _decode_chunk(item: Mapping[str, Any]) -> Output:
-    return Output(int(item["seq"]), str(item["stream"]), base64.b64decode(item["chunk"]))
+    return Output(int(item["seq"]), str(item["stream"]), decode_base64(item["chunk"]))
 
 
 async def open_registry_transport(
@@ -413,7 +413,7 @@ class ExecServerClient(AsyncClosing):
             "process/write",
             {
                 "processId": process_id,
-                "chunk": base64.b64encode(data).decode("ascii"),
+                "chunk": encode_base64(data),
                 "writeId": write_id,
             },
         )

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import binascii
 
+import msgspec
+import pybase64
+
 _ALPHABET = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
 
 
@@ -16,11 +19,33 @@ class Base64Error(ValueError):
     """Text that is not standard padded base64; ``str()`` is Codex's message."""
 
 
-def encode_base64(data: bytes) -> str:
-    return binascii.b2a_base64(data, newline=False).decode("ascii")
+# Every byte field of the output and file paths goes through these. pybase64's SIMD codec
+# is ~20x binascii's and ~10x msgspec's built-in bytes encoding on this machine.
+def base64_bytes(data: bytes | bytearray | memoryview) -> bytes:
+    """The base64 text as ASCII bytes, for messages built by hand."""
+    return pybase64.b64encode(data)
+
+
+def base64_json(data: bytes | bytearray | memoryview) -> msgspec.Raw:
+    """A JSON string of the base64 text, written verbatim by the encoder (no re-scan)."""
+    return msgspec.Raw(b'"' + pybase64.b64encode(data) + b'"')
+
+
+def encode_base64(data: bytes | bytearray | memoryview) -> str:
+    return pybase64.b64encode_as_string(data)
 
 
 def decode_base64(text: str) -> bytes:
+    length = len(text)
+    if length % 4 == 0:
+        padding = text.find("=")
+        # Well-formed text (padding only in the last one or two places) takes the fast path;
+        # anything else gets the strict decoder and its Codex-worded refusal.
+        if padding == -1 or (padding >= length - 2 and text[-1] == "="):
+            try:
+                return pybase64.b64decode(text, validate=True)
+            except (binascii.Error, ValueError):
+                pass
     try:
         return binascii.a2b_base64(text, strict_mode=True)
     except (binascii.Error, ValueError):

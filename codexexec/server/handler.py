@@ -13,7 +13,11 @@ from typing import Any, TypeVar
 from codexexec.network.host_bridge import HostBridges
 from codexexec.network.policy import PolicyError as NetworkPolicyError
 from codexexec.protocol import messages as m
-from codexexec.protocol.base64_codec import Base64Error, decode_base64, encode_base64
+from codexexec.protocol.base64_codec import (
+    Base64Error,
+    base64_json,
+    decode_base64,
+)
 from codexexec.protocol.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -82,7 +86,7 @@ def _read_result(result: ReadResult, process: ManagedProcess) -> dict[str, Any]:
             {
                 "seq": c.seq,
                 "stream": c.stream,
-                "chunk": encode_base64(c.data),
+                "chunk": base64_json(c.data),
             }
             for c in result.chunks
         ],

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from codexexec.protocol import messages as m
-from codexexec.protocol.base64_codec import Base64Error, decode_base64, encode_base64
+from codexexec.protocol.base64_codec import Base64Error, base64_json, decode_base64
 from codexexec.protocol.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, RpcError
 from codexexec.rpc.peer import ReplyThen
 from codexexec.server.http_wire import (
@@ -89,7 +89,7 @@ class HttpRequests:
         result = {"status": exchange.status, "headers": exchange.headers, "bodyBase64": ""}
         if request_id is None:
             try:
-                result["bodyBase64"] = encode_base64(await exchange.read_all())
+                result["bodyBase64"] = base64_json(await exchange.read_all())
             except BodyFailed as exc:
                 raise RpcError(
                     INTERNAL_ERROR, f"failed to read http/request response body: {exc}"
@@ -148,7 +148,7 @@ class HttpRequests:
             {
                 "requestId": request_id,
                 "seq": seq,
-                "deltaBase64": encode_base64(chunk),
+                "deltaBase64": base64_json(chunk),
                 "done": done,
                 "error": error,
             },

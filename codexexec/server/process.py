@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import binascii
 import contextlib
 import functools
 import logging
@@ -13,6 +12,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
+from codexexec.protocol.base64_codec import base64_bytes
 from codexexec.protocol.jsonrpc import encode_json, encode_notification
 from codexexec.protocol.limits import (
     EXITED_PROCESS_RETENTION_SECONDS,
@@ -315,7 +315,7 @@ class ManagedProcess:
                 b',"stream":"',
                 stream.encode(),
                 b'","chunk":"',
-                binascii.b2a_base64(data, newline=False),
+                base64_bytes(data),
                 b'"}}',
             )
         )

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from codexexec.protocol.base64_codec import base64_json
 from codexexec.protocol.jsonrpc import INVALID_REQUEST, NOT_FOUND, RpcError
 from codexexec.protocol.limits import (
     FS_MAX_BLOCK_BYTES,
@@ -127,17 +128,18 @@ class FileHandles:
         handle = self._get(handle_id)
         async with handle.lock:
             try:
-                chunk: bytes | bytearray | None = _cached_block(handle.fd, length, offset)
-                eof = False
-                if chunk is None:
+                cached = _cached_block(handle.fd, length, offset)
+                chunk: bytes | bytearray
+                if cached is None:
                     chunk, eof = await asyncio.to_thread(_pread, handle.fd, length, offset)
+                else:
+                    chunk, eof = cached, False
             except OSError as exc:
                 self.close(handle_id)
                 raise rpc_error(exc) from None
             finally:
                 handle.finished()
-        # Bytes: the JSON encoder writes them as standard base64, faster than binascii.
-        return {"chunk": chunk, "eof": eof}
+        return {"chunk": base64_json(chunk), "eof": eof}
 
     async def write_block(self, handle_id: str, offset: int, data: bytes) -> dict[str, Any]:
         if not 1 <= len(data) <= FS_MAX_BLOCK_BYTES:

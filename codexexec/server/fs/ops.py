@@ -18,6 +18,7 @@ import stat
 from collections.abc import Iterator
 from typing import Any
 
+from codexexec.protocol.base64_codec import base64_json
 from codexexec.protocol.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, RpcError
 from codexexec.protocol.limits import FS_MAX_WHOLE_READ_BYTES
 from codexexec.server.fs.uris import path_uri
@@ -176,7 +177,7 @@ def read_file(path: str, follow_symlinks: bool) -> dict[str, Any]:
         if os.fstat(fd).st_size > FS_MAX_WHOLE_READ_BYTES:
             raise _too_large()
         # Bytes: the JSON encoder writes them as standard base64.
-        return {"dataBase64": _read_all(fd)}
+        return {"dataBase64": base64_json(_read_all(fd))}
     finally:
         os.close(fd)
 
