@@ -175,6 +175,8 @@ class KeeperClient:
                     await self._wake.wait()
                 message = self._queue[0]
                 await self._transport.send(message)
+                if self.gone:  # dropped meanwhile: the queue was cleared
+                    return
                 self._queue.popleft()
                 self._queued_bytes -= len(message)
         except (TransportClosed, ConnectionError):
