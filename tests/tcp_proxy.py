@@ -2,8 +2,9 @@
 
 It runs its own event loop in a thread, so both sync (CLI) and async tests can use it.
 It counts accepted sockets, can cut every connection at once (both sides see the TCP
-connection end), and can refuse (accept and close at once) or stall (accept and never
-forward a byte) new connections.
+connection end), can refuse (accept and close at once) or stall (accept and never
+forward a byte) new connections, and can swallow what the server sends (``replies_flow``)
+so a request is delivered but its answer never is.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ class TcpProxy:
         self.upstream_port = upstream_port
         self.mode: Mode = mode
         self.accepted = 0
+        # While cleared, nothing the server sends reaches the client (it is dropped).
+        self.replies_flow = threading.Event()
+        self.replies_flow.set()
         self._writers: set[asyncio.StreamWriter] = set()
         self._clients: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
@@ -66,7 +70,9 @@ class TcpProxy:
                 return
             self._writers.add(up_writer)
             try:
-                await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+                await asyncio.gather(
+                    _pipe(reader, up_writer), _pipe(up_reader, writer, self.replies_flow)
+                )
             finally:
                 self._writers.discard(up_writer)
                 up_writer.close()
@@ -98,9 +104,15 @@ class TcpProxy:
         self._thread.join(5)
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pipe(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    flowing: threading.Event | None = None,
+) -> None:
     try:
         while data := await reader.read(65536):
+            if flowing is not None and not flowing.is_set():
+                continue  # held back: lost when the connection is cut
             writer.write(data)
             await writer.drain()
     except (ConnectionError, OSError):

@@ -132,6 +132,38 @@ async def test_a_drop_during_a_running_process_is_one_shared_reconnect_and_loses
     assert proxy.accepted == 2 and client.recoveries == 1 and client.session_id == session
 
 
+async def test_a_start_cut_off_before_its_answer_leaves_no_process_running(
+    proxy: TcpProxy, cleanup: list[EnvironmentManager], tmp_path: Path
+) -> None:
+    """The start reached the executor but its answer was lost with the connection: the
+    caller gets an error (it may or may not have started), and once the session is back
+    the client terminates it, so nothing runs on that nobody will ever read."""
+    environment = await one(WebSocketSpec("devbox", proxy.ws_url()), cleanup)
+    client = await environment.client()
+    assert isinstance(client, RecoveringClient)
+    pid_file = tmp_path / "pid"
+    proxy.replies_flow.clear()
+    starting = asyncio.create_task(
+        client.start(["sh", "-c", f"echo $$ > {pid_file}; exec sleep 60"], cwd="/tmp")
+    )
+    await until(lambda: pid_file.exists() and pid_file.read_text().strip())
+    pid = int(pid_file.read_text())
+    proxy.cut()
+    proxy.replies_flow.set()
+    with pytest.raises(ExecServerError):
+        await asyncio.wait_for(starting, 10)
+    await until(lambda: not _alive(pid), timeout=10)
+    assert client.recoveries == 1
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 async def test_a_lost_session_fails_calls_then_the_next_caller_connects_afresh(
     proxy: TcpProxy, cleanup: list[EnvironmentManager]
 ) -> None:

@@ -7,7 +7,8 @@ the server's retained output, so nothing is lost or repeated. All callers that m
 one outage share one recovery. Calls made while it runs wait for it; a call cut off by
 the drop is replayed only when that is safe (reads and queries, and ``process/write``
 with its ``writeId``, which the server deduplicates); anything else fails, as in Codex,
-because it may or may not have happened.
+because it may or may not have happened — and a ``process/start`` cut off that way is
+followed by a ``process/terminate`` once the session is back, so it leaves nothing running.
 
 Recovery retries what may pass (connect errors, the executor briefly offline, the old
 connection not yet detached on the server: -32010) until 25 s have gone by, which
@@ -80,6 +81,7 @@ class RecoveringClient(ExecServerClient):
         # Why the session is lost for good; None while it is usable or recovering.
         self.failure: str | None = None
         self.recoveries = 0
+        self._cleanups: set[asyncio.Task[None]] = set()
 
     def enable_recovery(
         self,
@@ -114,6 +116,8 @@ class RecoveringClient(ExecServerClient):
 
     async def close(self) -> None:
         self._closing = True
+        for cleanup in self._cleanups:
+            cleanup.cancel()
         if self._recovery is not None:
             self._recovery.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -130,10 +134,30 @@ class RecoveringClient(ExecServerClient):
         try:
             return await self._call_once(method, params, timeout)
         except ExecServerError:
-            if not peer.closed.is_set() or method not in REPLAYABLE_METHODS:
+            if not peer.closed.is_set():
+                raise
+            if method == "process/start":
+                self._terminate_in_background(params)
+            if method not in REPLAYABLE_METHODS:
                 raise
         await self._usable()
         return await self._call_once(method, params, timeout)
+
+    def _terminate_in_background(self, params: Any) -> None:
+        """A start cut off by the drop may have happened: once the session is back, make
+        sure it leaves no process behind that nobody will read (as Codex does)."""
+        process_id = params.get("processId") if isinstance(params, dict) else None
+        if process_id is None:
+            return
+
+        async def terminate() -> None:
+            with contextlib.suppress(ExecServerError):
+                await self._usable()
+                await self._call_once("process/terminate", {"processId": process_id})
+
+        task = asyncio.create_task(terminate(), name=f"terminate-cut-start-{process_id}")
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
 
     async def _usable(self) -> None:
         """Wait out a recovery in progress (starting it if the drop is news)."""
