@@ -226,7 +226,10 @@ def test_a_client_that_stops_reading_is_disconnected_and_the_others_carry_on(hom
     stuck.sendall(b'{"id":1,"method":"initialize","params":{"clientName":"stuck"}}\n')
     stuck.sendall(b'{"method":"initialized"}\n')
     # It never reads: the ~16 MB of output notifications would pile up in the keeper.
+    # The keeper holds everyone back for 5 s, then drops it; a reader then gets it all.
+    started = time.monotonic()
     followed = cx(home, "read", handle, "--follow")
+    assert time.monotonic() - started < 20
     assert followed.returncode == 0 and followed.stdout.endswith("\ndone\n"), followed.stderr
     (keeper,) = ours(home, "codexexec.environments.keeper")
     rss_kb = int(

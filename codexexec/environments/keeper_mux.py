@@ -12,7 +12,9 @@ Each client speaks the exec-server protocol to the keeper as it would to the ser
 * a server request (`network/policyRequest`) is asked of the client attached last.
 
 Bounded: clients, requests in flight per client (its reader waits), bytes queued per
-client (a client that falls behind is disconnected, never buffered without end).
+client. A client more than 4 MiB behind holds the keeper back from reading the server
+(whose own flow control then pauses the processes' output, as over a direct
+connection); one that stays behind for 5 s, or falls 16 MiB behind, is disconnected.
 """
 
 from __future__ import annotations
@@ -45,8 +47,12 @@ log = logging.getLogger(__name__)
 
 MAX_CLIENTS = 32
 MAX_IN_FLIGHT_PER_CLIENT = 64
-# Above this a client is too slow (one larger message may still go to an idle client).
-MAX_QUEUED_BYTES_PER_CLIENT = 8 * 1024 * 1024
+# Above this the keeper stops reading the server until the client catches up...
+CATCH_UP_BYTES = 4 * 1024 * 1024
+# ...for this long at most; past either bound the client is dropped. (One larger
+# message, e.g. a big answer, may still go to a client with nothing queued.)
+CATCH_UP_SECONDS = 5.0
+MAX_QUEUED_BYTES_PER_CLIENT = 16 * 1024 * 1024
 # How long a client may take to answer a server request (a person may be asked).
 ANSWER_TIMEOUT_SECONDS = 300.0
 FLUSH_ON_CLOSE_SECONDS = 1.0
@@ -77,6 +83,9 @@ class Multiplexer:
         for client in self.clients:
             if client.initialized:
                 client.post(message)
+        # Posted first, so the order holds; then no more reading while someone is behind.
+        for client in list(self.clients):
+            await client.catch_up()
 
     async def on_server_request(self, request: Request) -> Any:
         attached = [c for c in self.clients if c.initialized]
@@ -143,6 +152,8 @@ class KeeperClient:
         self._wake = asyncio.Event()
         self._empty = asyncio.Event()
         self._empty.set()
+        self._caught_up = asyncio.Event()
+        self._caught_up.set()
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT_PER_CLIENT)
         self._requests: set[asyncio.Task[None]] = set()
         self._asked: dict[RequestId, asyncio.Future[Any]] = {}
@@ -164,6 +175,8 @@ class KeeperClient:
         self._queue.append(message)
         self._queued_bytes += len(message)
         self._empty.clear()
+        if self._queued_bytes > CATCH_UP_BYTES:
+            self._caught_up.clear()
         self._wake.set()
 
     async def _write_loop(self) -> None:
@@ -179,6 +192,8 @@ class KeeperClient:
                     return
                 self._queue.popleft()
                 self._queued_bytes -= len(message)
+                if self._queued_bytes <= CATCH_UP_BYTES:
+                    self._caught_up.set()
         except (TransportClosed, ConnectionError):
             self._drop()
 
@@ -191,11 +206,21 @@ class KeeperClient:
         self._queue.clear()
         self._queued_bytes = 0
         self._empty.set()
+        self._caught_up.set()
         for future in self._asked.values():
             if not future.done():
                 future.set_exception(RpcError(INTERNAL_ERROR, "the client asked has gone"))
         # Closing ends the reader too (a slow client is dropped from a writer's call).
         self._closing = asyncio.create_task(self._transport.close())
+
+    async def catch_up(self) -> None:
+        """Wait until this client is less than 4 MiB behind; drop it after 5 s."""
+        try:
+            async with asyncio.timeout(CATCH_UP_SECONDS):
+                await self._caught_up.wait()
+        except TimeoutError:
+            log.warning("a client stayed %d bytes behind; disconnected", self._queued_bytes)
+            self._drop()
 
     async def ask(self, request: Request) -> Any:
         """Ask this client the server's ``request``; its answer is the server's answer."""
