@@ -12,7 +12,10 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from aiohttp import StreamReader
 
 MAX_RESPONSE_BYTES = 1 << 20
 TRACEPARENT_ENV, TRACESTATE_ENV = "TRACEPARENT", "TRACESTATE"
@@ -57,7 +60,7 @@ async def post_json(
                 allow_redirects=False,
             ) as response,
         ):
-            raw = await response.content.read(MAX_RESPONSE_BYTES)
+            raw = await _read_bounded(response.content)
             return HttpReply(
                 response.status,
                 response.reason or "",
@@ -69,6 +72,18 @@ async def post_json(
         raise Unreachable(type(exc).__name__) from None
     except TimeoutError:
         raise Unreachable("no answer in time") from None
+
+
+async def _read_bounded(content: StreamReader) -> bytes:
+    """The body up to MAX_RESPONSE_BYTES: one ``read(n)`` returns only what has arrived so far,
+    so an answer split across packets or chunks would be cut short."""
+    raw = bytearray()
+    while len(raw) < MAX_RESPONSE_BYTES:
+        chunk = await content.read(MAX_RESPONSE_BYTES - len(raw))
+        if not chunk:
+            break
+        raw += chunk
+    return bytes(raw)
 
 
 def trace_context_headers(environ: Mapping[str, str] | None = None) -> dict[str, str]:
