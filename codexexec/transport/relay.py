@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from codexexec.noise.transport import NoiseError
 from codexexec.relay.frames import FrameError, encode, parse, resume_frame
@@ -121,7 +121,8 @@ async def open_relay_socket(url: str, environment_id: str) -> ClientConnection:
         raise RegistryError(
             f"the relay refused the connection to `{environment_id}` ({status})", status=status
         ) from None
-    except (OSError, InvalidHandshake, TimeoutError) as exc:
+    except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+        # InvalidURI's text quotes the URL, whose signed query is a credential.
         raise RegistryError(
             f"cannot open the relay for `{environment_id}`: {type(exc).__name__}"
         ) from None

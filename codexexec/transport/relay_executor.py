@@ -18,7 +18,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from codexexec.noise.transport import NoiseError
 from codexexec.relay.frames import FrameError, RelayMessageFrame, parse
@@ -31,7 +31,7 @@ from codexexec.relay.limits import (
     RECONNECT_BACKOFF_MAX_SECONDS,
 )
 from codexexec.relay.streams import Action, Admission, RelayStream, StreamTable, Verdict
-from codexexec.remote.registry import RelayBundle, register_executor
+from codexexec.remote.registry import RegistryError, RelayBundle, register_executor
 from codexexec.transport.base import TransportClosed
 from codexexec.transport.relay import VirtualStream
 
@@ -197,6 +197,11 @@ class ExecutorRelay:
                 log.warning("relay connection failed: %s", type(exc).__name__)
             except ConnectionClosed:
                 pass
+            except InvalidURI:
+                # Its text quotes the URL, whose signed query is a credential.
+                raise RegistryError(
+                    "environment registry returned a relay URL that is not a ws:// or wss:// URL"
+                ) from None
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, RECONNECT_BACKOFF_MAX_SECONDS)
 
