@@ -20,6 +20,7 @@ from codexexec.server.http_exchange import MAX_BUFFERED_BODY_BYTES
 from codexexec.server.http_request import MAX_ACTIVE_STREAMS
 from tests.http_upstream import upstream
 from tests.servers import RunningServer, start_server
+from tests.tcp_proxy import TcpProxy
 from tests.wire import Wire
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
@@ -150,6 +151,26 @@ async def test_closing_the_connection_aborts_its_streams(codexexec_server: Runni
         await wire.notification(lambda n: n["method"] == "http/request/bodyDelta")
         await wire.close()
         await asyncio.wait_for(up.disconnected.wait(), 10)
+
+
+async def test_a_client_stream_ends_with_an_error_when_its_connection_drops(
+    codexexec_server: RunningServer,
+) -> None:
+    """The executor aborts a stream whose connection ended, so a reader waiting for the
+    next chunk must be told, not left waiting forever."""
+    proxy = TcpProxy(int(codexexec_server.url.rsplit(":", 1)[1]))
+    try:
+        async with upstream() as up, await ExecServerClient.connect(proxy.ws_url()) as client:
+            stream = await client.http.stream("GET", up.url("/endless"))
+            chunks = aiter(stream)
+            assert await anext(chunks)
+            proxy.cut()
+            with pytest.raises(ExecServerError, match="ended with its connection"):
+                async with asyncio.timeout(10):
+                    async for _ in chunks:
+                        pass
+    finally:
+        proxy.stop()
 
 
 async def test_active_streams_per_connection_are_bounded(codexexec_server: RunningServer) -> None:

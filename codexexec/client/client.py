@@ -234,7 +234,9 @@ class ExecServerClient(AsyncClosing):
         self._runner.add_done_callback(lambda _: self._connection_lost())
 
     def _connection_lost(self) -> None:
-        # Iterators waiting for events must learn that the connection is gone.
+        # Iterators waiting for events must learn that the connection is gone; HTTP body
+        # streams cannot resume (the executor aborted them), so they end with an error.
+        self.http.connection_lost(self.lost_reason)
         self._wake_all()
 
     async def _initialize(

@@ -14,6 +14,7 @@ Deltas for ids nobody waits for (a stream closed early) are dropped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -26,6 +27,8 @@ from codexexec.protocol.base64_codec import decode_base64, encode_base64
 
 # Deltas buffered per stream (each at most 1 MiB) before the stream fails as overrun.
 MAX_QUEUED_DELTAS = 256
+# Queued after the last delta when the connection ends.
+_LOST: dict[str, Any] = {}
 
 Call = Callable[[str, Any], Awaitable[Any]]
 
@@ -72,6 +75,8 @@ class HttpBodyStream:
         self._next_seq = 1
         self._finished = False
         self.overrun = False
+        # Set when the connection ended: no more deltas can come for this stream.
+        self._lost: str | None = None
 
     def deliver(self, delta: dict[str, Any]) -> None:
         if self.overrun:
@@ -80,6 +85,13 @@ class HttpBodyStream:
             self._queue.put_nowait(delta)
         except asyncio.QueueFull:
             self.overrun = True  # reported once the queued deltas are consumed
+
+    def connection_lost(self, reason: str) -> None:
+        """The executor aborts a stream whose connection ended; say so to the reader
+        once it has what arrived before."""
+        self._lost = reason
+        with contextlib.suppress(asyncio.QueueFull):  # else seen once the queue drains
+            self._queue.put_nowait(_LOST)
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._chunks()
@@ -92,7 +104,16 @@ class HttpBodyStream:
                     f"http/request body stream {self.request_id} fell more than "
                     f"{MAX_QUEUED_DELTAS} deltas behind and was dropped"
                 )
-            delta = await self._queue.get()
+            if self._lost is not None and self._queue.empty():
+                delta = _LOST
+            else:
+                delta = await self._queue.get()
+            if delta is _LOST:
+                self.close()
+                raise ExecServerError(
+                    f"http/request body stream {self.request_id} ended with its connection: "
+                    f"{self._lost}"
+                )
             if delta.get("seq") != self._next_seq:
                 self.close()
                 raise ExecServerError(
@@ -179,6 +200,10 @@ class HttpClient:
         stream.status = int(result["status"])
         stream.headers = _headers(result)
         return stream
+
+    def connection_lost(self, reason: str) -> None:
+        for stream in list(self._streams.values()):
+            stream.connection_lost(reason)
 
     def deliver(self, params: dict[str, Any]) -> None:
         """Route one `http/request/bodyDelta` notification."""
