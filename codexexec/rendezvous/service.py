@@ -14,7 +14,8 @@ HTTP (JSON, Codex's request/response shapes; errors are ``{"error":{"code","mess
   for Noise); ``url`` is a short-lived signed ``role=harness`` URL and the authorization is
   single-use and short-lived. 404 ``environment_not_found`` when nothing is registered, 409
   ``environment_offline`` when the registered executor is not connected (Codex's harness retries
-  that code).
+  that code), 429 ``too_many_authorizations`` when the environment already holds
+  ``max_authorizations`` unexpired ones (a harness key over 4 KiB of JSON is refused).
 * ``POST /cloud/environment/{id}/validate`` - executor bearer. Body ``{executor_registration_id,
   harness_public_key, harness_key_authorization}``; answers ``{"valid": true|false}`` and spends the
   authorization whatever the answer.
@@ -29,8 +30,9 @@ signed query is the credential; expired → 401, forged → 403, stale registrat
 executor re-registers and its harness fetches a fresh bundle):
 
 * ``role=environment``: one socket per registered executor; a new one replaces (closes) the old.
-* ``role=harness``: one socket per logical connection, bound to the executor socket that was
-  online when it connected; it is closed when that executor socket goes away (Noise streams never
+* ``role=harness``: one socket per logical connection (at most ``max_harness_sockets`` per
+  executor socket; beyond that 429), bound to the executor socket that was online when it
+  connected; it is closed when that executor socket goes away (Noise streams never
   survive an executor reconnect).
 
 Routing reads only each frame's ``stream_id`` and body kind; payloads (Noise ciphertext, or
@@ -100,7 +102,13 @@ from codexexec.rendezvous.signing import (
     RelayUrlSigner,
     SignatureError,
 )
-from codexexec.rendezvous.store import Registration, Store, ValidationOutcome
+from codexexec.rendezvous.store import (
+    AuthorizationLimit,
+    Registration,
+    Store,
+    ValidationOutcome,
+    canonical_json,
+)
 
 __all__ = [
     "SECURITY_PROFILE_LEGACY",
@@ -152,6 +160,11 @@ class RendezvousOptions:
     heartbeat: float | None = 30.0
     close_timeout: float = 5.0
     max_body_bytes: int = 64 * 1024
+    # What one harness-token holder can make the rendezvous keep: unexpired one-time
+    # authorizations per environment, and harness relay sockets per executor socket (its
+    # executor serves at most 128 streams, Codex's harness opens one socket per stream).
+    max_authorizations: int = 1024
+    max_harness_sockets: int = 256
     agent_keys: Path | None = None  # agents admitted by AgentAssertion (agent_auth.py)
 
 
@@ -180,6 +193,8 @@ class ApiError(Exception):
 
 
 _MAX_LOGGED_VALUE = 160
+# A hybrid key's JSON is about 1.7 KB; a harness key is kept with every authorization.
+MAX_HARNESS_KEY_JSON_BYTES: Final = 4096
 
 
 def _fmt(value: object) -> str:
@@ -820,13 +835,24 @@ async def handle_connect(request: web.Request) -> web.Response:
             )
         if harness_key.get("suite") != NOISE_SUITES[profile]:
             raise _profile_mismatch(environment_id, profile)
+        if len(canonical_json(harness_key).encode()) > MAX_HARNESS_KEY_JSON_BYTES:
+            raise ApiError(400, "invalid_request", "harness_public_key is too large")
         response["executor_public_key"] = registration.executor_public_key
-        response["harness_key_authorization"] = state.store.issue_authorization(
-            environment_id,
-            registration.registration_id,
-            harness_key,
-            state.options.authorization_ttl,
-        )
+        try:
+            response["harness_key_authorization"] = state.store.issue_authorization(
+                environment_id,
+                registration.registration_id,
+                harness_key,
+                state.options.authorization_ttl,
+                limit=state.options.max_authorizations,
+            )
+        except AuthorizationLimit:
+            raise ApiError(
+                429,
+                "too_many_authorizations",
+                f"too many unexpired harness authorizations for environment {environment_id!r}; "
+                "retry later",
+            ) from None
     elif harness_key is not None:
         raise _profile_mismatch(environment_id, profile)
     _event(
@@ -934,6 +960,12 @@ async def handle_relay(request: web.Request) -> web.StreamResponse:
                 409,
                 "environment_offline",
                 f"the executor for environment {ticket.environment_id!r} is not connected",
+            )
+        if len(executor.harnesses) >= state.options.max_harness_sockets:
+            raise ApiError(
+                429,
+                "too_many_relay_sockets",
+                f"environment {ticket.environment_id!r} has too many harness connections",
             )
     ws = web.WebSocketResponse(
         timeout=state.options.close_timeout,

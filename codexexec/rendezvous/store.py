@@ -70,6 +70,10 @@ def _auth_digest(authorization: str) -> str:
     return hashlib.sha256(authorization.encode("utf-8", "surrogateescape")).hexdigest()
 
 
+class AuthorizationLimit(Exception):
+    """The environment already holds as many unexpired authorizations as it may."""
+
+
 @dataclass(frozen=True)
 class Registration:
     registration_id: str
@@ -175,13 +179,26 @@ class Store:
         registration_id: str,
         harness_public_key: Any,
         ttl_seconds: float,
+        *,
+        limit: int | None = None,
     ) -> str:
-        """A fresh single-use authorization for this harness key; only its digest is kept."""
+        """A fresh single-use authorization for this harness key; only its digest is kept.
+
+        With ``limit``, AuthorizationLimit when the environment already has that many
+        unexpired ones (spent or not: each is a row until it expires).
+        """
         now = self._clock()
         authorization = "hka-" + secrets.token_urlsafe(32)
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("DELETE FROM authorizations WHERE expires_at < ?", (now,))
+            if limit is not None:
+                (held,) = self._db.execute(
+                    "SELECT COUNT(*) FROM authorizations WHERE environment_id = ?",
+                    (environment_id,),
+                ).fetchone()
+                if held >= limit:
+                    raise AuthorizationLimit
             self._db.execute(
                 "INSERT INTO authorizations(digest, environment_id, registration_id,"
                 " harness_public_key, expires_at, used_at) VALUES (?, ?, ?, ?, ?, NULL)",
