@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -126,11 +127,18 @@ class Service:
 
 @pytest.fixture
 async def service(tmp_path: Path) -> AsyncIterator[Service]:
+    async with running_service(tmp_path) as svc:
+        yield svc
+
+
+@contextlib.asynccontextmanager
+async def running_service(tmp_path: Path, **tunables: Any) -> AsyncIterator[Service]:
+    """A rendezvous on loopback with the test tokens, a fake clock and ``tunables``."""
     token_file = tmp_path / "tokens"
     token_file.write_text(TOKEN_FILE)
     clock = FakeClock()
     store = Store(tmp_path / "rendezvous.sqlite3", clock=clock)
-    options = RendezvousOptions(heartbeat=None, close_timeout=2.0)
+    options = RendezvousOptions(heartbeat=None, close_timeout=2.0, **tunables)
     running = await start_rendezvous(
         "http://127.0.0.1:0", TokenTable.load(token_file), store, options
     )

@@ -10,15 +10,13 @@ from pathlib import Path
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from codexexec.rendezvous import RendezvousOptions, Store, TokenTable, start_rendezvous
 from tests.test_rendezvous import (
     HARNESS,
-    TOKEN_FILE,
-    FakeClock,
     Service,
     noise_key,
     online_executor,
     open_ws,
+    running_service,
     status_of,
     wait_for,
 )
@@ -26,23 +24,8 @@ from tests.test_rendezvous import (
 
 @pytest.fixture
 async def bounded(tmp_path: Path) -> AsyncIterator[Service]:
-    token_file = tmp_path / "tokens"
-    token_file.write_text(TOKEN_FILE)
-    clock = FakeClock()
-    store = Store(tmp_path / "rendezvous.sqlite3", clock=clock)
-    options = RendezvousOptions(
-        heartbeat=None, close_timeout=2.0, max_authorizations=3, max_harness_sockets=2
-    )
-    running = await start_rendezvous(
-        "http://127.0.0.1:0", TokenTable.load(token_file), store, options
-    )
-    svc = Service(running, store, clock)
-    try:
+    async with running_service(tmp_path, max_authorizations=3, max_harness_sockets=2) as svc:
         yield svc
-    finally:
-        await svc.http.close()
-        await running.stop()
-        store.close()
 
 
 async def test_outstanding_authorizations_per_environment_are_capped(bounded: Service) -> None:
