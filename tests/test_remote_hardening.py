@@ -89,3 +89,15 @@ async def test_an_executor_given_an_unusable_relay_url_fails_in_one_line_without
         "environment registry returned a relay URL that is not a ws:// or wss:// URL"
     )
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+async def test_a_long_credential_echoed_past_the_message_cap_is_not_quoted_in_part() -> None:
+    from tests.auth_helpers import Stub, error
+
+    long_token = "tok-" + "S" * 3000  # ChatGPT access tokens are JWTs of this length
+    echo = error(401, "unauthorized", "x" * 3000 + f" you sent {long_token}")
+    async with Stub(lambda _: echo) as stub:
+        with pytest.raises(RegistryError) as caught:
+            await register_executor(stub.url, "devbox", StaticBearer(long_token, "test"))
+    assert "SSSSSSSS" not in str(caught.value)
+    assert str(caught.value).endswith("(401 Unauthorized): response body omitted")

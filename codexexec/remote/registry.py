@@ -175,7 +175,9 @@ def _failure(reply: HttpReply, payload: Any, auth_headers: dict[str, str]) -> Re
     authentication = reply.status in (401, 403)
     message = _error_message(reply, error, authentication)
     secrets = [value.partition(" ")[2] or value for value in auth_headers.values()]
-    if any(len(secret) >= 8 and secret in message for secret in secrets):
+    # The whole body is searched too: the message is cut at 4096 characters, which can leave
+    # the head of a long credential (a ChatGPT JWT) that no longer matches it whole.
+    if any(len(secret) >= 8 and (secret in message or secret in reply.text) for secret in secrets):
         message = BODY_OMITTED
     if authentication:
         text = (
