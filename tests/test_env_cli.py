@@ -388,3 +388,61 @@ def test_read_opens_only_the_connection_it_resumes(box: tuple[Path, TcpProxy]) -
         read = cx(home, "read", handle, "--follow")
         assert read.stdout == "once\n" and read.returncode == 0, read.stderr
     assert proxy.accepted == 3  # no background start of a session nobody would use
+
+
+def test_codexs_environment_variables_choose_the_environment(
+    tmp_path: Path, codexexec_server: RunningServer
+) -> None:
+    """An orchestrator that sets Codex's variables for a Codex harness gets the same
+    environment from codexexec, in Codex's order: Noise variables, the file, the URL."""
+    home = tmp_path / "home"
+    home.mkdir()
+    clean = {k: v for k, v in cli_env(home).items() if not k.startswith("CODEX_EXEC_SERVER")}
+
+    def run(extra: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            codexexec_command(*args),
+            capture_output=True,
+            text=True,
+            env={**clean, **extra},
+            timeout=60,
+            cwd="/tmp",
+        )
+
+    parent = "--sandbox", "danger-full-access", "--", "sh", "-c", "echo $PPID"
+    url = {"CODEX_EXEC_SERVER_URL": codexexec_server.url}
+    remote = run(url, "exec", *parent)
+    assert remote.stdout == f"{codexexec_server.process.pid}\n", remote.stderr
+    listed = run(url, "env", "list")
+    assert listed.stdout.splitlines()[1].split()[:3] == ["remote", "*", "websocket"]
+    assert "local" not in listed.stdout and "CODEX_EXEC_SERVER_URL" in listed.stdout
+    disabled = run({"CODEX_EXEC_SERVER_URL": "None"}, "exec", "--", "true")
+    assert disabled.returncode == 2 and "no default environment" in disabled.stderr
+    # codexexec's own file, when there is one, comes before CODEX_EXEC_SERVER_URL.
+    write_config(home, 'default = "local"\n')
+    local = run(url, "exec", *parent)
+    assert local.stdout.strip() != str(codexexec_server.process.pid)
+    partial = run(
+        {"CODEX_EXEC_SERVER_NOISE_REGISTRY_URL": "http://127.0.0.1:1"}, "exec", "--", "true"
+    )
+    assert partial.returncode == 125
+    assert partial.stderr == (
+        "codexexec: error: environment registry configuration error: Noise environment "
+        "requires CODEX_EXEC_SERVER_NOISE_REGISTRY_URL, CODEX_EXEC_SERVER_NOISE_ENVIRONMENT_ID, "
+        "and CODEX_EXEC_SERVER_NOISE_AUTH_TOKEN\n"
+    )
+    rendezvous = Rendezvous(tmp_path)
+    executor = start_executor("serve", "--remote", rendezvous.url, "--environment-id", "devbox")
+    try:
+        noise = {
+            "CODEX_EXEC_SERVER_NOISE_REGISTRY_URL": rendezvous.url,
+            "CODEX_EXEC_SERVER_NOISE_ENVIRONMENT_ID": " devbox ",
+            "CODEX_EXEC_SERVER_NOISE_AUTH_TOKEN": TOKEN,
+            **url,
+        }
+        through = run(noise, "exec", "--", "sh", "-c", "echo via-noise; exit 3")
+        assert (through.stdout, through.returncode) == ("via-noise\n", 3), through.stderr
+        assert TOKEN not in through.stderr
+    finally:
+        stop(executor)
+        rendezvous.kill()

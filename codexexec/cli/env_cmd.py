@@ -65,13 +65,13 @@ async def _list(json_mode: bool) -> int:
                 emit_json(row)
             rows.append(row)
         if not json_mode:
-            _print_table(rows, config.path)
+            _print_table(rows, config.describe_source())
     finally:
         await manager.aclose()
     return 0
 
 
-def _print_table(rows: list[dict[str, object]], path: object) -> None:
+def _print_table(rows: list[dict[str, object]], source: str) -> None:
     table = [["ID", "KIND", "TARGET", "STATE", "LATENCY"]]
     for row in rows:
         latency = row["latencyMs"]
@@ -95,7 +95,7 @@ def _print_table(rows: list[dict[str, object]], path: object) -> None:
     for row in rows:
         if row["error"]:
             typer.echo(f"{row['id']}: {row['error']}")
-    typer.echo(f"(* default; file: {path or 'none, only `local`'})")
+    typer.echo(f"(* default; {source})")
 
 
 @app.command("check")

@@ -19,14 +19,15 @@ from codexexec.environments.config import (
     LOCAL_ENVIRONMENT_ID,
     EnvironmentConfigError,
     EnvironmentsConfig,
-    load_config,
 )
 from codexexec.environments.manager import Environment, EnvironmentManager
 
 
 def load_environments() -> EnvironmentsConfig:
     try:
-        return load_config()
+        from codexexec.environments.sources import load_environments as load
+
+        return load()
     except EnvironmentConfigError as exc:
         fail(str(exc))
 
@@ -52,7 +53,11 @@ async def chosen_environment(
     if target is None:
         assert config is not None
         if config.default is None:
-            fail(f"no default environment is configured ({config.path}): pass --env NAME", 2)
+            fail(
+                f"no default environment is configured ({config.describe_source()}): "
+                "pass --env NAME",
+                2,
+            )
         target = config.default
     if config is None:
         manager = EnvironmentManager(autostart=autostart)

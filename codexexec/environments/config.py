@@ -131,6 +131,11 @@ class EnvironmentsConfig:
     include_local: bool = True
     environments: tuple[EnvironmentSpec, ...] = ()
     path: Path | None = None
+    # Where the list came from when not from a file (Codex's environment variables).
+    origin: str | None = None
+
+    def describe_source(self) -> str:
+        return self.origin or f"file: {self.path or 'none, only `local`'}"
 
     def find(self, environment_id: str) -> EnvironmentSpec | None:
         for spec in self.environments:
