@@ -4,6 +4,7 @@ never a secret. Keyrings are real `keyring` backends (keyrings.alt's, and the de
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from pathlib import Path
@@ -399,8 +400,6 @@ async def test_the_rendezvous_verifies_each_part_of_an_agent_assertion(tmp_path:
 
             async def task_for(who: Agent) -> str:
                 stamp = timestamp(time.time())
-                import base64
-
                 signature = base64.b64encode(who.key.sign(f"{who.runtime_id}:{stamp}".encode()))
                 async with http.post(
                     f"{base}/v1/agent/{who.runtime_id}/task/register",
@@ -429,6 +428,21 @@ async def test_the_rendezvous_verifies_each_part_of_an_agent_assertion(tmp_path:
             for code, header in cases.items():
                 status_code, body = await register(header)
                 assert (status_code, body["code"]) == (401, code)
+            # A task id that is not ASCII (or not even encodable) is unknown, not a 500.
+            lone_surrogate = json.dumps(
+                {
+                    "agent_runtime_id": agent.runtime_id,
+                    "signature": "AA==",
+                    "task_id": "\ud800",
+                    "timestamp": timestamp(time.time()),
+                }
+            ).encode()
+            for header in (
+                assertion(agent, "task_\u00e9.\u00fc"),
+                "AgentAssertion " + base64.urlsafe_b64encode(lone_surrogate).decode(),
+            ):
+                status_code, body = await register(header)
+                assert (status_code, body["code"]) == (401, "unknown_agent_task")
             status_code, body = await register("AgentAssertion not-base64-json")
             assert (status_code, body["code"]) == (401, "invalid_agent_assertion")
             status_code, body = await register("Bearer sk-proj-abcdef")

@@ -114,6 +114,8 @@ class AgentKeys:
         return f"task_{nonce}.{self._task_mac(runtime_id, nonce)}"
 
     def _task_issued(self, runtime_id: str, task_id: str) -> bool:
+        if not task_id.isascii():  # ids issued here are ASCII; compare_digest refuses others
+            return False
         nonce, dot, mac = task_id.removeprefix("task_").partition(".")
         return bool(dot) and hmac.compare_digest(mac, self._task_mac(runtime_id, nonce))
 
