@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -101,3 +102,32 @@ async def test_a_long_credential_echoed_past_the_message_cap_is_not_quoted_in_pa
             await register_executor(stub.url, "devbox", StaticBearer(long_token, "test"))
     assert "SSSSSSSS" not in str(caught.value)
     assert str(caught.value).endswith("(401 Unauthorized): response body omitted")
+
+
+async def test_a_refresh_granting_a_token_unfit_for_a_header_is_refused_and_not_saved(
+    tmp_path: Path,
+) -> None:
+    import time
+
+    from aiohttp import web
+
+    from codexexec.remote.auth.base import AuthError
+    from codexexec.remote.auth.chatgpt import ChatGPTAuth
+    from codexexec.remote.auth.storage import FileStore
+    from tests.auth_helpers import Stub, access_token, chatgpt_login, codex_home
+
+    login = chatgpt_login(access_token(time.time() - 60, "old"), refresh="rt-OLD-secret")
+    home = codex_home(tmp_path, login)
+    before = (home / "auth.json").read_text()
+    granted = {"access_token": "broken\r\nInjected: yes", "refresh_token": "rt-NEW-secret"}
+    async with Stub(lambda _: web.json_response(granted)) as stub:
+        auth = ChatGPTAuth(
+            login,
+            FileStore(home, lambda _: None),
+            home,
+            {"CODEX_REFRESH_TOKEN_URL_OVERRIDE": f"{stub.url}/oauth/token"},
+        )
+        with pytest.raises(AuthError) as caught:
+            await auth.headers()
+    assert str(caught.value) == "the token endpoint's refresh answer holds a malformed access token"
+    assert (home / "auth.json").read_text() == before

@@ -230,6 +230,9 @@ def _granted_tokens(status: int, text: str) -> dict[str, str]:
         }
         if "access_token" not in granted:
             raise AuthError("the token endpoint's refresh answer holds no access token")
+        if any(ord(ch) < 33 or ord(ch) > 126 for ch in granted["access_token"]):
+            # It goes into a header on every request (and into the store): check it first.
+            raise AuthError("the token endpoint's refresh answer holds a malformed access token")
         return granted
     code = _error_code(payload)
     if code in _PERMANENT:
