@@ -45,6 +45,19 @@ class _Helper:
     channel: socket.socket
     command: SandboxedCommand
     idle_timer: asyncio.TimerHandle | None = field(default=None)
+    # The end of what the helper wrote to stderr: read all along, so a chatty helper never
+    # blocks on a full pipe, and kept for the error if it dies.
+    stderr_tail: bytearray = field(default_factory=bytearray)
+    drain: asyncio.Task[None] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        self.drain = asyncio.get_running_loop().create_task(self._drain_stderr())
+
+    async def _drain_stderr(self) -> None:
+        assert self.process.stderr is not None
+        while chunk := await self.process.stderr.read(65536):
+            self.stderr_tail += chunk
+            del self.stderr_tail[:-_MAX_STDERR_BYTES]
 
     async def call(self, request: bytes) -> tuple[bytes, list[int]] | None:
         """The reply and its descriptors; None if the helper ended before answering."""
@@ -61,15 +74,13 @@ class _Helper:
         return receive_reply(self.channel)
 
     async def last_words(self) -> str:
-        assert self.process.stderr is not None
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):
-                stderr = await self.process.stderr.read(_MAX_STDERR_BYTES)
                 await self.process.wait()
-                lines = stderr.decode(errors="replace").strip().splitlines()
-                if lines:
-                    return lines[-1]
-        return f"exit status {self.process.returncode}"
+                if self.drain is not None:
+                    await self.drain
+        lines = self.stderr_tail.decode(errors="replace").strip().splitlines()
+        return lines[-1] if lines else f"exit status {self.process.returncode}"
 
     def stop(self) -> None:
         """Kill the helper; its socket closes and bwrap's mount points go once it is reaped."""
