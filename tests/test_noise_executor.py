@@ -461,6 +461,33 @@ async def test_registry_rejecting_the_executor_tells_the_harness(stack: Stack) -
     assert caught.value.code == "registry_authentication_rejected"
 
 
+async def test_a_validation_that_fails_unexpectedly_resets_the_stream_and_frees_its_slot(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever goes wrong while asking the registry (here the executor's credential
+    provider raises), the stream is refused at once, not left pending holding one of the 32
+    validation slots, and the error's text (which may quote a credential) is not logged."""
+    from codexexec.remote.registry import RegistryError
+    from codexexec.transport.noise_harness import connect_noise_harness
+
+    class Broken:
+        description = "a provider that breaks"
+
+        async def headers(self) -> dict[str, str]:
+            raise ValueError("header value with secret-abc123\n")
+
+    real = stack.relay._token
+    stack.relay._token = Broken()  # type: ignore[assignment]
+    caplog.set_level(logging.DEBUG)
+    for _ in range(3):
+        with pytest.raises((RegistryError, ExecServerError)):
+            await asyncio.wait_for(connect_noise_harness(stack.url, ENV, TOKEN), 5)
+    assert "secret-abc123" not in caplog.text
+    stack.relay._token = real
+    transport = await asyncio.wait_for(connect_noise_harness(stack.url, ENV, TOKEN), 10)
+    await transport.close()
+
+
 # -- helpers --------------------------------------------------------------------------------
 
 

@@ -149,6 +149,10 @@ class NoiseStreams:
             reason = outcome.value
         except TimeoutError:
             outcome, reason = None, "validation_timeout"
+        except Exception as exc:  # any failure refuses this stream, never the socket
+            # Never the message: it may quote a credential or a header value.
+            log.debug("noise validation failed: stream=%s error=%s", stream_id, type(exc).__name__)
+            outcome, reason = None, "validation_error"
         pending = self._pending.get(stream_id)
         if pending is None or pending.validation_id != validation_id:
             return  # cancelled or replaced meanwhile: the answer is stale
