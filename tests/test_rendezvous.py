@@ -317,6 +317,28 @@ async def test_authorization_dies_with_its_registration(service: Service) -> Non
     await executor.close()
 
 
+async def test_re_registering_in_a_loop_keeps_the_store_small(service: Service) -> None:
+    """An executor restarting over and over (or a token holder looping on /register) must
+    not grow the database: only the current registration and the one it replaced stay."""
+    previous = current = await service.register("env-1")
+    for _ in range(50):
+        # Each registration had an authorization issued under it, too.
+        service.store.issue_authorization(
+            "env-1", current["executor_registration_id"], noise_key(1), 120
+        )
+        current = await service.register("env-1")
+    rows = service.store._db.execute("SELECT COUNT(*) FROM registrations").fetchone()[0]
+    grants = service.store._db.execute("SELECT COUNT(*) FROM authorizations").fetchone()[0]
+    assert rows == 2 and grants == 1  # the one issued under the previous registration
+    assert (
+        service.store.current_registration("env-1").registration_id
+        == (  # type: ignore[union-attr]
+            current["executor_registration_id"]
+        )
+    )
+    assert previous["executor_registration_id"] != current["executor_registration_id"]
+
+
 @pytest.mark.parametrize(
     ("authorization", "code"),
     [

@@ -30,6 +30,8 @@ from typing import Any
 from codexexec.rendezvous.signing import KEY_BYTES
 
 MEMORY = ":memory:"
+# Registrations kept per environment: the current one and the one it replaced.
+KEPT_REGISTRATIONS_PER_ENVIRONMENT = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -150,6 +152,19 @@ class Store:
                 " VALUES (?, ?, ?) ON CONFLICT(environment_id)"
                 " DO UPDATE SET current_registration_id = excluded.current_registration_id",
                 (environment_id, now, registration_id),
+            )
+            # Only the newest registrations can still be in use (the previous one while its
+            # streams wind down): an executor re-registering in a loop must not grow the file.
+            self._db.execute(
+                "DELETE FROM registrations WHERE environment_id = ? AND registration_id NOT IN"
+                " (SELECT registration_id FROM registrations WHERE environment_id = ?"
+                " ORDER BY created_at DESC, rowid DESC LIMIT ?)",
+                (environment_id, environment_id, KEPT_REGISTRATIONS_PER_ENVIRONMENT),
+            )
+            self._db.execute(
+                "DELETE FROM authorizations WHERE environment_id = ? AND registration_id NOT IN"
+                " (SELECT registration_id FROM registrations WHERE environment_id = ?)",
+                (environment_id, environment_id),
             )
         return Registration(
             registration_id, environment_id, security_profile, executor_public_key, now
