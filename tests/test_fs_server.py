@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import shutil
 import signal
@@ -163,8 +164,9 @@ async def test_landlock_backend_confines_fs_operations(tree: Path) -> None:
 def _children(pid: int) -> set[int]:
     found: set[int] = set()
     for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as children:
-            found |= {int(child) for child in children.read().split()}
+        with contextlib.suppress(FileNotFoundError):  # a worker thread that just ended
+            with open(f"/proc/{pid}/task/{task}/children") as children:
+                found |= {int(child) for child in children.read().split()}
     return found
 
 
