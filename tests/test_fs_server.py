@@ -164,9 +164,12 @@ async def test_landlock_backend_confines_fs_operations(tree: Path) -> None:
 def _children(pid: int) -> set[int]:
     found: set[int] = set()
     for task in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(FileNotFoundError):  # a worker thread that just ended
-            with open(f"/proc/{pid}/task/{task}/children") as children:
-                found |= {int(child) for child in children.read().split()}
+        # A worker thread may end between the listing and the read.
+        with (
+            contextlib.suppress(FileNotFoundError),
+            open(f"/proc/{pid}/task/{task}/children") as children,
+        ):
+            found |= {int(child) for child in children.read().split()}
     return found
 
 
