@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from codexexec.client.events import Closed, EventBuffer, Exited, Output
 from codexexec.client.handle import InvalidHandle, ProcessHandle
 from codexexec.protocol import jsonrpc
 from codexexec.protocol.base64_codec import (
@@ -121,3 +122,20 @@ def test_base64_round_trips_in_every_form(data: bytes) -> None:
     assert encode_base64(data) == standard.decode()
     assert msgspec.json.encode({"c": base64_json(data)}) == b'{"c":"' + standard + b'"}'
     assert decode_base64(standard.decode()) == data
+
+
+async def test_events_pushed_out_of_order_are_taken_in_seq_order() -> None:
+    """Codex 0.169 pushes an exit ahead of output numbered before it (seen through the
+    relay: exited seq 8101 arrived before output seq 8100). The reader takes by seq, so
+    the output must not be mistaken for a duplicate and dropped."""
+    buffer = EventBuffer(complete=True)
+    for event in (Output(1, "stdout", b"a"), Exited(3, 0, False), Output(2, "stdout", b"b"), Closed(4)):
+        await buffer.push(event)
+    assert buffer.holds(Exited) and buffer.holds(Closed)
+    taken = []
+    cursor = 0
+    while (event := buffer.take_next(cursor)) is not None:
+        taken.append(event)
+        cursor = event.seq or cursor
+    assert [e.seq for e in taken] == [1, 2, 3, 4]
+    assert [e.data for e in taken if isinstance(e, Output)] == [b"a", b"b"]

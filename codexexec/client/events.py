@@ -102,12 +102,32 @@ class EventBuffer:
         while self.blocking and self._full():
             self._space.clear()
             await self._space.wait()
-        self._events.append(event)
+        self._insert(event)
         self._bytes += _size(event)
         while len(self._events) > MAX_BUFFERED_EVENTS or self._bytes > MAX_UNCONSUMED_BYTES:
             self._bytes -= _size(self._events.popleft())
             self.complete = False
         self._changed.set()
+
+    def _insert(self, event: Output | Exited | Closed) -> None:
+        """Keep the buffer in seq order: Codex pushes events out of order (an exit ahead
+        of the output before it), and a reader takes them from the front by seq."""
+        events = self._events
+        seq = event.seq
+        if seq is None or not events:
+            events.append(event)
+            return
+        position = len(events)
+        while position > 0:
+            before = events[position - 1].seq
+            if before is None or before <= seq:
+                break
+            position -= 1
+        events.insert(position, event)
+
+    def holds(self, kind: type[Exited] | type[Closed]) -> bool:
+        """Whether an event of this kind is waiting in the buffer."""
+        return any(isinstance(event, kind) for event in self._events)
 
     def set_blocking(self, blocking: bool) -> None:
         self.blocking = blocking

@@ -93,9 +93,12 @@ class RemoteProcess:
                             None, response.exit_code, response.sandbox_denied, response.denial
                         )
                     if gap_end is not None:
-                        # Seqs still unaccounted for before the buffered head: exit and close
-                        # events explain at most two; anything more was lost output.
-                        events_between = int(response.exited) + int(response.closed)
+                        # Seqs still unaccounted for before the buffered head: an exit or close
+                        # event not received yet explains one each; anything more was lost
+                        # output (the server no longer retains it).
+                        events_between = int(
+                            response.exited and not exited_seen and not buffer.holds(Exited)
+                        ) + int(response.closed and not buffer.holds(Closed))
                         if gap_end - 1 - cursor > events_between:
                             yield OutputGap(cursor + 1, gap_end)
                         cursor = gap_end - 1
