@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -7,6 +8,14 @@ import pytest
 from tests.servers import RunningServer, start_server
 
 SERVER_KINDS = ("codexexec", "codex")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The CLI forwards piped stdin to the remote command; the commands tests start must
+    # not inherit whatever stdin the test runner happens to have (a CI pipe never ends).
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
 
 
 @pytest.fixture(scope="session", params=SERVER_KINDS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import time
@@ -101,6 +102,55 @@ def test_tty_forwards_stdin(codexexec_server: RunningServer) -> None:
         input=b"typed\n",
     )
     assert b"got:typed" in result.stdout and result.returncode == 0
+
+
+@pytest.mark.parametrize("target", ["local", "server"])
+def test_piped_stdin_reaches_the_command_and_ends(
+    target: str, codexexec_server: RunningServer
+) -> None:
+    """`producer | codexexec exec -- consumer` works as with ssh: every byte arrives and
+    the consumer sees end of input, so it finishes."""
+    env = "local" if target == "local" else codexexec_server.url
+    data = bytes(range(256)) * 4096  # 1 MiB, every byte value
+    result = run("exec", "--env", env, "--", "sh", "-c", "sha256sum; exit 5", input=data)
+    expected = hashlib.sha256(data).hexdigest()
+    assert (result.stdout.split()[0].decode(), result.returncode) == (expected, 5)
+    assert result.stderr == b""
+
+
+def test_piped_stdin_to_the_real_codex_is_not_forwarded_and_says_why(
+    codex_server: RunningServer,
+) -> None:
+    # Codex's protocol cannot end a process's stdin: forwarding would leave `cat` waiting.
+    result = run("exec", "--env", codex_server.url, "--", "sh", "-c", "cat; echo end", input=b"x")
+    assert (result.stdout, result.returncode) == (b"end\n", 0)
+    assert b"cannot end a command's stdin, so piped input is not forwarded" in result.stderr
+
+
+def test_close_stdin_is_a_codexexec_extension_refused_for_terminals(
+    codexexec_server: RunningServer,
+) -> None:
+    import asyncio
+
+    from codexexec.client import ExecServerClient, ExecServerError, Exited, Output
+
+    async def scenario() -> None:
+        async with await ExecServerClient.connect(codexexec_server.url) as client:
+            assert client.can_close_stdin
+            process = await client.start(["cat"], cwd="/tmp", pipe_stdin=True)
+            assert await process.write(b"one ") == "accepted"
+            assert await process.close_stdin() == "accepted"
+            with pytest.raises(ExecServerError, match="failed to write to process stdin"):
+                await process.write(b"late")
+            events = [event async for event in process.events()]
+            assert b"".join(e.data for e in events if isinstance(e, Output)) == b"one "
+            assert [e.exit_code for e in events if isinstance(e, Exited)] == [0]
+            terminal = await client.start(["cat"], cwd="/tmp", tty=True)
+            with pytest.raises(ExecServerError, match="closeStdin needs a piped stdin"):
+                await terminal.close_stdin()
+            await terminal.terminate()
+
+    asyncio.run(scenario())
 
 
 @pytest.mark.parametrize(

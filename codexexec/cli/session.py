@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import stat
 import sys
 import termios
 import tty as tty_mode
@@ -87,12 +88,23 @@ async def run_exec(env: str | None, options: ExecOptions) -> int:
         renderer = EventRenderer(json_mode=options.json_mode)
         terminal = _RawTerminal(options.tty and not options.json_mode)
         forwarding: list[asyncio.Task[None]] = []
+        pipe_stdin = not options.tty and _stdin_is_data()
+        if pipe_stdin and not client.can_close_stdin:
+            # Codex's protocol has no end of input: a command reading it would never finish.
+            pipe_stdin = False
+            print(
+                f"codexexec: note: {env} cannot end a command's stdin, so piped input is "
+                "not forwarded (--tty forwards a terminal's)",
+                file=sys.stderr,
+            )
 
         def on_start(attempt: Attempt) -> None:
             for task in forwarding:
                 task.cancel()
-            if options.tty:
-                forwarding.append(asyncio.create_task(_forward_stdin(attempt.process)))
+            if options.tty or pipe_stdin:
+                forwarding.append(
+                    asyncio.create_task(_forward_stdin(attempt.process, end=pipe_stdin))
+                )
 
         async def ask(prompt: DenialPrompt) -> Decision:
             with terminal.suspended():
@@ -107,6 +119,7 @@ async def run_exec(env: str | None, options: ExecOptions) -> int:
                     sandbox=options.sandbox,
                     writable_roots=options.writable_roots,
                     tty=options.tty,
+                    pipe_stdin=pipe_stdin,
                     network=options.network,
                     network_proxy=options.network_proxy,
                     on_event=renderer,
@@ -236,8 +249,17 @@ async def run_read(handle_text: str, *, follow: bool, after_seq: int, json_mode:
         return 0
 
 
-async def _forward_stdin(process: RemoteProcess) -> None:
-    """Copy our stdin to the remote terminal until EOF."""
+def _stdin_is_data() -> bool:
+    """Whether our stdin is piped or redirected input (not a terminal or /dev/null)."""
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISREG(mode) or stat.S_ISSOCK(mode)
+
+
+async def _forward_stdin(process: RemoteProcess, *, end: bool) -> None:
+    """Copy our stdin to the remote process until EOF; ``end``: then end its stdin."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     try:
@@ -247,11 +269,13 @@ async def _forward_stdin(process: RemoteProcess) -> None:
         )
     except (OSError, ValueError):
         return
-    while data := await reader.read(65536):
-        try:
+    try:
+        while data := await reader.read(65536):
             await process.write(data)
-        except ExecServerError:
-            return
+        if end:
+            await process.close_stdin()
+    except ExecServerError:
+        return
 
 
 class _RawTerminal:

@@ -66,6 +66,7 @@ async def run_with_approval(
     sandbox: LegacyMode,
     writable_roots: list[str],
     tty: bool,
+    pipe_stdin: bool = False,
     network: bool = False,
     network_proxy: NetworkProxyRequest | None = None,
     on_event: OnEvent,
@@ -83,6 +84,7 @@ async def run_with_approval(
             argv,
             cwd=cwd,
             tty=tty,
+            pipe_stdin=pipe_stdin,
             sandbox=sandbox if sandboxed else None,
             writable_roots=writable_roots,
             network=network,
@@ -105,7 +107,9 @@ async def run_with_approval(
     if decision == "session":
         store.approved.add(key)
     # Like Codex's escalation: no sandbox and no managed proxy (direct networking).
-    retry = Attempt(await client.start(argv, cwd=cwd, tty=tty), sandboxed=False)
+    retry = Attempt(
+        await client.start(argv, cwd=cwd, tty=tty, pipe_stdin=pipe_stdin), sandboxed=False
+    )
     on_start(retry)
     attempts.append(await _run(retry, on_event))
     return attempts

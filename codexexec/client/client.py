@@ -409,17 +409,36 @@ class ExecServerClient(AsyncClosing):
             denial=result.get("sandboxDenial"),
         )
 
-    async def write(self, process_id: str, data: bytes, write_id: str | None = None) -> str:
+    async def write(
+        self,
+        process_id: str,
+        data: bytes,
+        write_id: str | None = None,
+        *,
+        close_stdin: bool = False,
+    ) -> str:
+        """Write to the process's stdin; ``close_stdin`` then ends it (needs an executor
+        with the ``stdinClose`` capability: see ``can_close_stdin``)."""
         write_id = write_id or f"{self._write_prefix}-{next(self._write_ids)}"
-        result = await self._call(
-            "process/write",
-            {
-                "processId": process_id,
-                "chunk": encode_base64(data),
-                "writeId": write_id,
-            },
-        )
+        params: dict[str, Any] = {
+            "processId": process_id,
+            "chunk": encode_base64(data),
+            "writeId": write_id,
+        }
+        if close_stdin:
+            if not self.can_close_stdin:
+                raise ExecServerError(
+                    f"{self.description} cannot end a process's stdin (no stdinClose capability)"
+                )
+            params["closeStdin"] = True
+        result = await self._call("process/write", params)
         return str(result["status"])
+
+    @property
+    def can_close_stdin(self) -> bool:
+        """codexexec executors can end a piped stdin; Codex's cannot."""
+        capabilities = self.environment_info.get("capabilities") or {}
+        return capabilities.get("stdinClose") is True
 
     async def interrupt(self, process_id: str) -> None:
         await self._call("process/signal", {"processId": process_id, "signal": "interrupt"})

@@ -38,6 +38,10 @@ class RemoteProcess:
     async def write(self, data: bytes, write_id: str | None = None) -> str:
         return await self.client.write(self.process_id, data, write_id)
 
+    async def close_stdin(self) -> str:
+        """End the piped stdin (after everything written so far)."""
+        return await self.client.write(self.process_id, b"", close_stdin=True)
+
     async def interrupt(self) -> None:
         await self.client.interrupt(self.process_id)
 

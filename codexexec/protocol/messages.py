@@ -73,6 +73,9 @@ class WriteParams(_Params):
     process_id: str
     chunk: str
     write_id: str
+    # codexexec extension (capability `stdinClose`): end the child's piped stdin after
+    # this chunk, so a command reading to end of input can finish.
+    close_stdin: bool = False
 
 
 class SignalParams(_Params):

@@ -23,6 +23,8 @@ CAPABILITIES: dict[str, bool] = {
     "sandboxedFileStreaming": True,
     "fileWriteStreaming": True,
     "shellSnapshotV2": False,
+    # codexexec extension: process/write takes `closeStdin` (end of a piped stdin).
+    "stdinClose": True,
 }
 
 

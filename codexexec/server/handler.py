@@ -365,8 +365,12 @@ class ConnectionHandler:
         process = self._session().processes.get(params.process_id)
         if process is None:
             return {"status": "unknownProcess"}
+        if params.close_stdin and process.tty:
+            raise RpcError(
+                INVALID_PARAMS, "closeStdin needs a piped stdin (pipeStdin), not a terminal"
+            )
         try:
-            status = await process.write(data, params.write_id)
+            status = await process.write(data, params.write_id, close=params.close_stdin)
         except StdinClosed:
             raise RpcError(INTERNAL_ERROR, "failed to write to process stdin") from None
         return {"status": status}

@@ -128,6 +128,11 @@ class _StdinWriter(asyncio.Protocol):
         if self.lost:
             raise StdinClosed("stdin is closed")
 
+    def close(self) -> None:
+        """End of input: the pipe closes once what was written has gone out."""
+        if self.transport is not None:
+            self.transport.close()
+
 
 class ManagedProcess:
     def __init__(
@@ -337,14 +342,17 @@ class ManagedProcess:
 
     # -- control --------------------------------------------------------------------
 
-    async def write(self, data: bytes, write_id: str) -> WriteStatus:
+    async def write(self, data: bytes, write_id: str, *, close: bool = False) -> WriteStatus:
         if self.starting:
             return "starting"
         if not (self.tty or self.pipe_stdin) or self._stdin is None:
             return "stdinClosed"
         if write_id in self._write_id_set:
             return "accepted"
-        await self._stdin.write(data)
+        if data:
+            await self._stdin.write(data)
+        if close:
+            self._stdin.close()
         self._write_ids.append(write_id)
         self._write_id_set.add(write_id)
         if len(self._write_ids) > REMEMBERED_WRITE_IDS_PER_PROCESS:
