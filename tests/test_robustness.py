@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import time
 import urllib.error
 import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -135,18 +138,48 @@ def _alive(pid: int) -> bool:
         return False
 
 
-async def test_children_die_with_a_killed_server() -> None:
+@pytest.mark.parametrize("sandboxed", [False, True])
+async def test_children_die_with_a_killed_server(sandboxed: bool, tmp_path: Path) -> None:
+    # A duration no other process uses, to find the child on the host (in a sandbox its
+    # pid is the namespace's).
+    marker = f"60.{uuid.uuid4().int % 10**6:06d}"
+    extra: dict[str, object] = {}
+    if sandboxed:
+        if shutil.which("bwrap") is None:
+            pytest.skip("bubblewrap not installed")
+        extra["sandbox"] = _workspace_write(tmp_path)
     with start_server("codexexec") as running:
         wire = await connected(running.url)
-        await wire.start("orphan?", ["sh", "-c", "echo $$; exec sleep 60"])
-        event = await wire.notification(lambda m: m["method"] == "process/output")
-        child_pid = int(base64.b64decode(event["params"]["chunk"]))
+        await wire.start("orphan?", ["sh", "-c", f"echo up; exec sleep {marker}"], **extra)
+        await wire.notification(lambda m: m["method"] == "process/output")
+        children = _pids_running(marker)
+        assert children
         running.process.send_signal(signal.SIGKILL)
         running.process.wait()
         deadline = time.monotonic() + 5
-        while _alive(child_pid) and time.monotonic() < deadline:
+        while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        assert not _alive(child_pid)
+        assert not any(_alive(pid) for pid in children)
+
+
+def _pids_running(argument: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                if argument.encode() in cmdline.read().split(b"\0"):
+                    found.append(int(entry))
+    return found
+
+
+def _workspace_write(workspace: Path) -> dict[str, object]:
+    from codexexec.protocol.path_uri import PathUri
+    from codexexec.sandbox.policy import legacy_profile, sandbox_context_json
+
+    uri = str(PathUri.from_host_native_path(str(workspace)))
+    profile = legacy_profile("workspace-write")
+    assert profile is not None
+    return sandbox_context_json(profile, uri, [uri])
 
 
 async def test_connection_token_gates_websocket_not_readyz() -> None:

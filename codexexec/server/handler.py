@@ -260,6 +260,7 @@ class ConnectionHandler:
                 pipe_stdin=params.pipe_stdin,
                 arg0=params.arg0 if sandboxed is None or sandboxed.passes_arg0 else None,
                 pass_fds=sandboxed.pass_fds if sandboxed else (),
+                dies_with_parent=sandboxed is not None and sandboxed.backend == "bubblewrap",
             )
         except OSError as exc:
             del session.processes[params.process_id]

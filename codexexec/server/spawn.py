@@ -72,8 +72,14 @@ def spawn(
     pipe_stdin: bool,
     arg0: str | None,
     pass_fds: tuple[int, ...] = (),
+    dies_with_parent: bool = False,
 ) -> Child:
-    """Start ``argv``; raises OSError (with the OS's reason) when it cannot start."""
+    """Start ``argv``; raises OSError (with the OS's reason) when it cannot start.
+
+    ``dies_with_parent``: ``argv`` already ends with the server (bubblewrap's
+    --die-with-parent), so the child needs no set-up code of ours between fork and exec,
+    and Python can use vfork: ~0.1 ms instead of ~4 ms for a server of 40 MB.
+    """
     args = [arg0 if arg0 else argv[0], *argv[1:]]
     setup = _child_setup(tty, os.getpid())
     if tty:
@@ -91,7 +97,8 @@ def spawn(
             stdin=stdin_r if stdin_r is not None else subprocess.DEVNULL,
             stdout=stdout_w,
             stderr=stderr_w,
-            preexec_fn=setup,
+            start_new_session=dies_with_parent,
+            preexec_fn=None if dies_with_parent else setup,
             close_fds=True,
             pass_fds=pass_fds,
         )
