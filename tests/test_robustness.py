@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from codexexec.server import warden as warden_script
 from tests.servers import RunningServer, codexexec_command, start_server
 from tests.wire import Wire, decoded_output
 
@@ -150,16 +152,38 @@ async def test_children_die_with_a_killed_server(sandboxed: bool, tmp_path: Path
         extra["sandbox"] = _workspace_write(tmp_path)
     with start_server("codexexec") as running:
         wire = await connected(running.url)
-        await wire.start("orphan?", ["sh", "-c", f"echo up; exec sleep {marker}"], **extra)
+        # A background grandchild in the command's process group must go too.
+        script = f"sleep {marker} & echo up; exec sleep {marker}"
+        await wire.start("orphan?", ["sh", "-c", script], **extra)
         await wire.notification(lambda m: m["method"] == "process/output")
         children = _pids_running(marker)
-        assert children
+        assert len(children) == 2
         running.process.send_signal(signal.SIGKILL)
         running.process.wait()
         deadline = time.monotonic() + 5
         while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         assert not any(_alive(pid) for pid in children)
+
+
+def test_the_warden_kills_only_the_groups_still_registered_when_its_pipe_ends() -> None:
+    """What keeps a killed executor from leaving orphans without a pre-exec hook per child
+    (codexexec/server/warden.py): a group deregistered before its leader was reaped is
+    never signalled, since its id may belong to someone else by then."""
+    marker = f"60.{uuid.uuid4().int % 10**6:06d}"
+    kept, dropped = (subprocess.Popen(["sleep", marker], start_new_session=True) for _ in range(2))
+    read_end, write_end = os.pipe()
+    warden = subprocess.Popen(
+        [sys.executable, "-I", "-S", warden_script.__file__], stdin=read_end, start_new_session=True
+    )
+    os.close(read_end)
+    os.write(write_end, f"+{kept.pid}\n+{dropped.pid}\n-{dropped.pid}\n".encode())
+    os.close(write_end)  # as when the executor dies
+    assert warden.wait(10) == 0
+    assert kept.wait(5) == -signal.SIGKILL
+    assert dropped.poll() is None
+    dropped.kill()
+    dropped.wait()
 
 
 def _pids_running(argument: str) -> list[int]:

@@ -208,7 +208,8 @@ class ManagedProcess:
         try:
             self._pidfd = os.pidfd_open(self._child.pid)
         except OSError:
-            # No pidfd (old kernel): a thread waits instead.
+            # No pidfd: a thread waits instead, and reaps before anyone could deregister.
+            spawn.forget(self._child)
             loop.run_in_executor(None, self._child.popen.wait).add_done_callback(
                 lambda _: self._on_exit()
             )
@@ -217,6 +218,7 @@ class ManagedProcess:
 
     def _on_pidfd_ready(self, loop: asyncio.AbstractEventLoop) -> None:
         assert self._child is not None and self._pidfd is not None
+        spawn.forget(self._child)  # readable: it has exited, and is reaped next
         if self._child.popen.poll() is None:
             return
         loop.remove_reader(self._pidfd)
@@ -393,4 +395,5 @@ class ManagedProcess:
             self._pidfd = None
             if self._child is not None:
                 # Reap in the background so no zombie is left behind.
+                spawn.forget(self._child)
                 asyncio.get_running_loop().run_in_executor(None, self._child.popen.wait)

@@ -1,8 +1,10 @@
 """Starting a child process the way an executor must: OS details live only here.
 
-Each child leads its own session and process group so signals reach its whole tree,
-stdin is /dev/null unless the caller asked for a writable stdin, and PR_SET_PDEATHSIG
-ties it to the server so a killed server leaves no orphans.
+Each child leads its own session and process group so signals reach its whole tree, and
+stdin is /dev/null unless the caller asked for a writable stdin. A killed server leaves no
+orphans: bubblewrap's --die-with-parent ends sandboxed children, the warden
+(``warden.py``) the process groups of the others, and where neither applies (terminals,
+no warden) a pre-exec hook sets PR_SET_PDEATHSIG.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import shutil
 import signal
 import struct
 import subprocess
+import sys
 import termios
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,10 +38,72 @@ class Child:
     outputs: dict[str, int]
     # Where writes go: the stdin pipe, a dup of the PTY master, or None.
     stdin: int | None
+    # Registered with the warden, which kills its group if the executor dies.
+    warded: bool = False
 
     @property
     def pid(self) -> int:
         return self.popen.pid
+
+
+class _Warden:
+    """The executor's side of ``warden.py``: one warden process, started on first use."""
+
+    def __init__(self) -> None:
+        self._pipe: int | None = None
+        self._usable: bool | None = None  # None: not tried yet
+
+    def start(self) -> bool:
+        """Whether children can be registered (else they need the pre-exec hook)."""
+        if self._usable is None:
+            self._usable = self._launch()
+        return self._usable
+
+    def _launch(self) -> bool:
+        try:
+            # Without pidfds the exit watcher reaps in a thread, before it could deregister.
+            os.close(os.pidfd_open(os.getpid()))
+            read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        except (AttributeError, OSError):
+            return False
+        try:
+            subprocess.Popen(
+                [sys.executable, "-I", "-S", _WARDEN_SCRIPT],
+                stdin=read_end,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError:
+            os.close(write_end)
+            return False
+        finally:
+            os.close(read_end)
+        self._pipe = write_end
+        return True
+
+    def tell(self, line: bytes) -> bool:
+        if self._pipe is None:
+            return False
+        try:
+            os.write(self._pipe, line)
+        except OSError:  # the warden is gone: back to the pre-exec hook
+            os.close(self._pipe)
+            self._pipe, self._usable = None, False
+            return False
+        return True
+
+
+_WARDEN_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "warden.py")
+_warden = _Warden()
+
+
+def forget(child: Child) -> None:
+    """Call before reaping the child: its pid may be reused afterwards."""
+    if child.warded:
+        child.warded = False
+        _warden.tell(b"-%d\n" % child.pid)
 
 
 def _child_setup(tty: bool, parent_pid: int) -> Callable[[], None]:
@@ -84,6 +149,8 @@ def spawn(
     setup = _child_setup(tty, os.getpid())
     if tty:
         return _spawn_pty(argv[0], args, cwd, env, setup, pass_fds)
+    warded = not dies_with_parent and _warden.start()
+    hook = None if dies_with_parent or warded else setup
     stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
     stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
     stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC) if pipe_stdin else (None, None)
@@ -97,8 +164,8 @@ def spawn(
             stdin=stdin_r if stdin_r is not None else subprocess.DEVNULL,
             stdout=stdout_w,
             stderr=stderr_w,
-            start_new_session=dies_with_parent,
-            preexec_fn=None if dies_with_parent else setup,
+            start_new_session=hook is None,
+            preexec_fn=hook,
             close_fds=True,
             pass_fds=pass_fds,
         )
@@ -111,7 +178,9 @@ def spawn(
         for fd in (stdout_w, stderr_w, stdin_r):
             if fd is not None:
                 os.close(fd)
-    return Child(popen, {"stdout": stdout_r, "stderr": stderr_r}, stdin_w)
+    child = Child(popen, {"stdout": stdout_r, "stderr": stderr_r}, stdin_w)
+    child.warded = warded and _warden.tell(b"+%d\n" % popen.pid)
+    return child
 
 
 def _spawn_pty(
