@@ -156,7 +156,9 @@ async def test_children_die_with_a_killed_server(sandboxed: bool, tmp_path: Path
         script = f"sleep {marker} & echo up; exec sleep {marker}"
         await wire.start("orphan?", ["sh", "-c", script], **extra)
         await wire.notification(lambda m: m["method"] == "process/output")
-        children = _pids_running(marker)
+        deadline = time.monotonic() + 5
+        while len(children := _pids_running(marker)) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)  # until the shell has exec'd its own sleep
         assert len(children) == 2
         running.process.send_signal(signal.SIGKILL)
         running.process.wait()
