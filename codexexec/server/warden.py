@@ -23,7 +23,9 @@ def main() -> None:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(signum, signal.SIG_IGN)
     groups: set[int] = set()
-    for line in sys.stdin.buffer:  # ends when the executor's end of the pipe closes
+    # Until the executor's end of the pipe closes; lines are short ("+PGID"), so a bounded
+    # read never holds more than one.
+    while line := sys.stdin.buffer.readline(32):
         try:
             group = int(line[1:])
         except ValueError:
