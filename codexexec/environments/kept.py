@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import os
 import select
@@ -25,6 +24,7 @@ from codexexec.client.client import ExecServerClient
 from codexexec.environments.config import StdioSpec
 from codexexec.environments.connect import EnvironmentUnavailable, initialize_over
 from codexexec.environments.keeper_paths import KeeperPaths
+from codexexec.file_lock import lock_attempts
 from codexexec.protocol.limits import DEFAULT_DETACHED_SESSION_TTL_SECONDS
 
 if TYPE_CHECKING:
@@ -145,16 +145,12 @@ def _answers(path: str) -> bool:
 def _start_lock(paths: KeeperPaths, label: str, timeout: float) -> Iterator[None]:
     fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    cause = f"another command has been starting its keeper for {timeout:g} s"
-                    raise EnvironmentUnavailable(label, "connect", cause, retryable=False) from None
+        try:
+            for _ in lock_attempts(fd, timeout):
                 time.sleep(LOCK_POLL_SECONDS)
+        except TimeoutError:
+            cause = f"another command has been starting its keeper for {timeout:g} s"
+            raise EnvironmentUnavailable(label, "connect", cause, retryable=False) from None
         yield
     finally:
         os.close(fd)  # releases the lock

@@ -187,7 +187,7 @@ class ChatGPTAuth:
 
     @contextlib.asynccontextmanager
     async def _file_lock(self) -> AsyncIterator[None]:
-        import fcntl
+        from codexexec.file_lock import lock_attempts
 
         path = self._home / "auth.json.lock"
         try:
@@ -196,18 +196,14 @@ class ChatGPTAuth:
             yield
             return
         try:
-            deadline = time.monotonic() + LOCK_WAIT_SECONDS
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise AuthError(
-                            f"another process has held {path} for {LOCK_WAIT_SECONDS:.0f} s "
-                            "while refreshing the login; try again"
-                        ) from None
+            try:
+                for _ in lock_attempts(fd, LOCK_WAIT_SECONDS):
                     await asyncio.sleep(0.05)
+            except TimeoutError:
+                raise AuthError(
+                    f"another process has held {path} for {LOCK_WAIT_SECONDS:.0f} s "
+                    "while refreshing the login; try again"
+                ) from None
             yield
         finally:
             os.close(fd)  # releases the lock
