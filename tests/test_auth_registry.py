@@ -118,6 +118,10 @@ async def test_an_expired_access_token_is_refreshed_and_written_back_atomically(
         b'"refresh_reason":"proactive_expiry","refresh_token":"rt-OLD-secret"}'
     )
     assert token_request.header("Content-Type") == "application/json"
+    # Codex 0.169.0 sent `originator: codex_cli_rs` and `User-Agent: codex_cli_rs/0.169.0
+    # (Debian 12.0.0; x86_64) xterm`; codexexec names itself in the same shape.
+    assert token_request.header("originator") == "codex_cli_rs"
+    assert re.fullmatch(r"codexexec/\S+ \(\S+ \S+; \S+\)", token_request.header("User-Agent") or "")
     assert register.header("Authorization") == f"Bearer {new}"
     path = home / "auth.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600

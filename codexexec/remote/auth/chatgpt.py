@@ -175,7 +175,7 @@ class ChatGPTAuth:
                 "refresh_token": refresh_token,
             }
             try:
-                reply = await post_json(url, body, {}, REFRESH_TIMEOUT_SECONDS)
+                reply = await post_json(url, body, _refresh_headers(), REFRESH_TIMEOUT_SECONDS)
             except Unreachable as exc:
                 raise AuthError(f"cannot refresh the ChatGPT access token: {exc}") from None
             granted = _granted_tokens(reply.status, reply.text)
@@ -207,6 +207,20 @@ class ChatGPTAuth:
             yield
         finally:
             os.close(fd)  # releases the lock
+
+
+def _refresh_headers() -> dict[str, str]:
+    """What Codex 0.169 sends with a refresh: its originator (the login is Codex's client id),
+    and a User-Agent in Codex's shape that names codexexec."""
+    import platform
+
+    from codexexec import __version__
+
+    system = f"{platform.system()} {platform.release()}"
+    return {
+        "originator": "codex_cli_rs",
+        "User-Agent": f"codexexec/{__version__} ({system}; {platform.machine()})",
+    }
 
 
 def _granted_tokens(status: int, text: str) -> dict[str, str]:
