@@ -10,12 +10,14 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from codexexec.client import ExecServerError, Output
 from codexexec.client.recovering import RecoveringClient
 from codexexec.environments.config import EnvironmentsConfig, StdioSpec, WebSocketSpec
 from codexexec.environments.connect import EnvironmentUnavailable
 from codexexec.environments.manager import Environment, EnvironmentManager, Status
+from codexexec.environments.sources import load_environments
 from tests.servers import RunningServer
 from tests.tcp_proxy import TcpProxy
 
@@ -362,3 +364,38 @@ async def test_auth_bearer_token_opens_a_guarded_server() -> None:
             assert "401" in str(caught.value) and "sekrit" not in repr(guarded_env.spec)
         finally:
             await manager.aclose()
+
+
+async def test_codexs_noise_variables_send_the_account_id(
+    tmp_path: Path, cleanup: list[EnvironmentManager], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CODEX_EXEC_SERVER_NOISE_* make one `remote` environment; the optional account id goes
+    to the registry as ChatGPT-Account-ID beside the bearer, as from Codex's harness."""
+    from tests.auth_helpers import Recorded, Stub
+
+    def answer(request: Recorded) -> web.Response:
+        return web.json_response({"error": {"code": "stop", "message": "stop here"}}, status=500)
+
+    async with Stub(answer) as stub:
+        config = load_environments(
+            {
+                "CODEX_EXEC_SERVER_NOISE_REGISTRY_URL": stub.url,
+                "CODEX_EXEC_SERVER_NOISE_ENVIRONMENT_ID": "devbox",
+                "CODEX_EXEC_SERVER_NOISE_AUTH_TOKEN": "harness-token-0123456789",
+                "CODEX_EXEC_SERVER_NOISE_CHATGPT_ACCOUNT_ID": " acct-42 ",
+                "CODEXEXEC_HOME": str(tmp_path),
+            }
+        )
+        assert config.default == "remote" and not config.include_local
+        # The token is read when connecting, from the variable the entry names.
+        monkeypatch.setenv("CODEX_EXEC_SERVER_NOISE_AUTH_TOKEN", "harness-token-0123456789")
+        manager = EnvironmentManager.from_config(config)
+        cleanup.append(manager)
+        remote = manager.get("remote")
+        assert remote is not None
+        with pytest.raises(ExecServerError, match="stop here"):
+            await remote.client()
+    connect = stub.requests[0]
+    assert connect.path == "/cloud/environment/devbox/connect"
+    assert connect.header("Authorization") == "Bearer harness-token-0123456789"
+    assert connect.header("ChatGPT-Account-ID") == "acct-42"

@@ -18,7 +18,7 @@ import os
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from codexexec.client.closing import AsyncClosing
 from codexexec.client.environment_config import EnvironmentConfig, read_environment_config
@@ -33,6 +33,9 @@ from codexexec.protocol.path_uri import InvalidPathUri, PathConvention, PathUri
 from codexexec.rpc.peer import RpcPeer
 from codexexec.sandbox.policy import LegacyMode, legacy_profile, sandbox_context_json
 from codexexec.transport.base import MessageTransport, TransportClosed
+
+if TYPE_CHECKING:
+    from codexexec.remote.registry import Credential
 
 LOCAL = "local"
 MAX_DECISIONS_KEPT = 256
@@ -71,7 +74,7 @@ def _decode_chunk(item: Mapping[str, Any]) -> Output:
 
 
 async def open_registry_transport(
-    registry: str, environment_id: str, token: str | None
+    registry: str, environment_id: str, token: Credential
 ) -> MessageTransport:
     """A stream to ``environment_id`` through ``registry``: Noise, or cleartext if opted in.
 

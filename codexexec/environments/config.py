@@ -112,6 +112,8 @@ class RegistrySpec:
     token_file: str | None = None
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     initialize_timeout: float = DEFAULT_INITIALIZE_TIMEOUT
+    # Sent as ChatGPT-Account-ID (from CODEX_EXEC_SERVER_NOISE_CHATGPT_ACCOUNT_ID).
+    account_id: str | None = None
 
     kind = "registry"
     reconnectable = True

@@ -187,12 +187,21 @@ def _registry_token(spec: RegistrySpec, label: str) -> str:
 
 async def _open_registry(spec: RegistrySpec, label: str) -> MessageTransport:
     from codexexec.client.client import open_registry_transport
-    from codexexec.remote.registry import RegistryError
+    from codexexec.remote.auth.base import AuthError
+    from codexexec.remote.registry import Credential, RegistryError
 
     token = _registry_token(spec, label)
+    credential: Credential = token
+    if spec.account_id:
+        from codexexec.remote.auth.bearer import StaticBearer
+
+        try:
+            credential = StaticBearer(token, f"environment `{spec.id}`", spec.account_id)
+        except AuthError as exc:
+            raise EnvironmentUnavailable(label, "auth", str(exc), retryable=False) from None
     try:
         async with asyncio.timeout(spec.connect_timeout):
-            return await open_registry_transport(spec.registry, spec.environment_id, token)
+            return await open_registry_transport(spec.registry, spec.environment_id, credential)
     except TimeoutError:
         cause = (
             f"timed out connecting to `{spec.environment_id}` through {spec.registry} after "

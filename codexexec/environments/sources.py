@@ -26,6 +26,7 @@ from codexexec.environments.config import (
 NOISE_REGISTRY_URL_ENV = "CODEX_EXEC_SERVER_NOISE_REGISTRY_URL"
 NOISE_ENVIRONMENT_ID_ENV = "CODEX_EXEC_SERVER_NOISE_ENVIRONMENT_ID"
 NOISE_AUTH_TOKEN_ENV = "CODEX_EXEC_SERVER_NOISE_AUTH_TOKEN"
+NOISE_ACCOUNT_ID_ENV = "CODEX_EXEC_SERVER_NOISE_CHATGPT_ACCOUNT_ID"
 EXEC_SERVER_URL_ENV = "CODEX_EXEC_SERVER_URL"
 REMOTE_ENVIRONMENT_ID = "remote"
 # Codex's words when only some of the three are set.
@@ -50,7 +51,11 @@ def load_environments(
             raise EnvironmentConfigError(_PARTIAL_NOISE)
         registry, environment_id = noise
         spec = RegistrySpec(
-            REMOTE_ENVIRONMENT_ID, registry, environment_id, token_env=NOISE_AUTH_TOKEN_ENV
+            REMOTE_ENVIRONMENT_ID,
+            registry,
+            environment_id,
+            token_env=NOISE_AUTH_TOKEN_ENV,
+            account_id=value(NOISE_ACCOUNT_ID_ENV) or None,
         )
         return EnvironmentsConfig(
             default=REMOTE_ENVIRONMENT_ID,

@@ -24,7 +24,7 @@ import logging
 import random
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from codexexec.protocol.registry import LEGACY_PROFILE, NOISE_PROFILE
 
@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     from codexexec.noise.profiles import NoiseParty
     from codexexec.remote.auth.base import AuthProvider
     from codexexec.remote.http import HttpReply
+
+# How a caller authenticates: a provider asked for headers per request, or a bare token.
+Credential: TypeAlias = "AuthProvider | str | None"
 
 REQUEST_TIMEOUT_SECONDS = 10.0
 _ENVIRONMENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -267,7 +270,7 @@ async def register_executor(
     return bundle
 
 
-async def connect_harness(base_url: str, environment_id: str, token: str | None) -> RelayBundle:
+async def connect_harness(base_url: str, environment_id: str, token: Credential) -> RelayBundle:
     payload = await _post(base_url, environment_id, "connect", {}, token)
     return _bundle(payload, environment_id)
 
@@ -275,7 +278,7 @@ async def connect_harness(base_url: str, environment_id: str, token: str | None)
 async def connect_harness_noise(
     base_url: str,
     environment_id: str,
-    token: str | None,
+    token: Credential,
     harness_public_key: dict[str, str],
     profile: str = NOISE_PROFILE,
 ) -> dict[str, Any]:

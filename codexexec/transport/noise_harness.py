@@ -25,7 +25,7 @@ from codexexec.noise.profiles import PROFILES, Finished, Initiator, NoiseParty, 
 from codexexec.noise.transport import NoiseError
 from codexexec.protocol.registry import NOISE_PROFILE
 from codexexec.relay.frames import FrameError, encode, handshake_frame, parse, resume_frame
-from codexexec.remote.registry import RegistryError, connect_harness_noise
+from codexexec.remote.registry import Credential, RegistryError, connect_harness_noise
 from codexexec.transport.relay import HarnessRelayTransport, open_relay_socket
 
 RESET_MESSAGE = "Noise relay stream reset"
@@ -49,7 +49,7 @@ def harness_identity(registry_url: str, environment_id: str, profile: str) -> No
 
 
 async def connect_noise_harness(
-    registry_url: str, environment_id: str, token: str | None
+    registry_url: str, environment_id: str, token: Credential
 ) -> HarnessRelayTransport:
     party = harness_identity(registry_url, environment_id, NOISE_PROFILE)
     try:

@@ -29,7 +29,7 @@ from codexexec.relay.streams import (
     ReorderBuffer,
     StreamError,
 )
-from codexexec.remote.registry import RegistryError, connect_harness
+from codexexec.remote.registry import Credential, RegistryError, connect_harness
 from codexexec.transport.base import TransportClosed
 
 if TYPE_CHECKING:
@@ -154,7 +154,7 @@ class HarnessRelayTransport:
 
     @classmethod
     async def connect(
-        cls, registry_url: str, environment_id: str, token: str | None
+        cls, registry_url: str, environment_id: str, token: Credential
     ) -> HarnessRelayTransport:
         """The cleartext profile: claim a fresh stream with `resume`, then talk."""
         bundle = await connect_harness(registry_url, environment_id, token)

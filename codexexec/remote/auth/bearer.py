@@ -17,7 +17,10 @@ MAX_STDIN_TOKEN_BYTES = 16 * 1024
 
 
 class StaticBearer:
-    def __init__(self, token: str, source: str) -> None:
+    """``account_id``: also sent as ``ChatGPT-Account-ID``, as Codex's harness does with
+    ``CODEX_EXEC_SERVER_NOISE_CHATGPT_ACCOUNT_ID``."""
+
+    def __init__(self, token: str, source: str, account_id: str | None = None) -> None:
         token = token.strip()
         if not token or not all(33 <= ord(ch) <= 126 for ch in token):
             raise AuthError(f"the registry token from {source} is not a valid HTTP header value")
@@ -25,13 +28,17 @@ class StaticBearer:
             raise AuthError(API_KEY_REFUSED)
         self._token = token
         self._source = source
+        self._account_id = account_id
 
     @property
     def description(self) -> str:
         return f"registry token from {self._source}"
 
     async def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self._token}"}
+        headers = {"Authorization": f"Bearer {self._token}"}
+        if self._account_id:
+            headers["ChatGPT-Account-ID"] = self._account_id
+        return headers
 
 
 def bearer_from_file(path: str) -> StaticBearer:
