@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -116,6 +118,24 @@ def test_piped_stdin_reaches_the_command_and_ends(
     expected = hashlib.sha256(data).hexdigest()
     assert (result.stdout.split()[0].decode(), result.returncode) == (expected, 5)
     assert result.stderr == b""
+
+
+def test_stdin_redirected_from_a_file_reaches_the_command(
+    codexexec_server: RunningServer, tmp_path: Path
+) -> None:
+    # `< file` is a regular file, which an event loop cannot watch like a pipe.
+    data = os.urandom(3 * 1024 * 1024)
+    source = tmp_path / "input"
+    source.write_bytes(data)
+    with source.open("rb") as stdin:
+        result = subprocess.run(
+            codexexec_command("exec", "--env", codexexec_server.url, "--", "sha256sum"),
+            stdin=stdin,
+            capture_output=True,
+            timeout=60,
+            cwd="/tmp",
+        )
+    assert result.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest(), result.stderr
 
 
 def test_piped_stdin_to_the_real_codex_is_not_forwarded_and_says_why(

@@ -58,6 +58,10 @@ async def _connected(
         yield client, environment.id
 
 
+# Each chunk of forwarded stdin is one process/write.
+_STDIN_CHUNK_BYTES = 256 * 1024
+
+
 async def _stream(process: RemoteProcess, renderer: EventRenderer, after_seq: int = 0) -> None:
     async for event in process.events(after_seq):
         renderer(event)
@@ -260,22 +264,38 @@ def _stdin_is_data() -> bool:
 
 async def _forward_stdin(process: RemoteProcess, *, end: bool) -> None:
     """Copy our stdin to the remote process until EOF; ``end``: then end its stdin."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
     try:
-        await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader),
-            os.fdopen(os.dup(sys.stdin.fileno()), "rb", buffering=0),
-        )
-    except (OSError, ValueError):
-        return
-    try:
-        while data := await reader.read(65536):
-            await process.write(data)
+        async for chunk in _stdin_chunks():
+            await process.write(chunk)
         if end:
             await process.close_stdin()
     except ExecServerError:
         return
+
+
+async def _stdin_chunks() -> AsyncIterator[bytes]:
+    fd = sys.stdin.fileno()
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        # `< file`: the event loop cannot watch a regular file, and reading one never
+        # blocks for long, so a worker thread reads it.
+        while chunk := await asyncio.to_thread(os.read, fd, _STDIN_CHUNK_BYTES):
+            yield chunk
+        return
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    pipe = os.fdopen(os.dup(fd), "rb", buffering=0)
+    try:
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), pipe
+        )
+    except (OSError, ValueError):
+        pipe.close()
+        return
+    try:
+        while chunk := await reader.read(_STDIN_CHUNK_BYTES):
+            yield chunk
+    finally:
+        transport.close()
 
 
 class _RawTerminal:
