@@ -16,9 +16,11 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from codexexec.protocol.jsonrpc import RpcError
 from codexexec.protocol.limits import FS_MAX_WHOLE_READ_BYTES
 from codexexec.sandbox.linux.landlock import landlock_abi
 from codexexec.server.fs import helpers as helpers_module
@@ -254,3 +256,117 @@ async def test_an_idle_sandboxed_helper_retires(
     while _children(os.getpid()) - others and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     assert _children(os.getpid()) - others == set()  # closing stops it
+
+
+def _pool_pids(pool: helpers_module.SandboxedHelpers) -> list[int]:
+    return [helper.process.pid for idle in pool._idle.values() for helper in idle]
+
+
+async def _close(*pools: helpers_module.SandboxedHelpers) -> None:
+    """Close the pools and wait until their idle helpers are reaped."""
+    pids = [pid for pool in pools for pid in _pool_pids(pool)]
+    for pool in pools:
+        pool.close()
+    deadline = time.monotonic() + 5
+    while any(os.path.exists(f"/proc/{pid}") for pid in pids) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
+@needs_bwrap
+async def test_a_failed_replacement_releases_the_dead_helpers_mount_point_once(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle helper that died is replaced; if the replacement cannot start, the dead one
+    must still give its `.codex` mount point back only once, or the directory goes while
+    another sandbox relies on it (and the name could be created from inside)."""
+    workspace = tree / "ws"
+    workspace.mkdir()
+    confined = sandboxed.confinement(workspace_write(workspace), reads_only=False)
+    assert confined is not None
+    first, second = helpers_module.SandboxedHelpers(), helpers_module.SandboxedHelpers()
+    args = {"path": str(workspace / "f"), "data": b"x", "follow_symlinks": True}
+    try:
+        assert await first.run(confined, "write_file", args) == {}
+        assert await second.run(confined, "write_file", args) == {}  # binds the same .codex
+        (dead,) = _pool_pids(first)
+        monkeypatch.setenv("CODEXEXEC_LINUX_SANDBOX", "landlock")  # no replacement can start
+        os.killpg(dead, signal.SIGKILL)
+        with pytest.raises(RpcError):
+            await first.run(confined, "write_file", args)
+        await asyncio.sleep(0.5)  # the dead helper is reaped
+        assert (workspace / ".codex").is_dir()  # the second helper still relies on it
+    finally:
+        await _close(first, second)
+
+
+@needs_bwrap
+async def test_a_helper_start_cancelled_gives_its_mount_point_back(tree: Path) -> None:
+    workspace = tree / "ws"
+    workspace.mkdir()
+    confined = sandboxed.confinement(workspace_write(workspace), reads_only=False)
+    assert confined is not None
+    pool = helpers_module.SandboxedHelpers()
+    args = {"path": str(workspace / "f"), "data": b"x", "follow_symlinks": True}
+    starting = asyncio.create_task(pool.run(confined, "write_file", args))
+    await asyncio.sleep(0)  # the helper is being started: its mount point is held
+    starting.cancel()
+    await asyncio.wait([starting], timeout=10)
+    assert starting.cancelled()
+    assert await pool.run(confined, "write_file", args) == {}
+    pool.close()
+    deadline = time.monotonic() + 5
+    while (workspace / ".codex").exists() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert not (workspace / ".codex").exists()  # nobody relies on it any more
+
+
+def _descendants(pid: int) -> list[int]:
+    found = [pid]
+    for parent in found:
+        found += _children(parent)
+    return found
+
+
+@needs_bwrap
+async def test_a_waiter_cancelled_as_a_helper_frees_does_not_strand_the_next(tree: Path) -> None:
+    """All helpers busy, two operations waiting: the first is woken by a freed helper and
+    cancelled before it runs. The wake-up must pass on to the second, not be lost."""
+    workspace = tree / "ws"
+    workspace.mkdir()
+    confined = sandboxed.confinement(workspace_write(workspace), reads_only=False)
+    assert confined is not None
+    pool = helpers_module.SandboxedHelpers()
+    frozen: list[list[int]] = []
+
+    def write(name: str) -> Any:
+        args = {"path": str(workspace / name), "data": b"x", "follow_symlinks": True}
+        return pool.run(confined, "write_file", args)
+
+    try:
+        await asyncio.gather(*(write(f"w{i}") for i in range(MAX_HELPERS_PER_CONNECTION)))
+        frozen = [_descendants(pid) for pid in _pool_pids(pool)]
+        assert len(frozen) == MAX_HELPERS_PER_CONNECTION
+        for tree_pids in frozen:
+            for pid in tree_pids:
+                os.kill(pid, signal.SIGSTOP)
+        busy = [asyncio.create_task(write(f"b{i}")) for i in range(MAX_HELPERS_PER_CONNECTION)]
+        while any(pool._idle.values()):
+            await asyncio.sleep(0.01)
+        cancelled, waiting = asyncio.create_task(write("c")), asyncio.create_task(write("d"))
+        await asyncio.sleep(0.1)
+        for pid in frozen[0]:
+            os.kill(pid, signal.SIGCONT)
+        while not any(pool._idle.values()):  # given back: the first waiter was just woken
+            await asyncio.sleep(0)
+        cancelled.cancel()
+        assert await asyncio.wait_for(waiting, 10) == {}
+        for tree_pids in frozen[1:]:
+            for pid in tree_pids:
+                os.kill(pid, signal.SIGCONT)
+        assert await asyncio.gather(*busy) == [{}] * MAX_HELPERS_PER_CONNECTION
+    finally:
+        for tree_pids in frozen:
+            for pid in tree_pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+        await _close(pool)

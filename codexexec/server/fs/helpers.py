@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -49,6 +50,7 @@ class _Helper:
     # blocks on a full pipe, and kept for the error if it dies.
     stderr_tail: bytearray = field(default_factory=bytearray)
     drain: asyncio.Task[None] | None = field(default=None)
+    stopped: bool = field(default=False)
 
     def __post_init__(self) -> None:
         self.drain = asyncio.get_running_loop().create_task(self._drain_stderr())
@@ -83,11 +85,18 @@ class _Helper:
         return lines[-1] if lines else f"exit status {self.process.returncode}"
 
     def stop(self) -> None:
-        """Kill the helper; its socket closes and bwrap's mount points go once it is reaped."""
+        """Kill the helper; its socket closes and bwrap's mount points go once it is reaped.
+
+        Only the first call acts: the mount points are released exactly once, and a group
+        id that may be reused once the helper is reaped is never signalled again."""
+        if self.stopped:
+            return
+        self.stopped = True
         if self.idle_timer is not None:
             self.idle_timer.cancel()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
         # Wakes a thread still waiting for this helper's reply; the socket is closed once
         # the helper is reaped, when no thread can be using it any more.
         with contextlib.suppress(OSError):
@@ -157,7 +166,13 @@ class SandboxedHelpers:
                 if self._count < MAX_HELPERS_PER_CONNECTION or self._retire_one_idle():
                     self._count += 1
                     break
-                await self._freed.wait()
+                try:
+                    await self._freed.wait()
+                except asyncio.CancelledError:
+                    # Python 3.11 drops a wake-up that reached a waiter cancelled before it
+                    # ran: pass it on, or the next waiter stays asleep beside a free slot.
+                    self._freed.notify()
+                    raise
         try:
             return await self._start(key, confined), False
         except BaseException:
@@ -178,22 +193,19 @@ class SandboxedHelpers:
     async def _start(self, key: bytes, confined: Confinement) -> _Helper:
         command = prepare_helper(confined)
         ours, theirs = socket.socketpair()
+        # Shielded: a start cancelled half way cannot be undone by asyncio (3.11 can even
+        # hang), so it runs to its end and the helper is then stopped, giving back its
+        # socket and mount points.
+        starting = asyncio.ensure_future(_spawn(command, theirs))
         try:
-            process = await asyncio.create_subprocess_exec(
-                *command.argv,
-                stdin=theirs.fileno(),
-                stdout=theirs.fileno(),
-                stderr=asyncio.subprocess.PIPE,
-                pass_fds=command.pass_fds,
-                start_new_session=True,
-            )
+            process = await asyncio.shield(starting)
         except OSError as exc:
             ours.close()
             remove_created_paths(command.created_paths)
             raise _failed(str(exc)) from None
-        finally:
-            theirs.close()
-            command.release()
+        except BaseException:
+            starting.add_done_callback(functools.partial(_abandon, key, ours, command))
+            raise
         return _Helper(key, process, ours, command)
 
     async def _give_back(self, helper: _Helper) -> None:
@@ -226,6 +238,35 @@ class SandboxedHelpers:
     async def _notify_freed(self) -> None:
         async with self._freed:
             self._freed.notify()
+
+
+async def _spawn(command: SandboxedCommand, theirs: socket.socket) -> asyncio.subprocess.Process:
+    try:
+        return await asyncio.create_subprocess_exec(
+            *command.argv,
+            stdin=theirs.fileno(),
+            stdout=theirs.fileno(),
+            stderr=asyncio.subprocess.PIPE,
+            pass_fds=command.pass_fds,
+            start_new_session=True,
+        )
+    finally:
+        theirs.close()
+        command.release()
+
+
+def _abandon(
+    key: bytes,
+    ours: socket.socket,
+    command: SandboxedCommand,
+    started: asyncio.Future[asyncio.subprocess.Process],
+) -> None:
+    """Undo a helper start whose operation was cancelled meanwhile."""
+    if started.cancelled() or started.exception() is not None:
+        ours.close()
+        remove_created_paths(command.created_paths)
+        return
+    _Helper(key, started.result(), ours, command).stop()
 
 
 def _result(reply: bytes, fds: list[int]) -> Any:
