@@ -11,8 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from codexexec.client.events import Closed, EventBuffer, Exited, Output
+from codexexec.client.events import Closed, EventBuffer, Exited, Output, OutputGap, ReadResponse
 from codexexec.client.handle import InvalidHandle, ProcessHandle
+from codexexec.client.process import RemoteProcess
 from codexexec.protocol import jsonrpc
 from codexexec.protocol.base64_codec import (
     Base64Error,
@@ -129,7 +130,12 @@ async def test_events_pushed_out_of_order_are_taken_in_seq_order() -> None:
     relay: exited seq 8101 arrived before output seq 8100). The reader takes by seq, so
     the output must not be mistaken for a duplicate and dropped."""
     buffer = EventBuffer(complete=True)
-    for event in (Output(1, "stdout", b"a"), Exited(3, 0, False), Output(2, "stdout", b"b"), Closed(4)):
+    for event in (
+        Output(1, "stdout", b"a"),
+        Exited(3, 0, False),
+        Output(2, "stdout", b"b"),
+        Closed(4),
+    ):
         await buffer.push(event)
     assert buffer.holds(Exited) and buffer.holds(Closed)
     taken = []
@@ -139,3 +145,30 @@ async def test_events_pushed_out_of_order_are_taken_in_seq_order() -> None:
         cursor = event.seq or cursor
     assert [e.seq for e in taken] == [1, 2, 3, 4]
     assert [e.data for e in taken if isinstance(e, Output)] == [b"a", b"b"]
+
+
+class _ExitedAndClosedClient:
+    """What a client holds for a process whose close event (seq 3) arrived before its exit
+    event (seq 2), as Codex may push them; its retained output ends at seq 1."""
+
+    connected = True
+    lost_reason = ""
+
+    def __init__(self, buffer: EventBuffer) -> None:
+        self._buffer = buffer
+
+    def buffer(self, process_id: str) -> EventBuffer:
+        return self._buffer
+
+    async def read(self, process_id: str, **_: object) -> ReadResponse:
+        return ReadResponse([], 4, True, 0, True, None, False)
+
+
+async def test_an_exit_not_yet_received_explains_its_hole_in_the_seqs() -> None:
+    buffer = EventBuffer(complete=True)
+    for event in (Output(1, "stdout", b"a"), Closed(3)):
+        await buffer.push(event)
+    process = RemoteProcess(_ExitedAndClosedClient(buffer), "p", None)  # type: ignore[arg-type]
+    events = [event async for event in process.events()]
+    assert not any(isinstance(event, OutputGap) for event in events), events  # nothing was lost
+    assert [type(event) for event in events] == [Output, Exited, Closed]

@@ -81,6 +81,10 @@ class RemoteProcess:
                     # Never block the connection's reader while we wait for our own read.
                     buffer.set_blocking(False)
                     response = await self.read(after_seq=cursor)
+                    # An exit not yielded nor buffered yet may be the one seq of the hole.
+                    exit_unaccounted = (
+                        response.exited and not exited_seen and not buffer.holds(Exited)
+                    )
                     for chunk in response.chunks:
                         if gap_end is not None and chunk.seq >= gap_end:
                             break
@@ -100,9 +104,9 @@ class RemoteProcess:
                         # Seqs still unaccounted for before the buffered head: an exit or close
                         # event not received yet explains one each; anything more was lost
                         # output (the server no longer retains it).
-                        events_between = int(
-                            response.exited and not exited_seen and not buffer.holds(Exited)
-                        ) + int(response.closed and not buffer.holds(Closed))
+                        events_between = int(exit_unaccounted) + int(
+                            response.closed and not buffer.holds(Closed)
+                        )
                         if gap_end - 1 - cursor > events_between:
                             yield OutputGap(cursor + 1, gap_end)
                         cursor = gap_end - 1
