@@ -185,6 +185,28 @@ async def test_overlapping_sandboxes_keep_a_missing_protected_name_protected(
     await wire.close()
 
 
+async def test_a_dropped_sandboxed_process_gives_back_its_mount_point(workspace: Path) -> None:
+    """A running sandboxed process dropped with its session (here: the detached-session
+    TTL ran out) must release the `.codex` mount point bubblewrap made on the host, or an
+    empty `.codex` stays in the user's workspace for good."""
+    with start_server("codexexec", extra_args=("--detached-session-ttl", "1")) as server:
+        wire = await connected(server.url)
+        params = {"processId": "held", "argv": ["sleep", "30"], "cwd": uri(workspace)}
+        sandbox = context("workspace-write", workspace)
+        await wire.result("process/start", {**params, "env": {}, "tty": False, "sandbox": sandbox})
+        for _ in range(100):
+            if (workspace / ".codex").exists():
+                break
+            await asyncio.sleep(0.02)
+        assert (workspace / ".codex").is_dir()
+        await wire.close()  # the session is detached, then expires after 1 s
+        for _ in range(200):
+            if not (workspace / ".codex").exists():
+                break
+            await asyncio.sleep(0.05)
+        assert not (workspace / ".codex").exists()
+
+
 async def test_gitdir_file_target_is_protected(
     codexexec_server: RunningServer, workspace: Path
 ) -> None:

@@ -163,6 +163,7 @@ class ManagedProcess:
         self._publisher = publisher
         self._on_expired = on_expired
         self._child: spawn.Child | None = None
+        self._exit_watched = False
         self._stdin: _StdinWriter | None = None
         self._open_streams = 0
         self._readers: list[_OutputReader] = []
@@ -205,6 +206,7 @@ class ManagedProcess:
 
     def _watch_exit(self, loop: asyncio.AbstractEventLoop) -> None:
         assert self._child is not None
+        self._exit_watched = True
         try:
             self._pidfd = os.pidfd_open(self._child.pid)
         except OSError:
@@ -393,7 +395,14 @@ class ManagedProcess:
                 asyncio.get_running_loop().remove_reader(self._pidfd)
             os.close(self._pidfd)
             self._pidfd = None
-            if self._child is not None:
-                # Reap in the background so no zombie is left behind.
-                spawn.forget(self._child)
-                asyncio.get_running_loop().run_in_executor(None, self._child.popen.wait)
+            self._reap_in_background()
+        elif self._child is not None and not self._exit_watched:
+            self._reap_in_background()  # attaching failed or was cancelled half way
+
+    def _reap_in_background(self) -> None:
+        """No exit watcher will reap it now: deregister, reap in a thread (no zombie), then
+        give back the sandbox's mount points once nothing of it can run any more."""
+        assert self._child is not None
+        spawn.forget(self._child)
+        reaped = asyncio.get_running_loop().run_in_executor(None, self._child.popen.wait)
+        reaped.add_done_callback(lambda _: self._remove_created_paths())
