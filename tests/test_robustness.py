@@ -168,6 +168,42 @@ async def test_children_die_with_a_killed_server(sandboxed: bool, tmp_path: Path
         assert not any(_alive(pid) for pid in children)
 
 
+async def test_a_killed_warden_is_replaced_and_keeps_every_child_covered() -> None:
+    marker = f"60.{uuid.uuid4().int % 10**6:06d}"
+    with start_server("codexexec") as running:
+        wire = await connected(running.url)
+        await wire.start("first", ["sh", "-c", f"echo up; exec sleep {marker}"])
+        await wire.notification(lambda m: m["method"] == "process/output")
+        wardens = [pid for pid in _children_of(running.process.pid) if _is_warden(pid)]
+        assert len(wardens) == 1
+        os.kill(wardens[0], signal.SIGKILL)  # the next start notices and replaces it
+        await wire.start("second", ["sh", "-c", f"exec sleep {marker}"])
+        deadline = time.monotonic() + 5
+        while len(children := _pids_running(marker)) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert len(children) == 2
+        running.process.send_signal(signal.SIGKILL)
+        running.process.wait()
+        deadline = time.monotonic() + 5
+        while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert not any(_alive(pid) for pid in children)
+
+
+def _children_of(pid: int) -> list[int]:
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as f:
+            found += [int(child) for child in f.read().split()]
+    return found
+
+
+def _is_warden(pid: int) -> bool:
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+        return cmdline.read().endswith(b"warden.py\0")
+    return False
+
+
 def test_the_warden_kills_only_the_groups_still_registered_when_its_pipe_ends() -> None:
     """What keeps a killed executor from leaving orphans without a pre-exec hook per child
     (codexexec/server/warden.py): a group deregistered before its leader was reaped is

@@ -52,6 +52,7 @@ class _Warden:
     def __init__(self) -> None:
         self._pipe: int | None = None
         self._usable: bool | None = None  # None: not tried yet
+        self._registered: set[int] = set()
 
     def start(self) -> bool:
         """Whether children can be registered (else they need the pre-exec hook)."""
@@ -83,14 +84,34 @@ class _Warden:
         self._pipe = write_end
         return True
 
-    def tell(self, line: bytes) -> bool:
+    def register(self, pid: int) -> bool:
+        self._registered.add(pid)
+        if self._send(b"+%d\n" % pid):
+            return True
+        self._registered.discard(pid)
+        return False
+
+    def deregister(self, pid: int) -> None:
+        self._registered.discard(pid)
+        self._send(b"-%d\n" % pid)
+
+    def _send(self, line: bytes) -> bool:
         if self._pipe is None:
             return False
         try:
             os.write(self._pipe, line)
-        except OSError:  # the warden is gone: back to the pre-exec hook
+            return True
+        except OSError:
             os.close(self._pipe)
-            self._pipe, self._usable = None, False
+            self._pipe = None
+        # The warden was killed: a new one takes over every group still registered.
+        self._usable = self._launch()
+        if not self._usable:
+            return False  # back to the pre-exec hook for later children
+        assert self._pipe is not None
+        try:
+            os.write(self._pipe, b"".join(b"+%d\n" % pid for pid in self._registered) + line)
+        except OSError:
             return False
         return True
 
@@ -103,7 +124,7 @@ def forget(child: Child) -> None:
     """Call before reaping the child: its pid may be reused afterwards."""
     if child.warded:
         child.warded = False
-        _warden.tell(b"-%d\n" % child.pid)
+        _warden.deregister(child.pid)
 
 
 def _child_setup(tty: bool, parent_pid: int) -> Callable[[], None]:
@@ -179,7 +200,7 @@ def spawn(
             if fd is not None:
                 os.close(fd)
     child = Child(popen, {"stdout": stdout_r, "stderr": stderr_r}, stdin_w)
-    child.warded = warded and _warden.tell(b"+%d\n" % popen.pid)
+    child.warded = warded and _warden.register(popen.pid)
     return child
 
 
