@@ -63,10 +63,16 @@ class _Helper:
 
     async def call(self, request: bytes) -> tuple[bytes, list[int]] | None:
         """The reply and its descriptors; None if the helper ended before answering."""
+        exchange = asyncio.ensure_future(asyncio.to_thread(self._exchange, request))
         try:
-            return await asyncio.to_thread(self._exchange, request)
+            return await asyncio.shield(exchange)
         except FrameError as exc:
             raise _failed(str(exc)) from None
+        except asyncio.CancelledError:
+            # The thread goes on until the helper is stopped; an opened descriptor that
+            # arrives meanwhile must still be closed.
+            exchange.add_done_callback(_close_received_fds)
+            raise
 
     def _exchange(self, request: bytes) -> tuple[bytes, list[int]] | None:
         try:
@@ -267,6 +273,14 @@ def _abandon(
         remove_created_paths(command.created_paths)
         return
     _Helper(key, started.result(), ours, command).stop()
+
+
+def _close_received_fds(exchange: asyncio.Future[tuple[bytes, list[int]] | None]) -> None:
+    if exchange.cancelled() or exchange.exception() is not None:
+        return
+    reply = exchange.result()
+    for fd in reply[1] if reply is not None else ():
+        os.close(fd)
 
 
 def _result(reply: bytes, fds: list[int]) -> Any:
