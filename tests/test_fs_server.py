@@ -370,3 +370,26 @@ async def test_a_waiter_cancelled_as_a_helper_frees_does_not_strand_the_next(tre
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGCONT)
         await _close(pool)
+
+
+@needs_bwrap
+async def test_a_protected_directory_replaced_behind_an_idle_helper_stays_protected(
+    tree: Path,
+) -> None:
+    """A `.git` removed and made again on the host (say by an approved unsandboxed
+    `git init`) is a different directory: the idle helper's read-only mount went with the
+    old one, so the next operation must run in a helper that protects the new one."""
+    workspace = tree / "ws"
+    (workspace / ".git").mkdir(parents=True)
+    sandbox = workspace_write(workspace)
+    with start_server("codexexec") as server:
+        wire = await connected(server)
+        assert "result" in await _write(wire, workspace / "a", b"1", sandbox)
+        reply = await _write(wire, workspace / ".git" / "config", b"x", sandbox)
+        assert reply["error"]["message"] == "Read-only file system (os error 30)"
+        shutil.rmtree(workspace / ".git")
+        (workspace / ".git").mkdir()
+        reply = await _write(wire, workspace / ".git" / "hooks-pre-commit", b"evil", sandbox)
+        assert reply.get("error", {}).get("message") == "Read-only file system (os error 30)"
+        assert not (workspace / ".git" / "hooks-pre-commit").exists()
+        await wire.close()

@@ -27,6 +27,7 @@ import msgspec
 import codexexec
 from codexexec.protocol.jsonrpc import INVALID_PARAMS, RpcError
 from codexexec.protocol.path_uri import PathUri
+from codexexec.sandbox import mount_points
 from codexexec.sandbox.enforce import (
     SandboxedCommand,
     SandboxRefused,
@@ -50,22 +51,31 @@ class Confinement:
 
     def key(self) -> bytes:
         """Equal only for confinements one helper may serve alike, so a helper started
-        earlier never reaches more than a new one would: the same intent, the same
-        protected subpaths (a `.git` that appears later changes it), and the same kind of
-        each denied path. A protected subpath that was missing when the helper started is
-        covered by a read-only mount inside it even once it exists (the helper's own mount
-        point creates it), so it counts the same present or missing."""
+        earlier never reaches more than a new one would: the same intent and the same
+        protected and denied paths, each the very same file (device, inode and ctime, as
+        inode numbers are reused) as when the helper bound or masked it. A `.git` that
+        appears, is replaced or changes gives a new key. A protected name that is missing
+        gets masked; once a helper's own mount point stands there it counts as missing
+        still, so that helper keeps serving."""
         plan = dataclasses.asdict(self.plan)
         for root in plan["writable_roots"]:
-            root["read_only"] = sorted({*root["read_only"], *root.pop("missing_protected")})
-        denied = [_kind(path) for path in self.plan.denied]
-        return msgspec.json.encode([self.sandbox, plan, denied], order="sorted")
+            protected = sorted({*root.pop("read_only"), *root.pop("missing_protected")})
+            root["protected"] = [[path, _identity(path)] for path in protected]
+        plan["denied"] = [[path, _identity(path)] for path in self.plan.denied]
+        return msgspec.json.encode([self.sandbox, plan], order="sorted")
 
 
-def _kind(path: str) -> str:
-    if os.path.isdir(path):
-        return "directory"
-    return "present" if os.path.lexists(path) else "missing"
+def _identity(path: str) -> str | list[int]:
+    """Which file stands at ``path``: "masked" when nothing of anyone else's does."""
+    if mount_points.is_ours(path):
+        return "masked"
+    try:
+        status = os.lstat(path)
+    except FileNotFoundError:
+        return "masked"
+    except OSError:
+        return "unknown"
+    return [status.st_mode >> 12, *mount_points.file_identity(status)]
 
 
 def confinement(sandbox: Any, *, reads_only: bool) -> Confinement | None:
