@@ -156,16 +156,7 @@ async def test_children_die_with_a_killed_server(sandboxed: bool, tmp_path: Path
         script = f"sleep {marker} & echo up; exec sleep {marker}"
         await wire.start("orphan?", ["sh", "-c", script], **extra)
         await wire.notification(lambda m: m["method"] == "process/output")
-        deadline = time.monotonic() + 5
-        while len(children := _pids_running(marker)) < 2 and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)  # until the shell has exec'd its own sleep
-        assert len(children) == 2
-        running.process.send_signal(signal.SIGKILL)
-        running.process.wait()
-        deadline = time.monotonic() + 5
-        while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        assert not any(_alive(pid) for pid in children)
+        await _kill_server_and_expect_gone(running, await _two_running(marker))
 
 
 async def test_a_killed_warden_is_replaced_and_keeps_every_child_covered() -> None:
@@ -178,16 +169,25 @@ async def test_a_killed_warden_is_replaced_and_keeps_every_child_covered() -> No
         assert len(wardens) == 1
         os.kill(wardens[0], signal.SIGKILL)  # the next start notices and replaces it
         await wire.start("second", ["sh", "-c", f"exec sleep {marker}"])
-        deadline = time.monotonic() + 5
-        while len(children := _pids_running(marker)) < 2 and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        assert len(children) == 2
-        running.process.send_signal(signal.SIGKILL)
-        running.process.wait()
-        deadline = time.monotonic() + 5
-        while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        assert not any(_alive(pid) for pid in children)
+        await _kill_server_and_expect_gone(running, await _two_running(marker))
+
+
+async def _two_running(marker: str) -> list[int]:
+    """The two processes running ``sleep MARKER`` (waiting for the shell's exec)."""
+    deadline = time.monotonic() + 5
+    while len(children := _pids_running(marker)) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert len(children) == 2
+    return children
+
+
+async def _kill_server_and_expect_gone(running: RunningServer, children: list[int]) -> None:
+    running.process.send_signal(signal.SIGKILL)
+    running.process.wait()
+    deadline = time.monotonic() + 5
+    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert not any(_alive(pid) for pid in children)
 
 
 def _children_of(pid: int) -> list[int]:
