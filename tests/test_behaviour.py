@@ -344,21 +344,61 @@ async def test_duplicate_process_id_is_rejected(server: RunningServer) -> None:
     await wire.close()
 
 
-async def test_spawn_failure_is_internal_error(server: RunningServer) -> None:
+@pytest.mark.parametrize("tty", [False, True])
+@pytest.mark.parametrize(
+    ("program", "reason"),
+    [
+        ("/nonexistent/prog", "No such file or directory (os error 2)"),
+        ("no-such-program-anywhere", "No such file or directory (os error 2)"),
+        ("/etc/passwd", "Permission denied (os error 13)"),
+        ("/tmp", "Permission denied (os error 13)"),
+    ],
+)
+async def test_spawn_failure_is_internal_error(
+    server: RunningServer, tty: bool, program: str, reason: str
+) -> None:
+    if tty and "/" not in program:
+        pytest.skip("a terminal's program is looked up first: see the next test")
     wire = await connected(server)
     reply = await wire.request(
         "process/start",
         {
             "processId": pid(),
-            "argv": ["/nonexistent/prog"],
+            "argv": [program],
             "cwd": "file:///tmp",
-            "env": {},
-            "tty": False,
+            "env": {"PATH": "/usr/bin:/bin"},
+            "tty": tty,
             "arg0": None,
         },
     )
-    assert reply["error"]["code"] == -32603
-    assert "No such file or directory" in reply["error"]["message"]
+    assert reply["error"]["code"] == -32603, reply
+    assert reason in reply["error"]["message"]
+    await wire.close()
+
+
+@pytest.mark.parametrize(
+    ("env", "program", "reason"),
+    [
+        ({}, "zzz", "Unable to resolve the PATH"),
+        ({"PATH": "/usr/bin:/bin"}, "zzz", 'No viable candidates found in PATH "/usr/bin:/bin"'),
+        (
+            {"PATH": "/etc"},
+            "passwd",
+            '/etc/passwd exists but is not executable.\nNo viable candidates found in PATH "/etc"',
+        ),
+    ],
+)
+async def test_a_terminal_program_not_on_path_is_explained(
+    server: RunningServer, env: dict[str, str], program: str, reason: str
+) -> None:
+    """Codex's terminal spawner looks the program up itself and says what it found."""
+    wire = await connected(server)
+    params = {"processId": pid(), "argv": [program], "cwd": "file:///tmp", "tty": True}
+    reply = await wire.request("process/start", {**params, "env": env, "arg0": None})
+    assert reply["error"] == {
+        "code": -32603,
+        "message": f"Unable to spawn {program} because:\n{reason}",
+    }
     await wire.close()
 
 

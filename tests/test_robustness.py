@@ -140,20 +140,25 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("sandboxed", [False, True])
-async def test_children_die_with_a_killed_server(sandboxed: bool, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("sandboxed", "tty"), [(False, False), (True, False), (False, True), (True, True)]
+)
+async def test_children_die_with_a_killed_server(
+    sandboxed: bool, tty: bool, tmp_path: Path
+) -> None:
     # A duration no other process uses, to find the child on the host (in a sandbox its
     # pid is the namespace's).
     marker = f"60.{uuid.uuid4().int % 10**6:06d}"
-    extra: dict[str, object] = {}
+    extra: dict[str, object] = {"tty": tty}
     if sandboxed:
         if shutil.which("bwrap") is None:
             pytest.skip("bubblewrap not installed")
         extra["sandbox"] = _workspace_write(tmp_path)
     with start_server("codexexec") as running:
         wire = await connected(running.url)
-        # A background grandchild in the command's process group must go too.
-        script = f"sleep {marker} & echo up; exec sleep {marker}"
+        # A background grandchild in the command's process group must go too. Both ignore
+        # SIGHUP, so a terminal's hangup alone would not end them.
+        script = f"trap '' HUP; sleep {marker} & echo up; exec sleep {marker}"
         await wire.start("orphan?", ["sh", "-c", script], **extra)
         await wire.notification(lambda m: m["method"] == "process/output")
         await _kill_server_and_expect_gone(running, await _two_running(marker))
@@ -168,6 +173,9 @@ async def test_a_killed_warden_is_replaced_and_keeps_every_child_covered() -> No
         wardens = [pid for pid in _children_of(running.process.pid) if _is_warden(pid)]
         assert len(wardens) == 1
         os.kill(wardens[0], signal.SIGKILL)  # the next start notices and replaces it
+        deadline = time.monotonic() + 5
+        while _alive(wardens[0]) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # gone, its end of the pipe closed
         await wire.start("second", ["sh", "-c", f"exec sleep {marker}"])
         await _kill_server_and_expect_gone(running, await _two_running(marker))
 

@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import functools
 import os
 import shutil
 import signal
@@ -169,7 +170,20 @@ def spawn(
     args = [arg0 if arg0 else argv[0], *argv[1:]]
     setup = _child_setup(tty, os.getpid())
     if tty:
-        return _spawn_pty(argv[0], args, cwd, env, setup, pass_fds)
+        if "/" not in argv[0]:
+            _find_for_terminal(argv[0], env)
+        setsid = _setsid()
+        ended = dies_with_parent or _warden.start()
+        if arg0 is not None or setsid is None or not ended:
+            return _spawn_pty(argv[0], args, cwd, env, setup, pass_fds)
+        # setsid(1) makes the session and takes the terminal, so no Python runs between
+        # fork and exec; the program is checked first, as exec would, since a failure to
+        # exec it would otherwise only reach the terminal.
+        if not dies_with_parent:
+            _check_executable(argv[0], env, cwd)
+        child = _spawn_pty(setsid, [setsid, "--ctty", "--", *args], cwd, env, None, pass_fds)
+        child.warded = not dies_with_parent and _warden.register(child.pid)
+        return child
     warded = not dies_with_parent and _warden.start()
     hook = None if dies_with_parent or warded else setup
     stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
@@ -209,9 +223,10 @@ def _spawn_pty(
     args: list[str],
     cwd: str,
     env: dict[str, str],
-    setup: Callable[[], None],
+    setup: Callable[[], None] | None,
     pass_fds: tuple[int, ...],
 ) -> Child:
+    """``setup`` None: ``args`` makes its own session and takes the terminal (setsid -c)."""
     master, slave = os.openpty()
     fcntl.ioctl(
         slave, termios.TIOCSWINSZ, struct.pack("HHHH", _DEFAULT_PTY_ROWS, _DEFAULT_PTY_COLS, 0, 0)
@@ -226,7 +241,7 @@ def _spawn_pty(
             stdin=slave,
             stdout=slave,
             stderr=slave,
-            start_new_session=True,
+            start_new_session=setup is not None,
             preexec_fn=setup,
             close_fds=True,
             pass_fds=pass_fds,
@@ -239,6 +254,41 @@ def _spawn_pty(
     writer = os.dup(master)
     os.set_inheritable(writer, False)
     return Child(popen, {"pty": master}, writer)
+
+
+def _find_for_terminal(program: str, env: dict[str, str]) -> None:
+    """Look ``program`` up in the child's PATH as Codex 0.169's terminal spawner does, and
+    fail with its words (an OSError without errno carries them verbatim)."""
+    unable = f"Unable to spawn {program} because:\n"
+    path = env.get("PATH")
+    if path is None:
+        raise OSError(0, unable + "Unable to resolve the PATH")
+    reasons = []
+    for directory in path.split(os.pathsep):
+        if not directory:
+            continue
+        candidate = os.path.join(directory, program)
+        if not os.path.exists(candidate):
+            continue
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return
+        reasons.append(f"{candidate} exists but is not executable.\n")
+    raise OSError(0, unable + "".join(reasons) + f'No viable candidates found in PATH "{path}"')
+
+
+@functools.cache
+def _setsid() -> str | None:
+    path = shutil.which("setsid")
+    return path if path is not None and os.path.isabs(path) else None
+
+
+def _check_executable(program: str, env: dict[str, str], cwd: str) -> None:
+    """Raise the OSError exec would for ``program``."""
+    ensure_program_exists(program, env, cwd)
+    if "/" in program:
+        path = os.path.join(cwd, program)
+        if os.path.isdir(path) or not os.access(path, os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), program)
 
 
 def ensure_program_exists(program: str, env: dict[str, str], cwd: str) -> None:
