@@ -376,6 +376,22 @@ async def test_spawn_failure_is_internal_error(
     await wire.close()
 
 
+@pytest.mark.parametrize("tty", [False, True])
+async def test_an_executable_file_that_is_no_program_is_refused(
+    server: RunningServer, tty: bool, tmp_path: Path
+) -> None:
+    """exec refuses it (ENOEXEC); it must not be run by a shell instead, with a terminal
+    or without."""
+    text = tmp_path / "notes"
+    text.write_text("echo ran-anyway\n")
+    text.chmod(0o755)
+    wire = await connected(server)
+    params = {"processId": pid(), "argv": [str(text)], "cwd": "file:///tmp", "tty": tty}
+    reply = await wire.request("process/start", {**params, "env": {}, "arg0": None})
+    assert reply.get("error") == {"code": -32603, "message": "Exec format error (os error 8)"}
+    await wire.close()
+
+
 @pytest.mark.parametrize(
     ("env", "program", "reason"),
     [

@@ -170,17 +170,17 @@ def spawn(
     args = [arg0 if arg0 else argv[0], *argv[1:]]
     setup = _child_setup(tty, os.getpid())
     if tty:
-        if "/" not in argv[0]:
-            _find_for_terminal(argv[0], env)
+        program = argv[0] if "/" in argv[0] else _find_for_terminal(argv[0], env)
         setsid = _setsid()
         ended = dies_with_parent or _warden.start()
-        if arg0 is not None or setsid is None or not ended:
+        if arg0 is not None or setsid is None or not ended or _binfmt_misc_in_use():
             return _spawn_pty(argv[0], args, cwd, env, setup, pass_fds)
         # setsid(1) makes the session and takes the terminal, so no Python runs between
-        # fork and exec; the program is checked first, as exec would, since a failure to
-        # exec it would otherwise only reach the terminal.
+        # fork and exec. The program is checked first, as exec would: setsid's own exec
+        # failure would only reach the terminal, and it runs a file of no known format
+        # with /bin/sh where exec refuses it.
         if not dies_with_parent:
-            _check_executable(argv[0], env, cwd)
+            _check_executable(program, cwd)
         child = _spawn_pty(setsid, [setsid, "--ctty", "--", *args], cwd, env, None, pass_fds)
         child.warded = not dies_with_parent and _warden.register(child.pid)
         return child
@@ -256,7 +256,7 @@ def _spawn_pty(
     return Child(popen, {"pty": master}, writer)
 
 
-def _find_for_terminal(program: str, env: dict[str, str]) -> None:
+def _find_for_terminal(program: str, env: dict[str, str]) -> str:
     """Look ``program`` up in the child's PATH as Codex 0.169's terminal spawner does, and
     fail with its words (an OSError without errno carries them verbatim)."""
     unable = f"Unable to spawn {program} because:\n"
@@ -271,7 +271,7 @@ def _find_for_terminal(program: str, env: dict[str, str]) -> None:
         if not os.path.exists(candidate):
             continue
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return
+            return candidate
         reasons.append(f"{candidate} exists but is not executable.\n")
     raise OSError(0, unable + "".join(reasons) + f'No viable candidates found in PATH "{path}"')
 
@@ -282,13 +282,32 @@ def _setsid() -> str | None:
     return path if path is not None and os.path.isabs(path) else None
 
 
-def _check_executable(program: str, env: dict[str, str], cwd: str) -> None:
-    """Raise the OSError exec would for ``program``."""
-    ensure_program_exists(program, env, cwd)
-    if "/" in program:
-        path = os.path.join(cwd, program)
-        if os.path.isdir(path) or not os.access(path, os.X_OK):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), program)
+def _check_executable(program: str, cwd: str) -> None:
+    """Raise the OSError exec would for ``program`` (a path, absolute or from ``cwd``)."""
+    path = os.path.join(cwd, program)
+    if not os.path.exists(path):
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+    if os.path.isdir(path) or not os.access(path, os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), program)
+    try:
+        with open(path, "rb") as file:
+            head = file.read(4)
+    except OSError:
+        return  # exec will say why
+    if not head.startswith((b"\x7fELF", b"#!")):
+        raise OSError(errno.ENOEXEC, os.strerror(errno.ENOEXEC), program)
+
+
+@functools.cache
+def _binfmt_misc_in_use() -> bool:
+    """Extra executable formats the kernel knows: then only exec itself can judge a file."""
+    try:
+        return any(name not in ("register", "status") for name in os.listdir(_BINFMT_MISC))
+    except OSError:
+        return False
+
+
+_BINFMT_MISC = "/proc/sys/fs/binfmt_misc"
 
 
 def ensure_program_exists(program: str, env: dict[str, str], cwd: str) -> None:
