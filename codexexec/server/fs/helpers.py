@@ -3,11 +3,11 @@
 Starting a helper (bubblewrap or Landlock, then a Python interpreter) costs tens of
 milliseconds, far more than the operation; so a helper stays up after its operation and
 serves the next one under the very same confinement. A helper is reused only for a
-request whose sandbox resolves to the identical plan (same intent, same protected
-subpaths found on disk, same denied paths present or absent), so reuse never widens
-what an operation can reach: a `.git` that appears later gives a new plan and a new
-helper. Helpers run one operation at a time, are bounded per connection, retire after
-a short idle time, and end with the connection.
+request whose confinement has the same key (``Confinement.key``: the same intent, and the
+very same files at the protected and denied paths), so reuse never widens what an
+operation can reach: a `.git` that appears or is replaced gets a new helper. Helpers run
+one operation at a time, are bounded per connection, retire after a short idle time, and
+end with the connection.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import functools
 import os
 import signal
 import socket
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,14 @@ MAX_HELPERS_PER_CONNECTION = 4
 # An unused helper is stopped after this long (it holds a process and bwrap's mounts).
 HELPER_IDLE_SECONDS = 30.0
 _MAX_STDERR_BYTES = 64 * 1024
+# Reaps and releases under way: the event loop keeps only weak references to tasks.
+_background: set[asyncio.Task[None]] = set()
+
+
+def _in_background(work: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.get_running_loop().create_task(work)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
 
 
 def _failed(reason: str) -> RpcError:
@@ -107,7 +116,7 @@ class _Helper:
         # the helper is reaped, when no thread can be using it any more.
         with contextlib.suppress(OSError):
             self.channel.shutdown(socket.SHUT_RDWR)
-        asyncio.get_running_loop().create_task(self._reap())
+        _in_background(self._reap())
 
     async def _reap(self) -> None:
         await self.process.wait()
@@ -233,16 +242,11 @@ class SandboxedHelpers:
                 del self._idle[helper.key]
             helper.idle_timer = None
             helper.stop()
-            self._count -= 1
-            asyncio.get_running_loop().create_task(self._notify_freed())
+            _in_background(self._release_slot())
 
     async def _release_slot(self) -> None:
         async with self._freed:
             self._count -= 1
-            self._freed.notify()
-
-    async def _notify_freed(self) -> None:
-        async with self._freed:
             self._freed.notify()
 
 
