@@ -2,9 +2,11 @@
 
 Each child leads its own session and process group so signals reach its whole tree, and
 stdin is /dev/null unless the caller asked for a writable stdin. A killed server leaves no
-orphans: bubblewrap's --die-with-parent ends sandboxed children, the warden
-(``warden.py``) the process groups of the others, and where neither applies (terminals,
-no warden) a pre-exec hook sets PR_SET_PDEATHSIG.
+orphans: bubblewrap's --die-with-parent ends sandboxed children and the warden
+(``warden.py``) the process groups of the others, so no Python runs between fork and exec
+(a terminal's session and controlling terminal come from ``setsid --ctty``). Where that is
+not possible (an arg0 override, no warden or setsid, binfmt_misc formats) a pre-exec hook
+does it and sets PR_SET_PDEATHSIG.
 """
 
 from __future__ import annotations
