@@ -105,8 +105,36 @@ def test_workspace_write_plan(repo: Path) -> None:
     roots = {r.path: r for r in plan.writable_roots}
     assert set(roots) >= {str(repo), "/tmp"}
     assert roots[str(repo)].read_only == [str(repo / ".git"), str(repo / ".agents")]
-    assert roots[str(repo)].missing_protected == [str(repo / ".codex")]
-    assert roots["/tmp"].missing_protected == []  # only workspace roots protect a missing .codex
+    assert roots[str(repo)].missing_protected == [str(repo / ".codex"), str(repo / ".aws")]
+    # Every writable root masks the protected names it lacks, as Codex 0.169 does.
+    assert {Path(p).name for p in roots["/tmp"].missing_protected} <= {
+        ".git",
+        ".agents",
+        ".codex",
+        ".aws",
+    }
+
+
+def test_worktree_protects_its_gitdir_and_the_common_dir(tmp_path: Path) -> None:
+    main = tmp_path / "main"
+    gitdir = main / ".git" / "worktrees" / "wt"
+    gitdir.mkdir(parents=True)
+    (gitdir / "commondir").write_text("../..\n")
+    work = tmp_path / "wt"
+    work.mkdir()
+    (work / ".git").write_text(f"gitdir: {gitdir}\n")
+    sub = work / "vendor" / "lib"
+    (sub / ".git").mkdir(parents=True)
+    (work / ".gitmodules").write_text('[submodule "lib"]\n\tpath = vendor/lib\n\tpath = ../x\n')
+    profile = legacy_profile("workspace-write")
+    assert profile is not None
+    plan = resolve_plan(
+        parse_context(sandbox_context_json(profile, uri(work), [uri(work)])), str(work)
+    )
+    root = next(r for r in plan.writable_roots if r.path == str(work))
+    # Shallowest first, the order bwrap mounts them in.
+    assert root.read_only == [str(work / ".git"), str(main / ".git"), str(gitdir), str(sub / ".git")]
+    assert str(work / ".git") not in root.missing_protected
 
 
 def test_symbolic_roots_bind_to_the_executor_roots(tmp_path: Path) -> None:

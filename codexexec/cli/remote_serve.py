@@ -13,6 +13,7 @@ from codexexec.protocol.registry import NOISE_PROFILE
 from codexexec.remote.auth.base import AuthError
 from codexexec.remote.auth.resolve import AuthOptions, resolve_registration_auth
 from codexexec.remote.registry import RegistryError, check_environment_id
+from codexexec.server.secrets import forget_secrets_in_environment
 from codexexec.transport.relay_executor import ExecutorRelay, Serve
 
 CLEARTEXT_WARNING = (
@@ -63,6 +64,7 @@ def run_relay(
         credential = resolve_registration_auth(auth, notice)
     except AuthError as exc:
         fail(str(exc))
+    forget_secrets_in_environment()  # the credential holds what it needs
     if cleartext:
         sys.stderr.write(CLEARTEXT_WARNING)
     channel = "cleartext" if party is None else f"Noise, {party.profile}"

@@ -69,6 +69,7 @@ def serve(
     from codexexec.logs import configure_logging
     from codexexec.server.app import ExecServer
     from codexexec.server.listener import run_server, validate_listen_url
+    from codexexec.server.secrets import forget_secrets_in_environment
     from codexexec.transport.websocket import CONNECTION_TOKEN_ENV, ListenUrlError
 
     try:
@@ -78,6 +79,7 @@ def serve(
     configure_logging(log_level, secrets=[os.environ.get(CONNECTION_TOKEN_ENV, "")])
 
     def on_ready(url: str) -> None:
+        forget_secrets_in_environment()  # read by now; no helper or child inherits them
         if url != "stdio":
             sys.stdout.write(url + "\n")
             sys.stdout.flush()

@@ -31,12 +31,24 @@ class SandboxedCommand:
     pass_fds: tuple[int, ...] = ()
     created_paths: list[str] = field(default_factory=list)
     passes_arg0: bool = True
+    # Held by the executor while the command runs; closing it ends the command's whole
+    # tree (the Landlock supervisor's lifeline), and so does the executor's death.
+    lifeline: int | None = None
 
     def release(self) -> None:
         """Close fds only the child needed, once it has started."""
         for fd in self.pass_fds:
             os.close(fd)
         self.pass_fds = ()
+
+    def discard(self) -> None:
+        """The command was never started: give back everything prepared for it."""
+        self.release()
+        remove_created_paths(self.created_paths)
+        self.created_paths = []
+        if self.lifeline is not None:
+            os.close(self.lifeline)
+            self.lifeline = None
 
 
 def remove_created_paths(paths: list[str]) -> None:
@@ -92,6 +104,7 @@ def prepare_command(
             prepared.pass_fds,
             prepared.created_paths,
             passes_arg0=False,
+            lifeline=prepared.lifeline,
         )
     if sys.platform == "darwin":
         from codexexec.sandbox.macos.seatbelt import SANDBOX_TYPE as SEATBELT

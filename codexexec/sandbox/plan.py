@@ -23,7 +23,9 @@ from codexexec.sandbox.policy import (
 
 log = logging.getLogger(__name__)
 
-PROTECTED_METADATA_NAMES = (".git", ".agents", ".codex")
+PROTECTED_METADATA_NAMES = (".git", ".agents", ".codex", ".aws")
+MAX_SUBMODULES = 256
+MAX_GITMODULES_BYTES = 256 * 1024
 LINUX_PLATFORM_DEFAULTS = (
     "/bin",
     "/sbin",
@@ -142,19 +144,64 @@ class _Resolver:
 
 def _gitdir_target(git_file: str) -> str | None:
     """The gitdir a worktree/submodule `.git` file points at, if it exists."""
-    try:
-        with open(git_file, encoding="utf-8") as handle:
-            first = handle.readline().strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-    if not first.startswith("gitdir:"):
+    first = _first_line(git_file)
+    if first is None or not first.startswith("gitdir:"):
         return None
     target = first[len("gitdir:") :].strip()
     target = os.path.normpath(os.path.join(os.path.dirname(git_file), target))
     return target if os.path.isdir(target) else None
 
 
-def _protect(root: WritableRoot, is_workspace_root: bool) -> None:
+def _common_dir(gitdir: str) -> str | None:
+    """A linked worktree's gitdir names the main repository's `.git` (hooks, config) in its
+    `commondir` file; writing there runs code on the host at the next git command."""
+    relative = _first_line(os.path.join(gitdir, "commondir"))
+    if not relative:
+        return None
+    common = os.path.normpath(os.path.join(gitdir, relative))
+    return common if os.path.isdir(common) else None
+
+
+def _first_line(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.readline(4096).strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _submodule_git_paths(root: str) -> list[str]:
+    """`<submodule>/.git` of each submodule `.gitmodules` lists (bounded)."""
+    try:
+        with open(os.path.join(root, ".gitmodules"), encoding="utf-8") as handle:
+            lines = handle.readlines(MAX_GITMODULES_BYTES)
+    except (OSError, UnicodeDecodeError):
+        return []
+    found = []
+    for line in lines:
+        key, _, value = line.partition("=")
+        if key.strip() != "path" or not value.strip():
+            continue
+        path = os.path.normpath(os.path.join(root, value.strip()))
+        if _within(path, root) and path != root:
+            found.append(os.path.join(path, ".git"))
+        if len(found) >= MAX_SUBMODULES:
+            break
+    return found
+
+
+def _git_metadata(git_path: str) -> list[str]:
+    """What must stay read-only for one `.git`: itself and, for a `.git` file, the gitdir
+    it points at and that gitdir's common dir."""
+    protected = [git_path]
+    if os.path.isfile(git_path) and (target := _gitdir_target(git_path)) is not None:
+        protected.append(target)
+        if (common := _common_dir(target)) is not None:
+            protected.append(common)
+    return protected
+
+
+def _protect(root: WritableRoot) -> None:
     for name in PROTECTED_METADATA_NAMES:
         candidate = os.path.join(root.path, name)
         if os.path.islink(candidate):
@@ -162,16 +209,18 @@ def _protect(root: WritableRoot, is_workspace_root: bool) -> None:
             raise PolicyError(
                 f"cannot enforce sandbox read-only path `{candidate}`: it is a symlink"
             )
-        if os.path.exists(candidate):
-            if name == ".git" or os.path.isdir(candidate):
-                root.read_only.append(candidate)
-            if name == ".git" and os.path.isfile(candidate):
-                target = _gitdir_target(candidate)
-                if target is not None:
-                    root.read_only.append(target)
-        elif name == ".codex" and is_workspace_root:
-            # Creating .codex for the first time must still go through approval.
+        if not os.path.exists(candidate):
+            # Created from inside, any of these would be trusted by tools run outside
+            # later (git hooks, agent and AWS config), so a missing one is masked.
             root.missing_protected.append(candidate)
+        elif name == ".git":
+            root.read_only += _git_metadata(candidate)
+        else:
+            root.read_only.append(candidate)
+    for git_path in _submodule_git_paths(root.path):
+        if os.path.lexists(git_path) and not os.path.islink(git_path):
+            root.read_only += _git_metadata(git_path)
+    root.read_only = list(dict.fromkeys(root.read_only))
 
 
 def resolve_plan(context: SandboxContext, command_cwd: str) -> SandboxPlan:
@@ -192,12 +241,12 @@ def resolve_plan(context: SandboxContext, command_cwd: str) -> SandboxPlan:
     full_read = access.get("/") in ("read", "write")
     full_write = access.get("/") == "write" and not any(a != "write" for a in access.values())
     readable = sorted((p for p, a in access.items() if a in ("read", "write")), key=_depth)
-    workspace = set(resolver.roots_for_project(None)) if _uses_project_roots(context) else set()
     writable: list[WritableRoot] = []
     for path in sorted((p for p, a in access.items() if a == "write"), key=_depth):
         real = os.path.realpath(path)
         root = WritableRoot(real)
-        _protect(root, path in workspace)
+        if not full_write:
+            _protect(root)
         # A narrower read entry inside a writable root is a read-only carve-out.
         root.read_only += [
             p for p, a in access.items() if a == "read" and p != path and _within(p, path)
@@ -206,12 +255,4 @@ def resolve_plan(context: SandboxContext, command_cwd: str) -> SandboxPlan:
         writable.append(root)
     return SandboxPlan(
         full_read, readable, writable, full_write, denied, network_enabled, command_cwd
-    )
-
-
-def _uses_project_roots(context: SandboxContext) -> bool:
-    return any(
-        isinstance(e.path, SpecialEntry)
-        and e.path.kind in ("project_roots", "current_working_directory")
-        for e in context.permissions.entries
     )

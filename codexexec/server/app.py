@@ -8,6 +8,7 @@ from codexexec.protocol.limits import DEFAULT_DETACHED_SESSION_TTL_SECONDS
 from codexexec.rpc.peer import RpcPeer
 from codexexec.server.handler import ConnectionHandler
 from codexexec.server.managed_network import ExecutorNetwork
+from codexexec.server.secrets import protect_executor_process
 from codexexec.server.session import SessionRegistry
 from codexexec.transport.base import MessageTransport
 
@@ -20,6 +21,7 @@ class ExecServer:
         concurrent_requests: int = 1,
         network_policy: NetworkPolicy | None = None,
     ) -> None:
+        protect_executor_process()
         self.sessions = SessionRegistry(detached_session_ttl)
         self.bridges = HostBridges()
         self.network = ExecutorNetwork(network_policy)

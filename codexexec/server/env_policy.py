@@ -4,7 +4,8 @@ Order (as Codex applies it): inherit all / core / none from the executor's own
 environment, drop names matching ``*KEY*``/``*SECRET*``/``*TOKEN*`` unless
 ``ignoreDefaultExcludes``, drop ``exclude`` patterns, apply ``set``, keep only
 ``includeOnly`` patterns when given; finally the request's ``env`` wins.
-Patterns are case-insensitive globs.
+Patterns are case-insensitive globs. The executor's own credentials are never inherited,
+whatever the policy says (secrets.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 from collections.abc import Iterable, Mapping
 
 from codexexec.protocol.messages import EnvPolicy
+from codexexec.server.secrets import without_secrets
 
 # As measured on Codex 0.169.0 (docs/codex-0.169-observed.md §12).
 CORE_VARIABLES = frozenset(
@@ -46,7 +48,7 @@ def build_child_env(
 ) -> dict[str, str]:
     if policy is None:
         return dict(overlay)
-    source = os.environ if executor_env is None else executor_env
+    source = without_secrets(os.environ if executor_env is None else executor_env)
     if policy.inherit == "all":
         env = dict(source)
     elif policy.inherit == "core":

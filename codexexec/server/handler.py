@@ -32,7 +32,6 @@ from codexexec.sandbox.enforce import (
     SandboxedCommand,
     SandboxRefused,
     prepare_command,
-    remove_created_paths,
 )
 from codexexec.sandbox.plan import NetworkRouting
 from codexexec.sandbox.proxy_routes import ManagedNetwork, ProxyRouteError, check_routes
@@ -238,8 +237,7 @@ class ConnectionHandler:
             try:
                 spawn.ensure_program_exists(params.argv[0], env, cwd)
             except OSError as exc:
-                sandboxed.release()
-                remove_created_paths(sandboxed.created_paths)
+                sandboxed.discard()
                 raise RpcError(INTERNAL_ERROR, os_error_text(exc)) from None
         process = ManagedProcess(
             params.process_id,
@@ -260,12 +258,15 @@ class ConnectionHandler:
                 pipe_stdin=params.pipe_stdin,
                 arg0=params.arg0 if sandboxed is None or sandboxed.passes_arg0 else None,
                 pass_fds=sandboxed.pass_fds if sandboxed else (),
-                dies_with_parent=sandboxed is not None and sandboxed.backend == "bubblewrap",
+                # Both backends end the command with the executor: bwrap --die-with-parent,
+                # the Landlock supervisor's lifeline.
+                dies_with_parent=sandboxed is not None and sandboxed.backend != "seatbelt",
+                lifeline=sandboxed.lifeline if sandboxed else None,
             )
         except OSError as exc:
             del session.processes[params.process_id]
             if sandboxed is not None:
-                remove_created_paths(sandboxed.created_paths)
+                sandboxed.discard()
             raise RpcError(INTERNAL_ERROR, os_error_text(exc)) from None
         finally:
             if sandboxed is not None:

@@ -43,6 +43,8 @@ class Child:
     stdin: int | None
     # Registered with the warden, which kills its group if the executor dies.
     warded: bool = False
+    # A supervisor's lifeline (the Landlock sandbox): closing it kills the whole tree.
+    lifeline: int | None = None
 
     @property
     def pid(self) -> int:
@@ -73,6 +75,7 @@ class _Warden:
         try:
             subprocess.Popen(
                 [sys.executable, "-I", "-S", _WARDEN_SCRIPT],
+                env={},  # it needs nothing, and never the executor's credentials
                 stdin=read_end,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -125,6 +128,7 @@ _warden = _Warden()
 
 def forget(child: Child) -> None:
     """Call before reaping the child: its pid may be reused afterwards."""
+    _cut_lifeline(child)
     if child.warded:
         child.warded = False
         _warden.deregister(child.pid)
@@ -162,6 +166,7 @@ def spawn(
     arg0: str | None,
     pass_fds: tuple[int, ...] = (),
     dies_with_parent: bool = False,
+    lifeline: int | None = None,
 ) -> Child:
     """Start ``argv``; raises OSError (with the OS's reason) when it cannot start.
 
@@ -176,7 +181,9 @@ def spawn(
         setsid = _setsid()
         ended = dies_with_parent or _warden.start()
         if arg0 is not None or setsid is None or not ended or _binfmt_misc_in_use():
-            return _spawn_pty(argv[0], args, cwd, env, setup, pass_fds)
+            child = _spawn_pty(argv[0], args, cwd, env, setup, pass_fds)
+            child.lifeline = lifeline
+            return child
         # setsid(1) makes the session and takes the terminal, so no Python runs between
         # fork and exec. The program is checked first, as exec would: setsid's own exec
         # failure would only reach the terminal, and it runs a file of no known format
@@ -185,6 +192,7 @@ def spawn(
             _check_executable(program, cwd)
         child = _spawn_pty(setsid, [setsid, "--ctty", "--", *args], cwd, env, None, pass_fds)
         child.warded = not dies_with_parent and _warden.register(child.pid)
+        child.lifeline = lifeline
         return child
     warded = not dies_with_parent and _warden.start()
     hook = None if dies_with_parent or warded else setup
@@ -217,6 +225,7 @@ def spawn(
                 os.close(fd)
     child = Child(popen, {"stdout": stdout_r, "stderr": stderr_r}, stdin_w)
     child.warded = warded and _warden.register(popen.pid)
+    child.lifeline = lifeline
     return child
 
 
@@ -323,7 +332,14 @@ def ensure_program_exists(program: str, env: dict[str, str], cwd: str) -> None:
 
 
 def signal_group(child: Child, signum: int) -> None:
-    """Signal the child's whole process group; a group already gone is not an error."""
+    """Signal the child's whole process group; a group already gone is not an error.
+
+    A supervised child is killed through its lifeline: a SIGKILL would end the supervisor
+    before it could end what the command left behind.
+    """
+    if signum == signal.SIGKILL and child.lifeline is not None:
+        _cut_lifeline(child)
+        return
     try:
         os.killpg(child.pid, signum)
     except ProcessLookupError:
@@ -331,3 +347,9 @@ def signal_group(child: Child, signum: int) -> None:
     except PermissionError:
         with contextlib.suppress(ProcessLookupError):
             os.kill(child.pid, signum)
+
+
+def _cut_lifeline(child: Child) -> None:
+    if child.lifeline is not None:
+        os.close(child.lifeline)
+        child.lifeline = None

@@ -30,6 +30,9 @@ class PreparedCommand:
     pass_fds: tuple[int, ...] = ()
     # Mount points bwrap creates on the host for masks; removed again after exit.
     created_paths: list[str] = field(default_factory=list)
+    # The executor's end of the Landlock supervisor's lifeline: closing it kills the
+    # command and everything it started (confine.py).
+    lifeline: int | None = None
 
 
 def _bridge_spec(routing: NetworkRouting, arg0: str | None) -> dict[str, object]:
@@ -40,14 +43,13 @@ def _bridge_spec(routing: NetworkRouting, arg0: str | None) -> dict[str, object]
     }
 
 
-def seccomp_mode_name(plan: SandboxPlan) -> str | None:
+def seccomp_mode_name(plan: SandboxPlan) -> str:
+    """The network rules; every mode carries the hardening rules as well."""
     if plan.routing is not None:
         return "proxy_routed"
     if not plan.network_enabled:
         return "restricted"
-    if not plan.full_write:
-        return "vm_socket_restricted"
-    return None
+    return "vm_socket_restricted"
 
 
 @cache
@@ -84,15 +86,16 @@ def prepare(plan: SandboxPlan, command: list[str], *, arg0: str | None) -> Prepa
             inner = [sys.executable, "-m", "codexexec.sandbox.linux.netns_bridge", spec, "--"]
             argv = bw.bwrap_argv(bwrap, plan, [*inner, *command], arg0=None, seccomp_fd=None)
             return PreparedCommand(argv, "bubblewrap", (), _held_mount_points(plan))
-        fds: tuple[int, ...] = (_memfd_with(_bpf(mode)),) if mode else ()
-        argv = bw.bwrap_argv(bwrap, plan, command, arg0=arg0, seccomp_fd=fds[0] if fds else None)
-        return PreparedCommand(argv, "bubblewrap", fds, _held_mount_points(plan))
+        fd = _memfd_with(_bpf(mode))
+        argv = bw.bwrap_argv(bwrap, plan, command, arg0=arg0, seccomp_fd=fd)
+        return PreparedCommand(argv, "bubblewrap", (fd,), _held_mount_points(plan))
     if forced in ("", "landlock"):
         reason = landlock_refusal(plan)
         if reason is None:
-            spec = msgspec.json.encode(landlock_spec(plan, mode, arg0)).decode()
+            lifeline, held = os.pipe2(os.O_CLOEXEC)
+            spec = msgspec.json.encode(landlock_spec(plan, mode, arg0, lifeline)).decode()
             argv = [sys.executable, "-m", "codexexec.sandbox.linux.confine", spec, "--", *command]
-            return PreparedCommand(argv, "landlock")
+            return PreparedCommand(argv, "landlock", (lifeline,), lifeline=held)
         problem = f"{problem}; Landlock fallback: {reason}"
     raise SandboxUnavailable(problem)
 
@@ -106,13 +109,23 @@ def _landlock_abi() -> int:
 
 def landlock_refusal(plan: SandboxPlan) -> str | None:
     """Why Landlock cannot enforce this plan, or None if it can."""
-    if _landlock_abi() == 0:
+    from codexexec.sandbox.linux.landlock import SCOPE_ABI
+
+    abi = _landlock_abi()
+    if abi == 0:
         return "Landlock is not available in this kernel"
+    if abi < SCOPE_ABI:
+        # Without scoping the command could signal the executor and reach host daemons'
+        # abstract sockets: a known hole, so no run at all.
+        return (
+            f"Landlock ABI {abi} cannot keep the command from signalling processes outside "
+            f"the sandbox (ABI {SCOPE_ABI}, Linux 6.12, is needed)"
+        )
     if not plan.full_read:
         return "restricted read access needs bubblewrap"
     if plan.denied:
         return "deny entries need bubblewrap"
-    if not plan.network_enabled and _landlock_abi() < 4:
+    if not plan.network_enabled and abi < 4:
         return "network isolation needs bubblewrap or Landlock ABI 4"
     # Landlock only adds access, it cannot take part of a writable root back.
     carve_outs = plan.all_read_only_paths + _missing_paths(plan)
@@ -121,7 +134,9 @@ def landlock_refusal(plan: SandboxPlan) -> str | None:
     return None
 
 
-def landlock_spec(plan: SandboxPlan, mode: str | None, arg0: str | None) -> dict[str, object]:
+def landlock_spec(
+    plan: SandboxPlan, mode: str, arg0: str | None, lifeline: int
+) -> dict[str, object]:
     if plan.routing is not None:
         ports: list[int] | None = plan.routing.ports  # straight to the proxy on host loopback
     else:
@@ -131,5 +146,8 @@ def landlock_spec(plan: SandboxPlan, mode: str | None, arg0: str | None) -> dict
         "write_roots": [r.path for r in plan.writable_roots],
         "tcp_connect_ports": ports,
         "seccomp": mode,
+        # Landlock cannot confine chmod, chown, utimes or xattrs to the writable roots.
+        "deny_metadata": not plan.full_write,
         "argv0": arg0,
+        "lifeline": lifeline,
     }

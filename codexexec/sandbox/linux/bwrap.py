@@ -1,4 +1,4 @@
-"""The bubblewrap command line for a sandbox plan (Codex's order, sandbox-and-network.md §3.4).
+"""The bubblewrap command line for a sandbox plan (Codex's order, docs/sandbox-hardening.md).
 
 Order matters: the base view first (`/` read-only, a fresh /dev), then writable roots
 shallowest first, then read-only carve-outs and masks inside them, then namespaces.
@@ -97,10 +97,16 @@ def bwrap_argv(
             args += ["--perms", "000", "--tmpfs", path, "--remount-ro", path]
         elif os.path.exists(path):
             args += ["--ro-bind", "/dev/null", path]
-    args += ["--unshare-user", "--unshare-pid"]
+    # bwrap keeps every capability of a root caller inside the user namespace (a mount
+    # remount or umount undoes the view); drop them all, and keep the host's name, SysV IPC
+    # and sysctls out of reach (docs/sandbox-hardening.md §1).
+    args += ["--unshare-user", "--unshare-pid", "--unshare-uts", "--unshare-ipc"]
+    args += ["--cap-drop", "ALL"]
     if not plan.network_enabled:
         args.append("--unshare-net")
-    args += ["--proc", "/proc", "--chdir", plan.command_cwd]
+    args += ["--proc", "/proc", "--ro-bind", "/proc/sys", "/proc/sys"]
+    args += ["--ro-bind-try", "/proc/sysrq-trigger", "/proc/sysrq-trigger"]
+    args += ["--chdir", plan.command_cwd]
     if seccomp_fd is not None:
         args += ["--add-seccomp-fd", str(seccomp_fd)]
     if arg0:

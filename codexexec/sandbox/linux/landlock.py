@@ -1,7 +1,7 @@
 """Landlock confinement of the calling thread through raw syscalls (no libc wrappers exist).
 
-This is the fallback filesystem (and optionally TCP) confinement of sandbox-and-network.md
-§3.6: read+execute beneath read roots, everything beneath write roots, /dev/null writable.
+This is the fallback filesystem (and optionally TCP) confinement (docs/sandbox-hardening.md
+§3): read+execute beneath read roots, everything beneath write roots, /dev/null writable.
 Landlock only ever removes rights, survives execve and needs no privilege (just
 no_new_privs), so it is applied in the helper process right before it execs the command.
 Denied accesses fail with EACCES ("Permission denied"), which the denial heuristic catches.
@@ -77,9 +77,20 @@ def _fs_rights_for_abi(abi: int) -> int:
 
 
 class _RulesetAttr(ctypes.Structure):
-    # The kernel accepts a shorter struct from older userspace; `scoped` (ABI 6) is not used,
-    # so it is left out rather than sent as zero.
-    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64)]
+    # The kernel accepts a shorter struct from older userspace: `scoped` (ABI 6) is sent
+    # only to kernels that know it.
+    _fields_ = [
+        ("handled_access_fs", ctypes.c_uint64),
+        ("handled_access_net", ctypes.c_uint64),
+        ("scoped", ctypes.c_uint64),
+    ]
+
+
+_SCOPED_OFFSET = _RulesetAttr.scoped.offset
+# ABI 6: no signals to, and no abstract Unix sockets of, processes outside the domain.
+_SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0
+_SCOPE_SIGNAL = 1 << 1
+SCOPE_ABI = 6
 
 
 class _PathBeneathAttr(ctypes.Structure):
@@ -146,6 +157,7 @@ def apply_landlock(
     read_roots: list[str],
     write_roots: list[str],
     tcp_connect_ports: list[int] | None = None,
+    scoped: bool = False,
 ) -> None:
     """Confine the calling thread (and everything it execs) for good.
 
@@ -154,6 +166,8 @@ def apply_landlock(
     limited to those ports and TCP bind is denied, but only on ABI >= 4: older kernels cannot
     express it and it is skipped (best effort, like Codex), so callers that rely on it must
     check `landlock_abi() >= 4` themselves. UDP and other protocols are never restricted.
+    With ``scoped`` the thread can neither signal nor reach through abstract Unix sockets
+    any process outside its domain; that needs ABI 6 and fails on older kernels.
     """
     abi = landlock_abi()
     if abi == 0:
@@ -165,10 +179,17 @@ def apply_landlock(
         raise ValueError(f"TCP ports must be within 0-65535: {tcp_connect_ports}")
     handled_fs = _fs_rights_for_abi(abi)
     limit_net = ports is not None and abi >= 4
-    attr = _RulesetAttr(handled_fs, _NET_BIND_TCP | _NET_CONNECT_TCP if limit_net else 0)
-    ruleset = _syscall(
-        "landlock_create_ruleset", _SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.sizeof(attr), 0
+    if scoped and abi < SCOPE_ABI:
+        raise LandlockUnavailable(
+            errno.EOPNOTSUPP, f"Landlock ABI {abi} cannot scope signals and abstract sockets"
+        )
+    attr = _RulesetAttr(
+        handled_fs,
+        _NET_BIND_TCP | _NET_CONNECT_TCP if limit_net else 0,
+        _SCOPE_ABSTRACT_UNIX_SOCKET | _SCOPE_SIGNAL if scoped else 0,
     )
+    size = ctypes.sizeof(attr) if abi >= SCOPE_ABI else _SCOPED_OFFSET
+    ruleset = _syscall("landlock_create_ruleset", _SYS_CREATE_RULESET, ctypes.byref(attr), size, 0)
     try:
         _add_path_rules(ruleset, read_roots, _READ_EXEC)
         _add_path_rules(ruleset, write_roots, handled_fs)

@@ -1,7 +1,8 @@
 """seccomp network/escape filter for sandboxed children, built with libseccomp via ctypes.
 
-The filter mirrors Codex's linux-sandbox (sandbox-and-network.md §3.5): the default action
-is ALLOW and every matching rule fails the syscall with EPERM. EPERM (not a kill) matters:
+The network rules mirror Codex's linux-sandbox: the default action is ALLOW and every
+matching rule fails the syscall with EPERM; on top come the hardening rules of
+docs/sandbox-hardening.md, which Codex does not have. EPERM (not a kill) matters:
 "Operation not permitted" is what the denial heuristic recognises, whereas a bare network
 namespace only yields ENETUNREACH, which it would miss.
 
@@ -23,6 +24,7 @@ import errno
 import os
 import socket
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from codexexec.sandbox.linux.prctl import set_no_new_privs
 
@@ -52,7 +54,7 @@ class SeccompMode(enum.Enum):
 
 # libseccomp ABI constants (seccomp.h); stable across libseccomp 2.x.
 _SCMP_ACT_ALLOW = 0x7FFF0000
-_SCMP_ACT_ERRNO_EPERM = 0x00050000 | errno.EPERM
+_SCMP_ACT_ERRNO = 0x00050000
 _SCMP_CMP_MASKED_EQ = 7
 _NR_SCMP_ERROR = -1
 _LOW32 = 0xFFFF_FFFF
@@ -83,6 +85,101 @@ _RESTRICTED_NET = (
     "getsockopt",
     "setsockopt",
 )
+# Refused in every mode (docs/sandbox-hardening.md §2): what changes the mounts, enters or
+# makes namespaces, reaches the kernel's keyrings, BPF, perf, modules, the clocks or the
+# host's identity. Capabilities are dropped too; this is the second wall, and it holds for
+# a root executor on the Landlock fallback, where no user namespace takes them away.
+_HARDENING = (
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "move_mount",
+    "open_tree",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "mount_setattr",
+    "setns",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "bpf",
+    "perf_event_open",
+    "userfaultfd",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "kexec_load",
+    "kexec_file_load",
+    "clock_settime",
+    "clock_adjtime",
+    "settimeofday",
+    "adjtimex",
+    "sethostname",
+    "setdomainname",
+    "swapon",
+    "swapoff",
+    "reboot",
+    "acct",
+    "quotactl",
+    "quotactl_fd",
+    "syslog",
+    "vhangup",
+    "iopl",
+    "ioperm",
+    "lookup_dcookie",
+)
+# Changing a file's mode, owner, times or extended attributes: Landlock has no right for
+# these, so where Landlock alone keeps the file system read-only they are refused outright.
+_METADATA = (
+    "chmod",
+    "fchmod",
+    "fchmodat",
+    "fchmodat2",
+    "chown",
+    "fchown",
+    "lchown",
+    "fchownat",
+    "utime",
+    "utimes",
+    "futimesat",
+    "utimensat",
+    "setxattr",
+    "lsetxattr",
+    "fsetxattr",
+    "removexattr",
+    "lremovexattr",
+    "fremovexattr",
+    "setxattrat",
+    "removexattrat",
+    "file_setattr",
+)
+# Syscalls newer than the libseccomp of older distributions; numbers since 424 are the same
+# on every architecture.
+_NUMBERS = {"fchmodat2": 452, "setxattrat": 463, "removexattrat": 466, "file_setattr": 469}
+
+# Flags that make a namespace (clone(2) and unshare(2) take them in argument 0).
+_CLONE_NEW = {
+    "CLONE_NEWTIME": 0x80,
+    "CLONE_NEWNS": 0x20000,
+    "CLONE_NEWCGROUP": 0x2000000,
+    "CLONE_NEWUTS": 0x4000000,
+    "CLONE_NEWIPC": 0x8000000,
+    "CLONE_NEWUSER": 0x10000000,
+    "CLONE_NEWPID": 0x20000000,
+    "CLONE_NEWNET": 0x40000000,
+}
+# ioctls that push input into a terminal (TIOCSTI) or drive the console (TIOCLINUX).
+_TIOCSTI = 0x5412
+_TIOCLINUX = 0x541C
+# Unix socket types that can send to any path by address (SOCK_RAW is a datagram socket
+# for AF_UNIX). Stream and seqpacket sockets need connect(), which offline mode refuses.
+_SOCK_TYPE_MASK = 0xF
+_ADDRESSED_UNIX_TYPES = (socket.SOCK_DGRAM, socket.SOCK_RAW)
 
 
 class _ArgCmp(ctypes.Structure):
@@ -96,8 +193,13 @@ class _ArgCmp(ctypes.Structure):
     ]
 
 
-# A rule is (syscall name, optional (mask, value) pair on arg0 that must match).
-_Rule = tuple[str, tuple[int, int] | None]
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    """Fail ``syscall`` with ``errno`` when every (argument, mask, value) condition holds."""
+
+    syscall: str
+    conditions: tuple[tuple[int, int, int], ...] = ()
+    errno: int = errno.EPERM
 
 
 def _low32_not_in(allowed: Iterable[int]) -> list[tuple[int, int]]:
@@ -123,27 +225,52 @@ def _low32_not_in(allowed: Iterable[int]) -> list[tuple[int, int]]:
     return pairs
 
 
-def _rules(mode: SeccompMode, allow_unix_sockets: bool) -> list[_Rule]:
-    rules: list[_Rule] = [(name, None) for name in _IO_URING]
+def _hardening_rules() -> list[_Rule]:
+    rules = [_Rule(name) for name in (*_IO_URING, *_HARDENING)]
+    for flag in _CLONE_NEW.values():
+        rules += [_Rule(name, ((0, flag, flag),)) for name in ("clone", "unshare")]
+    # clone3 passes its flags in memory seccomp cannot read; ENOSYS makes libc fall back
+    # to clone, whose flags are checked above.
+    rules.append(_Rule("clone3", errno=errno.ENOSYS))
+    rules += [_Rule("ioctl", ((1, _LOW32, cmd),)) for cmd in (_TIOCSTI, _TIOCLINUX)]
+    return rules
+
+
+def _addressed_unix(name: str) -> list[_Rule]:
+    """``name`` (socket or socketpair) refused for Unix datagram sockets: sendmsg(2) with
+    an address reaches a host socket file even from one end of a socketpair."""
+    return [
+        _Rule(name, ((0, _LOW32, _AF_UNIX), (1, _SOCK_TYPE_MASK, kind)))
+        for kind in _ADDRESSED_UNIX_TYPES
+    ]
+
+
+def _rules(mode: SeccompMode, allow_unix_sockets: bool, deny_metadata: bool) -> list[_Rule]:
+    rules = _hardening_rules()
+    if deny_metadata:
+        rules += [_Rule(name) for name in _METADATA]
     if mode is not SeccompMode.VM_SOCKET_RESTRICTED:
-        rules += [(name, None) for name in _PROCESS_ACCESS]
+        rules += [_Rule(name) for name in _PROCESS_ACCESS]
 
     def domain_not_in(name: str, allowed: Sequence[int]) -> list[_Rule]:
-        return [(name, pair) for pair in _low32_not_in(allowed)]
+        return [_Rule(name, ((0, mask, value),)) for mask, value in _low32_not_in(allowed)]
 
     if mode is SeccompMode.RESTRICTED:
-        rules += [(name, None) for name in _RESTRICTED_NET]
+        rules += [_Rule(name) for name in _RESTRICTED_NET]
         rules += domain_not_in("socket", [_AF_UNIX])
         rules += domain_not_in("socketpair", [_AF_UNIX])
+        rules += _addressed_unix("socket") + _addressed_unix("socketpair")
     elif mode is SeccompMode.PROXY_ROUTED:
         # The netns only reaches the loopback proxy bridges, so IP sockets are harmless;
         # Unix sockets could reach host daemons, hence opt-in only.
         inet = [_AF_INET, _AF_INET6] + ([_AF_UNIX] if allow_unix_sockets else [])
         rules += domain_not_in("socket", inet)
         rules += domain_not_in("socketpair", [_AF_UNIX])
+        if not allow_unix_sockets:
+            rules += _addressed_unix("socketpair")
     else:
-        # WSL2 exposes host interop over vsock; that is the only thing blocked here.
-        rules += [(name, (_LOW32, _AF_VSOCK)) for name in ("socket", "socketpair")]
+        # WSL2 exposes host interop over vsock; that is the only socket blocked here.
+        rules += [_Rule(name, ((0, _LOW32, _AF_VSOCK),)) for name in ("socket", "socketpair")]
     return rules
 
 
@@ -202,57 +329,69 @@ def _check(func: str, rc: int) -> None:
         raise SeccompError(-rc, f"{func} failed: {os.strerror(-rc)}")
 
 
-def _build(lib: ctypes.CDLL, mode: SeccompMode, allow_unix_sockets: bool) -> int:
+def _syscall_number(lib: ctypes.CDLL, name: str) -> int:
+    nr: int = lib.seccomp_syscall_resolve_name(name.encode())
+    if nr == _NR_SCMP_ERROR:
+        nr = _NUMBERS.get(name, _NR_SCMP_ERROR)
+    if nr == _NR_SCMP_ERROR:
+        raise SeccompError(
+            errno.EINVAL, f"seccomp_syscall_resolve_name failed: unknown syscall {name}"
+        )
+    return nr
+
+
+def _build(lib: ctypes.CDLL, rules: list[_Rule]) -> int:
     ctx: int | None = lib.seccomp_init(_SCMP_ACT_ALLOW)
     if not ctx:
         raise SeccompError(errno.ENOMEM, "seccomp_init failed: could not allocate a filter")
     try:
-        for name, cmp in _rules(mode, allow_unix_sockets):
-            nr: int = lib.seccomp_syscall_resolve_name(name.encode())
-            if nr == _NR_SCMP_ERROR:
-                raise SeccompError(
-                    errno.EINVAL, f"seccomp_syscall_resolve_name failed: unknown syscall {name}"
-                )
-            if cmp is None:
-                rc: int = lib.seccomp_rule_add_array(ctx, _SCMP_ACT_ERRNO_EPERM, nr, 0, None)
-            else:
-                arg = _ArgCmp(0, _SCMP_CMP_MASKED_EQ, cmp[0], cmp[1])
-                rc = lib.seccomp_rule_add_array(
-                    ctx, _SCMP_ACT_ERRNO_EPERM, nr, 1, ctypes.byref(arg)
-                )
-            _check(f"seccomp_rule_add_array({name})", rc)
+        for rule in rules:
+            nr = _syscall_number(lib, rule.syscall)
+            compares = (_ArgCmp * max(1, len(rule.conditions)))()
+            for slot, (arg, mask, value) in enumerate(rule.conditions):
+                compares[slot] = _ArgCmp(arg, _SCMP_CMP_MASKED_EQ, mask, value)
+            action = _SCMP_ACT_ERRNO | rule.errno
+            rc: int = lib.seccomp_rule_add_array(
+                ctx, action, nr, len(rule.conditions), compares if rule.conditions else None
+            )
+            _check(f"seccomp_rule_add_array({rule.syscall})", rc)
     except BaseException:
         lib.seccomp_release(ctx)
         raise
     return ctx
 
 
-def apply_seccomp(mode: SeccompMode, *, allow_unix_sockets: bool = False) -> None:
+def apply_seccomp(
+    mode: SeccompMode, *, allow_unix_sockets: bool = False, deny_metadata: bool = False
+) -> None:
     """Install the filter for `mode` on the calling thread; it survives execve.
 
     Call it in the single-threaded helper right before exec: other threads would keep
     running unfiltered, and bridge children forked afterwards would inherit the filter.
+    ``deny_metadata`` refuses chmod, chown, utimes and xattr changes (the Landlock backend).
     """
     lib = _libseccomp()
     # NNP is what lets an unprivileged process install a filter; it also stops setuid
     # binaries from regaining privileges (it is set here, not earlier, because it breaks
     # a setuid bwrap).
     set_no_new_privs()
-    ctx = _build(lib, mode, allow_unix_sockets)
+    ctx = _build(lib, _rules(mode, allow_unix_sockets, deny_metadata))
     try:
         _check("seccomp_load", lib.seccomp_load(ctx))
     finally:
         lib.seccomp_release(ctx)
 
 
-def export_bpf(mode: SeccompMode, *, allow_unix_sockets: bool = False) -> bytes:
+def export_bpf(
+    mode: SeccompMode, *, allow_unix_sockets: bool = False, deny_metadata: bool = False
+) -> bytes:
     """The compiled classic-BPF program (struct sock_filter array) for `mode`.
 
     Nothing is loaded into the caller. The bytes can be written to a pipe or memfd and
     handed to `bwrap --add-seccomp-fd FD`.
     """
     lib = _libseccomp()
-    ctx = _build(lib, mode, allow_unix_sockets)
+    ctx = _build(lib, _rules(mode, allow_unix_sockets, deny_metadata))
     try:
         # A memfd rather than a pipe: libseccomp writes the whole program in one go, and a
         # large program would block on a full pipe with nobody reading the other end.

@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 
 from codexexec.protocol.jsonrpc import INTERNAL_ERROR, RpcError
-from codexexec.sandbox.enforce import SandboxedCommand, remove_created_paths
+from codexexec.sandbox.enforce import SandboxedCommand
 from codexexec.server.fs.helper_protocol import FrameError, frame, receive_reply
 from codexexec.server.fs.sandboxed import Confinement, prepare_helper
 
@@ -121,7 +121,7 @@ class _Helper:
     async def _reap(self) -> None:
         await self.process.wait()
         self.channel.close()
-        remove_created_paths(self.command.created_paths)
+        self.command.discard()
 
 
 class SandboxedHelpers:
@@ -216,7 +216,7 @@ class SandboxedHelpers:
             process = await asyncio.shield(starting)
         except OSError as exc:
             ours.close()
-            remove_created_paths(command.created_paths)
+            command.discard()
             raise _failed(str(exc)) from None
         except BaseException:
             starting.add_done_callback(functools.partial(_abandon, key, ours, command))
@@ -274,7 +274,7 @@ def _abandon(
     """Undo a helper start whose operation was cancelled meanwhile."""
     if started.cancelled() or started.exception() is not None:
         ours.close()
-        remove_created_paths(command.created_paths)
+        command.discard()
         return
     _Helper(key, started.result(), ours, command).stop()
 
