@@ -146,8 +146,6 @@ def landlock_spec(
         "write_roots": [r.path for r in plan.writable_roots],
         "tcp_connect_ports": ports,
         "seccomp": mode,
-        # Landlock cannot confine chmod, chown, utimes or xattrs to the writable roots.
-        "deny_metadata": not plan.full_write,
         "argv0": arg0,
         "lifeline": lifeline,
     }

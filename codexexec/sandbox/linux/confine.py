@@ -54,7 +54,7 @@ def _confine(spec: dict[str, Any]) -> None:
         tcp_connect_ports=spec["tcp_connect_ports"],
         scoped=True,
     )
-    apply_seccomp(SeccompMode(spec["seccomp"]), deny_metadata=spec["deny_metadata"])
+    apply_seccomp(SeccompMode(spec["seccomp"]), host_namespaces=True)
 
 
 def _run_command(spec: dict[str, Any], command: list[str], supervisor: int) -> None:

@@ -23,6 +23,7 @@ import enum
 import errno
 import os
 import socket
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -158,6 +159,29 @@ _METADATA = (
     "removexattrat",
     "file_setattr",
 )
+# SysV and POSIX IPC objects live in the IPC namespace: shared with the host where no
+# namespace of its own is made (the Landlock backend), where they would reach (or remove)
+# the host's message queues, semaphores and shared memory.
+_HOST_IPC = (
+    "msgget",
+    "msgsnd",
+    "msgrcv",
+    "msgctl",
+    "semget",
+    "semop",
+    "semtimedop",
+    "semctl",
+    "shmget",
+    "shmat",
+    "shmdt",
+    "shmctl",
+    "mq_open",
+    "mq_unlink",
+    "mq_timedsend",
+    "mq_timedreceive",
+    "mq_notify",
+    "mq_getsetattr",
+)
 # Syscalls newer than the libseccomp of older distributions; numbers since 424 are the same
 # on every architecture.
 _NUMBERS = {"fchmodat2": 452, "setxattrat": 463, "removexattrat": 466, "file_setattr": 469}
@@ -173,6 +197,10 @@ _CLONE_NEW = {
     "CLONE_NEWPID": 0x20000000,
     "CLONE_NEWNET": 0x40000000,
 }
+# chmod-family syscalls and the argument holding the mode: a set-user-ID or set-group-ID
+# file written from inside would run with the executor's ids when anyone runs it outside.
+_CHMODS = (("chmod", 1), ("fchmod", 1), ("fchmodat", 2), ("fchmodat2", 2))
+_SETID_BITS = (stat.S_ISUID, stat.S_ISGID)
 # ioctls that push input into a terminal (TIOCSTI) or drive the console (TIOCLINUX).
 _TIOCSTI = 0x5412
 _TIOCLINUX = 0x541C
@@ -233,6 +261,7 @@ def _hardening_rules() -> list[_Rule]:
     # to clone, whose flags are checked above.
     rules.append(_Rule("clone3", errno=errno.ENOSYS))
     rules += [_Rule("ioctl", ((1, _LOW32, cmd),)) for cmd in (_TIOCSTI, _TIOCLINUX)]
+    rules += [_Rule(name, ((arg, bit, bit),)) for name, arg in _CHMODS for bit in _SETID_BITS]
     return rules
 
 
@@ -245,10 +274,10 @@ def _addressed_unix(name: str) -> list[_Rule]:
     ]
 
 
-def _rules(mode: SeccompMode, allow_unix_sockets: bool, deny_metadata: bool) -> list[_Rule]:
+def _rules(mode: SeccompMode, allow_unix_sockets: bool, host_namespaces: bool) -> list[_Rule]:
     rules = _hardening_rules()
-    if deny_metadata:
-        rules += [_Rule(name) for name in _METADATA]
+    if host_namespaces:
+        rules += [_Rule(name) for name in (*_METADATA, *_HOST_IPC)]
     if mode is not SeccompMode.VM_SOCKET_RESTRICTED:
         rules += [_Rule(name) for name in _PROCESS_ACCESS]
 
@@ -362,20 +391,21 @@ def _build(lib: ctypes.CDLL, rules: list[_Rule]) -> int:
 
 
 def apply_seccomp(
-    mode: SeccompMode, *, allow_unix_sockets: bool = False, deny_metadata: bool = False
+    mode: SeccompMode, *, allow_unix_sockets: bool = False, host_namespaces: bool = False
 ) -> None:
     """Install the filter for `mode` on the calling thread; it survives execve.
 
     Call it in the single-threaded helper right before exec: other threads would keep
     running unfiltered, and bridge children forked afterwards would inherit the filter.
-    ``deny_metadata`` refuses chmod, chown, utimes and xattr changes (the Landlock backend).
+    ``host_namespaces``: the child shares the host's mount and IPC namespaces (the Landlock
+    backend), so chmod, chown, utimes, xattr changes and IPC objects are refused too.
     """
     lib = _libseccomp()
     # NNP is what lets an unprivileged process install a filter; it also stops setuid
     # binaries from regaining privileges (it is set here, not earlier, because it breaks
     # a setuid bwrap).
     set_no_new_privs()
-    ctx = _build(lib, _rules(mode, allow_unix_sockets, deny_metadata))
+    ctx = _build(lib, _rules(mode, allow_unix_sockets, host_namespaces))
     try:
         _check("seccomp_load", lib.seccomp_load(ctx))
     finally:
@@ -383,7 +413,7 @@ def apply_seccomp(
 
 
 def export_bpf(
-    mode: SeccompMode, *, allow_unix_sockets: bool = False, deny_metadata: bool = False
+    mode: SeccompMode, *, allow_unix_sockets: bool = False, host_namespaces: bool = False
 ) -> bytes:
     """The compiled classic-BPF program (struct sock_filter array) for `mode`.
 
@@ -391,7 +421,7 @@ def export_bpf(
     handed to `bwrap --add-seccomp-fd FD`.
     """
     lib = _libseccomp()
-    ctx = _build(lib, _rules(mode, allow_unix_sockets, deny_metadata))
+    ctx = _build(lib, _rules(mode, allow_unix_sockets, host_namespaces))
     try:
         # A memfd rather than a pipe: libseccomp writes the whole program in one go, and a
         # large program would block on a full pipe with nobody reading the other end.
