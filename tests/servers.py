@@ -50,8 +50,8 @@ class RunningServer:
                 self.process.wait()
 
 
-def codexexec_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "codexexec", *args]
+def codexexec_command(*args: str, python: str = sys.executable) -> list[str]:
+    return [python, "-m", "codexexec", *args]
 
 
 @contextmanager
@@ -61,10 +61,13 @@ def start_server(
     env: dict[str, str] | None = None,
     extra_args: tuple[str, ...] = (),
     wrapper: tuple[str, ...] = (),
+    python: str = sys.executable,
 ) -> Iterator[RunningServer]:
     full_env = {**os.environ, **(env or {})}
     if kind == "codexexec":
-        argv = codexexec_command("serve", "--listen", "ws://127.0.0.1:0", *extra_args)
+        argv = codexexec_command(
+            "serve", "--listen", "ws://127.0.0.1:0", *extra_args, python=python
+        )
         home = None
     else:
         # Outside /tmp: under /tmp Codex refuses to create its sandbox helpers. A caller's

@@ -133,7 +133,12 @@ def test_worktree_protects_its_gitdir_and_the_common_dir(tmp_path: Path) -> None
     )
     root = next(r for r in plan.writable_roots if r.path == str(work))
     # Shallowest first, the order bwrap mounts them in.
-    assert root.read_only == [str(work / ".git"), str(main / ".git"), str(gitdir), str(sub / ".git")]
+    assert root.read_only == [
+        str(work / ".git"),
+        str(main / ".git"),
+        str(gitdir),
+        str(sub / ".git"),
+    ]
     assert str(work / ".git") not in root.missing_protected
 
 

@@ -15,6 +15,8 @@ import pwd
 import secrets
 import shutil
 import signal
+import sys
+import sysconfig
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -33,6 +35,7 @@ UNSANDBOXED = "none"  # the baseline: each probe must escape here, or it proves 
 RESULTS = ROOT / ".cache" / "escape-results.jsonl"
 SCRATCH = Path("/var/tmp/cx-escape")
 USER = "nobody"
+USER_PYTHON = "/usr/bin/python3"
 
 
 @dataclass(frozen=True)
@@ -92,14 +95,20 @@ def start_executor(runner: Runner) -> Iterator[Executor]:
         wrapper = ("setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups")
     env = dict(values)
     home = None
+    python = sys.executable
     if runner.kind == "codexexec":
         env["CODEXEXEC_LINUX_SANDBOX"] = runner.backend
+        if runner.user == "user":
+            # The venv's interpreter may live where the user cannot go (pyenv under /root);
+            # the executor re-executes its own interpreter for the Landlock supervisor.
+            python = USER_PYTHON
+            env["PYTHONPATH"] = os.pathsep.join([str(ROOT), sysconfig.get_paths()["purelib"]])
     else:
         home = tempfile.mkdtemp(prefix="codex-home-", dir="/var/tmp")
         os.chown(home, uid, gid)
         env["CODEX_HOME"] = home
     try:
-        with start_server(runner.kind, env=env, wrapper=wrapper) as server:
+        with start_server(runner.kind, env=env, wrapper=wrapper, python=python) as server:
             yield Executor(runner, server, values, uid, gid)
     finally:
         if home is not None:

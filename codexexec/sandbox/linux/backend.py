@@ -66,6 +66,12 @@ def _memfd_with(data: bytes) -> int:
     return fd
 
 
+def _isolated_script(name: str) -> list[str]:
+    """Our helper in a Python that ignores the environment it is given (the command's:
+    PYTHONPATH there must not load code into this unconfined stage) and site-packages."""
+    return [sys.executable, "-I", "-S", os.path.join(os.path.dirname(__file__), name)]
+
+
 def _missing_paths(plan: SandboxPlan) -> list[str]:
     return [p for root in plan.writable_roots for p in root.missing_protected]
 
@@ -83,7 +89,7 @@ def prepare(plan: SandboxPlan, command: list[str], *, arg0: str | None) -> Prepa
         if plan.routing is not None:
             # The in-namespace stage bridges the proxy ports and applies seccomp itself.
             spec = msgspec.json.encode(_bridge_spec(plan.routing, arg0)).decode()
-            inner = [sys.executable, "-m", "codexexec.sandbox.linux.netns_bridge", spec, "--"]
+            inner = [*_isolated_script("netns_bridge.py"), spec, "--"]
             argv = bw.bwrap_argv(bwrap, plan, [*inner, *command], arg0=None, seccomp_fd=None)
             return PreparedCommand(argv, "bubblewrap", (), _held_mount_points(plan))
         fd = _memfd_with(_bpf(mode))
@@ -94,7 +100,7 @@ def prepare(plan: SandboxPlan, command: list[str], *, arg0: str | None) -> Prepa
         if reason is None:
             lifeline, held = os.pipe2(os.O_CLOEXEC)
             spec = msgspec.json.encode(landlock_spec(plan, mode, arg0, lifeline)).decode()
-            argv = [sys.executable, "-m", "codexexec.sandbox.linux.confine", spec, "--", *command]
+            argv = [*_isolated_script("confine.py"), spec, "--", *command]
             return PreparedCommand(argv, "landlock", (lifeline,), lifeline=held)
         problem = f"{problem}; Landlock fallback: {reason}"
     raise SandboxUnavailable(problem)

@@ -1,7 +1,7 @@
 """The Landlock fallback's supervisor: confine a child, run the command in it, and let
 nothing the command started outlive it.
 
-    python -m codexexec.sandbox.linux.confine SPEC_JSON -- ARGV...
+    python -I -S confine.py SPEC_JSON -- ARGV...
 
 Without bubblewrap there is no PID namespace whose end takes every process with it, so this
 process stands in for one (docs/sandbox-hardening.md §4). It becomes a child subreaper, so
@@ -196,4 +196,11 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    # Run as `python -I -S FILE` (backend.py): the package is found from this file alone.
+    sys.path.insert(
+        0,
+        os.path.dirname(
+            os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        ),
+    )
     main(sys.argv[1:])

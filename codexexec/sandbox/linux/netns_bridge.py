@@ -1,6 +1,6 @@
 """Inside bubblewrap's private network namespace: reach the managed proxy, nothing else.
 
-    python -m codexexec.sandbox.linux.netns_bridge SPEC_JSON -- ARGV...
+    python -I -S netns_bridge.py SPEC_JSON -- ARGV...
 
 For each allowed proxy port this binds 127.0.0.1:<same port> inside the namespace and
 forks one bridge process that carries each connection to the host through a Unix
@@ -117,4 +117,11 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    # Run as `python -I -S FILE` (backend.py): the package is found from this file alone.
+    sys.path.insert(
+        0,
+        os.path.dirname(
+            os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        ),
+    )
     main(sys.argv[1:])
