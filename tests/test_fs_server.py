@@ -137,19 +137,26 @@ async def test_landlock_backend_confines_fs_operations(tree: Path) -> None:
     outside.mkdir()
     with start_server("codexexec", env={"CODEXEXEC_LINUX_SANDBOX": "landlock"}) as server:
         wire = await connected(server)
-        # A plain writable path (not a project root) leaves Landlock nothing to carve out:
-        # writes inside pass, writes outside are denied.
+        # Under read-only Landlock denies every write, inside the workspace too.
+        whole_read = read_only(workspace)
+        whole_read["permissions"]["file_system"]["entries"] = [
+            {"path": {"type": "special", "value": {"kind": "root"}}, "access": "read"}
+        ]
+        inside = {"path": uri(workspace / "in"), "dataBase64": "aGk=", "sandbox": whole_read}
+        reply = await wire.request("fs/writeFile", inside)
+        assert reply["error"] == {"code": -32600, "message": "Permission denied (os error 13)"}
+        assert not (workspace / "in").exists()
+        # A writable root needs its missing .git (and the other protected names) masked,
+        # which Landlock cannot do: refused with the reason, never run with the hole.
         sandbox = workspace_write(workspace)
         sandbox["permissions"]["file_system"]["entries"][1] = {
             "path": {"type": "path", "path": uri(workspace)},
             "access": "write",
         }
-        inside = {"path": uri(workspace / "in"), "dataBase64": "aGk=", "sandbox": sandbox}
-        assert await wire.result("fs/writeFile", inside) == {}
-        outside_write = {**inside, "path": uri(outside / "no")}
-        reply = await wire.request("fs/writeFile", outside_write)
-        assert reply["error"] == {"code": -32600, "message": "Permission denied (os error 13)"}
-        assert not (outside / "no").exists()
+        reply = await wire.request("fs/writeFile", {**inside, "sandbox": sandbox})
+        assert reply["error"]["code"] == -32602
+        assert "need bubblewrap" in reply["error"]["message"]
+        assert not (workspace / "in").exists()
         # Landlock cannot hide files from reads: such a sandbox is refused, never ignored.
         hidden = {"path": uri(outside), "sandbox": read_only(workspace)}
         reply = await wire.request("fs/readDirectory", hidden)

@@ -77,7 +77,7 @@ def _userns_fix(complaint: str) -> str:
 
 
 def host_findings() -> tuple[list[Finding], bool, bool]:
-    from codexexec.sandbox.linux.landlock import landlock_abi
+    from codexexec.sandbox.linux.landlock import SCOPE_ABI, landlock_abi
     from codexexec.sandbox.linux.seccomp import seccomp_available
 
     findings: list[Finding] = []
@@ -106,11 +106,12 @@ def host_findings() -> tuple[list[Finding], bool, bool]:
     findings.append(
         Finding(
             "Landlock",
-            abi > 0,
+            abi >= SCOPE_ABI,
             f"ABI {abi}" if abi else "not available",
             ""
-            if abi
-            else "a kernel ≥ 5.13 with CONFIG_SECURITY_LANDLOCK and landlock in the lsm= boot list",
+            if abi >= SCOPE_ABI
+            else f"a kernel ≥ 6.12 (Landlock ABI {SCOPE_ABI}, which scopes signals) with "
+            "CONFIG_SECURITY_LANDLOCK and landlock in the lsm= boot list",
         )
     )
     seccomp = seccomp_available()
@@ -122,7 +123,7 @@ def host_findings() -> tuple[list[Finding], bool, bool]:
             "" if seccomp else "apt-get install libseccomp2",
         )
     )
-    landlock_ok = abi >= 4 and seccomp
+    landlock_ok = abi >= SCOPE_ABI and seccomp
     return findings, bwrap_ok and seccomp, landlock_ok
 
 
