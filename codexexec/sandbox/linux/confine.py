@@ -23,19 +23,16 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import os
 import select
 import signal
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 # Signals sent to the whole group (interrupts, hangups, termination): the command's.
 _GROUP_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP, signal.SIGTSTP)
-# Python ignores these at start-up; the command must get the defaults back.
-_PYTHON_IGNORED = (signal.SIGPIPE, signal.SIGXFSZ)
 # Kill rounds before giving up on a tree that keeps forking (each round kills all it sees).
 _MAX_KILL_ROUNDS = 1000
 
@@ -57,9 +54,9 @@ def _confine(spec: dict[str, Any]) -> None:
     apply_seccomp(SeccompMode(spec["seccomp"]), host_namespaces=True)
 
 
-def _run_command(spec: dict[str, Any], command: list[str], supervisor: int) -> None:
+def _run_command(spec: dict[str, Any], command: list[str], supervisor: int) -> NoReturn:
     """In the forked child: confine, then become the command. Never returns."""
-    for signum in (*_GROUP_SIGNALS, *_PYTHON_IGNORED, signal.SIGCHLD):
+    for signum in (*_GROUP_SIGNALS, signal.SIGCHLD):
         signal.signal(signum, signal.SIG_DFL)
     signal.set_wakeup_fd(-1)
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -70,12 +67,9 @@ def _run_command(spec: dict[str, Any], command: list[str], supervisor: int) -> N
     except Exception as exc:  # fail closed, whatever went wrong
         sys.stderr.write(f"codexexec sandbox: cannot confine the command: {exc}\n")
         os._exit(126)
-    program = command[0]
-    try:
-        os.execvp(program, [spec.get("argv0") or program, *command[1:]])
-    except OSError as exc:
-        sys.stderr.write(f"codexexec: {program}: {exc.strerror}\n")
-        os._exit(127 if isinstance(exc, FileNotFoundError) else 126)
+    from codexexec.sandbox.linux import stage
+
+    stage.become(command, spec.get("argv0"))
 
 
 def _descendants(root: int) -> list[int]:
@@ -166,11 +160,9 @@ def _supervise(command_pid: int, lifeline: int, wake_r: int) -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) < 3 or argv[1] != "--":
-        sys.stderr.write("codexexec sandbox: usage: confine SPEC -- ARGV...\n")
-        os._exit(126)
-    spec = json.loads(argv[0])
-    command = argv[2:]
+    from codexexec.sandbox.linux import stage
+
+    spec, command = stage.parse("confine", argv)
     lifeline = int(spec["lifeline"])
     for signum in _GROUP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
@@ -197,10 +189,5 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     # Run as `python -I -S FILE` (backend.py): the package is found from this file alone.
-    sys.path.insert(
-        0,
-        os.path.dirname(
-            os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        ),
-    )
+    sys.path.insert(0, os.path.abspath(__file__).rsplit(os.sep, 4)[0])
     main(sys.argv[1:])

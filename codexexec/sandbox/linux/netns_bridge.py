@@ -12,7 +12,6 @@ and execs the command. Any failure exits 126 without running the command.
 
 from __future__ import annotations
 
-import json
 import os
 import selectors
 import signal
@@ -74,11 +73,9 @@ def _bridge(listeners: dict[socket.socket, str]) -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) < 3 or argv[1] != "--":
-        sys.stderr.write("codexexec: usage: netns_bridge SPEC -- ARGV...\n")
-        os._exit(126)
-    spec = json.loads(argv[0])
-    command = argv[2:]
+    from codexexec.sandbox.linux import stage
+
+    spec, command = stage.parse("netns_bridge", argv)
     try:
         listeners: dict[socket.socket, str] = {}
         for route in spec["routes"]:
@@ -108,20 +105,12 @@ def main(argv: list[str]) -> None:
     except Exception as exc:  # fail closed
         sys.stderr.write(f"codexexec sandbox: cannot set up the managed network: {exc}\n")
         os._exit(126)
-    program = command[0]
-    try:
-        os.execvp(program, [spec.get("argv0") or program, *command[1:]])
-    except OSError as exc:
-        sys.stderr.write(f"codexexec: {program}: {exc.strerror}\n")
-        os._exit(127 if isinstance(exc, FileNotFoundError) else 126)
+    from codexexec.sandbox.linux import stage
+
+    stage.become(command, spec.get("argv0"))
 
 
 if __name__ == "__main__":
     # Run as `python -I -S FILE` (backend.py): the package is found from this file alone.
-    sys.path.insert(
-        0,
-        os.path.dirname(
-            os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        ),
-    )
+    sys.path.insert(0, os.path.abspath(__file__).rsplit(os.sep, 4)[0])
     main(sys.argv[1:])

@@ -1,0 +1,35 @@
+"""What the in-between stages share (``confine.py``, ``netns_bridge.py``): their command
+line, ``SPEC_JSON -- ARGV...``, and becoming the command once they have confined it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from typing import Any, NoReturn
+
+# Python ignores these at start-up, and exec keeps an ignored signal ignored.
+_PYTHON_IGNORED = (signal.SIGPIPE, signal.SIGXFSZ)
+
+
+def parse(name: str, argv: list[str]) -> tuple[dict[str, Any], list[str]]:
+    if len(argv) < 3 or argv[1] != "--":
+        sys.stderr.write(f"codexexec sandbox: usage: {name} SPEC -- ARGV...\n")
+        os._exit(126)
+    spec: dict[str, Any] = json.loads(argv[0])
+    return spec, argv[2:]
+
+
+def become(command: list[str], argv0: str | None) -> NoReturn:
+    """exec the command with the signal dispositions a shell would give it; exit 127/126
+    with the reason when it cannot be run."""
+    for signum in _PYTHON_IGNORED:
+        signal.signal(signum, signal.SIG_DFL)
+    program = command[0]
+    try:
+        os.execvp(program, [argv0 or program, *command[1:]])
+    except OSError as exc:
+        sys.stderr.write(f"codexexec: {program}: {exc.strerror}\n")
+        os._exit(127 if isinstance(exc, FileNotFoundError) else 126)
