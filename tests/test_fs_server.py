@@ -204,8 +204,14 @@ async def test_a_sandboxed_helper_serves_the_next_operation_but_never_a_wider_on
         for name in "bcd":
             assert "result" in await _write(wire, workspace / name, b"2", sandbox)
         assert _children(server.process.pid) == helpers  # the same helper, no new process
-        # A `.git` that appears later is protected: the plan changed, so a new helper runs it.
-        (workspace / ".git").mkdir()
+        # A missing `.git` is masked; its mount point is an empty directory on the host.
+        git = workspace / ".git"
+        assert git.is_dir() and not any(git.iterdir())
+        # A real `.git` that appears there later is protected too: the plan changed, so a
+        # new helper runs the next operation.
+        git.rmdir()
+        git.mkdir()
+        (git / "HEAD").write_text("ref: refs/heads/main\n")
         reply = await _write(wire, workspace / ".git" / "config", b"evil", sandbox)
         assert reply["error"]["message"] == "Read-only file system (os error 30)"
         assert not (workspace / ".git" / "config").exists()

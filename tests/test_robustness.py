@@ -135,9 +135,11 @@ async def test_detached_session_expires_and_kills_its_processes(tmp_path: object
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ", 1)[1][0] != "Z"
-    except FileNotFoundError:
+            fields = stat.read().split(") ", 1)
+    except (FileNotFoundError, ProcessLookupError):
         return False
+    # A process being reaped as it is read shows an empty stat.
+    return len(fields) == 2 and fields[1][:1] not in ("Z", "")
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ The command runs as ``/usr/bin/sandbox-exec -p <profile> -DKEY=VALUE ... -- <arg
 Host paths never appear in the profile text: each one is canonicalized with
 ``os.path.realpath`` and passed as a ``-D`` parameter that the text names with
 ``(param "KEY")``. The single exception is the regex that keeps protected metadata
-names (``.git``, ``.agents``, ``.codex``) out of reach inside a writable root; SBPL
+names (``.git``, ``.agents``, ``.codex``, ``.aws``) out of reach inside a writable root; SBPL
 regexes cannot take parameters, so the root is spelled into it with every regex
 metacharacter (and the string delimiter) escaped.
 
