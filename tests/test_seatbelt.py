@@ -98,7 +98,9 @@ EXPECTED_READ_ONLY = (
 """
 )
 
-NAMES_RE = r"(\.[Gg][Ii][Tt]|\.[Aa][Gg][Ee][Nn][Tt][Ss]|\.[Cc][Oo][Dd][Ee][Xx]|\.[Aa][Ww][Ss])(/.*)?$"
+NAMES_RE = (
+    r"(\.[Gg][Ii][Tt]|\.[Aa][Gg][Ee][Nn][Tt][Ss]|\.[Cc][Oo][Dd][Ee][Xx]|\.[Aa][Ww][Ss])(/.*)?$"
+)
 
 EXPECTED_WORKSPACE_WRITE = (
     EXPECTED_BASE
