@@ -453,3 +453,96 @@ def test_landlock_rejects_bad_port() -> None:
         "    results['outcome'] = str(e)\n"
     )
     assert "0-65535" in results["outcome"]
+
+
+HARDENING_PROBES = """
+import fcntl, stat, subprocess, termios, threading
+def nr(name):
+    return {"mount": 165, "umount2": 166, "pivot_root": 155, "unshare": 272, "setns": 308,
+            "keyctl": 250, "add_key": 248, "bpf": 321, "perf_event_open": 298,
+            "init_module": 175, "finit_module": 313, "clock_settime": 227,
+            "open_by_handle_at": 304, "clone3": 435, "chmod": 90, "sethostname": 170,
+            "userfaultfd": 323, "fsopen": 430}[name]
+attempt("mount", lambda: raw(nr("mount"), 0, 0, 0, 0, 0))
+attempt("umount2", lambda: raw(nr("umount2"), 0, 0))
+attempt("pivot_root", lambda: raw(nr("pivot_root"), 0, 0))
+attempt("fsopen", lambda: raw(nr("fsopen"), 0, 0))
+attempt("unshare_user", lambda: raw(nr("unshare"), 0x10000000))
+attempt("unshare_mount", lambda: raw(nr("unshare"), 0x20000))
+attempt("unshare_files", lambda: raw(nr("unshare"), 0x400))
+attempt("setns", lambda: raw(nr("setns"), -1, 0))
+attempt("keyctl", lambda: raw(nr("keyctl"), 0, 0))
+attempt("add_key", lambda: raw(nr("add_key"), 0, 0, 0, 0, 0))
+attempt("bpf", lambda: raw(nr("bpf"), 0, 0, 0))
+attempt("perf_event_open", lambda: raw(nr("perf_event_open"), 0, 0, 0, 0, 0))
+attempt("init_module", lambda: raw(nr("init_module"), 0, 0, 0))
+attempt("finit_module", lambda: raw(nr("finit_module"), -1, 0, 0))
+attempt("clock_settime", lambda: raw(nr("clock_settime"), 0, 0))
+attempt("open_by_handle_at", lambda: raw(nr("open_by_handle_at"), -1, 0, 0))
+attempt("userfaultfd", lambda: raw(nr("userfaultfd"), 0))
+attempt("sethostname", lambda: raw(nr("sethostname"), 0, 0))
+attempt("clone3", lambda: raw(nr("clone3"), 0, 0))
+attempt("tiocsti", lambda: fcntl.ioctl(0, termios.TIOCSTI, b"x"))
+path = os.path.join(os.environ["PROBE_DIR"], "f")
+open(path, "w").close()
+attempt("chmod_setuid", lambda: os.chmod(path, 0o4755))
+attempt("chmod_setgid", lambda: os.chmod(path, 0o2755))
+attempt("chmod_plain", lambda: os.chmod(path, 0o755))
+attempt("unix_dgram", lambda: socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).close())
+attempt("unix_stream_pair", lambda: pair(socket.AF_UNIX))
+attempt("subprocess", lambda: subprocess.run(["true"], check=True))
+def thread():
+    t = threading.Thread(target=lambda: None)
+    t.start()
+    t.join()
+attempt("thread", thread)
+"""
+
+REFUSED_IN_EVERY_MODE = [
+    "mount",
+    "umount2",
+    "pivot_root",
+    "fsopen",
+    "unshare_user",
+    "unshare_mount",
+    "setns",
+    "keyctl",
+    "add_key",
+    "bpf",
+    "perf_event_open",
+    "init_module",
+    "finit_module",
+    "clock_settime",
+    "open_by_handle_at",
+    "userfaultfd",
+    "sethostname",
+    "tiocsti",
+    "chmod_setuid",
+    "chmod_setgid",
+]
+
+
+@needs_seccomp
+@pytest.mark.parametrize("mode", list(seccomp.SeccompMode), ids=lambda m: m.value)
+def test_hardening_rules_in_every_mode(mode: seccomp.SeccompMode, tmp_path: Path) -> None:
+    """What docs/sandbox-hardening.md §2 refuses is refused (EPERM, clone3 ENOSYS so libc
+    falls back to clone), and what tools need — subprocesses, threads, a plain chmod,
+    stream socketpairs — still works."""
+    os.environ["PROBE_DIR"] = str(tmp_path)
+    try:
+        results = run_child(
+            f"seccomp.apply_seccomp(seccomp.SeccompMode({mode.value!r}))\n" + HARDENING_PROBES
+        )
+    finally:
+        del os.environ["PROBE_DIR"]
+    assert {name: results[name] for name in REFUSED_IN_EVERY_MODE} == dict.fromkeys(
+        REFUSED_IN_EVERY_MODE, EPERM
+    )
+    assert results["clone3"] == "ENOSYS: Function not implemented"
+    assert results["unshare_files"] == OK
+    assert results["chmod_plain"] == OK and results["subprocess"] == OK
+    assert results["thread"] == OK and results["unix_stream_pair"] == OK
+    # Offline, no Unix datagram socket (sendmsg reaches host sockets by path); proxy-routed,
+    # no Unix socket at all; with the network on, nothing is refused for Unix sockets.
+    networked = mode is seccomp.SeccompMode.VM_SOCKET_RESTRICTED
+    assert results["unix_dgram"] == (OK if networked else EPERM)

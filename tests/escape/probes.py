@@ -764,6 +764,22 @@ def _probe_list() -> list[Probe]:
             _injected,
             setup=_pty,
         ),
+        _py(
+            "tiocsti_tty",
+            "the same from a command run in a terminal (--tty)",
+            "import contextlib, fcntl, os, termios\n"
+            "fd = os.open(os.environ['TTY'], os.O_RDWR)\n"
+            "with contextlib.suppress(OSError):\n"
+            "    fcntl.ioctl(fd, termios.TIOCSCTTY, 0)\n"
+            "for c in b'id\\n':\n"
+            "    with contextlib.suppress(OSError):\n"
+            "        fcntl.ioctl(fd, termios.TIOCSTI, bytes([c]))\n"
+            "with contextlib.suppress(OSError):\n"
+            "    fcntl.ioctl(fd, 0x541C, bytes([6]))\n",
+            _injected,
+            setup=_pty,
+            request={"tty": True},
+        ),
         Probe(
             "kill_executor",
             "kill the executor",
