@@ -963,3 +963,37 @@ async def test_environment_config_read(server: RunningServer) -> None:
         reply = await wire.request("environmentConfig/read", {**params, **change})
         assert reply["error"] == {"code": -32602, "message": message}
     await wire.close()
+
+
+@pytest.mark.parametrize(
+    ("extra", "code", "message"),
+    [
+        ({"argv": ["echo", "a\0b"]}, -32603, "nul byte found in provided data"),
+        ({"argv": ["ec\0ho"]}, -32603, "nul byte found in provided data"),
+        ({"arg0": "tr\0ue"}, -32603, "nul byte found in provided data"),
+        ({"env": {"A": "x\0y"}}, -32603, "data provided contains a nul byte"),
+        ({"env": {"A\0B": "x"}}, -32603, "data provided contains a nul byte"),
+        ({"cwd": "file:///tmp/x\0y"}, -32602, "'file:///tmp/x%00y' is invalid on 'linux'"),
+        ({"cwd": "file:///tmp/x%00y"}, -32602, "'file:///tmp/x%00y' is invalid on 'linux'"),
+    ],
+    ids=["argv", "program", "arg0", "env-value", "env-name", "cwd", "cwd-encoded"],
+)
+async def test_a_nul_byte_the_os_cannot_take_is_refused_in_codex_words(
+    server: RunningServer, extra: dict[str, object], code: int, message: str
+) -> None:
+    wire = await connected(server)
+    params = {"processId": f"nul-{uuid.uuid4().hex[:6]}", "argv": ["true"], "cwd": "file:///tmp"}
+    reply = await wire.request("process/start", {**params, "env": {}, "tty": False, **extra})
+    assert reply["error"] == {"code": code, "message": message}
+    # Nothing was started, and the connection goes on.
+    assert (await wire.result("process/start", {**params, "env": {}, "tty": False}))["processId"]
+    await wire.close()
+
+
+async def test_an_env_name_with_an_equals_sign_is_refused(codexexec_server: RunningServer) -> None:
+    """Codex 0.169 passes `A=B` on (it becomes part of another variable); codexexec says so."""
+    wire = await connected(codexexec_server)
+    params = {"processId": "eq", "argv": ["true"], "cwd": "file:///tmp", "tty": False}
+    reply = await wire.request("process/start", {**params, "env": {"A=B": "x"}})
+    assert reply["error"] == {"code": -32602, "message": "env variable name `A=B` contains `=`"}
+    await wire.close()

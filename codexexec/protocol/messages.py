@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin, get_t
 
 import msgspec
 
+from codexexec.protocol.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, RpcError
+
 P = TypeVar("P")
 Unsigned = Annotated[int, msgspec.Meta(ge=0)]
 
@@ -60,6 +62,20 @@ class StartParams(_Params):
     managed_network: ManagedNetworkParams | None = None
     network_proxy: Any = None
     shell_snapshot: Any = None
+
+    def __post_init__(self) -> None:
+        # What the OS cannot take is refused before anything runs, in Codex 0.169's words
+        # and codes (docs/codex-0.169-observed.md §7).
+        if any("\0" in arg for arg in self.argv) or (self.arg0 is not None and "\0" in self.arg0):
+            raise RpcError(INTERNAL_ERROR, "nul byte found in provided data")
+        variables = [*self.env.items(), *(self.env_policy.set.items() if self.env_policy else ())]
+        if any("\0" in name or "\0" in value for name, value in variables):
+            raise RpcError(INTERNAL_ERROR, "data provided contains a nul byte")
+        for name, _ in variables:
+            if "=" in name:
+                # Codex 0.169 passes such a name on, where it becomes part of the value of
+                # another variable; refusing it is clearer.
+                raise RpcError(INVALID_PARAMS, f"env variable name `{name}` contains `=`")
 
 
 class ReadParams(_Params):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from codexexec.protocol.fs_messages import invalid_on_host
 from codexexec.protocol.jsonrpc import INVALID_PARAMS, RpcError
 from codexexec.protocol.path_uri import InvalidPathUri, PathUri
 
@@ -13,6 +14,8 @@ def host_path(text: str, *, field: str) -> str:
         raise RpcError(INVALID_PARAMS, "invalid URI: relative URL without a base")
     if scheme.lower() != "file":
         raise RpcError(INVALID_PARAMS, f"unsupported path URI scheme `{scheme}`")
+    if "\0" in text or "%00" in text:
+        raise RpcError(INVALID_PARAMS, invalid_on_host(text))
     try:
         return PathUri.parse(text).to_host_native_path()
     except InvalidPathUri as exc:
