@@ -219,3 +219,39 @@ def test_executor_with_a_wrong_token_stops_with_one_line(rendezvous: Rendezvous)
     assert result.returncode == 125
     assert "environment registry authentication failed (401 Unauthorized)" in stderr
     assert "wrong-secret-value" not in stderr and "Traceback" not in stderr
+
+
+def test_a_first_connection_waits_for_a_reconnecting_executor(rendezvous: Rendezvous) -> None:
+    """`exec` started while the environment's executor is away is not refused at once
+    (`environment_offline`): it tries again within its connect budget and runs once the
+    executor is back — as Codex's harness does for an established environment."""
+    executor = start_executor("serve", "--remote", rendezvous.url, "--environment-id", "devbox")
+    executor.send_signal(signal.SIGKILL)  # gone; the rendezvous notices the closed socket
+    executor.wait()
+    time.sleep(0.5)
+    offline = cx("exec", "--registry", rendezvous.url, "--env", "devbox", "--", "true")
+    started = time.monotonic()
+    command = subprocess.Popen(
+        codexexec_command(
+            "exec", "--registry", rendezvous.url, "--env", "devbox", "--", "echo", "back"
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env(),
+        cwd="/tmp",
+    )
+    time.sleep(1.5)
+    assert command.poll() is None, command.communicate()  # still waiting, not refused
+    replacement = start_executor("serve", "--remote", rendezvous.url, "--environment-id", "devbox")
+    try:
+        out, err = command.communicate(timeout=30)
+        assert command.returncode == 0, err
+        assert out == b"back\n"
+        assert time.monotonic() - started < 10  # within the connect budget
+        assert b"Traceback" not in err
+    finally:
+        stop(replacement)
+    # With nobody coming back, the budget runs out and one line says why.
+    assert offline.returncode == 125, offline.stderr
+    assert b"environment_offline" in offline.stderr or b"offline" in offline.stderr
+    assert b"Traceback" not in offline.stderr

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import os
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -66,7 +67,12 @@ class NetworkProxyRequest:
         }
 
 
+log = logging.getLogger(__name__)
+
 DEFAULT_CLIENT_NAME = "codexexec"
+# Waits between connection attempts while an environment is offline.
+OFFLINE_RETRY_FIRST_DELAY = 0.25
+OFFLINE_RETRY_MAX_DELAY = 2.0
 
 
 def _decode_chunk(item: Mapping[str, Any]) -> Output:
@@ -74,22 +80,35 @@ def _decode_chunk(item: Mapping[str, Any]) -> Output:
 
 
 async def open_registry_transport(
-    registry: str, environment_id: str, token: Credential
+    registry: str, environment_id: str, token: Credential, *, offline_wait: float = 0.0
 ) -> MessageTransport:
     """A stream to ``environment_id`` through ``registry``: Noise, or cleartext if opted in.
 
+    An environment whose executor is between two connections to the rendezvous answers
+    `environment_offline`; that is tried again for up to ``offline_wait`` seconds (the
+    executor reconnects within a second or two), on a first connection as on a resumed one.
     Raises RegistryError, or ExecServerError when only a cleartext relay is on offer.
     """
     from codexexec.remote.registry import RegistryError
     from codexexec.transport.noise_harness import connect_noise_harness
     from codexexec.transport.relay import HarnessRelayTransport
 
-    try:
-        # End-to-end encrypted by default, as Codex executors require.
-        return await connect_noise_harness(registry, environment_id, token)
-    except RegistryError as exc:
-        if exc.code != "security_profile_mismatch":
-            raise
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + offline_wait
+    delay = OFFLINE_RETRY_FIRST_DELAY
+    while True:
+        try:
+            # End-to-end encrypted by default, as Codex executors require.
+            return await connect_noise_harness(registry, environment_id, token)
+        except RegistryError as exc:
+            if exc.code == "environment_offline" and loop.time() + delay < deadline:
+                log.info("%s@%s: %s; trying again", environment_id, registry, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, OFFLINE_RETRY_MAX_DELAY)
+                continue
+            if exc.code != "security_profile_mismatch":
+                raise
+            break
     # A codexexec executor registered for the cleartext relay. Only on request:
     # otherwise a registry could downgrade us just by claiming a mismatch.
     if os.environ.get(ALLOW_CLEARTEXT_RELAY_ENV) != "1":
@@ -171,7 +190,9 @@ class ExecServerClient(AsyncClosing):
         from codexexec.remote.registry import RegistryError, read_token
 
         try:
-            transport = await open_registry_transport(registry, environment_id, read_token(None))
+            transport = await open_registry_transport(
+                registry, environment_id, read_token(None), offline_wait=timeout
+            )
         except RegistryError as exc:
             raise ExecServerError(str(exc)) from None
         return await cls.over(

@@ -201,7 +201,9 @@ async def _open_registry(spec: RegistrySpec, label: str) -> MessageTransport:
             raise EnvironmentUnavailable(label, "auth", str(exc), retryable=False) from None
     try:
         async with asyncio.timeout(spec.connect_timeout):
-            return await open_registry_transport(spec.registry, spec.environment_id, credential)
+            return await open_registry_transport(
+                spec.registry, spec.environment_id, credential, offline_wait=spec.connect_timeout
+            )
     except TimeoutError:
         cause = (
             f"timed out connecting to `{spec.environment_id}` through {spec.registry} after "

@@ -85,12 +85,22 @@ async def connect_noise_harness(
             f"environment registry returned an unusable executor key: {exc}"
         ) from None
     message1 = initiator.write_message1(bundle["harness_key_authorization"].encode())
-    await ws.send(encode(resume_frame(stream_id, 0)))
-    await ws.send(encode(handshake_frame(stream_id, message1)))
     try:
+        # The rendezvous closes this socket (4002) when the executor's goes away meanwhile:
+        # the sends fail like the wait for message 2 would.
+        await ws.send(encode(resume_frame(stream_id, 0)))
+        await ws.send(encode(handshake_frame(stream_id, message1)))
         async with asyncio.timeout(HANDSHAKE_TIMEOUT_SECONDS):
             result = await _await_message2(ws, stream_id, initiator)
-    except (ConnectionClosed, FrameError, NoiseError, TimeoutError) as exc:
+    except ConnectionClosed as exc:
+        await ws.close()
+        raise RegistryError(
+            f"Noise handshake with `{environment_id}` failed: the relay closed the connection "
+            f"({exc.rcvd.code if exc.rcvd else 'no close frame'}); the executor may be "
+            "reconnecting",
+            "environment_offline",
+        ) from None
+    except (FrameError, NoiseError, TimeoutError) as exc:
         await ws.close()
         raise RegistryError(
             f"Noise handshake with `{environment_id}` failed: {type(exc).__name__}"
