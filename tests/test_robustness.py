@@ -328,3 +328,61 @@ async def test_an_idle_executor_uses_no_more_memory_than_codexs() -> None:
             idle[kind] = _rss_kib(running.process.pid)
             await wire.close()
     assert idle["codexexec"] <= idle["codex"], idle
+
+
+def _rss_mb(pid: int, key: str) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        line = next(line for line in status if line.startswith(key))
+    return int(line.split()[1]) / 1024
+
+
+async def _pipelined_starts(wire: Wire, count: int, argv: list[str]) -> list[dict[str, object]]:
+    """Send ``count`` process/start requests at once; their replies, in order."""
+    base = {"cwd": "file:///tmp", "env": {"PATH": "/usr/bin:/bin"}, "tty": False}
+    for i in range(count):
+        params = {"processId": f"f{i}", "argv": argv, **base}
+        await wire.send({"id": f"s{i}", "method": "process/start", "params": params})
+    return [await wire.response(f"s{i}", timeout=120) for i in range(count)]
+
+
+async def test_a_flood_of_starts_stays_within_twice_the_idle_memory() -> None:
+    """2,000 pipelined starts on one connection: every one is answered, the server's peak
+    RSS stays within 2x its idle RSS, and only the newest 1,024 closed processes stay
+    readable (protocol/limits.py)."""
+    with start_server("codexexec") as running:
+        wire = await connected(running.url)
+        await asyncio.sleep(0.3)
+        idle = _rss_mb(running.process.pid, "VmRSS")
+        replies = await _pipelined_starts(wire, 2000, ["true"])
+        assert all("result" in reply for reply in replies)
+        await wire.notification(
+            lambda m: m["method"] == "process/closed" and m["params"]["processId"] == "f1999",
+            timeout=60,
+        )
+        peak = _rss_mb(running.process.pid, "VmHWM")
+        assert peak <= 2 * idle, (idle, peak)
+        newest = await wire.result("process/read", {"processId": "f1999"})
+        assert newest["exitCode"] == 0
+        forgotten = await wire.request("process/read", {"processId": "f0"})
+        assert forgotten["error"]["message"] == "unknown process id f0"
+        await wire.close()
+
+
+async def test_running_processes_per_session_are_bounded() -> None:
+    with start_server("codexexec") as running:
+        wire = await connected(running.url)
+        replies = await _pipelined_starts(wire, 513, ["sleep", "60"])
+        assert all("result" in reply for reply in replies[:512])
+        assert replies[512]["error"] == {
+            "code": -32600,
+            "message": "too many running processes in this session (512, the limit is 512); "
+            "wait for some to exit",
+        }
+        # The connection goes on: once one ends, a start fits again.
+        await wire.result("process/terminate", {"processId": "f0"})
+        await wire.notification(
+            lambda m: m["method"] == "process/closed" and m["params"]["processId"] == "f0"
+        )
+        params = {"processId": "again", "argv": ["true"], "cwd": "file:///tmp", "env": {}}
+        assert "result" in await wire.request("process/start", {**params, "tty": False})
+        await wire.close()

@@ -226,6 +226,7 @@ class ConnectionHandler:
         session = self._session()
         if params.process_id in session.processes:
             raise RpcError(INVALID_REQUEST, f"process {params.process_id} already exists")
+        session.check_room()
         if not params.argv[0]:
             kind = "pty" if params.tty else "pipe"
             raise RpcError(INTERNAL_ERROR, f"missing program for {kind} spawn")
@@ -245,6 +246,7 @@ class ConnectionHandler:
             tty=params.tty,
             pipe_stdin=params.pipe_stdin,
             on_expired=session.forget,
+            on_closed=session.retain_closed,
             sandbox_type=sandboxed.sandbox_type if sandboxed else "none",
             sandbox_backend=sandboxed.backend if sandboxed else "",
         )

@@ -143,6 +143,7 @@ class ManagedProcess:
         tty: bool,
         pipe_stdin: bool,
         on_expired: Callable[[ManagedProcess], None],
+        on_closed: Callable[[ManagedProcess], None] = lambda _: None,
         sandbox_type: str = "none",
         sandbox_backend: str = "",
     ) -> None:
@@ -162,6 +163,7 @@ class ManagedProcess:
         self.starting = True
         self._publisher = publisher
         self._on_expired = on_expired
+        self._on_closed = on_closed
         self._child: spawn.Child | None = None
         self._exit_watched = False
         self._stdin: _StdinWriter | None = None
@@ -309,6 +311,7 @@ class ManagedProcess:
         self._emit("process/closed", {"processId": self.process_id, "seq": seq})
         loop = asyncio.get_running_loop()
         self._expiry = loop.call_later(EXITED_PROCESS_RETENTION_SECONDS, self._on_expired, self)
+        self._on_closed(self)
 
     # -- output ---------------------------------------------------------------------
 

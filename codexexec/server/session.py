@@ -11,9 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import deque
 from collections.abc import Callable
 
 from codexexec.protocol.jsonrpc import INVALID_REQUEST, SESSION_ALREADY_ATTACHED, RpcError
+from codexexec.protocol.limits import (
+    MAX_CLOSED_PROCESSES_PER_SESSION,
+    MAX_RUNNING_PROCESSES_PER_SESSION,
+)
 from codexexec.rpc.outbox import Outbox
 from codexexec.server.process import ManagedProcess
 
@@ -28,6 +33,10 @@ class Session:
         # Destinations this session's client allowed "for the session" (managed network).
         self.network_hosts: set[str] = set()
         self._expiry: asyncio.TimerHandle | None = None
+        # Ids of closed processes, oldest first, to bound what the session retains, and how
+        # many of ``processes`` have closed.
+        self._closed: deque[str] = deque()
+        self._closed_count = 0
 
     # Publisher, for this session's processes.
     def publish(self, message: bytes) -> None:
@@ -47,9 +56,30 @@ class Session:
     def attached(self) -> bool:
         return self.outbox is not None
 
+    def check_room(self) -> None:
+        """Refuse a start beyond the running-process bound (protocol/limits.py)."""
+        running = len(self.processes) - self._closed_count
+        if running >= MAX_RUNNING_PROCESSES_PER_SESSION:
+            raise RpcError(
+                INVALID_REQUEST,
+                f"too many running processes in this session ({running}, the limit is "
+                f"{MAX_RUNNING_PROCESSES_PER_SESSION}); wait for some to exit",
+            )
+
+    def retain_closed(self, process: ManagedProcess) -> None:
+        """``process`` has closed: keep it readable, within the session's bound."""
+        self._closed.append(process.process_id)
+        self._closed_count += 1
+        while len(self._closed) > MAX_CLOSED_PROCESSES_PER_SESSION:
+            oldest = self.processes.get(self._closed.popleft())
+            if oldest is not None and oldest.output.closed:
+                self.forget(oldest)
+
     def forget(self, process: ManagedProcess) -> None:
         if self.processes.get(process.process_id) is process:
             del self.processes[process.process_id]
+            if process.output.closed:
+                self._closed_count -= 1
             process.dispose()
 
     def dispose(self) -> None:
