@@ -48,6 +48,7 @@ from codexexec.transport.relay import RELAY_MALFORMED_PREFIX, open_relay_socket
 from codexexec.transport.relay_executor import ExecutorRelay
 
 TOKEN = "noise-executor-test-token-5e1d"
+OTHER_TOKEN = "noise-executor-test-token-other-77c2"
 ENV = "devbox"
 
 
@@ -60,14 +61,19 @@ class Stack:
 
 
 @pytest.fixture
-async def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Stack]:
-    (tmp_path / "tokens").write_text(f"{TOKEN}\n")
+async def stack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> AsyncIterator[Stack]:
+    (tmp_path / "tokens").write_text(f"{TOKEN}\n{OTHER_TOKEN}\n")
     store = Store(tmp_path / "rv.sqlite3")
+    options = RendezvousOptions(
+        heartbeat=None,
+        close_timeout=2.0,
+        max_streams_per_harness=32,
+        **getattr(request, "param", {}),
+    )
     running = await start_rendezvous(
-        "http://127.0.0.1:0",
-        TokenTable.load(tmp_path / "tokens"),
-        store,
-        RendezvousOptions(heartbeat=None, close_timeout=2.0, max_streams_per_harness=32),
+        "http://127.0.0.1:0", TokenTable.load(tmp_path / "tokens"), store, options
     )
     routed: list[tuple[str, bytes]] = []
     relay_core = running.state.relay
@@ -192,13 +198,14 @@ async def open_raw(
     pinned: StaticIdentity | None = None,
     stream_id: str | None = None,
     send: bool = True,
+    token: str = TOKEN,
 ) -> RawStream:
     """Fetch a bundle (authorizing ``authorize``'s key), build message 1 as ``identity``
     for the executor key ``pinned`` (default: the one the registry returned), send it."""
     identity = identity or StaticIdentity.generate()
     authorized = authorize or identity
     bundle = await connect_harness_noise(
-        stack.url, ENV, TOKEN, authorized.channel_public_key().to_json_obj()
+        stack.url, ENV, token, authorized.channel_public_key().to_json_obj()
     )
     executor_key = (
         pinned.public_key
@@ -404,6 +411,8 @@ async def test_second_handshake_on_a_live_stream_is_reset(stack: Stack) -> None:
     await raw.expect_reset()
 
 
+# The executor's own budget, with the rendezvous relaying every failure.
+@pytest.mark.parametrize("stack", [{"pause_failing_credentials": False}], indirect=True)
 async def test_failure_budget_pauses_handshakes_but_keeps_streams(stack: Stack) -> None:
     live = await open_raw(stack)
     assert "result" in await initialized(live)
@@ -461,6 +470,9 @@ async def test_registry_rejecting_the_executor_tells_the_harness(stack: Stack) -
     assert caught.value.code == "registry_authentication_rejected"
 
 
+# Every harness fails alike here (the executor's own provider breaks): the rendezvous would
+# pause the credential; this is about the executor's validation slots.
+@pytest.mark.parametrize("stack", [{"pause_failing_credentials": False}], indirect=True)
 async def test_a_validation_that_fails_unexpectedly_resets_the_stream_and_frees_its_slot(
     stack: Stack, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -665,3 +677,21 @@ def _without_signature(url: str) -> str:
     parts = urlsplit(url)
     query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "sig"])
     return urlunsplit(parts._replace(query=query))
+
+
+async def test_a_failing_credential_cannot_lock_the_others_out(stack: Stack) -> None:
+    """A harness whose handshakes the executor keeps refusing would pause the executor for
+    everyone after 8 failures; the rendezvous stops relaying that credential's handshakes
+    after 2, so a harness with another credential keeps connecting throughout."""
+    reasons = []
+    for _ in range(12):
+        bad = await open_raw(stack, token=OTHER_TOKEN, pinned=StaticIdentity.generate())
+        frame = await bad.frame()
+        assert frame.WhichOneof("body") == "reset", frame
+        reasons.append(frame.reset.reason)
+        await bad.ws.close()
+        good = await open_raw(stack)
+        assert "result" in await initialized(good)
+        await good.ws.close()
+    # Two reached the executor (its generic reset); the rest stopped at the rendezvous.
+    assert reasons == [RESET_REASON] * 2 + ["rendezvous_handshakes_paused"] * 10

@@ -201,8 +201,11 @@ async def _open_registry(spec: RegistrySpec, label: str) -> MessageTransport:
             raise EnvironmentUnavailable(label, "auth", str(exc), retryable=False) from None
     try:
         async with asyncio.timeout(spec.connect_timeout):
+            # Retries stop a second short of the budget, so a still-offline environment
+            # is reported as such rather than as a time-out.
+            offline_wait = max(0.0, spec.connect_timeout - 1.0)
             return await open_registry_transport(
-                spec.registry, spec.environment_id, credential, offline_wait=spec.connect_timeout
+                spec.registry, spec.environment_id, credential, offline_wait=offline_wait
             )
     except TimeoutError:
         cause = (

@@ -95,6 +95,7 @@ from codexexec.rendezvous.auth import (
     loosely_permitted,
     state_dir,
 )
+from codexexec.rendezvous.handshake_budget import HandshakeBudget
 from codexexec.rendezvous.signing import (
     RELAY_PATH,
     RelayRole,
@@ -132,6 +133,8 @@ RESET_HARNESS_GONE: Final = "rendezvous_harness_disconnected"
 RESET_EXECUTOR_GONE: Final = "rendezvous_executor_disconnected"
 RESET_STREAM_IN_USE: Final = "rendezvous_stream_in_use"
 RESET_STREAM_LIMIT: Final = "rendezvous_stream_limit"
+# This harness credential's handshakes failed too often (handshake_budget.py).
+RESET_HANDSHAKES_PAUSED: Final = "rendezvous_handshakes_paused"
 
 # Websocket close codes (4000-4999: private use).
 CLOSE_GOING_AWAY: Final = 1001
@@ -166,6 +169,9 @@ class RendezvousOptions:
     max_authorizations: int = 1024
     max_harness_sockets: int = 256
     agent_keys: Path | None = None  # agents admitted by AgentAssertion (agent_auth.py)
+    # Stop relaying the handshakes of a harness credential that keeps failing them
+    # (handshake_budget.py), so it cannot pause an executor for everyone else.
+    pause_failing_credentials: bool = True
 
 
 @dataclass
@@ -178,6 +184,8 @@ class RelayStats:
     refused_streams: int = 0
     resets_sent: int = 0
     slow_harnesses: int = 0
+    failed_handshakes: int = 0
+    paused_credentials: int = 0
 
     def as_json(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -418,6 +426,8 @@ class ExecutorPeer(Peer):
         self.registration_id = ticket.registration_id
         self.claims: dict[str, HarnessPeer] = {}
         self.harnesses: set[HarnessPeer] = set()
+        # Streams whose handshake went to the executor and awaits its answer.
+        self.handshaking: set[str] = set()
 
 
 class HarnessPeer(Peer):
@@ -430,9 +440,11 @@ class HarnessPeer(Peer):
         request: web.Request,
         executor: ExecutorPeer,
         label: str,
+        credential: str,
     ) -> None:
         super().__init__(relay, ws, request, executor.environment_id, label)
         self.executor = executor
+        self.credential = credential
         self.streams: set[str] = set()
 
 
@@ -450,6 +462,7 @@ class Relay:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._counter = 0
         self.shutting_down = False
+        self.handshakes = HandshakeBudget()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -490,6 +503,7 @@ class Relay:
             harness.finish(CLOSE_EXECUTOR_GONE, "executor disconnected", drain=True)
         peer.harnesses.clear()
         peer.claims.clear()
+        peer.handshaking.clear()
         peer.finish(code, reason, drain=False)
 
     def supersede(self, environment_id: str, registration_id: str) -> None:
@@ -523,6 +537,7 @@ class Relay:
         streams = [sid for sid in peer.streams if executor.claims.get(sid) is peer]
         for stream_id in streams:
             del executor.claims[stream_id]
+            executor.handshaking.discard(stream_id)
         peer.streams.clear()
         for stream_id in streams:
             # A codexexec choice (verified §7 leaves the real rendezvous's behaviour open):
@@ -586,13 +601,38 @@ class Relay:
             executor.claims[stream_id] = harness
             harness.streams.add(stream_id)
             _event(logging.DEBUG, "relay.stream_claimed", peer=harness.label, stream_id=stream_id)
+        if kind == "handshake" and self.options.pause_failing_credentials:
+            if self.handshakes.blocked_for(harness.credential, time.monotonic()):
+                # Not relayed: the executor's own budget is never spent on it.
+                del executor.claims[stream_id]
+                harness.streams.discard(stream_id)
+                self._refuse(harness, stream_id, RESET_HANDSHAKES_PAUSED)
+                return
+            executor.handshaking.add(stream_id)
         if kind == "reset":
             del executor.claims[stream_id]
             harness.streams.discard(stream_id)
+            executor.handshaking.discard(stream_id)
         if await executor.outbox.put(data):
             self.stats.to_executor += 1
         else:
             self.stats.dropped_unrouted += 1
+
+    def _failed_handshake(self, harness: HarnessPeer) -> None:
+        """The executor refused a handshake this harness sent: its credential's failure."""
+        self.stats.failed_handshakes += 1
+        if not self.options.pause_failing_credentials:
+            return
+        if self.handshakes.charge(harness.credential, time.monotonic()):
+            self.stats.paused_credentials += 1
+            _event(
+                logging.WARNING,
+                "relay.handshakes_paused",
+                peer=harness.label,
+                environment_id=harness.environment_id,
+                credential=harness.credential,
+                seconds=self.handshakes.blocked_for(harness.credential, time.monotonic()),
+            )
 
     async def from_executor(self, executor: ExecutorPeer, data: bytes) -> None:
         decoded = self._decode(executor, data)
@@ -610,6 +650,12 @@ class Relay:
                 kind=kind,
             )
             return
+        if stream_id in executor.handshaking and kind in ("handshake", "reset"):
+            executor.handshaking.discard(stream_id)
+            if kind == "reset":
+                self._failed_handshake(harness)
+            else:
+                self.handshakes.succeeded(harness.credential)
         if kind == "reset":
             del executor.claims[stream_id]
             harness.streams.discard(stream_id)
@@ -741,7 +787,9 @@ def _ws_base(request: web.Request) -> str:
     return f"{'wss' if request.secure else 'ws'}://{host}"
 
 
-def _relay_url(request: web.Request, role: RelayRole, registration: Registration) -> str:
+def _relay_url(
+    request: web.Request, role: RelayRole, registration: Registration, subject: str = ""
+) -> str:
     state = _state(request)
     ttl = (
         state.options.environment_url_ttl
@@ -749,7 +797,12 @@ def _relay_url(request: web.Request, role: RelayRole, registration: Registration
         else (state.options.harness_url_ttl)
     )
     return state.signer.sign(
-        _ws_base(request), role, registration.environment_id, registration.registration_id, ttl
+        _ws_base(request),
+        role,
+        registration.environment_id,
+        registration.registration_id,
+        ttl,
+        subject,
     )
 
 
@@ -821,7 +874,8 @@ async def handle_connect(request: web.Request) -> web.Response:
     harness_key = body.get("harness_public_key")
     response: dict[str, Any] = {
         "environment_id": environment_id,
-        "url": _relay_url(request, "harness", registration),
+        # The credential rides in the signed URL: its failed handshakes are its own.
+        "url": _relay_url(request, "harness", registration, principal.label),
         "security_profile": registration.security_profile,
         "executor_registration_id": registration.registration_id,
     }
@@ -983,7 +1037,9 @@ async def handle_relay(request: web.Request) -> web.StreamResponse:
         if executor.closing:  # it went away while we were upgrading
             await ws.close(code=CLOSE_EXECUTOR_GONE, message=b"executor disconnected")
             return ws
-        peer = HarnessPeer(relay, ws, request, executor, relay.next_label("harness"))
+        peer = HarnessPeer(
+            relay, ws, request, executor, relay.next_label("harness"), ticket.subject
+        )
         relay.attach_harness(peer)
     peer.start()
     _event(

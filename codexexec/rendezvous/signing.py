@@ -30,8 +30,9 @@ RelayRole = Literal["environment", "harness"]
 RELAY_ROLES: tuple[RelayRole, ...] = ("environment", "harness")
 RELAY_PATH = "/relay"
 KEY_BYTES = 32
-_DOMAIN = b"codexexec-rendezvous-relay-url/v1"
+_DOMAIN = b"codexexec-rendezvous-relay-url/v2"
 _FIELDS = ("role", "environment_id", "registration_id", "expires", "sig")
+_OPTIONAL_FIELDS = ("sub",)
 _MAX_FIELD = 512
 
 
@@ -53,11 +54,15 @@ class RelayTicket:
     environment_id: str
     registration_id: str
     expires: int
+    # Who the URL was issued to (a harness credential's label), or "".
+    subject: str = ""
 
 
-def _mac_input(role: str, environment_id: str, registration_id: str, expires: int) -> bytes:
+def _mac_input(
+    role: str, environment_id: str, registration_id: str, expires: int, subject: str
+) -> bytes:
     parts = [_DOMAIN]
-    for text in (role, environment_id, registration_id, str(expires)):
+    for text in (role, environment_id, registration_id, str(expires), subject):
         parts.append(text.encode("utf-8"))
     return b"".join(len(part).to_bytes(8, "big") + part for part in parts)
 
@@ -79,11 +84,11 @@ class RelayUrlSigner:
         self._key = key
         self._clock = clock
 
-    def _sig(self, role: str, environment_id: str, registration_id: str, expires: int) -> str:
-        mac = hmac.new(
-            self._key, _mac_input(role, environment_id, registration_id, expires), hashlib.sha256
-        )
-        return _b64url(mac.digest())
+    def _sig(
+        self, role: str, environment_id: str, registration_id: str, expires: int, subject: str
+    ) -> str:
+        message = _mac_input(role, environment_id, registration_id, expires, subject)
+        return _b64url(hmac.new(self._key, message, hashlib.sha256).digest())
 
     def sign(
         self,
@@ -92,18 +97,20 @@ class RelayUrlSigner:
         environment_id: str,
         registration_id: str,
         ttl_seconds: float,
+        subject: str = "",
     ) -> str:
         """``base_url`` is ``ws://HOST:PORT`` (or ``wss://…``, any path is replaced)."""
         expires = int(self._clock() + ttl_seconds)
-        query = urlencode(
-            [
-                ("role", role),
-                ("environment_id", environment_id),
-                ("registration_id", registration_id),
-                ("expires", str(expires)),
-                ("sig", self._sig(role, environment_id, registration_id, expires)),
-            ]
-        )
+        fields = [
+            ("role", role),
+            ("environment_id", environment_id),
+            ("registration_id", registration_id),
+            ("expires", str(expires)),
+        ]
+        if subject:
+            fields.append(("sub", subject))
+        sig = self._sig(role, environment_id, registration_id, expires, subject)
+        query = urlencode([*fields, ("sig", sig)])
         parts = urlsplit(base_url)
         return urlunsplit((parts.scheme, parts.netloc, RELAY_PATH, query, ""))
 
@@ -111,7 +118,7 @@ class RelayUrlSigner:
         """Check a relay URL's query parameters (every pair, duplicates included)."""
         values: dict[str, str] = {}
         for name, value in query:
-            if name not in _FIELDS:
+            if name not in _FIELDS and name not in _OPTIONAL_FIELDS:
                 continue
             if name in values:
                 raise SignatureError(400, "invalid_relay_url", f"duplicate {name} parameter")
@@ -126,7 +133,10 @@ class RelayUrlSigner:
         if not expires_text.isascii() or not expires_text.isdigit() or len(expires_text) > 15:
             raise SignatureError(400, "invalid_relay_url", "malformed expires parameter")
         expires = int(expires_text)
-        expected = self._sig(role, values["environment_id"], values["registration_id"], expires)
+        subject = values.get("sub", "")
+        expected = self._sig(
+            role, values["environment_id"], values["registration_id"], expires, subject
+        )
         if not hmac.compare_digest(expected.encode("ascii"), values["sig"].encode("utf-8")):
             raise SignatureError(403, "invalid_signature", "relay URL signature is not valid")
         if role not in RELAY_ROLES:
@@ -138,4 +148,5 @@ class RelayUrlSigner:
             environment_id=values["environment_id"],
             registration_id=values["registration_id"],
             expires=expires,
+            subject=subject,
         )
