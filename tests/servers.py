@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 _codex_binary: str | None = None
@@ -62,6 +63,7 @@ def start_server(
     extra_args: tuple[str, ...] = (),
     wrapper: tuple[str, ...] = (),
     python: str = sys.executable,
+    stderr: Any = None,
 ) -> Iterator[RunningServer]:
     full_env = {**os.environ, **(env or {})}
     if kind == "codexexec":
@@ -81,7 +83,11 @@ def start_server(
             full_env["CODEX_HOME"] = home
         argv = [codex_binary(), "exec-server", "--listen", "ws://127.0.0.1:0", *extra_args]
     process = subprocess.Popen(
-        [*wrapper, *argv], stdout=subprocess.PIPE, env=full_env, cwd=tempfile.gettempdir()
+        [*wrapper, *argv],
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        env=full_env,
+        cwd=tempfile.gettempdir(),
     )
     assert process.stdout is not None
     line = process.stdout.readline().decode().strip()
