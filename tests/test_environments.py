@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 from codexexec.client import ExecServerError, Output
+from codexexec.client.errors import StartInterrupted
 from codexexec.client.recovering import RecoveringClient
 from codexexec.environments.config import EnvironmentsConfig, StdioSpec, WebSocketSpec
 from codexexec.environments.connect import EnvironmentUnavailable
@@ -152,7 +153,7 @@ async def test_a_start_cut_off_before_its_answer_leaves_no_process_running(
     pid = int(pid_file.read_text())
     proxy.cut()
     proxy.replies_flow.set()
-    with pytest.raises(ExecServerError):
+    with pytest.raises(StartInterrupted, match="it may have started"):
         await asyncio.wait_for(starting, 10)
     await until(lambda: not _alive(pid), timeout=10)
     assert client.recoveries == 1

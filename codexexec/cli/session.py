@@ -28,6 +28,7 @@ from codexexec.client.approval import (
     run_with_approval,
 )
 from codexexec.client.client import NetworkProxyRequest
+from codexexec.client.errors import StartInterrupted
 from codexexec.client.handle import InvalidHandle, ProcessHandle
 from codexexec.sandbox.policy import LegacyMode
 
@@ -131,6 +132,8 @@ async def run_exec(env: str | None, options: ExecOptions) -> int:
                     ask=ask if options.ask else None,
                     store=ApprovalStore(),
                 )
+        except StartInterrupted as exc:
+            fail(f"`{options.argv[0]}` on {env}: {exc}", EXIT_FAILURE)
         except ExecServerError as exc:
             fail(f"cannot run `{options.argv[0]}` on {env}: {exc}", _spawn_failure_code(exc))
         finally:

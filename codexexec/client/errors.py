@@ -9,3 +9,9 @@ class ExecServerError(Exception):
     def __init__(self, message: str, code: int | None = None) -> None:
         super().__init__(message)
         self.code = code
+
+
+class StartInterrupted(ExecServerError):
+    """The connection dropped while a process/start was in flight: the command may have
+    started. A recovering client stops it once the session is back, so nothing is left
+    running that nobody reads."""

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from codexexec.client.client import DEFAULT_CLIENT_NAME, ExecServerClient
-from codexexec.client.errors import ExecServerError
+from codexexec.client.errors import ExecServerError, StartInterrupted
 from codexexec.protocol.jsonrpc import SESSION_ALREADY_ATTACHED
 from codexexec.transport.base import MessageTransport
 
@@ -133,11 +133,15 @@ class RecoveringClient(ExecServerClient):
         peer = self._peer
         try:
             return await self._call_once(method, params, timeout)
-        except ExecServerError:
+        except ExecServerError as exc:
             if not peer.closed.is_set():
                 raise
             if method == "process/start":
                 self._terminate_in_background(params)
+                raise StartInterrupted(
+                    f"the connection was lost while the command was starting ({exc}); it may "
+                    "have started, and is stopped once the session is back"
+                ) from None
             if method not in REPLAYABLE_METHODS:
                 raise
         await self._usable()
