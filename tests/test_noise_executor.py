@@ -58,6 +58,7 @@ class Stack:
     identity: StaticIdentity
     relay: ExecutorRelay
     routed: list[tuple[str, bytes]] = field(default_factory=list)
+    core: Any = None  # the rendezvous's routing core (service.Relay)
 
 
 @pytest.fixture
@@ -105,7 +106,7 @@ async def stack(
     try:
         await asyncio.wait_for(ready.wait(), 10)
         await _until_online(running.url)
-        yield Stack(running.url, identity, relay, routed)
+        yield Stack(running.url, identity, relay, routed, relay_core)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -695,3 +696,27 @@ async def test_a_failing_credential_cannot_lock_the_others_out(stack: Stack) -> 
         await good.ws.close()
     # Two reached the executor (its generic reset); the rest stopped at the rendezvous.
     assert reasons == [RESET_REASON] * 2 + ["rendezvous_handshakes_paused"] * 10
+
+
+async def test_an_executor_gone_as_the_harness_connects_is_reported_offline(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The executor's socket goes away between the harness's /connect and its first frame:
+    the rendezvous closes the harness socket (4002), and connecting fails with
+    environment_offline (which a caller tries again), not an uncaught ConnectionClosed."""
+    from codexexec.remote.registry import RegistryError
+    from codexexec.transport import noise_harness
+
+    real = noise_harness.open_relay_socket
+
+    async def open_then_lose_the_executor(url: str, environment_id: str) -> Any:
+        ws = await real(url, environment_id)
+        stack.core.detach_executor(stack.core.executors[ENV], 4000, "gone")
+        await ws.wait_closed()
+        return ws
+
+    monkeypatch.setattr(noise_harness, "open_relay_socket", open_then_lose_the_executor)
+    with pytest.raises(RegistryError) as caught:
+        await noise_harness.connect_noise_harness(stack.url, ENV, TOKEN)
+    assert caught.value.code == "environment_offline"
+    assert "(4002); the executor may be reconnecting" in str(caught.value)
