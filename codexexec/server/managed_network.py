@@ -57,8 +57,7 @@ def policy_from_request(raw: Any, baseline: NetworkPolicy | None) -> NetworkPoli
     """
     if not isinstance(raw, dict):
         raise PolicyError("networkProxy must be an object")
-    allowed = list(raw.get("allowedDomains") or [])
-    denied = list(raw.get("deniedDomains") or [])
+    allowed, denied = _domains(raw, "allowedDomains"), _domains(raw, "deniedDomains")
     allow_local = bool(raw.get("allowLocal", False))
     if baseline is not None:
         denied += list(baseline.denied_domains)
@@ -71,6 +70,13 @@ def policy_from_request(raw: Any, baseline: NetworkPolicy | None) -> NetworkPoli
         allow_local=allow_local,
         ask_unknown=bool(raw.get("askUnknown", False)),
     )
+
+
+def _domains(raw: dict[str, Any], name: str) -> list[Any]:
+    value = raw.get(name) or []
+    if not isinstance(value, list):
+        raise PolicyError(f"{name} must be a list of domain patterns")
+    return list(value)
 
 
 class ExecutorNetwork:

@@ -120,11 +120,32 @@ PARAMS: list[tuple[str, Any]] = [
         },
     ),
 ]
-KINDS: list[tuple[str, str | bytes]] = ENVELOPES + [
-    (f"{method}-{name}", json.dumps({"id": 1, "method": method, "params": params}))
-    for method in METHODS
-    for name, params in PARAMS
+NETWORK_PROXIES: list[tuple[str, Any]] = [
+    ("nul-domain", {"allowedDomains": ["a\u0000b.example"]}),
+    ("number-domain", {"allowedDomains": [5]}),
+    ("string-not-list", {"allowedDomains": "a.example"}),
+    ("huge-domain", {"deniedDomains": [HUGE]}),
+    ("unknown-mode", {"mode": "weird"}),
+    ("not-an-object", "everything"),
 ]
+START = {"processId": "n", "argv": ["true"], "cwd": "file:///tmp", "env": {}, "tty": False}
+KINDS: list[tuple[str, str | bytes]] = (
+    ENVELOPES
+    + [
+        (
+            f"networkProxy-{name}",
+            json.dumps(
+                {"id": 1, "method": "process/start", "params": {**START, "networkProxy": np}}
+            ),
+        )
+        for name, np in NETWORK_PROXIES
+    ]
+    + [
+        (f"{method}-{name}", json.dumps({"id": 1, "method": method, "params": params}))
+        for method in METHODS
+        for name, params in PARAMS
+    ]
+)
 
 
 @pytest.fixture(scope="module")
