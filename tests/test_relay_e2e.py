@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pty
 import signal
 import subprocess
 import time
@@ -231,27 +232,46 @@ def test_a_first_connection_waits_for_a_reconnecting_executor(rendezvous: Rendez
     time.sleep(0.5)
     offline = cx("exec", "--registry", rendezvous.url, "--env", "devbox", "--", "true")
     started = time.monotonic()
+    # stderr on a terminal: a person watching is told what the command waits for.
+    terminal, stderr = pty.openpty()
     command = subprocess.Popen(
         codexexec_command(
             "exec", "--registry", rendezvous.url, "--env", "devbox", "--", "echo", "back"
         ),
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=stderr,
         env=env(),
         cwd="/tmp",
     )
+    os.close(stderr)
     time.sleep(1.5)
-    assert command.poll() is None, command.communicate()  # still waiting, not refused
+    assert command.poll() is None  # still waiting, not refused
     replacement = start_executor("serve", "--remote", rendezvous.url, "--environment-id", "devbox")
     try:
-        out, err = command.communicate(timeout=30)
+        out, _ = command.communicate(timeout=30)
+        err = _read_all(terminal)
         assert command.returncode == 0, err
         assert out == b"back\n"
         assert time.monotonic() - started < 10  # within the connect budget
+        assert b"environment `devbox` is offline (its executor may be reconnecting)" in err
         assert b"Traceback" not in err
     finally:
+        os.close(terminal)
         stop(replacement)
     # With nobody coming back, the budget runs out and one line says why.
     assert offline.returncode == 125, offline.stderr
     assert b"environment_offline" in offline.stderr or b"offline" in offline.stderr
     assert b"Traceback" not in offline.stderr
+
+
+def _read_all(fd: int) -> bytes:
+    """What a terminal's other side has written, until it is closed."""
+    data = bytearray()
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: every writer has gone
+            return bytes(data)
+        if not chunk:
+            return bytes(data)
+        data.extend(chunk)

@@ -123,6 +123,10 @@ def exec_command(
         network=network is NetworkMode.on,
         network_proxy=network_proxy,
     )
+    if sys.stderr.isatty():
+        from codexexec.client import notices
+
+        notices.waiting.set(lambda text: print(f"codexexec: {text}…", file=sys.stderr))
     try:
         code = asyncio.run(run_exec(env, options))
     except KeyboardInterrupt:

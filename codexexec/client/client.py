@@ -27,6 +27,7 @@ from codexexec.client.errors import ExecServerError
 from codexexec.client.events import Closed, EventBuffer, Exited, Output, ReadResponse
 from codexexec.client.files import RemoteFiles
 from codexexec.client.http import HttpClient
+from codexexec.client.notices import tell_waiting
 from codexexec.client.process import RemoteProcess
 from codexexec.protocol.base64_codec import decode_base64, encode_base64
 from codexexec.protocol.jsonrpc import METHOD_NOT_FOUND, Notification, Request, RpcError
@@ -103,6 +104,11 @@ async def open_registry_transport(
         except RegistryError as exc:
             if exc.code == "environment_offline" and loop.time() + delay < deadline:
                 log.info("%s@%s: %s; trying again", environment_id, registry, exc)
+                if delay == OFFLINE_RETRY_FIRST_DELAY:
+                    tell_waiting(
+                        f"environment `{environment_id}` is offline (its executor may be "
+                        f"reconnecting); waiting up to {offline_wait:g}s"
+                    )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, OFFLINE_RETRY_MAX_DELAY)
                 continue
