@@ -275,3 +275,47 @@ def _read_all(fd: int) -> bytes:
         if not chunk:
             return bytes(data)
         data.extend(chunk)
+
+
+def test_exec_through_a_rendezvous_on_postgresql(tmp_path: Path) -> None:
+    """`rendezvous --db postgresql://…`: the registry lives in PostgreSQL (a private server
+    the test starts), and a command runs through the relay as with SQLite."""
+    from tests.pg import private_postgres
+
+    with private_postgres() as url:
+        (tmp_path / "tokens").write_text(f"{TOKEN}\n")
+        node = subprocess.Popen(
+            codexexec_command(
+                "rendezvous",
+                "--listen",
+                "http://127.0.0.1:0",
+                "--token-file",
+                str(tmp_path / "tokens"),
+                "--db",
+                url,
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            assert node.stdout is not None
+            rendezvous_url = node.stdout.readline().decode().strip()
+            assert rendezvous_url.startswith("http://127.0.0.1:")
+            executor = start_executor(
+                "serve", "--remote", rendezvous_url, "--environment-id", "devbox"
+            )
+            try:
+                result = cx(
+                    "exec", "--registry", rendezvous_url, "--env", "devbox", "--", "echo", "pg"
+                )
+                assert result.returncode == 0, result.stderr
+                assert result.stdout == b"pg\n"
+            finally:
+                stop(executor)
+        finally:
+            stop(node)
+        import psycopg
+
+        with psycopg.connect(url) as conn:
+            environments = conn.execute("SELECT environment_id FROM environments").fetchall()
+        assert environments == [("devbox",)]

@@ -323,7 +323,7 @@ async def test_re_registering_in_a_loop_keeps_the_store_small(service: Service) 
     previous = current = await service.register("env-1")
     for _ in range(50):
         # Each registration had an authorization issued under it, too.
-        service.store.issue_authorization(
+        await service.store.issue_authorization(
             "env-1", current["executor_registration_id"], noise_key(1), 120
         )
         current = await service.register("env-1")
@@ -331,7 +331,7 @@ async def test_re_registering_in_a_loop_keeps_the_store_small(service: Service) 
     grants = service.store._db.execute("SELECT COUNT(*) FROM authorizations").fetchone()[0]
     assert rows == 2 and grants == 1  # the one issued under the previous registration
     assert (
-        service.store.current_registration("env-1").registration_id
+        (await service.store.current_registration("env-1")).registration_id
         == (  # type: ignore[union-attr]
             current["executor_registration_id"]
         )
@@ -453,7 +453,7 @@ async def test_forged_or_expired_relay_urls_are_refused_at_upgrade(service: Serv
     url = registration["url"]
     sig = parse_qs(urlsplit(url).query)["sig"][0]
     forged_sig = ("A" if sig[0] != "A" else "B") + sig[1:]
-    signer = RelayUrlSigner(service.store.signing_key())
+    signer = RelayUrlSigner(service.store.signing_key)
     base = f"ws://{urlsplit(url).netloc}"
     expired = signer.sign(
         base, "environment", "env-1", registration["executor_registration_id"], -10
@@ -932,28 +932,28 @@ def test_signed_urls() -> None:
     assert (caught.value.status, caught.value.code) == (401, "relay_url_expired")
 
 
-def test_store_authorizations_are_single_use(tmp_path: Path) -> None:
+async def test_store_authorizations_are_single_use(tmp_path: Path) -> None:
     clock = FakeClock()
     store = Store(tmp_path / "db.sqlite3", clock=clock)
     assert stat.S_IMODE((tmp_path / "db.sqlite3").stat().st_mode) == 0o600
-    registration = store.register("env-1", "noise_hybrid_ik_v1", noise_key(1), "test")
+    registration = await store.register("env-1", "noise_hybrid_ik_v1", noise_key(1), "test")
     key = noise_key(7)
-    auth = store.issue_authorization("env-1", registration.registration_id, key, 30)
+    auth = await store.issue_authorization("env-1", registration.registration_id, key, 30)
     args = ("env-1", registration.registration_id, key)
-    assert store.consume_authorization(*args, auth) == ValidationOutcome.VALID
-    assert store.consume_authorization(*args, auth) == ValidationOutcome.USED
-    late = store.issue_authorization("env-1", registration.registration_id, key, 30)
+    assert await store.consume_authorization(*args, auth) == ValidationOutcome.VALID
+    assert await store.consume_authorization(*args, auth) == ValidationOutcome.USED
+    late = await store.issue_authorization("env-1", registration.registration_id, key, 30)
     clock.now += 31
-    assert store.consume_authorization(*args, late) == ValidationOutcome.EXPIRED
-    assert store.consume_authorization(*args, "hka-unknown") == ValidationOutcome.UNKNOWN
-    key_before = store.signing_key()
+    assert await store.consume_authorization(*args, late) == ValidationOutcome.EXPIRED
+    assert await store.consume_authorization(*args, "hka-unknown") == ValidationOutcome.UNKNOWN
+    key_before = store.signing_key
     store.close()
     # Registrations and the signing key survive a restart; authorizations stay spent.
     reopened = Store(tmp_path / "db.sqlite3", clock=clock)
-    assert reopened.signing_key() == key_before
-    current = reopened.current_registration("env-1")
+    assert reopened.signing_key == key_before
+    current = await reopened.current_registration("env-1")
     assert current is not None and current.executor_public_key == noise_key(1)
-    assert reopened.consume_authorization(*args, auth) == ValidationOutcome.USED
+    assert await reopened.consume_authorization(*args, auth) == ValidationOutcome.USED
     reopened.close()
 
 

@@ -15,7 +15,12 @@ def rendezvous(
         help="Bearer tokens, one per line (TOKEN [executor|harness] [env,...]). Without it, "
         "a development token is created and its location printed.",
     ),
-    db: str | None = typer.Option(None, "--db", help="SQLite file (default: in memory)."),
+    db: str | None = typer.Option(
+        None,
+        "--db",
+        help="Registry state: an SQLite file (default: rendezvous.sqlite3 in the state "
+        "directory), or postgresql://USER@HOST:PORT/DB for several nodes sharing one registry.",
+    ),
     agent_keys: str | None = typer.Option(
         None,
         "--agent-keys",
@@ -31,8 +36,6 @@ def rendezvous(
 
     options = RendezvousOptions(agent_keys=Path(agent_keys) if agent_keys else None)
     try:
-        run_rendezvous(
-            listen, Path(token_file) if token_file else None, Path(db) if db else None, options
-        )
-    except (OSError, ValueError) as exc:
+        run_rendezvous(listen, Path(token_file) if token_file else None, db, options)
+    except (OSError, ValueError, RuntimeError) as exc:
         fail(f"cannot run the rendezvous on {listen}: {exc}", 1)

@@ -106,9 +106,10 @@ from codexexec.rendezvous.signing import (
 from codexexec.rendezvous.store import (
     AuthorizationLimit,
     Registration,
-    Store,
+    RegistryStore,
     ValidationOutcome,
     canonical_json,
+    open_store,
 )
 
 __all__ = [
@@ -705,7 +706,7 @@ class Relay:
 @dataclass
 class RendezvousState:
     tokens: TokenTable
-    store: Store
+    store: RegistryStore
     signer: RelayUrlSigner
     relay: Relay
     options: RendezvousOptions
@@ -832,7 +833,7 @@ async def handle_register(request: web.Request) -> web.Response:
             "security_profile must be one of "
             + ", ".join(repr(name) for name in (*NOISE_SUITES, SECURITY_PROFILE_LEGACY)),
         )
-    registration = state.store.register(environment_id, profile, key, principal.label)
+    registration = await state.store.register(environment_id, profile, key, principal.label)
     state.relay.supersede(environment_id, registration.registration_id)
     _event(
         logging.INFO,
@@ -858,7 +859,7 @@ async def handle_connect(request: web.Request) -> web.Response:
     environment_id = _environment_id(request)
     principal = _authenticate(request, "harness", environment_id)
     body = await _json_body(request, optional=True)
-    registration = state.store.current_registration(environment_id)
+    registration = await state.store.current_registration(environment_id)
     if registration is None:
         raise ApiError(
             404,
@@ -893,7 +894,7 @@ async def handle_connect(request: web.Request) -> web.Response:
             raise ApiError(400, "invalid_request", "harness_public_key is too large")
         response["executor_public_key"] = registration.executor_public_key
         try:
-            response["harness_key_authorization"] = state.store.issue_authorization(
+            response["harness_key_authorization"] = await state.store.issue_authorization(
                 environment_id,
                 registration.registration_id,
                 harness_key,
@@ -952,7 +953,7 @@ async def handle_validate(request: web.Request) -> web.Response:
             "invalid_request",
             "expected executor_registration_id, harness_public_key and harness_key_authorization",
         )
-    outcome = state.store.consume_authorization(
+    outcome = await state.store.consume_authorization(
         environment_id, registration_id, harness_key, authorization
     )
     valid = outcome == ValidationOutcome.VALID
@@ -992,7 +993,7 @@ async def handle_relay(request: web.Request) -> web.StreamResponse:
     except SignatureError as error:
         _event(logging.WARNING, "relay.upgrade_refused", reason=error.code, status=error.status)
         raise ApiError(error.status, error.code, error.message) from None
-    registration = state.store.current_registration(ticket.environment_id)
+    registration = await state.store.current_registration(ticket.environment_id)
     if registration is None or registration.registration_id != ticket.registration_id:
         _event(
             logging.WARNING,
@@ -1140,20 +1141,18 @@ async def _errors_and_access_log(request: web.Request, handler: Handler) -> web.
 
 
 def build_app(
-    tokens: TokenTable, store: Store, options: RendezvousOptions | None = None
+    tokens: TokenTable, store: RegistryStore, options: RendezvousOptions | None = None
 ) -> web.Application:
     opts = options or RendezvousOptions()
     app = web.Application(middlewares=[_errors_and_access_log], client_max_size=opts.max_body_bytes)
     app[STATE] = RendezvousState(
         tokens=tokens,
         store=store,
-        signer=RelayUrlSigner(store.signing_key()),
+        signer=RelayUrlSigner(store.signing_key),
         relay=Relay(opts),
         options=opts,
         agents=(
-            None
-            if opts.agent_keys is None
-            else AgentKeys.load(opts.agent_keys, store.signing_key())
+            None if opts.agent_keys is None else AgentKeys.load(opts.agent_keys, store.signing_key)
         ),
     )
     base = "/cloud/environment/{environment_id}"
@@ -1218,7 +1217,7 @@ class RunningRendezvous:
 async def start_rendezvous(
     listen_url: str,
     tokens: TokenTable,
-    store: Store,
+    store: RegistryStore,
     options: RendezvousOptions | None = None,
 ) -> RunningRendezvous:
     host, port = parse_listen_url(listen_url)
@@ -1256,7 +1255,7 @@ def resolve_tokens(token_file: Path | None, *, notice: Callable[[str], None]) ->
 async def serve_rendezvous(
     listen_url: str,
     tokens: TokenTable,
-    store: Store,
+    store: RegistryStore,
     options: RendezvousOptions | None = None,
     *,
     on_ready: Callable[[str], None] | None = None,
@@ -1288,26 +1287,31 @@ async def serve_rendezvous(
 def run_rendezvous(
     listen_url: str,
     token_file: Path | None,
-    db_path: Path | None,
+    db: str | None,
     options: RendezvousOptions | None = None,
 ) -> None:
     """Run the service until SIGINT/SIGTERM.
 
-    Prints the bound ``http://IP:PORT`` as the first line on stdout; when it had to create the
-    development token file it then says where on stderr (never the token). Raises ValueError
-    for a bad listen URL and ``auth.TokenFileError`` for an unusable token file.
+    ``db``: an SQLite file (default: one under the state directory) or a ``postgresql://``
+    URL. Prints the bound ``http://IP:PORT`` as the first line on stdout; when it had to
+    create the development token file it then says where on stderr (never the token). Raises
+    ValueError for a bad listen URL, ``auth.TokenFileError`` for an unusable token file and
+    ``pg_store.StoreUnavailable`` when PostgreSQL cannot be used.
     """
     parse_listen_url(listen_url)  # fail before touching any file
     notices: list[str] = []
     tokens = resolve_tokens(token_file, notice=notices.append)
-    store = Store(db_path if db_path is not None else state_dir() / DB_FILENAME)
 
     def ready(url: str) -> None:
         print(url, flush=True)
         for text in notices:
             print(text, file=sys.stderr, flush=True)
 
-    try:
-        asyncio.run(serve_rendezvous(listen_url, tokens, store, options, on_ready=ready))
-    finally:
-        store.close()
+    async def main() -> None:
+        store = await open_store(db if db is not None else str(state_dir() / DB_FILENAME))
+        try:
+            await serve_rendezvous(listen_url, tokens, store, options, on_ready=ready)
+        finally:
+            await store.aclose()
+
+    asyncio.run(main())

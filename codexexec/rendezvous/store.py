@@ -1,7 +1,9 @@
-"""The rendezvous's embedded SQLite store.
+"""The rendezvous's registry state: the store interface, and the embedded SQLite store.
 
-Tiny and synchronous: every statement touches a handful of rows by primary key, so the service
-calls it directly on the event loop. It keeps
+``RegistryStore`` is what the service uses; ``Store`` (SQLite, the default) and
+``pg_store.PostgresStore`` (for a cluster of nodes) implement it, and one test suite runs
+against both. SQLite is tiny and synchronous: every statement touches a handful of rows by
+primary key, so its methods run directly on the event loop. It keeps
 
 * ``environments``: each environment id and its current executor registration;
 * ``registrations``: every executor registration (security profile and the executor's public
@@ -25,7 +27,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from codexexec.rendezvous.signing import KEY_BYTES
 
@@ -68,7 +70,7 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _auth_digest(authorization: str) -> str:
+def auth_digest(authorization: str) -> str:
     return hashlib.sha256(authorization.encode("utf-8", "surrogateescape")).hexdigest()
 
 
@@ -96,6 +98,69 @@ class ValidationOutcome:
     STALE = "stale_registration"
 
 
+class RegistryStore(Protocol):
+    """Registrations, single-use harness authorizations and the URL-signing key, shared by
+    every node of a rendezvous."""
+
+    # The relay URL signing key, loaded (or made) when the store opens.
+    signing_key: bytes
+
+    async def register(
+        self,
+        environment_id: str,
+        security_profile: str,
+        executor_public_key: Any,
+        registered_by: str,
+    ) -> Registration: ...
+
+    async def current_registration(self, environment_id: str) -> Registration | None: ...
+
+    async def environment_count(self) -> int: ...
+
+    async def issue_authorization(
+        self,
+        environment_id: str,
+        registration_id: str,
+        harness_public_key: Any,
+        ttl_seconds: float,
+        *,
+        limit: int | None = None,
+    ) -> str: ...
+
+    async def consume_authorization(
+        self,
+        environment_id: str,
+        registration_id: str,
+        harness_public_key: Any,
+        authorization: str,
+    ) -> str: ...
+
+    async def aclose(self) -> None: ...
+
+
+def judge(
+    row: tuple[str, str, str, float],
+    current_registration_id: str | None,
+    expected: tuple[str, str, Any],
+    now: float,
+) -> str:
+    """The /validate outcome for an authorization just spent (every store decides alike):
+    ``row`` is what was stored for it (environment, registration, harness key JSON, expiry),
+    ``expected`` what the executor presented (environment, registration, harness key)."""
+    environment_id, registration_id, harness_public_key = expected
+    if row[3] <= now:
+        return ValidationOutcome.EXPIRED
+    if (
+        row[0] != environment_id
+        or row[1] != registration_id
+        or row[2] != canonical_json(harness_public_key)
+    ):
+        return ValidationOutcome.MISMATCH
+    if current_registration_id != registration_id:
+        return ValidationOutcome.STALE
+    return ValidationOutcome.VALID
+
+
 class Store:
     def __init__(self, path: Path | str, *, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
@@ -111,13 +176,17 @@ class Store:
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = NORMAL")
         self._db.executescript(_SCHEMA)
+        self.signing_key = self._signing_key()
 
     def close(self) -> None:
         self._db.close()
 
+    async def aclose(self) -> None:
+        self.close()
+
     # -- meta ---------------------------------------------------------------------------------
 
-    def signing_key(self) -> bytes:
+    def _signing_key(self) -> bytes:
         row = self._db.execute("SELECT value FROM meta WHERE name = 'relay_signing_key'").fetchone()
         if row is not None and isinstance(row[0], bytes) and len(row[0]) >= KEY_BYTES:
             return row[0]
@@ -129,7 +198,7 @@ class Store:
 
     # -- registrations ------------------------------------------------------------------------
 
-    def register(
+    async def register(
         self,
         environment_id: str,
         security_profile: str,
@@ -170,7 +239,7 @@ class Store:
             registration_id, environment_id, security_profile, executor_public_key, now
         )
 
-    def current_registration(self, environment_id: str) -> Registration | None:
+    async def current_registration(self, environment_id: str) -> Registration | None:
         row = self._db.execute(
             "SELECT r.registration_id, r.environment_id, r.security_profile,"
             " r.executor_public_key, r.created_at FROM environments e JOIN registrations r"
@@ -182,13 +251,13 @@ class Store:
         key = None if row[3] is None else json.loads(row[3])
         return Registration(row[0], row[1], row[2], key, row[4])
 
-    def environment_count(self) -> int:
+    async def environment_count(self) -> int:
         row = self._db.execute("SELECT COUNT(*) FROM environments").fetchone()
         return int(row[0])
 
     # -- one-time harness authorizations ------------------------------------------------------
 
-    def issue_authorization(
+    async def issue_authorization(
         self,
         environment_id: str,
         registration_id: str,
@@ -218,7 +287,7 @@ class Store:
                 "INSERT INTO authorizations(digest, environment_id, registration_id,"
                 " harness_public_key, expires_at, used_at) VALUES (?, ?, ?, ?, ?, NULL)",
                 (
-                    _auth_digest(authorization),
+                    auth_digest(authorization),
                     environment_id,
                     registration_id,
                     canonical_json(harness_public_key),
@@ -227,7 +296,7 @@ class Store:
             )
         return authorization
 
-    def consume_authorization(
+    async def consume_authorization(
         self,
         environment_id: str,
         registration_id: str,
@@ -240,7 +309,7 @@ class Store:
         it is single-use, and a mismatched presentation is as suspicious as a replay.
         """
         now = self._clock()
-        digest = _auth_digest(authorization)
+        digest = auth_digest(authorization)
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             row = self._db.execute(
@@ -259,14 +328,18 @@ class Store:
                 "SELECT current_registration_id FROM environments WHERE environment_id = ?",
                 (environment_id,),
             ).fetchone()
-        if row[3] <= now:
-            return ValidationOutcome.EXPIRED
-        if (
-            row[0] != environment_id
-            or row[1] != registration_id
-            or row[2] != canonical_json(harness_public_key)
-        ):
-            return ValidationOutcome.MISMATCH
-        if current is None or current[0] != registration_id:
-            return ValidationOutcome.STALE
-        return ValidationOutcome.VALID
+        return judge(
+            (row[0], row[1], row[2], row[3]),
+            None if current is None else current[0],
+            (environment_id, registration_id, harness_public_key),
+            now,
+        )
+
+
+async def open_store(db: str) -> RegistryStore:
+    """The store ``db`` names: a ``postgresql://`` URL, or an SQLite file (or ``:memory:``)."""
+    if db.startswith(("postgresql://", "postgres://")):
+        from codexexec.rendezvous.pg_store import PostgresStore
+
+        return await PostgresStore.open(db)
+    return Store(db)

@@ -1,0 +1,160 @@
+"""One suite for every registry store: the embedded SQLite store and PostgreSQL (a private
+server these tests start), as the behaviour suite runs against both exec-servers."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from codexexec.rendezvous.pg_store import SCHEMA_VERSION, PostgresStore, StoreUnavailable
+from codexexec.rendezvous.store import (
+    AuthorizationLimit,
+    RegistryStore,
+    Store,
+    ValidationOutcome,
+)
+from tests.pg import private_postgres
+from tests.test_rendezvous import FakeClock, noise_key
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[str]:
+    with private_postgres() as url:
+        yield url
+
+
+def _fresh_database(url: str) -> str:
+    """A new, empty database on the private server (each test starts from nothing)."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def opened(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[RegistryStore, FakeClock, str]]:
+    clock = FakeClock()
+    if request.param == "sqlite":
+        where = str(tmp_path / "rv.sqlite3")
+        store: RegistryStore = Store(where, clock=clock)
+    else:
+        where = _fresh_database(request.getfixturevalue("postgres"))
+        store = await PostgresStore.open(where, clock=clock)
+    yield store, clock, where
+    await store.aclose()
+
+
+async def _reopen(where: str, clock: FakeClock) -> RegistryStore:
+    if where.startswith("postgresql://"):
+        return await PostgresStore.open(where, clock=clock)
+    return Store(where, clock=clock)
+
+
+async def test_authorizations_are_single_use_and_state_survives_a_restart(
+    opened: tuple[RegistryStore, FakeClock, str],
+) -> None:
+    store, clock, where = opened
+    registration = await store.register("env-1", "noise_hybrid_ik_v1", noise_key(1), "test")
+    key = noise_key(7)
+    auth = await store.issue_authorization("env-1", registration.registration_id, key, 30)
+    args = ("env-1", registration.registration_id, key)
+    assert await store.consume_authorization(*args, auth) == ValidationOutcome.VALID
+    assert await store.consume_authorization(*args, auth) == ValidationOutcome.USED
+    mismatched = await store.issue_authorization("env-1", registration.registration_id, key, 30)
+    other = ("env-1", registration.registration_id, noise_key(8), mismatched)
+    assert await store.consume_authorization(*other) == ValidationOutcome.MISMATCH
+    late = await store.issue_authorization("env-1", registration.registration_id, key, 30)
+    clock.now += 31
+    assert await store.consume_authorization(*args, late) == ValidationOutcome.EXPIRED
+    assert await store.consume_authorization(*args, "hka-unknown") == ValidationOutcome.UNKNOWN
+    reopened = await _reopen(where, clock)
+    try:
+        assert reopened.signing_key == store.signing_key and len(store.signing_key) >= 32
+        current = await reopened.current_registration("env-1")
+        assert current is not None and current.executor_public_key == noise_key(1)
+        assert await reopened.consume_authorization(*args, auth) == ValidationOutcome.USED
+    finally:
+        await reopened.aclose()
+
+
+async def test_a_new_registration_supersedes_and_old_ones_are_pruned(
+    opened: tuple[RegistryStore, FakeClock, str],
+) -> None:
+    store, clock, _ = opened
+    first = await store.register("env-1", "noise_hybrid_ik_v1", noise_key(1), "test")
+    auth = await store.issue_authorization("env-1", first.registration_id, noise_key(2), 60)
+    second = await store.register("env-1", "noise_hybrid_ik_v1", noise_key(3), "test")
+    current = await store.current_registration("env-1")
+    assert current is not None and current.registration_id == second.registration_id
+    # Issued under the replaced registration: stale, not valid.
+    args = ("env-1", first.registration_id, noise_key(2), auth)
+    assert await store.consume_authorization(*args) == ValidationOutcome.STALE
+    for _ in range(5):
+        clock.now += 1
+        await store.register("env-1", "noise_hybrid_ik_v1", noise_key(4), "test")
+    assert await store.environment_count() == 1
+    assert await store.current_registration("env-nope") is None
+
+
+async def test_the_authorization_limit_holds(
+    opened: tuple[RegistryStore, FakeClock, str],
+) -> None:
+    store, clock, _ = opened
+    registration = await store.register("env-1", "noise_hybrid_ik_v1", noise_key(1), "test")
+    for _ in range(3):
+        await store.issue_authorization(
+            "env-1", registration.registration_id, noise_key(2), 30, limit=3
+        )
+    with pytest.raises(AuthorizationLimit):
+        await store.issue_authorization(
+            "env-1", registration.registration_id, noise_key(2), 30, limit=3
+        )
+    clock.now += 31  # expired ones no longer count
+    await store.issue_authorization(
+        "env-1", registration.registration_id, noise_key(2), 30, limit=3
+    )
+
+
+async def test_two_nodes_racing_for_one_authorization_only_one_wins(postgres: str) -> None:
+    """Two rendezvous nodes (two stores, two connection pools) validate the same
+    authorization at once, many times over: exactly one of each pair sees it valid."""
+    where = _fresh_database(postgres)
+    node_a, node_b = await PostgresStore.open(where), await PostgresStore.open(where)
+    try:
+        assert node_a.signing_key == node_b.signing_key  # one key for the whole cluster
+        registration = await node_a.register("env-1", "noise_hybrid_ik_v1", noise_key(1), "t")
+        key = noise_key(5)
+        for _ in range(50):
+            auth = await node_a.issue_authorization("env-1", registration.registration_id, key, 60)
+            args: tuple[Any, ...] = ("env-1", registration.registration_id, key, auth)
+            outcomes = await asyncio.gather(
+                node_a.consume_authorization(*args), node_b.consume_authorization(*args)
+            )
+            assert sorted(outcomes) == sorted([ValidationOutcome.VALID, ValidationOutcome.USED])
+    finally:
+        await node_a.aclose()
+        await node_b.aclose()
+
+
+async def test_the_schema_is_created_once_and_versioned(postgres: str) -> None:
+    where = _fresh_database(postgres)
+    stores = await asyncio.gather(*(PostgresStore.open(where) for _ in range(4)))
+    for store in stores:
+        await store.aclose()
+    with psycopg.connect(where) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+
+
+async def test_an_unreachable_database_is_one_clear_error(postgres: str) -> None:
+    port = int(postgres.rsplit(":", 1)[1].split("/")[0])
+    with pytest.raises(StoreUnavailable, match="PostgreSQL store unavailable") as caught:
+        await PostgresStore.open(f"postgresql://cx:secret-pw@127.0.0.1:{port + 1}/postgres")
+    assert "secret-pw" not in str(caught.value)
