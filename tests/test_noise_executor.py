@@ -720,3 +720,32 @@ async def test_an_executor_gone_as_the_harness_connects_is_reported_offline(
         await noise_harness.connect_noise_harness(stack.url, ENV, TOKEN)
     assert caught.value.code == "environment_offline"
     assert "(4002); the executor may be reconnecting" in str(caught.value)
+
+
+async def test_metrics_count_what_the_node_routed(stack: Stack) -> None:
+    """`GET /metrics`: Prometheus text with the node's sockets, routed frames and bytes,
+    validations by outcome and store latencies."""
+    import aiohttp
+
+    client = await ExecServerClient.connect(f"{ENV}@{stack.url}")
+    process = await client.start(["sh", "-c", "head -c 100000 /dev/zero"], cwd="/tmp")
+    async for _ in process.events():
+        pass
+    async with aiohttp.ClientSession() as http, http.get(f"{stack.url}/metrics") as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = await response.text()
+    await client.close()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    assert values['codexexec_rendezvous_sockets{role="executor"}'] == 1
+    assert values['codexexec_rendezvous_sockets{role="harness"}'] == 1
+    assert values['codexexec_rendezvous_bytes_routed_total{direction="to_harness"}'] > 100_000
+    assert values['codexexec_rendezvous_frames_routed_total{direction="to_executor"}'] >= 2
+    assert values['codexexec_rendezvous_validations_total{outcome="valid"}'] == 1
+    assert (
+        values['codexexec_rendezvous_store_seconds_count{operation="consume_authorization"}'] == 1
+    )

@@ -330,11 +330,8 @@ async def test_re_registering_in_a_loop_keeps_the_store_small(service: Service) 
     rows = service.store._db.execute("SELECT COUNT(*) FROM registrations").fetchone()[0]
     grants = service.store._db.execute("SELECT COUNT(*) FROM authorizations").fetchone()[0]
     assert rows == 2 and grants == 1  # the one issued under the previous registration
-    assert (
-        (await service.store.current_registration("env-1")).registration_id
-        == (  # type: ignore[union-attr]
-            current["executor_registration_id"]
-        )
+    assert (await service.store.current_registration("env-1")).registration_id == (  # type: ignore[union-attr]
+        current["executor_registration_id"]
     )
     assert previous["executor_registration_id"] != current["executor_registration_id"]
 
@@ -433,7 +430,7 @@ async def test_healthz(service: Service) -> None:
     async with service.http.get(f"{service.url}/healthz") as response:
         assert response.status == 200
         body = await response.json()
-    assert body["status"] == "ok"
+    assert body["status"] == "ok" and body["store"] == "ok"
     assert body["executors_online"] == 0
 
 

@@ -19,7 +19,9 @@ HTTP (JSON, Codex's request/response shapes; errors are ``{"error":{"code","mess
 * ``POST /cloud/environment/{id}/validate`` - executor bearer. Body ``{executor_registration_id,
   harness_public_key, harness_key_authorization}``; answers ``{"valid": true|false}`` and spends the
   authorization whatever the answer.
-* ``GET /healthz`` - no auth; ``{"status":"ok", …counts}``.
+* ``GET /healthz`` - no auth; ``{"status":"ok", "store":"ok", …counts}`` (503 when the store
+  does not answer or the node is stopping).
+* ``GET /metrics`` - no auth; Prometheus text (``metrics.py``).
 * ``POST /v1/agent/{runtime_id}/task/register`` - Agent Identity task registration for the agents
   in ``--agent-keys`` (``agent_auth.py``), so an executor started with
   ``--allow-agent-identity-auth`` can then authenticate with ``Authorization: AgentAssertion …``
@@ -96,6 +98,7 @@ from codexexec.rendezvous.auth import (
     state_dir,
 )
 from codexexec.rendezvous.handshake_budget import HandshakeBudget
+from codexexec.rendezvous.metrics import CONTENT_TYPE, RendezvousMetrics, TimedStore
 from codexexec.rendezvous.signing import (
     RELAY_PATH,
     RelayRole,
@@ -187,6 +190,8 @@ class RelayStats:
     slow_harnesses: int = 0
     failed_handshakes: int = 0
     paused_credentials: int = 0
+    bytes_to_executor: int = 0
+    bytes_to_harness: int = 0
 
     def as_json(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -246,6 +251,8 @@ def error_response(
 
 # How long a harness may fail to drain its outbox before it is cut off.
 SLOW_HARNESS_GRACE_SECONDS = 10.0
+# /healthz answers within this even when the store hangs.
+HEALTH_STORE_TIMEOUT_SECONDS = 2.0
 
 
 class Outbox:
@@ -616,6 +623,7 @@ class Relay:
             executor.handshaking.discard(stream_id)
         if await executor.outbox.put(data):
             self.stats.to_executor += 1
+            self.stats.bytes_to_executor += len(data)
         else:
             self.stats.dropped_unrouted += 1
 
@@ -662,6 +670,7 @@ class Relay:
             harness.streams.discard(stream_id)
         if harness.outbox.try_put(data):
             self.stats.to_harness += 1
+            self.stats.bytes_to_harness += len(data)
             return
         if harness.closing:
             self.stats.dropped_unrouted += 1
@@ -676,6 +685,7 @@ class Relay:
             delivered = False
         if delivered:
             self.stats.to_harness += 1
+            self.stats.bytes_to_harness += len(data)
             return
         if harness.closing:
             self.stats.dropped_unrouted += 1
@@ -710,6 +720,7 @@ class RendezvousState:
     signer: RelayUrlSigner
     relay: Relay
     options: RendezvousOptions
+    metrics: RendezvousMetrics
     agents: AgentKeys | None = None
     bound_netloc: str = ""
     started: float = field(default_factory=time.monotonic)
@@ -957,6 +968,7 @@ async def handle_validate(request: web.Request) -> web.Response:
         environment_id, registration_id, harness_key, authorization
     )
     valid = outcome == ValidationOutcome.VALID
+    state.metrics.validations.labels(outcome).inc()
     _event(
         logging.INFO if valid else logging.WARNING,
         "registry.validate",
@@ -972,15 +984,29 @@ async def handle_validate(request: web.Request) -> web.Response:
 async def handle_healthz(request: web.Request) -> web.Response:
     state = _state(request)
     relay = state.relay
+    try:
+        async with asyncio.timeout(HEALTH_STORE_TIMEOUT_SECONDS):
+            await state.store.environment_count()
+        store = "ok"
+    except Exception as exc:  # any store failure is what this endpoint reports
+        store = f"unavailable: {type(exc).__name__}"
+    healthy = store == "ok" and not relay.shutting_down
     return web.json_response(
         {
-            "status": "stopping" if relay.shutting_down else "ok",
+            "status": "stopping" if relay.shutting_down else "ok" if healthy else "degraded",
+            "store": store,
             "executors_online": len(relay.executors),
             "relay_sockets": len(relay.peers),
             "uptime_seconds": round(time.monotonic() - state.started, 3),
             "frames": relay.stats.as_json(),
-        }
+        },
+        status=200 if healthy else 503,
     )
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    body = _state(request).metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 async def handle_relay(request: web.Request) -> web.StreamResponse:
@@ -1145,12 +1171,15 @@ def build_app(
 ) -> web.Application:
     opts = options or RendezvousOptions()
     app = web.Application(middlewares=[_errors_and_access_log], client_max_size=opts.max_body_bytes)
+    relay = Relay(opts)
+    metrics = RendezvousMetrics(relay)
     app[STATE] = RendezvousState(
         tokens=tokens,
-        store=store,
+        store=TimedStore(store, metrics),
         signer=RelayUrlSigner(store.signing_key),
-        relay=Relay(opts),
+        relay=relay,
         options=opts,
+        metrics=metrics,
         agents=(
             None if opts.agent_keys is None else AgentKeys.load(opts.agent_keys, store.signing_key)
         ),
@@ -1161,6 +1190,7 @@ def build_app(
     app.router.add_post(f"{base}/validate", handle_validate)
     app.router.add_post("/v1/agent/{runtime_id}/task/register", handle_task_register)
     app.router.add_get("/healthz", handle_healthz)
+    app.router.add_get("/metrics", handle_metrics)
     app.router.add_get(RELAY_PATH, handle_relay)
 
     async def _on_shutdown(app: web.Application) -> None:
