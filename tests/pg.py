@@ -32,9 +32,46 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+class PrivatePostgres:
+    """A running private server: ``url``, and ``stop``/``start`` for outage tests."""
+
+    def __init__(self, bindir: str, base: str, wrapper: list[str]) -> None:
+        self._bindir, self._base, self._wrapper = bindir, base, wrapper
+        self._data, self._port = os.path.join(base, "data"), _free_port()
+        self.url = f"postgresql://{USER}@127.0.0.1:{self._port}/postgres"
+
+    def _run(self, *argv: str, check: bool = True) -> None:
+        subprocess.run(
+            [*self._wrapper, *argv], check=check, capture_output=True, timeout=120, cwd=self._base
+        )
+
+    def init(self) -> None:
+        initdb = f"{self._bindir}/initdb"
+        self._run(initdb, "-D", self._data, "-A", "trust", "-U", USER, "--no-locale", "-E", "UTF8")
+
+    def start(self) -> None:
+        options = f"-h 127.0.0.1 -p {self._port} -k {self._base} -c fsync=off"
+        self._run(
+            f"{self._bindir}/pg_ctl",
+            "-D",
+            self._data,
+            "-o",
+            options,
+            "-l",
+            f"{self._base}/log",
+            "-w",
+            "start",
+        )
+
+    def stop(self) -> None:
+        self._run(
+            f"{self._bindir}/pg_ctl", "-D", self._data, "-m", "immediate", "stop", check=False
+        )
+
+
 @contextmanager
-def private_postgres() -> Iterator[str]:
-    """Yields the URL of a fresh, empty server (database `postgres`, trust auth)."""
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A fresh, empty server (database `postgres`, trust auth), stopped afterwards."""
     bindir = _bindir()
     if bindir is None:
         if os.environ.get("CI"):
@@ -47,21 +84,11 @@ def private_postgres() -> Iterator[str]:
         os.chown(base, nobody.pw_uid, nobody.pw_gid)
         wrapper = ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}"]
         wrapper.append("--clear-groups")
-    data, port = os.path.join(base, "data"), _free_port()
-
-    def run(*argv: str) -> None:
-        subprocess.run([*wrapper, *argv], check=True, capture_output=True, timeout=120, cwd=base)
-
-    run(f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", USER, "--no-locale", "-E", "UTF8")
-    options = f"-h 127.0.0.1 -p {port} -k {base} -c fsync=off -c full_page_writes=off"
-    run(f"{bindir}/pg_ctl", "-D", data, "-o", options, "-l", f"{base}/log", "-w", "start")
+    server = PrivatePostgres(bindir, base, wrapper)
     try:
-        yield f"postgresql://{USER}@127.0.0.1:{port}/postgres"
+        server.init()
+        server.start()
+        yield server
     finally:
-        subprocess.run(
-            [*wrapper, f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "stop"],
-            capture_output=True,
-            timeout=60,
-            cwd=base,
-        )
+        server.stop()
         shutil.rmtree(base, ignore_errors=True)

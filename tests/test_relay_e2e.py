@@ -282,7 +282,8 @@ def test_exec_through_a_rendezvous_on_postgresql(tmp_path: Path) -> None:
     the test starts), and a command runs through the relay as with SQLite."""
     from tests.pg import private_postgres
 
-    with private_postgres() as url:
+    with private_postgres() as server:
+        url = server.url
         (tmp_path / "tokens").write_text(f"{TOKEN}\n")
         node = subprocess.Popen(
             codexexec_command(

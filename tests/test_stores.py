@@ -12,11 +12,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from codexexec.rendezvous.pg_store import SCHEMA_VERSION, PostgresStore, StoreUnavailable
+from codexexec.rendezvous.pg_store import SCHEMA_VERSION, PostgresStore
 from codexexec.rendezvous.store import (
     AuthorizationLimit,
     RegistryStore,
     Store,
+    StoreUnavailable,
     ValidationOutcome,
 )
 from tests.pg import private_postgres
@@ -25,8 +26,8 @@ from tests.test_rendezvous import FakeClock, noise_key
 
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[str]:
-    with private_postgres() as url:
-        yield url
+    with private_postgres() as server:
+        yield server.url
 
 
 def _fresh_database(url: str) -> str:
@@ -158,3 +159,49 @@ async def test_an_unreachable_database_is_one_clear_error(postgres: str) -> None
     with pytest.raises(StoreUnavailable, match="PostgreSQL store unavailable") as caught:
         await PostgresStore.open(f"postgresql://cx:secret-pw@127.0.0.1:{port + 1}/postgres")
     assert "secret-pw" not in str(caught.value)
+
+
+async def test_a_database_outage_is_a_clear_503_and_the_node_recovers(tmp_path: Path) -> None:
+    """PostgreSQL goes away under a running node: registry calls answer 503
+    `store_unavailable` (not a 500), /healthz says so, and once the database is back the
+    same node serves again without a restart."""
+    import aiohttp
+
+    from codexexec.rendezvous import RendezvousOptions, start_rendezvous
+    from codexexec.rendezvous.auth import TokenTable
+
+    (tmp_path / "tokens").write_text("outage-token\n")
+    with private_postgres() as server:
+        store = await PostgresStore.open(_fresh_database(server.url))
+        running = await start_rendezvous(
+            "http://127.0.0.1:0",
+            TokenTable.load(tmp_path / "tokens"),
+            store,
+            RendezvousOptions(heartbeat=None),
+        )
+        headers = {"Authorization": "Bearer outage-token"}
+        register = f"{running.url}/cloud/environment/env-1/register"
+        body = {"security_profile": "noise_hybrid_ik_v1", "executor_public_key": noise_key(1)}
+        try:
+            async with aiohttp.ClientSession(headers=headers) as http:
+                async with http.post(register, json=body) as response:
+                    assert response.status == 200
+                server.stop()
+                async with http.post(register, json=body) as response:
+                    assert response.status == 503
+                    assert (await response.json())["error"]["code"] == "store_unavailable"
+                async with http.get(f"{running.url}/healthz") as response:
+                    assert response.status == 503
+                    assert (await response.json())["store"].startswith("unavailable")
+                server.start()
+                for _ in range(100):
+                    async with http.post(register, json=body) as response:
+                        if response.status == 200:
+                            break
+                    await asyncio.sleep(0.1)
+                assert response.status == 200
+                async with http.get(f"{running.url}/healthz") as response:
+                    assert response.status == 200
+        finally:
+            await running.stop()
+            await store.aclose()

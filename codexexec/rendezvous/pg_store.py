@@ -14,23 +14,25 @@ What two nodes may race on is decided by the database:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import psycopg
 from psycopg import AsyncConnection
 from psycopg.conninfo import conninfo_to_dict
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from codexexec.rendezvous.signing import KEY_BYTES
 from codexexec.rendezvous.store import (
     KEPT_REGISTRATIONS_PER_ENVIRONMENT,
     AuthorizationLimit,
     Registration,
+    StoreUnavailable,
     ValidationOutcome,
     auth_digest,
     canonical_json,
@@ -73,10 +75,6 @@ SCHEMA_VERSION = len(MIGRATIONS)
 _MIGRATION_LOCK = 0x636F6465  # "code"
 POOL_MAX_SIZE = 8
 CONNECT_TIMEOUT_SECONDS = 10.0
-
-
-class StoreUnavailable(RuntimeError):
-    """PostgreSQL cannot be reached or set up; the message says why (never the password)."""
 
 
 def _reason(exc: BaseException, url: str) -> str:
@@ -127,8 +125,18 @@ class PostgresStore:
     async def aclose(self) -> None:
         await self._pool.close()
 
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection[Any]]:
+        """A pooled connection; a database that went away is StoreUnavailable (the pool
+        connects again once it is back)."""
+        try:
+            async with self._pool.connection() as conn:
+                yield conn
+        except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
+            raise StoreUnavailable(f"PostgreSQL store unavailable: {_reason(exc, self._pool.conninfo)}") from None
+
     async def _migrate(self) -> None:
-        async with self._pool.connection() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             await conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
@@ -148,7 +156,7 @@ class PostgresStore:
                 await conn.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION,))
 
     async def _signing_key(self) -> bytes:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             await conn.execute(
                 "INSERT INTO meta(name, value) VALUES ('relay_signing_key', %s)"
                 " ON CONFLICT (name) DO NOTHING",
@@ -172,7 +180,7 @@ class PostgresStore:
         now = self._clock()
         registration_id = f"reg-{uuid.uuid4()}"
         key_text = None if executor_public_key is None else canonical_json(executor_public_key)
-        async with self._pool.connection() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (environment_id,))
             await conn.execute(
                 "INSERT INTO registrations(registration_id, environment_id, security_profile,"
@@ -202,7 +210,7 @@ class PostgresStore:
         )
 
     async def current_registration(self, environment_id: str) -> Registration | None:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             row = await (
                 await conn.execute(
                     "SELECT r.registration_id, r.environment_id, r.security_profile,"
@@ -218,7 +226,7 @@ class PostgresStore:
         return Registration(row[0], row[1], row[2], key, float(row[4]))
 
     async def environment_count(self) -> int:
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             row = await (await conn.execute("SELECT COUNT(*) FROM environments")).fetchone()
         return 0 if row is None else int(row[0])
 
@@ -235,7 +243,7 @@ class PostgresStore:
     ) -> str:
         now = self._clock()
         authorization = "hka-" + secrets.token_urlsafe(32)
-        async with self._pool.connection() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (environment_id,))
             await conn.execute("DELETE FROM authorizations WHERE expires_at < %s", (now,))
             if limit is not None:
@@ -269,7 +277,7 @@ class PostgresStore:
     ) -> str:
         now = self._clock()
         digest = auth_digest(authorization)
-        async with self._pool.connection() as conn:
+        async with self._connection() as conn:
             spent = await (
                 await conn.execute(
                     "UPDATE authorizations SET used_at = %s WHERE digest = %s AND used_at IS NULL"

@@ -110,6 +110,7 @@ from codexexec.rendezvous.store import (
     AuthorizationLimit,
     Registration,
     RegistryStore,
+    StoreUnavailable,
     ValidationOutcome,
     canonical_json,
     open_store,
@@ -1136,6 +1137,12 @@ async def _errors_and_access_log(request: web.Request, handler: Handler) -> web.
         headers = {"WWW-Authenticate": 'Bearer realm="codexexec-rendezvous"'}
         return error_response(
             error.status, error.code, error.message, headers if error.status == 401 else None
+        )
+    except StoreUnavailable as error:
+        status = 503
+        _event(logging.ERROR, "registry.store_unavailable", path=request.path, error=str(error))
+        return error_response(
+            503, "store_unavailable", "the registry store is unavailable; retry later"
         )
     except web.HTTPException as error:
         status = error.status

@@ -74,6 +74,11 @@ def auth_digest(authorization: str) -> str:
     return hashlib.sha256(authorization.encode("utf-8", "surrogateescape")).hexdigest()
 
 
+class StoreUnavailable(RuntimeError):
+    """The store cannot be reached or used right now; the message says why (never a
+    password). The service answers 503, and a caller may try again."""
+
+
 class AuthorizationLimit(Exception):
     """The environment already holds as many unexpired authorizations as it may."""
 
