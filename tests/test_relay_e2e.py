@@ -320,3 +320,69 @@ def test_exec_through_a_rendezvous_on_postgresql(tmp_path: Path) -> None:
         with psycopg.connect(url) as conn:
             environments = conn.execute("SELECT environment_id FROM environments").fetchall()
         assert environments == [("devbox",)]
+
+
+def test_a_second_node_on_the_same_database_takes_over(tmp_path: Path) -> None:
+    """Two rendezvous nodes on one PostgreSQL behind a load balancer (a TCP proxy here).
+    The node holding the executor is shut down (SIGTERM) while a detached command writes;
+    the balancer sends new connections to the other node, the executor reconnects there
+    with the same signed URL (the nodes share the signing key and the registration), and
+    `read HANDLE --follow` through it gets every line exactly once."""
+    from tests.pg import private_postgres
+    from tests.tcp_proxy import TcpProxy
+
+    (tmp_path / "tokens").write_text(f"{TOKEN}\n")
+
+    def node(url: str) -> tuple[subprocess.Popen[bytes], int]:
+        process = subprocess.Popen(
+            codexexec_command(
+                "rendezvous",
+                "--listen",
+                "http://127.0.0.1:0",
+                "--token-file",
+                str(tmp_path / "tokens"),
+                "--db",
+                url,
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        assert process.stdout is not None
+        return process, int(process.stdout.readline().decode().strip().rsplit(":", 1)[1])
+
+    with private_postgres() as database:
+        node_a, port_a = node(database.url)
+        node_b, port_b = node(database.url)
+        balancer = TcpProxy(port_a)
+        executor = start_executor(
+            "serve", "--remote", balancer.http_url(), "--environment-id", "devbox"
+        )
+        try:
+            script = "for i in $(seq 1 80); do echo $i; sleep 0.05; done"
+            detached = cx(
+                "exec",
+                "--registry",
+                balancer.http_url(),
+                "--env",
+                "devbox",
+                "--detach",
+                "--",
+                "sh",
+                "-c",
+                script,
+            )
+            assert detached.returncode == 0, detached.stderr
+            handle = detached.stdout.decode().strip()
+            balancer.upstream_port = port_b
+            started = time.monotonic()
+            node_a.terminate()
+            node_a.wait(15)  # drains and exits within its bound
+            assert time.monotonic() - started < 15
+            followed = cx("read", handle, "--follow", timeout=90)
+            assert followed.returncode == 0, followed.stderr
+            assert followed.stdout.decode().split() == [str(i) for i in range(1, 81)]
+        finally:
+            stop(executor)
+            balancer.stop()
+            stop(node_a)
+            stop(node_b)
