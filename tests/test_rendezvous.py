@@ -586,7 +586,7 @@ async def test_reset_from_either_side_releases_the_stream(service: Service) -> N
     reset = encode(reset_frame(S1))
     await executor.send(reset)
     assert await recv_frame(harness) == reset
-    await wait_for(lambda: not service.running.state.relay.executors["env-1"].claims)
+    await wait_for(lambda: not len(service.running.state.relay.executors["env-1"].router))
     # The stream is over: closing the harness sends no second Reset.
     await harness.close()
     await assert_silent(executor)

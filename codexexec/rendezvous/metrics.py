@@ -44,7 +44,7 @@ class _RelayCollector(Collector):
         yield GaugeMetricFamily(
             f"{PREFIX}_streams_active",
             "Streams claimed by a harness",
-            value=sum(len(executor.claims) for executor in relay.executors.values()),
+            value=sum(len(executor.router) for executor in relay.executors.values()),
         )
         frames = CounterMetricFamily(
             f"{PREFIX}_frames_routed", "Frames routed", labels=["direction"]

@@ -86,9 +86,10 @@ def _reason(exc: BaseException, url: str) -> str:
 
 class PostgresStore:
     def __init__(
-        self, pool: AsyncConnectionPool[AsyncConnection[Any]], clock: Callable[[], float]
+        self, pool: AsyncConnectionPool[AsyncConnection[Any]], url: str, clock: Callable[[], float]
     ) -> None:
         self._pool = pool
+        self._url = url
         self._clock = clock
         self.signing_key = b""
 
@@ -111,7 +112,7 @@ class PostgresStore:
         )
         try:
             await pool.open(wait=True, timeout=CONNECT_TIMEOUT_SECONDS)
-            store = cls(pool, clock)
+            store = cls(pool, url, clock)
             await store._migrate()
             store.signing_key = await store._signing_key()
         except StoreUnavailable:
@@ -133,7 +134,9 @@ class PostgresStore:
             async with self._pool.connection() as conn:
                 yield conn
         except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
-            raise StoreUnavailable(f"PostgreSQL store unavailable: {_reason(exc, self._pool.conninfo)}") from None
+            raise StoreUnavailable(
+                f"PostgreSQL store unavailable: {_reason(exc, self._url)}"
+            ) from None
 
     async def _migrate(self) -> None:
         async with self._connection() as conn, conn.transaction():

@@ -99,6 +99,7 @@ from codexexec.rendezvous.auth import (
 )
 from codexexec.rendezvous.handshake_budget import HandshakeBudget
 from codexexec.rendezvous.metrics import CONTENT_TYPE, RendezvousMetrics, TimedStore
+from codexexec.rendezvous.router import Drop, Refuse, StreamRouter
 from codexexec.rendezvous.signing import (
     RELAY_PATH,
     RelayRole,
@@ -136,10 +137,6 @@ DB_FILENAME: Final = "rendezvous.sqlite3"
 # them; Codex's harness substitutes "Noise relay stream reset", its executor ignores the text).
 RESET_HARNESS_GONE: Final = "rendezvous_harness_disconnected"
 RESET_EXECUTOR_GONE: Final = "rendezvous_executor_disconnected"
-RESET_STREAM_IN_USE: Final = "rendezvous_stream_in_use"
-RESET_STREAM_LIMIT: Final = "rendezvous_stream_limit"
-# This harness credential's handshakes failed too often (handshake_budget.py).
-RESET_HANDSHAKES_PAUSED: Final = "rendezvous_handshakes_paused"
 
 # Websocket close codes (4000-4999: private use).
 CLOSE_GOING_AWAY: Final = 1001
@@ -433,10 +430,8 @@ class ExecutorPeer(Peer):
     ) -> None:
         super().__init__(relay, ws, request, ticket.environment_id, label)
         self.registration_id = ticket.registration_id
-        self.claims: dict[str, HarnessPeer] = {}
+        self.router: StreamRouter[HarnessPeer] = StreamRouter(relay.options.max_streams_per_harness)
         self.harnesses: set[HarnessPeer] = set()
-        # Streams whose handshake went to the executor and awaits its answer.
-        self.handshaking: set[str] = set()
 
 
 class HarnessPeer(Peer):
@@ -454,7 +449,6 @@ class HarnessPeer(Peer):
         super().__init__(relay, ws, request, executor.environment_id, label)
         self.executor = executor
         self.credential = credential
-        self.streams: set[str] = set()
 
 
 # -- the relay -------------------------------------------------------------------------------
@@ -507,12 +501,11 @@ class Relay:
     def detach_executor(self, peer: ExecutorPeer, code: int, reason: str) -> None:
         if self.executors.get(peer.environment_id) is peer:
             del self.executors[peer.environment_id]
+        ended = peer.router.executor_gone()
         for harness in list(peer.harnesses):
-            self._end_harness_streams(harness)
+            self._end_harness_streams(harness, ended.get(harness, []))
             harness.finish(CLOSE_EXECUTOR_GONE, "executor disconnected", drain=True)
         peer.harnesses.clear()
-        peer.claims.clear()
-        peer.handshaking.clear()
         peer.finish(code, reason, drain=False)
 
     def supersede(self, environment_id: str, registration_id: str) -> None:
@@ -527,12 +520,11 @@ class Relay:
             )
             self.detach_executor(peer, CLOSE_SUPERSEDED, "superseded by a newer registration")
 
-    def _end_harness_streams(self, harness: HarnessPeer) -> None:
+    def _end_harness_streams(self, harness: HarnessPeer, streams: list[str]) -> None:
         """The executor is gone: tell the harness its streams are over."""
-        for stream_id in harness.streams:
+        for stream_id in streams:
             if harness.outbox.try_put(encode_reset(stream_header(stream_id), RESET_EXECUTOR_GONE)):
                 self.stats.resets_sent += 1
-        harness.streams.clear()
 
     # harness lifecycle
 
@@ -543,12 +535,7 @@ class Relay:
     async def detach_harness(self, peer: HarnessPeer) -> None:
         executor = peer.executor
         executor.harnesses.discard(peer)
-        streams = [sid for sid in peer.streams if executor.claims.get(sid) is peer]
-        for stream_id in streams:
-            del executor.claims[stream_id]
-            executor.handshaking.discard(stream_id)
-        peer.streams.clear()
-        for stream_id in streams:
+        for stream_id in executor.router.harness_gone(peer):
             # A codexexec choice (verified §7 leaves the real rendezvous's behaviour open):
             # without this Reset the executor would keep the stream alive forever.
             if await executor.outbox.put(
@@ -596,32 +583,20 @@ class Relay:
             return
         stream_id, kind = decoded
         executor = harness.executor
-        owner = executor.claims.get(stream_id)
-        if owner is not harness:
-            if kind == "reset":  # not this harness's stream: nothing of its own to end
-                self.stats.dropped_unrouted += 1
-                return
-            if owner is not None:
-                self._refuse(harness, stream_id, RESET_STREAM_IN_USE)
-                return
-            if len(harness.streams) >= self.options.max_streams_per_harness:
-                self._refuse(harness, stream_id, RESET_STREAM_LIMIT)
-                return
-            executor.claims[stream_id] = harness
-            harness.streams.add(stream_id)
+        paused = (
+            kind == "handshake"
+            and self.options.pause_failing_credentials
+            and self.handshakes.blocked_for(harness.credential, time.monotonic()) > 0
+        )
+        verdict = executor.router.from_harness(harness, stream_id, kind, handshakes_paused=paused)
+        if isinstance(verdict, Refuse):
+            self._refuse(harness, stream_id, verdict.reason)
+            return
+        if isinstance(verdict, Drop):  # a Reset for a stream it does not own
+            self.stats.dropped_unrouted += 1
+            return
+        if verdict.claimed:
             _event(logging.DEBUG, "relay.stream_claimed", peer=harness.label, stream_id=stream_id)
-        if kind == "handshake" and self.options.pause_failing_credentials:
-            if self.handshakes.blocked_for(harness.credential, time.monotonic()):
-                # Not relayed: the executor's own budget is never spent on it.
-                del executor.claims[stream_id]
-                harness.streams.discard(stream_id)
-                self._refuse(harness, stream_id, RESET_HANDSHAKES_PAUSED)
-                return
-            executor.handshaking.add(stream_id)
-        if kind == "reset":
-            del executor.claims[stream_id]
-            harness.streams.discard(stream_id)
-            executor.handshaking.discard(stream_id)
         if await executor.outbox.put(data):
             self.stats.to_executor += 1
             self.stats.bytes_to_executor += len(data)
@@ -649,8 +624,8 @@ class Relay:
         if decoded is None:
             return
         stream_id, kind = decoded
-        harness = executor.claims.get(stream_id)
-        if harness is None:
+        verdict = executor.router.from_executor(stream_id, kind)
+        if isinstance(verdict, Drop):
             self.stats.dropped_unrouted += 1
             _event(
                 logging.DEBUG,
@@ -660,15 +635,11 @@ class Relay:
                 kind=kind,
             )
             return
-        if stream_id in executor.handshaking and kind in ("handshake", "reset"):
-            executor.handshaking.discard(stream_id)
-            if kind == "reset":
-                self._failed_handshake(harness)
-            else:
-                self.handshakes.succeeded(harness.credential)
-        if kind == "reset":
-            del executor.claims[stream_id]
-            harness.streams.discard(stream_id)
+        harness = verdict.harness
+        if verdict.handshake == "refused":
+            self._failed_handshake(harness)
+        elif verdict.handshake == "answered":
+            self.handshakes.succeeded(harness.credential)
         if harness.outbox.try_put(data):
             self.stats.to_harness += 1
             self.stats.bytes_to_harness += len(data)
