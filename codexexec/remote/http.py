@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import aiohttp
     from aiohttp import StreamReader
 
 MAX_RESPONSE_BYTES = 1 << 20
@@ -41,25 +42,36 @@ class HttpReply:
         return f"{self.status} {self.reason}".strip()
 
 
-async def post_json(
-    url: str, body: Mapping[str, Any], headers: Mapping[str, str], timeout: float
-) -> HttpReply:
+def new_session() -> aiohttp.ClientSession:
+    """A session for registry requests: no User-Agent or compression headers of its own."""
     import aiohttp
 
+    return aiohttp.ClientSession(skip_auto_headers=("User-Agent", "Accept-Encoding"))
+
+
+async def post_json(
+    url: str,
+    body: Mapping[str, Any],
+    headers: Mapping[str, str],
+    timeout: float,
+    session: aiohttp.ClientSession | None = None,
+) -> HttpReply:
+    """POST ``body``; ``session``: a kept one whose connections are reused (an executor's
+    /validate calls, one per stream), else one for this request alone."""
+    import aiohttp
+
+    if session is None:
+        async with new_session() as own:
+            return await post_json(url, body, headers, timeout, own)
     data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
     try:
-        async with (
-            aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=timeout),
-                skip_auto_headers=("User-Agent", "Accept-Encoding"),
-            ) as http,
-            http.post(
-                url,
-                data=data,
-                headers={"Content-Type": "application/json", **headers},
-                allow_redirects=False,
-            ) as response,
-        ):
+        async with session.post(
+            url,
+            data=data,
+            headers={"Content-Type": "application/json", **headers},
+            allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        ) as response:
             raw = await _read_bounded(response.content)
             return HttpReply(
                 response.status,
