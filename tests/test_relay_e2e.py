@@ -18,7 +18,9 @@ TOKEN = "relay-test-token"
 
 
 class Rendezvous:
-    def __init__(self, tmp: Path, port: int = 0) -> None:
+    """A `codexexec rendezvous` node; ``db`` as for `--db` (default: an SQLite file)."""
+
+    def __init__(self, tmp: Path, port: int = 0, db: str | None = None) -> None:
         self.tmp = tmp
         (tmp / "tokens").write_text(f"{TOKEN}\n")
         self.process = subprocess.Popen(
@@ -29,7 +31,7 @@ class Rendezvous:
                 "--token-file",
                 str(tmp / "tokens"),
                 "--db",
-                str(tmp / "rv.sqlite3"),
+                db or str(tmp / "rv.sqlite3"),
             ),
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -280,44 +282,23 @@ def _read_all(fd: int) -> bytes:
 def test_exec_through_a_rendezvous_on_postgresql(tmp_path: Path) -> None:
     """`rendezvous --db postgresql://…`: the registry lives in PostgreSQL (a private server
     the test starts), and a command runs through the relay as with SQLite."""
+    import psycopg
+
     from tests.pg import private_postgres
 
     with private_postgres() as server:
-        url = server.url
-        (tmp_path / "tokens").write_text(f"{TOKEN}\n")
-        node = subprocess.Popen(
-            codexexec_command(
-                "rendezvous",
-                "--listen",
-                "http://127.0.0.1:0",
-                "--token-file",
-                str(tmp_path / "tokens"),
-                "--db",
-                url,
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
+        node = Rendezvous(tmp_path, db=server.url)
         try:
-            assert node.stdout is not None
-            rendezvous_url = node.stdout.readline().decode().strip()
-            assert rendezvous_url.startswith("http://127.0.0.1:")
-            executor = start_executor(
-                "serve", "--remote", rendezvous_url, "--environment-id", "devbox"
-            )
+            executor = start_executor("serve", "--remote", node.url, "--environment-id", "devbox")
             try:
-                result = cx(
-                    "exec", "--registry", rendezvous_url, "--env", "devbox", "--", "echo", "pg"
-                )
+                result = cx("exec", "--registry", node.url, "--env", "devbox", "--", "echo", "pg")
                 assert result.returncode == 0, result.stderr
                 assert result.stdout == b"pg\n"
             finally:
                 stop(executor)
         finally:
-            stop(node)
-        import psycopg
-
-        with psycopg.connect(url) as conn:
+            node.kill()
+        with psycopg.connect(server.url) as conn:
             environments = conn.execute("SELECT environment_id FROM environments").fetchall()
         assert environments == [("devbox",)]
 
@@ -331,29 +312,12 @@ def test_a_second_node_on_the_same_database_takes_over(tmp_path: Path) -> None:
     from tests.pg import private_postgres
     from tests.tcp_proxy import TcpProxy
 
-    (tmp_path / "tokens").write_text(f"{TOKEN}\n")
-
-    def node(url: str) -> tuple[subprocess.Popen[bytes], int]:
-        process = subprocess.Popen(
-            codexexec_command(
-                "rendezvous",
-                "--listen",
-                "http://127.0.0.1:0",
-                "--token-file",
-                str(tmp_path / "tokens"),
-                "--db",
-                url,
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
-        assert process.stdout is not None
-        return process, int(process.stdout.readline().decode().strip().rsplit(":", 1)[1])
-
     with private_postgres() as database:
-        node_a, port_a = node(database.url)
-        node_b, port_b = node(database.url)
-        balancer = TcpProxy(port_a)
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        node_a = Rendezvous(tmp_path / "a", db=database.url)
+        node_b = Rendezvous(tmp_path / "b", db=database.url)
+        balancer = TcpProxy(node_a.port)
         executor = start_executor(
             "serve", "--remote", balancer.http_url(), "--environment-id", "devbox"
         )
@@ -373,10 +337,10 @@ def test_a_second_node_on_the_same_database_takes_over(tmp_path: Path) -> None:
             )
             assert detached.returncode == 0, detached.stderr
             handle = detached.stdout.decode().strip()
-            balancer.upstream_port = port_b
+            balancer.upstream_port = node_b.port
             started = time.monotonic()
-            node_a.terminate()
-            node_a.wait(15)  # drains and exits within its bound
+            node_a.process.terminate()
+            node_a.process.wait(15)  # drains and exits within its bound
             assert time.monotonic() - started < 15
             followed = cx("read", handle, "--follow", timeout=90)
             assert followed.returncode == 0, followed.stderr
@@ -384,5 +348,5 @@ def test_a_second_node_on_the_same_database_takes_over(tmp_path: Path) -> None:
         finally:
             stop(executor)
             balancer.stop()
-            stop(node_a)
-            stop(node_b)
+            stop(node_a.process)
+            stop(node_b.process)

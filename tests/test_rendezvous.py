@@ -48,7 +48,6 @@ from codexexec.rendezvous import (
     start_rendezvous,
 )
 from codexexec.rendezvous.auth import AuthError, create_dev_token_file
-from codexexec.rendezvous.store import ValidationOutcome
 
 BOTH = "tok-both-0123456789abcdef"
 EXECUTOR = "tok-exec-0123456789abcdef"
@@ -927,31 +926,6 @@ def test_signed_urls() -> None:
     with pytest.raises(SignatureError) as caught:
         signer.verify(pairs)
     assert (caught.value.status, caught.value.code) == (401, "relay_url_expired")
-
-
-async def test_store_authorizations_are_single_use(tmp_path: Path) -> None:
-    clock = FakeClock()
-    store = Store(tmp_path / "db.sqlite3", clock=clock)
-    assert stat.S_IMODE((tmp_path / "db.sqlite3").stat().st_mode) == 0o600
-    registration = await store.register("env-1", "noise_hybrid_ik_v1", noise_key(1), "test")
-    key = noise_key(7)
-    auth = await store.issue_authorization("env-1", registration.registration_id, key, 30)
-    args = ("env-1", registration.registration_id, key)
-    assert await store.consume_authorization(*args, auth) == ValidationOutcome.VALID
-    assert await store.consume_authorization(*args, auth) == ValidationOutcome.USED
-    late = await store.issue_authorization("env-1", registration.registration_id, key, 30)
-    clock.now += 31
-    assert await store.consume_authorization(*args, late) == ValidationOutcome.EXPIRED
-    assert await store.consume_authorization(*args, "hka-unknown") == ValidationOutcome.UNKNOWN
-    key_before = store.signing_key
-    store.close()
-    # Registrations and the signing key survive a restart; authorizations stay spent.
-    reopened = Store(tmp_path / "db.sqlite3", clock=clock)
-    assert reopened.signing_key == key_before
-    current = await reopened.current_registration("env-1")
-    assert current is not None and current.executor_public_key == noise_key(1)
-    assert await reopened.consume_authorization(*args, auth) == ValidationOutcome.USED
-    reopened.close()
 
 
 @pytest.mark.parametrize(

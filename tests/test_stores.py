@@ -205,3 +205,11 @@ async def test_a_database_outage_is_a_clear_503_and_the_node_recovers(tmp_path: 
         finally:
             await running.stop()
             await store.aclose()
+
+
+def test_the_sqlite_file_is_private(tmp_path: Path) -> None:
+    """It holds the URL-signing key: created 0600."""
+    import stat
+
+    Store(tmp_path / "rv.sqlite3").close()
+    assert stat.S_IMODE((tmp_path / "rv.sqlite3").stat().st_mode) == 0o600
