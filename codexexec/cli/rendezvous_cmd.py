@@ -32,7 +32,8 @@ def rendezvous(
     from pathlib import Path
 
     from codexexec.cli.errors import fail
-    from codexexec.rendezvous.service import RendezvousOptions, run_rendezvous
+    from codexexec.rendezvous.options import RendezvousOptions
+    from codexexec.rendezvous.service import run_rendezvous
 
     options = RendezvousOptions(agent_keys=Path(agent_keys) if agent_keys else None)
     try:

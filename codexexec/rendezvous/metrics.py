@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 from codexexec.rendezvous.store import Registration, RegistryStore
 
 if TYPE_CHECKING:
-    from codexexec.rendezvous.service import Relay
+    from codexexec.rendezvous.relay import Relay
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PREFIX = "codexexec_rendezvous"

@@ -1,0 +1,220 @@
+"""One relay websocket each: a bounded outbox drained by one writer task, and how it closes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from codexexec.rendezvous.events import event
+from codexexec.rendezvous.options import CLOSE_GOING_AWAY
+from codexexec.rendezvous.router import StreamRouter
+from codexexec.rendezvous.signing import RelayRole, RelayTicket
+
+if TYPE_CHECKING:
+    from codexexec.rendezvous.relay import Relay
+
+
+# How long a harness may fail to drain its outbox before it is cut off.
+SLOW_HARNESS_GRACE_SECONDS = 10.0
+
+
+class Outbox:
+    """A bounded FIFO of outgoing websocket messages (frame count and byte budget).
+
+    One oversized item is always admitted into an empty outbox, so a single frame can never
+    wedge it.
+    """
+
+    def __init__(self, max_frames: int, max_bytes: int) -> None:
+        self._items: deque[bytes] = deque()
+        self._bytes = 0
+        self._max_frames = max_frames
+        self._max_bytes = max_bytes
+        self._closed = False
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _fits(self, size: int) -> bool:
+        if not self._items:
+            return True
+        return len(self._items) < self._max_frames and self._bytes + size <= self._max_bytes
+
+    def _append(self, data: bytes) -> None:
+        self._items.append(data)
+        self._bytes += len(data)
+        self._readable.set()
+
+    def try_put(self, data: bytes) -> bool:
+        if self._closed or not self._fits(len(data)):
+            return False
+        self._append(data)
+        return True
+
+    async def put(self, data: bytes) -> bool:
+        """Wait for room; False if the outbox was closed first."""
+        while not self._closed and not self._fits(len(data)):
+            self._writable.clear()
+            await self._writable.wait()
+        if self._closed:
+            return False
+        self._append(data)
+        return True
+
+    async def get(self) -> bytes | None:
+        """The next item, or None once closed and drained."""
+        while not self._items:
+            if self._closed:
+                return None
+            self._readable.clear()
+            await self._readable.wait()
+        data = self._items.popleft()
+        self._bytes -= len(data)
+        self._writable.set()
+        return data
+
+    def close(self, *, drain: bool) -> None:
+        """Refuse new items; with ``drain`` the queued ones are still delivered."""
+        self._closed = True
+        if not drain:
+            self._items.clear()
+            self._bytes = 0
+        self._readable.set()
+        self._writable.set()
+
+
+class Peer:
+    """One relay websocket: its outbox, writer task and close bookkeeping."""
+
+    role: RelayRole
+
+    def __init__(
+        self,
+        relay: Relay,
+        ws: web.WebSocketResponse,
+        request: web.Request,
+        environment_id: str,
+        label: str,
+    ) -> None:
+        self.relay = relay
+        self.ws = ws
+        self.request = request
+        self.environment_id = environment_id
+        self.label = label
+        opts = relay.options
+        self.outbox = Outbox(opts.outbox_frames, opts.outbox_bytes)
+        self.closing = False
+        self._close_code = CLOSE_GOING_AWAY
+        self._close_message = b""
+        self._writer: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._writer = asyncio.create_task(
+            self._write_loop(), name=f"rendezvous-writer-{self.label}"
+        )
+
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                data = await self.outbox.get()
+                if data is None:
+                    break
+                await self.ws.send_bytes(data)
+        except Exception as error:  # the socket broke under us: the reader will see it too
+            event(logging.DEBUG, "relay.write_failed", peer=self.label, error=type(error).__name__)
+        finally:
+            self.outbox.close(drain=False)
+            await self._close_socket()
+
+    async def _close_socket(self) -> None:
+        if self.ws.closed:
+            return
+        try:
+            await asyncio.wait_for(
+                self.ws.close(code=self._close_code, message=self._close_message),
+                self.relay.options.close_timeout,
+            )
+        except Exception:  # a peer that will not close cleanly is cut off
+            transport = self.request.transport
+            if transport is not None:
+                transport.abort()
+
+    def finish(self, code: int, reason: str, *, drain: bool) -> None:
+        """Close this socket: after the queued frames (``drain``) or at once."""
+        if self.closing:
+            return
+        self.closing = True
+        self._close_code = code
+        self._close_message = reason.encode("utf-8")
+        self.outbox.close(drain=drain)
+        if drain:
+            self.relay.spawn(self._close_if_not_drained())
+        else:
+            self.relay.spawn(self._close_socket())
+
+    async def _close_if_not_drained(self) -> None:
+        """A peer that does not take its last frames in time is closed anyway."""
+        writer = self._writer
+        if writer is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(writer), self.relay.options.close_timeout)
+                return
+            except TimeoutError:
+                pass
+        await self._close_socket()
+
+    async def wait_closed(self) -> None:
+        writer = self._writer
+        if writer is None:
+            return
+        if not self.closing:
+            self.finish(CLOSE_GOING_AWAY, "", drain=False)
+        try:
+            await asyncio.wait_for(asyncio.shield(writer), self.relay.options.close_timeout * 2)
+        except TimeoutError:
+            writer.cancel()
+
+
+class ExecutorPeer(Peer):
+    role: RelayRole = "environment"
+
+    def __init__(
+        self,
+        relay: Relay,
+        ws: web.WebSocketResponse,
+        request: web.Request,
+        ticket: RelayTicket,
+        label: str,
+    ) -> None:
+        super().__init__(relay, ws, request, ticket.environment_id, label)
+        self.registration_id = ticket.registration_id
+        self.router: StreamRouter[HarnessPeer] = StreamRouter(relay.options.max_streams_per_harness)
+        self.harnesses: set[HarnessPeer] = set()
+
+
+class HarnessPeer(Peer):
+    role: RelayRole = "harness"
+
+    def __init__(
+        self,
+        relay: Relay,
+        ws: web.WebSocketResponse,
+        request: web.Request,
+        executor: ExecutorPeer,
+        label: str,
+        credential: str,
+    ) -> None:
+        super().__init__(relay, ws, request, executor.environment_id, label)
+        self.executor = executor
+        self.credential = credential
