@@ -18,10 +18,14 @@ TOKEN = "relay-test-token"
 
 
 class Rendezvous:
-    """A `codexexec rendezvous` node; ``db`` as for `--db` (default: an SQLite file)."""
+    """A `codexexec rendezvous` node; ``db`` as for `--db` (default: an SQLite file), ``bus``
+    as for `--bus`."""
 
-    def __init__(self, tmp: Path, port: int = 0, db: str | None = None) -> None:
+    def __init__(
+        self, tmp: Path, port: int = 0, db: str | None = None, bus: str | None = None
+    ) -> None:
         self.tmp = tmp
+        tmp.mkdir(parents=True, exist_ok=True)
         (tmp / "tokens").write_text(f"{TOKEN}\n")
         self.process = subprocess.Popen(
             codexexec_command(
@@ -32,6 +36,7 @@ class Rendezvous:
                 str(tmp / "tokens"),
                 "--db",
                 db or str(tmp / "rv.sqlite3"),
+                *(["--bus", bus] if bus else []),
             ),
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

@@ -21,6 +21,12 @@ def rendezvous(
         help="Registry state: an SQLite file (default: rendezvous.sqlite3 in the state "
         "directory), or postgresql://USER@HOST:PORT/DB for several nodes sharing one registry.",
     ),
+    bus: str | None = typer.Option(
+        None,
+        "--bus",
+        help="nats://HOST:PORT of the NATS server joining this node to a cluster: harnesses "
+        "on any node reach executors on any other (with --db postgresql://… shared by all).",
+    ),
     agent_keys: str | None = typer.Option(
         None,
         "--agent-keys",
@@ -35,7 +41,7 @@ def rendezvous(
     from codexexec.rendezvous.options import RendezvousOptions
     from codexexec.rendezvous.service import run_rendezvous
 
-    options = RendezvousOptions(agent_keys=Path(agent_keys) if agent_keys else None)
+    options = RendezvousOptions(agent_keys=Path(agent_keys) if agent_keys else None, bus=bus)
     try:
         run_rendezvous(listen, Path(token_file) if token_file else None, db, options)
     except (OSError, ValueError, RuntimeError) as exc:

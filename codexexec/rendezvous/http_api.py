@@ -26,7 +26,9 @@ from codexexec.rendezvous.auth import (
     Role,
     TokenTable,
 )
+from codexexec.rendezvous.bus_wire import BusRefused, BusUnavailable
 from codexexec.rendezvous.events import event
+from codexexec.rendezvous.links import RemoteExecutor
 from codexexec.rendezvous.metrics import CONTENT_TYPE, RendezvousMetrics
 from codexexec.rendezvous.options import (
     CLOSE_EXECUTOR_GONE,
@@ -37,6 +39,7 @@ from codexexec.rendezvous.peers import ExecutorPeer, HarnessPeer, Peer
 from codexexec.rendezvous.relay import Relay
 from codexexec.rendezvous.signing import (
     RelayRole,
+    RelayTicket,
     RelayUrlSigner,
     SignatureError,
 )
@@ -216,7 +219,7 @@ async def handle_register(request: web.Request) -> web.Response:
             + ", ".join(repr(name) for name in (*NOISE_SUITES, SECURITY_PROFILE_LEGACY)),
         )
     registration = await state.store.register(environment_id, profile, key, principal.label)
-    state.relay.supersede(environment_id, registration.registration_id)
+    await state.relay.registered(environment_id, registration.registration_id)
     event(
         logging.INFO,
         "registry.register",
@@ -248,7 +251,7 @@ async def handle_connect(request: web.Request) -> web.Response:
             "environment_not_found",
             f"no executor has registered environment {environment_id!r}",
         )
-    if state.relay.online(environment_id, registration.registration_id) is None:
+    if await state.relay.locate(environment_id, registration.registration_id) is None:
         raise ApiError(
             409,
             "environment_offline",
@@ -361,11 +364,14 @@ async def handle_healthz(request: web.Request) -> web.Response:
         store = "ok"
     except Exception as exc:  # any store failure is what this endpoint reports
         store = f"unavailable: {type(exc).__name__}"
-    healthy = store == "ok" and not relay.shutting_down
+    bus = "none" if relay.bus is None else relay.bus.status()
+    healthy = store == "ok" and bus in ("ok", "none") and not relay.shutting_down
     return web.json_response(
         {
             "status": "stopping" if relay.shutting_down else "ok" if healthy else "degraded",
             "store": store,
+            "bus": bus,
+            "node": relay.node_id,
             "executors_online": len(relay.executors),
             "relay_sockets": len(relay.peers),
             "uptime_seconds": round(time.monotonic() - state.started, 3),
@@ -404,21 +410,42 @@ async def handle_relay(request: web.Request) -> web.StreamResponse:
             "registration_superseded",
             "this relay URL belongs to a registration that is no longer current",
         )
-    executor: ExecutorPeer | None = None
+    executor: ExecutorPeer | RemoteExecutor | None = None
     if ticket.role == "harness":
-        executor = relay.online(ticket.environment_id, ticket.registration_id)
-        if executor is None:
+        located = await relay.locate(ticket.environment_id, ticket.registration_id)
+        if located is None:
             raise ApiError(
                 409,
                 "environment_offline",
                 f"the executor for environment {ticket.environment_id!r} is not connected",
             )
-        if len(executor.harnesses) >= state.options.max_harness_sockets:
-            raise ApiError(
-                429,
-                "too_many_relay_sockets",
-                f"environment {ticket.environment_id!r} has too many harness connections",
+        if isinstance(located, ExecutorPeer):
+            executor = located
+            if len(executor.harnesses) >= state.options.max_harness_sockets:
+                raise ApiError(
+                    429,
+                    "too_many_relay_sockets",
+                    f"environment {ticket.environment_id!r} has too many harness connections",
+                )
+        else:
+            assert relay.bus is not None
+            executor = await relay.bus.open_link(
+                located, ticket.environment_id, ticket.registration_id, ticket.subject
             )
+    try:
+        return await _relay_socket(request, state, ticket, executor)
+    finally:
+        if isinstance(executor, RemoteExecutor) and executor.harness is None:
+            executor.harness_gone()  # the upgrade failed: the link is not needed
+
+
+async def _relay_socket(
+    request: web.Request,
+    state: RendezvousState,
+    ticket: RelayTicket,
+    executor: ExecutorPeer | RemoteExecutor | None,
+) -> web.StreamResponse:
+    relay = state.relay
     ws = web.WebSocketResponse(
         timeout=state.options.close_timeout,
         max_msg_size=state.options.max_message_bytes,
@@ -431,13 +458,16 @@ async def handle_relay(request: web.Request) -> web.StreamResponse:
     if executor is None:
         peer = ExecutorPeer(relay, ws, request, ticket, relay.next_label("executor"))
         relay.attach_executor(peer)
+        await relay.announce(peer)
     else:
         if executor.closing:  # it went away while we were upgrading
             await ws.close(code=CLOSE_EXECUTOR_GONE, message=b"executor disconnected")
             return ws
-        peer = HarnessPeer(
-            relay, ws, request, executor, relay.next_label("harness"), ticket.subject
-        )
+        label = executor.id if isinstance(executor, RemoteExecutor) else relay.next_label("harness")
+        peer = HarnessPeer(relay, ws, request, executor, label, ticket.subject)
+        if isinstance(executor, RemoteExecutor) and not executor.bind(peer):
+            await ws.close(code=CLOSE_EXECUTOR_GONE, message=b"executor disconnected")
+            return ws
         relay.attach_harness(peer)
     peer.start()
     event(
@@ -508,6 +538,13 @@ async def errors_and_access_log(request: web.Request, handler: Handler) -> web.S
         return error_response(
             error.status, error.code, error.message, headers if error.status == 401 else None
         )
+    except BusRefused as error:
+        status = error.status
+        return error_response(error.status, error.code, error.message)
+    except BusUnavailable as error:
+        status = 503
+        event(logging.WARNING, "bus.unavailable", path=request.path, error=str(error))
+        return error_response(503, "bus_unavailable", f"{error}; retry later")
     except StoreUnavailable as error:
         status = 503
         event(logging.ERROR, "registry.store_unavailable", path=request.path, error=str(error))

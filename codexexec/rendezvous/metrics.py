@@ -41,6 +41,12 @@ class _RelayCollector(Collector):
         sockets.add_metric(["executor"], len(relay.executors))
         sockets.add_metric(["harness"], harnesses)
         yield sockets
+        bus = relay.bus
+        yield GaugeMetricFamily(
+            f"{PREFIX}_bus_links",
+            "Links with other nodes",
+            value=0 if bus is None else len(bus.links),
+        )
         yield GaugeMetricFamily(
             f"{PREFIX}_streams_active",
             "Streams claimed by a harness",
@@ -68,6 +74,12 @@ class _RelayCollector(Collector):
             ("slow_harnesses", "Harness sockets cut for not reading", stats.slow_harnesses),
             ("handshakes_failed", "Handshakes the executor refused", stats.failed_handshakes),
             ("credentials_paused", "Harness credentials paused", stats.paused_credentials),
+            ("bus_messages_sent", "Link messages sent to other nodes", stats.bus_messages_out),
+            ("bus_messages_received", "Link messages from other nodes", stats.bus_messages_in),
+            ("bus_bytes_sent", "Link message bytes sent to other nodes", stats.bus_bytes_out),
+            ("bus_bytes_received", "Link message bytes from other nodes", stats.bus_bytes_in),
+            ("bus_invalid", "Bus messages that were not ours", stats.bus_dropped_invalid),
+            ("bus_links_broken", "Links ended: node silent, bus down", stats.bus_links_broken),
         ):
             yield CounterMetricFamily(f"{PREFIX}_{name}", help_text, value=value)
 
@@ -89,6 +101,17 @@ class RendezvousMetrics:
             registry=self.registry,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
         )
+
+        self.bus_seconds = Histogram(
+            f"{PREFIX}_bus_request_seconds",
+            "Latency of requests to other nodes over the bus",
+            ["operation"],
+            registry=self.registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+        )
+
+    def observe_bus(self, operation: str, seconds: float) -> None:
+        self.bus_seconds.labels(operation).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

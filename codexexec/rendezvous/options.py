@@ -19,6 +19,8 @@ CLOSE_REPLACED: Final = 4000
 CLOSE_SUPERSEDED: Final = 4001
 CLOSE_EXECUTOR_GONE: Final = 4002
 CLOSE_TOO_SLOW: Final = 4003
+# A link between two rendezvous nodes lost frames (``links.py``).
+CLOSE_FRAMES_LOST: Final = 4004
 
 
 @dataclass(frozen=True)
@@ -45,3 +47,10 @@ class RendezvousOptions:
     # Stop relaying the handshakes of a harness credential that keeps failing them
     # (handshake_budget.py), so it cannot pause an executor for everyone else.
     pause_failing_credentials: bool = True
+    # NATS URL of the bus joining this node to a cluster (``bus.py``); None: a lone node.
+    bus: str | None = None
+    # With a bus: heartbeat period, how long a silent node is trusted, and how
+    # long a request to another node may take.
+    bus_heartbeat: float = 1.0
+    bus_node_timeout: float = 5.0
+    bus_request_timeout: float = 2.0

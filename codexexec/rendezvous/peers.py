@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from codexexec.relay.frames import encode_reset, stream_header
 from codexexec.rendezvous.events import event
-from codexexec.rendezvous.options import CLOSE_GOING_AWAY
+from codexexec.rendezvous.links import RemoteExecutor, RemoteHarness
+from codexexec.rendezvous.options import CLOSE_EXECUTOR_GONE, CLOSE_GOING_AWAY, RESET_EXECUTOR_GONE
 from codexexec.rendezvous.router import StreamRouter
 from codexexec.rendezvous.signing import RelayRole, RelayTicket
 
@@ -199,8 +201,10 @@ class ExecutorPeer(Peer):
     ) -> None:
         super().__init__(relay, ws, request, ticket.environment_id, label)
         self.registration_id = ticket.registration_id
-        self.router: StreamRouter[HarnessPeer] = StreamRouter(relay.options.max_streams_per_harness)
-        self.harnesses: set[HarnessPeer] = set()
+        # Unique across the cluster: other nodes address this socket by it.
+        self.socket_id = f"{relay.node_id}/{label}"
+        self.router: StreamRouter[HarnessEnd] = StreamRouter(relay.options.max_streams_per_harness)
+        self.harnesses: set[HarnessEnd] = set()
 
 
 class HarnessPeer(Peer):
@@ -211,10 +215,27 @@ class HarnessPeer(Peer):
         relay: Relay,
         ws: web.WebSocketResponse,
         request: web.Request,
-        executor: ExecutorPeer,
+        executor: ExecutorPeer | RemoteExecutor,
         label: str,
         credential: str,
     ) -> None:
         super().__init__(relay, ws, request, executor.environment_id, label)
         self.executor = executor
         self.credential = credential
+
+    async def offer(self, data: bytes) -> bool:
+        return self.outbox.try_put(data)
+
+    async def deliver(self, data: bytes) -> bool:
+        return await self.outbox.put(data)
+
+    def executor_gone(self, streams: list[str]) -> None:
+        """The executor socket went away: Resets for the harness's streams, then close."""
+        for stream_id in streams:
+            if self.outbox.try_put(encode_reset(stream_header(stream_id), RESET_EXECUTOR_GONE)):
+                self.relay.stats.resets_sent += 1
+        self.finish(CLOSE_EXECUTOR_GONE, "executor disconnected", drain=True)
+
+
+# A harness socket as the executor's node routes to it: here, or on another node.
+HarnessEnd = HarnessPeer | RemoteHarness

@@ -8,23 +8,32 @@ import logging
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from codexexec.relay.frames import FrameError, body_kind, encode_reset, parse, stream_header
 from codexexec.rendezvous.events import event
 from codexexec.rendezvous.handshake_budget import HandshakeBudget
+from codexexec.rendezvous.links import RemoteHarness
 from codexexec.rendezvous.options import (
-    CLOSE_EXECUTOR_GONE,
     CLOSE_GOING_AWAY,
     CLOSE_REPLACED,
     CLOSE_SUPERSEDED,
     CLOSE_TOO_SLOW,
-    RESET_EXECUTOR_GONE,
     RESET_HARNESS_GONE,
     RendezvousOptions,
 )
-from codexexec.rendezvous.peers import SLOW_HARNESS_GRACE_SECONDS, ExecutorPeer, HarnessPeer, Peer
+from codexexec.rendezvous.peers import (
+    SLOW_HARNESS_GRACE_SECONDS,
+    ExecutorPeer,
+    HarnessEnd,
+    HarnessPeer,
+    Peer,
+)
 from codexexec.rendezvous.router import Drop, Refuse
+
+if TYPE_CHECKING:
+    from codexexec.rendezvous.bus import NatsBus
+    from codexexec.rendezvous.bus_wire import ExecutorLocation
 
 
 @dataclass
@@ -41,6 +50,14 @@ class RelayStats:
     paused_credentials: int = 0
     bytes_to_executor: int = 0
     bytes_to_harness: int = 0
+    # Across the bus (``bus.py``): link messages sent and received, and links ended because
+    # frames were lost or the other node could not be reached.
+    bus_messages_out: int = 0
+    bus_messages_in: int = 0
+    bus_bytes_out: int = 0
+    bus_bytes_in: int = 0
+    bus_dropped_invalid: int = 0
+    bus_links_broken: int = 0
 
     def as_json(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -49,8 +66,11 @@ class RelayStats:
 class Relay:
     """Live sockets per environment and the stream-id routing between them."""
 
-    def __init__(self, options: RendezvousOptions) -> None:
+    def __init__(self, options: RendezvousOptions, node_id: str = "local") -> None:
         self.options = options
+        self.node_id = node_id
+        # Set when this node is one of a cluster (``bus.py``).
+        self.bus: NatsBus | None = None
         self.stats = RelayStats()
         self.executors: dict[str, ExecutorPeer] = {}
         self.peers: set[Peer] = set()
@@ -74,6 +94,28 @@ class Relay:
             return None
         return peer
 
+    async def locate(
+        self, environment_id: str, registration_id: str
+    ) -> ExecutorPeer | ExecutorLocation | None:
+        """The executor socket of this registration: here, on another node, or nowhere.
+
+        Raises ``BusUnavailable`` when other nodes could not be asked."""
+        local = self.online(environment_id, registration_id)
+        if local is not None or self.bus is None:
+            return local
+        return await self.bus.where(environment_id, registration_id)
+
+    async def registered(self, environment_id: str, registration_id: str) -> None:
+        """A new registration: sockets under older ones close, here and on every node."""
+        self.supersede(environment_id, registration_id)
+        if self.bus is not None:
+            await self.bus.registered(environment_id, registration_id)
+
+    async def announce(self, peer: ExecutorPeer) -> None:
+        """The executor socket is attached: other nodes can now find it."""
+        if self.bus is not None:
+            await self.bus.executor_attached(peer)
+
     # executor lifecycle
 
     def attach_executor(self, peer: ExecutorPeer) -> None:
@@ -93,10 +135,11 @@ class Relay:
     def detach_executor(self, peer: ExecutorPeer, code: int, reason: str) -> None:
         if self.executors.get(peer.environment_id) is peer:
             del self.executors[peer.environment_id]
+            if self.bus is not None:
+                self.bus.executor_detached(peer)
         ended = peer.router.executor_gone()
         for harness in list(peer.harnesses):
-            self._end_harness_streams(harness, ended.get(harness, []))
-            harness.finish(CLOSE_EXECUTOR_GONE, "executor disconnected", drain=True)
+            harness.executor_gone(ended.get(harness, []))
         peer.harnesses.clear()
         peer.finish(code, reason, drain=False)
 
@@ -112,20 +155,18 @@ class Relay:
             )
             self.detach_executor(peer, CLOSE_SUPERSEDED, "superseded by a newer registration")
 
-    def _end_harness_streams(self, harness: HarnessPeer, streams: list[str]) -> None:
-        """The executor is gone: tell the harness its streams are over."""
-        for stream_id in streams:
-            if harness.outbox.try_put(encode_reset(stream_header(stream_id), RESET_EXECUTOR_GONE)):
-                self.stats.resets_sent += 1
-
     # harness lifecycle
 
     def attach_harness(self, peer: HarnessPeer) -> None:
-        peer.executor.harnesses.add(peer)
+        if isinstance(peer.executor, ExecutorPeer):
+            peer.executor.harnesses.add(peer)
         self.peers.add(peer)
 
-    async def detach_harness(self, peer: HarnessPeer) -> None:
+    async def detach_harness(self, peer: HarnessEnd) -> None:
         executor = peer.executor
+        if not isinstance(executor, ExecutorPeer):  # held by another node: it resets them
+            executor.harness_gone()
+            return
         executor.harnesses.discard(peer)
         for stream_id in executor.router.harness_gone(peer):
             # A codexexec choice (verified §7 leaves the real rendezvous's behaviour open):
@@ -144,7 +185,7 @@ class Relay:
 
     # frames
 
-    def _decode(self, peer: Peer, data: bytes) -> tuple[str, str | None] | None:
+    def _decode(self, peer: Peer | RemoteHarness, data: bytes) -> tuple[str, str | None] | None:
         try:
             frame = parse(data, strict=False)
         except FrameError as error:
@@ -157,7 +198,7 @@ class Relay:
         self.stats.dropped_text += 1
         event(logging.DEBUG, "relay.frame_dropped", peer=peer.label, reason="not_binary")
 
-    def _refuse(self, harness: HarnessPeer, stream_id: str, reason: str) -> None:
+    async def _refuse(self, harness: HarnessEnd, stream_id: str, reason: str) -> None:
         self.stats.refused_streams += 1
         event(
             logging.WARNING,
@@ -166,15 +207,22 @@ class Relay:
             environment_id=harness.environment_id,
             reason=reason,
         )
-        if harness.outbox.try_put(encode_reset(stream_header(stream_id), reason)):
+        if await harness.offer(encode_reset(stream_header(stream_id), reason)):
             self.stats.resets_sent += 1
 
-    async def from_harness(self, harness: HarnessPeer, data: bytes) -> None:
+    async def from_harness(self, harness: HarnessEnd, data: bytes) -> None:
         decoded = self._decode(harness, data)
         if decoded is None:
             return
         stream_id, kind = decoded
         executor = harness.executor
+        if not isinstance(executor, ExecutorPeer):  # held by another node, which routes
+            if await executor.forward(data):
+                self.stats.to_executor += 1
+                self.stats.bytes_to_executor += len(data)
+            else:
+                self.stats.dropped_unrouted += 1
+            return
         paused = (
             kind == "handshake"
             and self.options.pause_failing_credentials
@@ -182,7 +230,7 @@ class Relay:
         )
         verdict = executor.router.from_harness(harness, stream_id, kind, handshakes_paused=paused)
         if isinstance(verdict, Refuse):
-            self._refuse(harness, stream_id, verdict.reason)
+            await self._refuse(harness, stream_id, verdict.reason)
             return
         if isinstance(verdict, Drop):  # a Reset for a stream it does not own
             self.stats.dropped_unrouted += 1
@@ -195,7 +243,7 @@ class Relay:
         else:
             self.stats.dropped_unrouted += 1
 
-    def _failed_handshake(self, harness: HarnessPeer) -> None:
+    def _failed_handshake(self, harness: HarnessEnd) -> None:
         """The executor refused a handshake this harness sent: its credential's failure."""
         self.stats.failed_handshakes += 1
         if not self.options.pause_failing_credentials:
@@ -232,7 +280,7 @@ class Relay:
             self._failed_handshake(harness)
         elif verdict.handshake == "answered":
             self.handshakes.succeeded(harness.credential)
-        if harness.outbox.try_put(data):
+        if await harness.offer(data):
             self.stats.to_harness += 1
             self.stats.bytes_to_harness += len(data)
             return
@@ -244,7 +292,7 @@ class Relay:
         # on this executor socket, so it is cut.
         try:
             async with asyncio.timeout(SLOW_HARNESS_GRACE_SECONDS):
-                delivered = await harness.outbox.put(data)
+                delivered = await harness.deliver(data)
         except TimeoutError:
             delivered = False
         if delivered:
@@ -265,6 +313,8 @@ class Relay:
 
     async def shutdown(self) -> None:
         self.shutting_down = True
+        if self.bus is not None:
+            self.bus.stop_announcing()
         for peer in list(self.peers):
             peer.finish(CLOSE_GOING_AWAY, "rendezvous shutting down", drain=False)
         await asyncio.gather(

@@ -71,6 +71,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import secrets
 import signal
 import sys
 from collections.abc import Callable
@@ -134,7 +135,7 @@ def build_app(
 ) -> web.Application:
     opts = options or RendezvousOptions()
     app = web.Application(middlewares=[errors_and_access_log], client_max_size=opts.max_body_bytes)
-    relay = Relay(opts)
+    relay = Relay(opts, node_id=secrets.token_hex(4))
     metrics = RendezvousMetrics(relay)
     app[STATE] = RendezvousState(
         tokens=tokens,
@@ -157,7 +158,10 @@ def build_app(
     app.router.add_get(RELAY_PATH, handle_relay)
 
     async def _on_shutdown(app: web.Application) -> None:
-        await app[STATE].relay.shutdown()
+        relay = app[STATE].relay
+        await relay.shutdown()
+        if relay.bus is not None:
+            await relay.bus.close()
 
     app.on_shutdown.append(_on_shutdown)
     return app
@@ -212,10 +216,17 @@ async def start_rendezvous(
 ) -> RunningRendezvous:
     host, port = parse_listen_url(listen_url)
     app = build_app(tokens, store, options)
+    state = app[STATE]
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:
+        if state.options.bus is not None:
+            from codexexec.rendezvous.bus import NatsBus  # NATS only for a cluster node
+
+            bus = NatsBus(state.options.bus, state.relay, state.metrics.observe_bus)
+            await bus.start()
+            state.relay.bus = bus
         await site.start()
     except BaseException:
         await runner.cleanup()
@@ -285,8 +296,9 @@ def run_rendezvous(
     ``db``: an SQLite file (default: one under the state directory) or a ``postgresql://``
     URL. Prints the bound ``http://IP:PORT`` as the first line on stdout; when it had to
     create the development token file it then says where on stderr (never the token). Raises
-    ValueError for a bad listen URL, ``auth.TokenFileError`` for an unusable token file and
-    ``pg_store.StoreUnavailable`` when PostgreSQL cannot be used.
+    ValueError for a bad listen URL, ``auth.TokenFileError`` for an unusable token file,
+    ``store.StoreUnavailable`` when PostgreSQL cannot be used and ``bus.BusUnavailable`` when
+    the bus (``options.bus``) cannot.
     """
     parse_listen_url(listen_url)  # fail before touching any file
     notices: list[str] = []

@@ -1,0 +1,70 @@
+"""A private NATS server for tests: `nats-server` on a loopback port, stopped after.
+
+Debian's `nats-server` package provides it; `.ci/run` installs it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class PrivateNats:
+    """A running server: ``url``, and ``stop``/``start`` (same port) for outage tests."""
+
+    def __init__(self, binary: str) -> None:
+        self._binary = binary
+        self.port = _free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._process = subprocess.Popen(
+            [self._binary, "-a", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+                    if conn.recv(4).startswith(b"INFO"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("nats-server did not start")
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
+
+@contextmanager
+def private_nats() -> Iterator[PrivateNats]:
+    binary = shutil.which("nats-server") or (
+        "/usr/sbin/nats-server" if os.path.exists("/usr/sbin/nats-server") else None
+    )
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("nats-server is not installed (apt-get install nats-server)")
+        pytest.skip("nats-server is not installed")
+    server = PrivateNats(binary)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
