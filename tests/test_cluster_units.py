@@ -1,0 +1,122 @@
+"""The cluster's pure pieces: credit flow (credit.py), membership and the bus wire format."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from codexexec.rendezvous.bus_wire import (
+    BusWireError,
+    Close,
+    LinkKind,
+    decode_close,
+    decode_control,
+    decode_link,
+    encode_close,
+    encode_link,
+    where_subject,
+)
+from codexexec.rendezvous.credit import ReceiveWindow, SendWindow
+from codexexec.rendezvous.membership import Membership
+
+
+def test_a_sender_stops_at_the_window_and_resumes_on_credit() -> None:
+    window = SendWindow(frames=4, nbytes=100)
+    assert [window.sent(10) for _ in range(4)] == [0, 1, 2, 3]
+    assert not window.admits(1)
+    assert window.granted(2, 20)
+    assert window.admits(10) and window.sent(10) == 4
+    assert not window.granted(9, 0)  # more than was ever sent: the peer's fault
+
+
+def test_one_large_frame_always_fits_an_empty_window() -> None:
+    window = SendWindow(frames=4, nbytes=100)
+    assert window.admits(10_000)
+    window.sent(10_000)
+    assert not window.admits(1)
+
+
+def test_a_receiver_sees_gaps_and_overflow() -> None:
+    receive = ReceiveWindow(frames=2, nbytes=100)
+    assert receive.arrived(0, 10) == "ok"
+    assert receive.arrived(2, 10) == "gap"
+    assert receive.arrived(1, 10) == "ok"
+    assert receive.arrived(2, 10) == "overflow"  # the sender ignored its window
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("send"), st.integers(1, 300)),
+            st.tuples(st.just("hand_on"), st.booleans()),
+        ),
+        max_size=300,
+    )
+)
+def test_credit_keeps_sender_and_receiver_in_step(steps: list[tuple[str, object]]) -> None:
+    """Whatever the order of sends and hand-ons, a sender that keeps to its window never
+    overflows the receiver, numbers are never skipped, and credit never exceeds what is
+    outstanding; with everything handed on and the last grant idle, the window is whole."""
+    send, receive = SendWindow(frames=8, nbytes=1000), ReceiveWindow(frames=8, nbytes=1000)
+    held: list[int] = []
+    for step, value in steps:
+        if step == "send":
+            assert isinstance(value, int)
+            if send.admits(value):
+                seq = send.sent(value)
+                assert receive.arrived(seq, value) == "ok"
+                held.append(value)
+        elif held:
+            size = held.pop(0)
+            grant = receive.handed_on(size, idle=bool(value) or not held)
+            if grant is not None:
+                assert send.granted(grant.frames, grant.nbytes)
+    while held:
+        grant = receive.handed_on(held.pop(0), idle=not held)
+        if grant is not None:
+            assert send.granted(grant.frames, grant.nbytes)
+    assert (send.outstanding_frames, send.outstanding_bytes) == (0, 0)
+
+
+def test_membership_forgets_silent_nodes_on_a_fake_clock() -> None:
+    members = Membership(timeout=5.0)
+    members.heard("a", 100.0)
+    members.heard("b", 103.0)
+    assert members.expired(105.0) == []
+    assert members.expired(105.5) == ["a"]
+    assert "a" not in members and "b" in members
+    members.heard("b", 108.0)
+    assert members.expired(112.0) == []
+    assert members.expired(113.5) == ["b"]
+
+
+def test_link_messages_round_trip_and_bad_ones_are_refused() -> None:
+    message = decode_link(encode_link(LinkKind.FRAME, "n1.7", 42, 0, b"\x00frame"))
+    assert (message.kind, message.link, message.first, message.payload) == (
+        LinkKind.FRAME,
+        "n1.7",
+        42,
+        b"\x00frame",
+    )
+    close = Close(4002, "executor disconnected", ("s1", "s2"), "gone")
+    assert decode_close(decode_link(encode_close("n1.7", close))) == close
+    for bad in (b"", b"\x09\x00", b"\x01\x05ab", b"\x01\xff" + b"x" * 300, b"\x01\x01\xff\0\0"):
+        with pytest.raises(BusWireError):
+            decode_link(bad)
+    for bad in (b"[]", b"{", b"\xff", b"{" + b" " * 20000 + b"}"):
+        with pytest.raises(BusWireError):
+            decode_control(bad)
+
+
+@given(st.binary(max_size=200))
+def test_any_bytes_decode_or_are_refused_cleanly(data: bytes) -> None:
+    with contextlib.suppress(BusWireError):
+        decode_link(data)
+
+
+def test_subjects_hold_dots_in_ids_as_one_token() -> None:
+    subject = where_subject("team.devbox", "reg-1")
+    assert subject.count(".") == 3 and subject.startswith("codexexec.where.")
