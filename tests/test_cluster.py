@@ -308,3 +308,23 @@ async def test_a_harness_node_stopping_resets_its_streams_at_the_executor(tmp_pa
         await wait_for(lambda: not cluster.nodes[0].state.relay.bus.links)  # type: ignore[union-attr]
         await executor.close()
         cluster.nodes.pop()  # stopped already
+
+
+async def test_a_draining_node_sends_its_executor_elsewhere_and_ends_remote_streams(
+    tmp_path: Path,
+) -> None:
+    async with running_cluster(tmp_path) as cluster:
+        executor = await cluster.executor(0)
+        harness = await cluster.harness(1)
+        await harness.send(encode(resume_frame(S1)))
+        await recv_frame(executor)
+        started = asyncio.get_running_loop().time()
+        await cluster.nodes[0].stop()  # what SIGTERM does
+        assert await closed_with(executor) == 1001  # going away: reconnect (elsewhere)
+        reset = decode(await recv_frame(harness))
+        assert (reset.stream_id, reset.reset.reason) == (S1, RESET_EXECUTOR_GONE)
+        assert await closed_with(harness) == CLOSE_EXECUTOR_GONE
+        assert asyncio.get_running_loop().time() - started < 10
+        status, body = await cluster.connect(1)
+        assert (status, body["error"]["code"]) == (409, "environment_offline")
+        cluster.nodes.pop(0)

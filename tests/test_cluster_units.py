@@ -51,15 +51,15 @@ def test_a_receiver_sees_gaps_and_overflow() -> None:
     st.lists(
         st.one_of(
             st.tuples(st.just("send"), st.integers(1, 300)),
-            st.tuples(st.just("hand_on"), st.booleans()),
+            st.tuples(st.just("hand_on"), st.none()),
         ),
         max_size=300,
     )
 )
 def test_credit_keeps_sender_and_receiver_in_step(steps: list[tuple[str, object]]) -> None:
     """Whatever the order of sends and hand-ons, a sender that keeps to its window never
-    overflows the receiver, numbers are never skipped, and credit never exceeds what is
-    outstanding; with everything handed on and the last grant idle, the window is whole."""
+    overflows the receiver, numbers are never skipped, credit never exceeds what is
+    outstanding, and once everything is handed on the sender is not blocked."""
     send, receive = SendWindow(frames=8, nbytes=1000), ReceiveWindow(frames=8, nbytes=1000)
     held: list[int] = []
     for step, value in steps:
@@ -71,14 +71,15 @@ def test_credit_keeps_sender_and_receiver_in_step(steps: list[tuple[str, object]
                 held.append(value)
         elif held:
             size = held.pop(0)
-            grant = receive.handed_on(size, idle=bool(value) or not held)
+            grant = receive.handed_on(size)
             if grant is not None:
                 assert send.granted(grant.frames, grant.nbytes)
     while held:
-        grant = receive.handed_on(held.pop(0), idle=not held)
+        grant = receive.handed_on(held.pop(0))
         if grant is not None:
             assert send.granted(grant.frames, grant.nbytes)
-    assert (send.outstanding_frames, send.outstanding_bytes) == (0, 0)
+    assert send.outstanding_frames < 2 and send.outstanding_bytes < 250  # under a quarter
+    assert send.admits(300)
 
 
 def test_membership_forgets_silent_nodes_on_a_fake_clock() -> None:

@@ -387,7 +387,7 @@ class NatsBus:
             return
         link = self.links.get(message.link)
         if link is not None:  # else it ended here already
-            link.received(message)
+            await link.received(message)
 
     async def _on_event(self, msg: Msg) -> None:
         try:

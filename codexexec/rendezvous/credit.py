@@ -12,8 +12,10 @@ Rules:
    always be sent when nothing is outstanding, so a large frame never wedges a link.
 2. Frames are numbered from 0; a receiver accepts only the next number (anything else is
    ``gap``), and never holds more than the window (``overflow``: the sender broke rule 1).
-3. A receiver grants credit back once a quarter of the window was handed on, or when it has
-   nothing left to hand on, so a quiet link never sits on credit.
+3. A receiver grants credit back once a quarter of the window (frames or bytes) was handed
+   on. A sender is blocked only with a whole window outstanding, so once the receiver has
+   handed that on it grants: no deadlock, and request/response traffic sends one Credit per
+   sixteen frames, not one per frame.
 4. Credit for more than is outstanding is a fault of the peer (``granted`` answers False).
 """
 
@@ -85,17 +87,13 @@ class ReceiveWindow:
         self._held_bytes += size
         return "ok"
 
-    def handed_on(self, size: int, *, idle: bool) -> Grant | None:
+    def handed_on(self, size: int) -> Grant | None:
         """One held frame was handed on; the credit to send back now, if any."""
         self._held_frames -= 1
         self._held_bytes -= size
         self._ungranted_frames += 1
         self._ungranted_bytes += size
-        if (
-            idle
-            or self._ungranted_frames * 4 >= self.frames
-            or self._ungranted_bytes * 4 >= self.nbytes
-        ):
+        if self._ungranted_frames * 4 >= self.frames or self._ungranted_bytes * 4 >= self.nbytes:
             grant = Grant(self._ungranted_frames, self._ungranted_bytes)
             self._ungranted_frames = self._ungranted_bytes = 0
             return grant

@@ -48,7 +48,7 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._items)
 
-    def _fits(self, size: int) -> bool:
+    def has_room(self, size: int) -> bool:
         if not self._items:
             return True
         return len(self._items) < self._max_frames and self._bytes + size <= self._max_bytes
@@ -59,14 +59,14 @@ class Outbox:
         self._readable.set()
 
     def try_put(self, data: bytes) -> bool:
-        if self._closed or not self._fits(len(data)):
+        if self._closed or not self.has_room(len(data)):
             return False
         self._append(data)
         return True
 
     async def put(self, data: bytes) -> bool:
         """Wait for room; False if the outbox was closed first."""
-        while not self._closed and not self._fits(len(data)):
+        while not self._closed and not self.has_room(len(data)):
             self._writable.clear()
             await self._writable.wait()
         if self._closed:
