@@ -141,11 +141,14 @@ class NatsBus:
             self._heartbeat.cancel()
         for link in list(self.links.values()):
             link.broken("rendezvous node stopping")
-        if self._nc is not None and not self._nc.is_closed:
+        nc = self._nc
+        if nc is not None and not nc.is_closed:
             try:
-                await asyncio.wait_for(self._nc.drain(), self.options.close_timeout)
-            except (TimeoutError, NatsError, OSError):
-                await self._nc.close()
+                await asyncio.wait_for(nc.drain(), self.options.close_timeout)
+            except Exception as error:  # a bus already gone (uvloop: RuntimeError) or slow
+                event(logging.DEBUG, "bus.drain_failed", error=type(error).__name__)
+                with contextlib.suppress(Exception):
+                    await nc.close()
 
     @property
     def connected(self) -> bool:
@@ -165,7 +168,7 @@ class NatsBus:
             return False
         try:
             await nc.publish(subject, data)
-        except (NatsError, OSError):
+        except (NatsError, OSError, RuntimeError):  # uvloop: RuntimeError on a closed socket
             return False
         stats = self.relay.stats
         stats.bus_messages_out += 1
@@ -457,7 +460,9 @@ class NatsBus:
         event(logging.INFO, "bus.reconnected", node=self.node)
 
     async def _error(self, error: Exception) -> None:
-        event(logging.WARNING, "bus.error", node=self.node, error=type(error).__name__)
+        # While reconnecting, every failed attempt reports here; the outage was logged once.
+        level = logging.WARNING if self.connected else logging.DEBUG
+        event(level, "bus.error", node=self.node, error=type(error).__name__)
 
 
 def _refusal(status: int, code: str, message: str) -> dict[str, Any]:
