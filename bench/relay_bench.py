@@ -98,27 +98,12 @@ def handshake_ms(count: int) -> float:
 
 def start_codex_executor(registry: str) -> subprocess.Popen[bytes] | None:
     """The real Codex executor registered with our rendezvous, if it is installed."""
-    from tests.servers import codex_binary
+    from tests.servers import start_codex_executor as start
 
     try:
-        binary = codex_binary()
+        return start(registry, "bench-codex", TOKEN)
     except Exception:
         return None
-    home = tempfile.mkdtemp(prefix="codex-home-", dir="/var/tmp")
-    process = subprocess.Popen(
-        [
-            *(binary, "exec-server", "--remote", registry),
-            *("--environment-id", "bench-codex", "--registration-bearer-stdin"),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "CODEX_HOME": home},
-    )
-    assert process.stdin is not None
-    process.stdin.write(TOKEN.encode() + b"\n")
-    process.stdin.close()
-    return process
 
 
 async def until_reachable(target: str) -> None:

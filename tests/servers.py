@@ -35,6 +35,27 @@ def codex_binary() -> str:
     return _codex_binary
 
 
+def start_codex_executor(registry: str, environment_id: str, token: str) -> subprocess.Popen[bytes]:
+    """The real Codex executor (`codex exec-server --remote`) registering with ``registry``
+    under ``environment_id``, its bearer given on stdin. ``CODEX_HOME`` is a fresh directory
+    outside /tmp (Codex refuses one under it), left to the caller's clean-up of /var/tmp."""
+    home = tempfile.mkdtemp(prefix="codex-home-", dir="/var/tmp")
+    process = subprocess.Popen(
+        [
+            *(codex_binary(), "exec-server", "--remote", registry),
+            *("--environment-id", environment_id, "--registration-bearer-stdin"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "CODEX_HOME": home},
+    )
+    assert process.stdin is not None
+    process.stdin.write(token.encode() + b"\n")
+    process.stdin.close()
+    return process
+
+
 @dataclass
 class RunningServer:
     kind: str

@@ -5,9 +5,6 @@ on different nodes — codexexec's and the real Codex 0.169.0's."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +14,7 @@ import pytest
 
 from tests.nats_server import PrivateNats, private_nats
 from tests.pg import PrivatePostgres, private_postgres
-from tests.servers import codex_binary
+from tests.servers import start_codex_executor
 from tests.tcp_proxy import TcpProxy
 from tests.test_relay_e2e import TOKEN, Rendezvous, cx, start_executor, stop
 
@@ -77,25 +74,7 @@ def test_the_real_codex_executor_on_one_node_serves_a_harness_on_another(
     tmp_path: Path, engines: tuple[PrivatePostgres, PrivateNats]
 ) -> None:
     a, b = node(tmp_path / "a", engines), node(tmp_path / "b", engines)
-    home = tempfile.mkdtemp(prefix="codex-home-", dir="/var/tmp")
-    executor = subprocess.Popen(
-        [
-            codex_binary(),
-            "exec-server",
-            "--remote",
-            a.url,
-            "--environment-id",
-            "codexcross",
-            "--registration-bearer-stdin",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "CODEX_HOME": home},
-    )
-    assert executor.stdin is not None
-    executor.stdin.write(TOKEN.encode() + b"\n")
-    executor.stdin.close()
+    executor = start_codex_executor(a.url, "codexcross", TOKEN)
     try:
         until_online(b.url, "codexcross")
         result = cx(
@@ -114,7 +93,6 @@ def test_the_real_codex_executor_on_one_node_serves_a_harness_on_another(
         stop(executor)
         a.kill()
         b.kill()
-        subprocess.run(["rm", "-rf", home], check=False)
 
 
 def test_killing_the_executors_node_mid_output_loses_nothing(

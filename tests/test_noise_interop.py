@@ -5,35 +5,16 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
-from tests.servers import codex_binary, codexexec_command
+from tests.servers import codexexec_command, start_codex_executor
 from tests.test_relay_e2e import TOKEN, Rendezvous, stop
 
 
 def test_codexexec_runs_commands_on_a_real_codex_executor(tmp_path: Path) -> None:
     rendezvous = Rendezvous(tmp_path)
-    home = tempfile.mkdtemp(prefix="codex-home-", dir="/var/tmp")
-    executor = subprocess.Popen(
-        [
-            codex_binary(),
-            "exec-server",
-            "--remote",
-            rendezvous.url,
-            "--environment-id",
-            "realcodex",
-            "--registration-bearer-stdin",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "CODEX_HOME": home},
-    )
-    assert executor.stdin is not None
-    executor.stdin.write(TOKEN.encode() + b"\n")
-    executor.stdin.close()
+    executor = start_codex_executor(rendezvous.url, "realcodex", TOKEN)
     env = {**os.environ, "CODEXEXEC_REGISTRY_TOKEN": TOKEN}
     try:
         deadline = time.monotonic() + 30
@@ -82,4 +63,3 @@ def test_codexexec_runs_commands_on_a_real_codex_executor(tmp_path: Path) -> Non
     finally:
         stop(executor)
         rendezvous.kill()
-        subprocess.run(["rm", "-rf", home], check=False)

@@ -191,7 +191,7 @@ class NatsBus:
 
         async def answer(msg: Msg) -> None:
             if not peer.closing:
-                await msg.respond(reply)
+                await _respond(msg, reply)
 
         try:
             self._where[peer.socket_id] = await nc.subscribe(subject, cb=answer)
@@ -339,7 +339,10 @@ class NatsBus:
             self.relay.stats.bus_dropped_invalid += 1
             return
         answer = self._accept_link(**fields)
-        await msg.respond(encode_control(**answer))
+        if not await _respond(msg, encode_control(**answer)) and "ok" in answer:
+            remote = self.links.get(fields["link"])
+            if remote is not None:  # nobody will use it
+                self._broken(remote, "link request unanswerable")
 
     def _accept_link(
         self,
@@ -467,3 +470,12 @@ class NatsBus:
 
 def _refusal(status: int, code: str, message: str) -> dict[str, Any]:
     return {"error": {"status": status, "code": code, "message": message}}
+
+
+async def _respond(msg: Msg, data: bytes) -> bool:
+    """Answer a request; False if it cannot be (no reply subject: not ours; or bus down)."""
+    try:
+        await msg.respond(data)
+    except (NatsError, OSError, RuntimeError):
+        return False
+    return True
