@@ -211,18 +211,19 @@ class Relay:
             self.stats.resets_sent += 1
 
     async def from_harness(self, harness: HarnessEnd, data: bytes) -> None:
-        decoded = self._decode(harness, data)
-        if decoded is None:
-            return
-        stream_id, kind = decoded
         executor = harness.executor
-        if not isinstance(executor, ExecutorPeer):  # held by another node, which routes
+        if not isinstance(executor, ExecutorPeer):
+            # Held by another node, which decodes, routes and counts it.
             if await executor.forward(data):
                 self.stats.to_executor += 1
                 self.stats.bytes_to_executor += len(data)
             else:
                 self.stats.dropped_unrouted += 1
             return
+        decoded = self._decode(harness, data)
+        if decoded is None:
+            return
+        stream_id, kind = decoded
         paused = (
             kind == "handshake"
             and self.options.pause_failing_credentials
