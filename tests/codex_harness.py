@@ -46,6 +46,7 @@ class UrlEnvironment:
     url: str
     environment_id: str = "devbox"
     record: bool = True  # route through the recording proxy
+    bearer: str | None = None  # sent as `auth_bearer_token` (Codex 0.169's field)
 
 
 @dataclass(frozen=True)
@@ -274,6 +275,11 @@ def write_codex_home(home: Path, model_base_url: str, environment: UrlEnvironmen
             "[[environments]]\n"
             f'id = "{environment.environment_id}"\n'
             f'url = "{environment.url}"\n'
+            + (
+                ""
+                if environment.bearer is None
+                else f'auth_bearer_token = "{environment.bearer}"\n'
+            )
         )
 
 

@@ -58,6 +58,40 @@ def serve(
         help="With --remote: keep the executor's Noise key here (created 0600 if missing) "
         "instead of a fresh one per start.",
     ),
+    ws_auth: str | None = typer.Option(
+        None,
+        "--ws-auth",
+        metavar="MODE",
+        help="Authentication mode for incoming WebSocket connections: capability-token or "
+        "signed-bearer-token.",
+    ),
+    ws_token_file: str | None = typer.Option(
+        None, "--ws-token-file", metavar="PATH", help="Path to the capability-token file."
+    ),
+    ws_token_sha256: str | None = typer.Option(
+        None,
+        "--ws-token-sha256",
+        metavar="HEX",
+        help="Hex-encoded SHA-256 digest of the capability token.",
+    ),
+    ws_shared_secret_file: str | None = typer.Option(
+        None,
+        "--ws-shared-secret-file",
+        metavar="PATH",
+        help="Path to the shared secret file for signed JWT bearer tokens (HS256).",
+    ),
+    ws_issuer: str | None = typer.Option(
+        None, "--ws-issuer", help="Expected issuer for signed JWT bearer tokens."
+    ),
+    ws_audience: str | None = typer.Option(
+        None, "--ws-audience", help="Expected audience for signed JWT bearer tokens."
+    ),
+    ws_max_clock_skew_seconds: int | None = typer.Option(
+        None,
+        "--ws-max-clock-skew-seconds",
+        metavar="SECONDS",
+        help="Maximum clock skew when validating signed JWT bearer tokens (default 30).",
+    ),
     log_level: str = typer.Option("warning", "--log-level", help="debug, info, warning, error."),
 ) -> None:
     """Serve the exec-server protocol; the first stdout line is the bound URL."""
@@ -71,11 +105,26 @@ def serve(
     from codexexec.server.listener import run_server, validate_listen_url
     from codexexec.server.secrets import forget_secrets_in_environment
     from codexexec.transport.websocket import CONNECTION_TOKEN_ENV, ListenUrlError
+    from codexexec.transport.ws_auth import WsAuthArgs, WsAuthError, configure, load_policy
 
     try:
         validate_listen_url(listen)
     except ListenUrlError as exc:
         fail(str(exc), 2)
+    ws_args = WsAuthArgs(
+        ws_auth,
+        ws_token_file,
+        ws_token_sha256,
+        ws_shared_secret_file,
+        ws_issuer,
+        ws_audience,
+        ws_max_clock_skew_seconds,
+    )
+    try:
+        ws_settings = configure(ws_args)
+        auth = None if ws_settings is None else load_policy(ws_settings)
+    except WsAuthError as exc:
+        fail(str(exc), 1)
     configure_logging(log_level, secrets=[os.environ.get(CONNECTION_TOKEN_ENV, "")])
 
     def on_ready(url: str) -> None:
@@ -120,6 +169,6 @@ def serve(
         )
         return
     try:
-        asyncio.run(run_server(server, listen, on_ready=on_ready))
+        asyncio.run(run_server(server, listen, on_ready=on_ready, auth=auth))
     except OSError as exc:
         fail(f"cannot listen on {listen}: {exc.strerror or exc}", 1)

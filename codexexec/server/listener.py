@@ -17,6 +17,7 @@ from codexexec.transport.websocket import (
     listen,
     parse_ws_listen_url,
 )
+from codexexec.transport.ws_auth import Policy, capability_token
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,14 @@ def validate_listen_url(url: str) -> None:
 
 
 async def run_server(
-    server: ExecServer, listen_url: str, *, on_ready: Callable[[str], None]
+    server: ExecServer,
+    listen_url: str,
+    *,
+    on_ready: Callable[[str], None],
+    auth: Policy | None = None,
 ) -> None:
+    """Serve until SIGINT/SIGTERM. ``auth`` gates websocket upgrades; without it, a
+    ``CODEX_EXEC_SERVER_CONNECTION_TOKEN`` in the environment does (as a capability token)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -42,7 +49,7 @@ async def run_server(
         if listen_url in STDIO_URLS:
             await _serve_stdio(server, stop, on_ready)
         else:
-            await _serve_websocket(server, listen_url, stop, on_ready)
+            await _serve_websocket(server, listen_url, stop, on_ready, auth)
     finally:
         await server.aclose()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -50,10 +57,16 @@ async def run_server(
 
 
 async def _serve_websocket(
-    server: ExecServer, listen_url: str, stop: asyncio.Event, on_ready: Callable[[str], None]
+    server: ExecServer,
+    listen_url: str,
+    stop: asyncio.Event,
+    on_ready: Callable[[str], None],
+    auth: Policy | None,
 ) -> None:
     address = parse_ws_listen_url(listen_url)
     token = os.environ.get(CONNECTION_TOKEN_ENV) or None
+    if auth is None and token is not None:
+        auth = capability_token(token)
 
     async def on_connection(transport: WebSocketTransport) -> None:
         log.debug("connection from %s", transport.peer)
@@ -62,7 +75,7 @@ async def _serve_websocket(
             transport, malformed_prefix=f"{WEBSOCKET_MALFORMED_PREFIX} {transport.peer}"
         )
 
-    ws_server = await listen(address, on_connection, token=token)
+    ws_server = await listen(address, on_connection, policy=auth)
     on_ready(bound_url(ws_server))
     try:
         await stop.wait()

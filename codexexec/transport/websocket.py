@@ -1,14 +1,15 @@
 """Websocket transport: one JSON-RPC message per text frame.
 
-The listener also answers ``GET /readyz`` on the same port, and gates upgrades with a
-bearer token when ``CODEX_EXEC_SERVER_CONNECTION_TOKEN`` is set, as Codex does.
+The listener also answers ``GET /readyz`` on the same port, and gates upgrades as the
+``ws_auth.py`` policy it is given says (Codex's ``--ws-auth`` modes, or the
+``CODEX_EXEC_SERVER_CONNECTION_TOKEN`` bearer).
 """
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -26,6 +27,7 @@ from codexexec.protocol.limits import (
     WEBSOCKET_PING_TIMEOUT_SECONDS,
 )
 from codexexec.transport.base import TransportClosed
+from codexexec.transport.ws_auth import Policy, authorize
 
 log = logging.getLogger(__name__)
 
@@ -100,20 +102,16 @@ def parse_ws_listen_url(url: str) -> ListenAddress:
     return ListenAddress(host, port)
 
 
-def _connection_token_gate(
-    token: str | None,
+def _auth_gate(
+    policy: Policy | None,
 ) -> Callable[[ServerConnection, Request], Awaitable[Response | None]]:
-    expected = f"Bearer {token}".encode() if token else None
-
     async def process_request(connection: ServerConnection, request: Request) -> Response | None:
         if request.path.split("?", 1)[0] == "/readyz":
             return connection.respond(HTTPStatus.OK, "")
-        if expected is not None:
-            given = request.headers.get("Authorization")
-            if given is None:
-                return connection.respond(HTTPStatus.UNAUTHORIZED, "missing websocket bearer token")
-            if not hmac.compare_digest(given.encode(), expected):
-                return connection.respond(HTTPStatus.UNAUTHORIZED, "invalid websocket bearer token")
+        if policy is not None:
+            refusal = authorize(policy, request.headers.get("Authorization"), time.time())
+            if refusal is not None:
+                return connection.respond(HTTPStatus.UNAUTHORIZED, refusal)
         return None
 
     return process_request
@@ -123,7 +121,7 @@ async def listen(
     address: ListenAddress,
     on_connection: Callable[[WebSocketTransport], Awaitable[None]],
     *,
-    token: str | None,
+    policy: Policy | None,
 ) -> Server:
     async def handle(connection: ServerConnection) -> None:
         host, port = connection.remote_address[:2]
@@ -133,7 +131,7 @@ async def listen(
         handle,
         address.host,
         address.port,
-        process_request=_connection_token_gate(token),
+        process_request=_auth_gate(policy),
         server_header=None,
         **_CONNECTION_OPTIONS,
     )
