@@ -249,3 +249,28 @@ async def test_a_codex_harness_reaches_codexexec_serve_either_way(
         assert result.turn_status == "completed", result.summary()
         assert result.command.exit_code == 4
         assert result.command.aggregated_output == "through auth\n"
+
+
+def test_a_non_loopback_listener_without_auth_is_refused_unless_insecure(secrets_dir: Path) -> None:
+    """A codexexec extension (Codex's exec-server starts anyway; its app-server refuses)."""
+    argv = codexexec_command("serve", "--listen", "ws://0.0.0.0:0")
+    refused = subprocess.run(argv, capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert refused.returncode == 1
+    assert refused.stderr.decode().count("\n") == 1
+    assert (
+        "refusing to start non-loopback websocket listener 0.0.0.0:0 without auth"
+        in refused.stderr.decode()
+    )
+    for extra in (token_args(secrets_dir), ("--insecure-no-auth",)):
+        with start_server("codexexec", extra_args=extra) as running:  # listens on loopback
+            assert running.url.startswith("ws://127.0.0.1:")
+        process = subprocess.Popen(
+            [*argv, *extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+        )
+        assert process.stdout is not None
+        assert process.stdout.readline().startswith(b"ws://0.0.0.0:")
+        process.terminate()
+        process.wait(10)

@@ -92,6 +92,12 @@ def serve(
         metavar="SECONDS",
         help="Maximum clock skew when validating signed JWT bearer tokens (default 30).",
     ),
+    insecure_no_auth: bool = typer.Option(
+        False,
+        "--insecure-no-auth",
+        help="Listen on a non-loopback address without websocket authentication (anyone who "
+        "reaches the port can run commands as this user).",
+    ),
     log_level: str = typer.Option("warning", "--log-level", help="debug, info, warning, error."),
 ) -> None:
     """Serve the exec-server protocol; the first stdout line is the bound URL."""
@@ -125,6 +131,18 @@ def serve(
         auth = None if ws_settings is None else load_policy(ws_settings)
     except WsAuthError as exc:
         fail(str(exc), 1)
+    if remote is None and listen not in ("stdio", "stdio://") and not insecure_no_auth:
+        from codexexec.transport.websocket import parse_ws_listen_url
+        from codexexec.transport.ws_auth import unauthenticated_refusal
+
+        address = parse_ws_listen_url(listen)
+        refusal = unauthenticated_refusal(
+            address.host,
+            address.port,
+            authenticated=auth is not None or bool(os.environ.get(CONNECTION_TOKEN_ENV)),
+        )
+        if refusal is not None:
+            fail(refusal, 1)
     configure_logging(log_level, secrets=[os.environ.get(CONNECTION_TOKEN_ENV, "")])
 
     def on_ready(url: str) -> None:

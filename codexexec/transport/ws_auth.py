@@ -20,6 +20,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,6 +161,20 @@ def load_policy(settings: Settings) -> Policy:
             f"{MIN_SHARED_SECRET_BYTES} bytes"
         )
     return SignedBearer(secret, settings.issuer, settings.audience, settings.max_clock_skew_seconds)
+
+
+def unauthenticated_refusal(host: str, port: int, *, authenticated: bool) -> str | None:
+    """Why a listener must not start: anyone who can reach a non-loopback address could run
+    commands as the server's user. (Codex's app-server refuses this; its exec-server does not —
+    codexexec does unless ``--insecure-no-auth``.)"""
+    if authenticated or ipaddress.ip_address(host).is_loopback:
+        return None
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return (
+        f"refusing to start non-loopback websocket listener {shown} without auth; configure "
+        "`--ws-auth capability-token` or `--ws-auth signed-bearer-token` "
+        "(or pass --insecure-no-auth to accept any client that reaches it)"
+    )
 
 
 def capability_token(token: str) -> CapabilityToken:
