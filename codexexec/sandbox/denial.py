@@ -39,15 +39,6 @@ MANAGED_NETWORK_FAILURES = (
     "connection refused",
     "network is unreachable",
 )
-# Under a managed network the namespace has no route but the proxy bridges, so a failed
-# direct connection is the sandbox at work even when a tool hides the errno (curl does).
-# A codexexec extension: Codex's heuristic misses these.
-MANAGED_NETWORK_FAILURES = (
-    "couldn't connect to server",
-    "failed to connect to",
-    "connection refused",
-    "network is unreachable",
-)
 QUICK_REJECT_EXIT_CODES = frozenset({2, 126, 127})
 SIGSYS_EXIT_CODE = 128 + 31
 SNIPPET_CHARS = 512

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 
 from codexexec.protocol.path_uri import InvalidPathUri, PathUri
+from codexexec.sandbox import globs
 from codexexec.sandbox.policy import (
     FileSystemEntry,
     GlobEntry,
@@ -113,9 +114,7 @@ class _Resolver:
     def resolve(self, entry: FileSystemEntry) -> list[str]:
         path = entry.path
         if isinstance(path, GlobEntry):
-            raise PolicyError(
-                f"glob_pattern entry `{path.pattern}` is not supported by this executor"
-            )
+            return self._glob(path.pattern, entry.access)
         if isinstance(path, PathEntry):
             native = _native(path.uri, "sandbox path")
             if not os.path.lexists(native):
@@ -124,6 +123,28 @@ class _Resolver:
                 raise PolicyError(f"sandbox path `{native}` does not exist on this executor")
             return [native]
         return self._special(path)
+
+    def _glob(self, pattern: str, access: str) -> list[str]:
+        if access != "deny":
+            # Codex enforces globs only to deny; a read or write glob changes nothing there.
+            log.warning("ignoring glob_pattern entry %r: globs can only deny", pattern)
+            return []
+        if pattern.startswith("~/"):
+            home = (
+                _native(self.context.user_home_dir, "user home")
+                if (self.context.user_home_dir)
+                else os.path.expanduser("~")
+            )
+            patterns = [os.path.join(home, pattern[2:])]
+        elif os.path.isabs(pattern):
+            patterns = [pattern]
+        else:
+            patterns = [os.path.join(root, pattern) for root in self.roots_for_project(None)]
+        depth = self.context.permissions.glob_scan_max_depth
+        try:
+            return [path for each in patterns for path in globs.expand(each, depth)]
+        except globs.GlobError as error:
+            raise PolicyError(str(error)) from None
 
     def _special(self, special: SpecialEntry) -> list[str]:
         kind = special.kind

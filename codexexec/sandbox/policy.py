@@ -64,6 +64,8 @@ class PermissionProfile:
     file_system: Literal["restricted", "unrestricted"] = "unrestricted"
     entries: tuple[FileSystemEntry, ...] = ()
     network: NetworkPolicy = "restricted"
+    # How deep below its literal prefix a glob_pattern entry is looked for (None: no limit).
+    glob_scan_max_depth: int | None = None
 
     @property
     def enforced(self) -> bool:
@@ -146,7 +148,14 @@ def parse_profile(raw: Any) -> PermissionProfile:
     entries = tuple(
         _entry(item, f"permissions.file_system.entries[{i}]") for i, item in enumerate(entries_raw)
     )
-    return PermissionProfile("managed", "restricted", entries, network)
+    depth = fs.get("glob_scan_max_depth")
+    if depth is not None and (not isinstance(depth, int) or isinstance(depth, bool) or depth < 1):
+        shown = f"integer `{depth}`" if isinstance(depth, int) else repr(depth)
+        raise PolicyError(  # Codex's words for 0
+            f"permissions.file_system.glob_scan_max_depth: invalid value: {shown}, "
+            "expected a nonzero usize"
+        )
+    return PermissionProfile("managed", "restricted", entries, network, depth)
 
 
 def parse_context(raw: Any) -> SandboxContext:

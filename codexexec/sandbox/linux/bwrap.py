@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from functools import cache
 
 from codexexec.sandbox.plan import SandboxPlan
@@ -65,6 +66,23 @@ def probe_bwrap(bwrap: str) -> str | None:
     return result.stderr.decode(errors="replace").strip() or f"exit status {result.returncode}"
 
 
+_mask_file: str | None = None
+
+
+def _unreadable_file() -> str:
+    """An empty file no one may read (mode 000), bound read-only over a denied file: reading
+    it fails with "Permission denied" and writing with "Read-only file system", as under
+    Codex (docs/codex-0.169-observed.md §30)."""
+    global _mask_file
+    if _mask_file is None or not os.path.isfile(_mask_file):
+        folder = tempfile.mkdtemp(prefix="codexexec-mask-")
+        path = os.path.join(folder, "denied")
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o000))
+        os.chmod(path, 0o000)
+        _mask_file = path
+    return _mask_file
+
+
 def bwrap_argv(
     bwrap: str, plan: SandboxPlan, command: list[str], *, arg0: str | None, seccomp_fd: int | None
 ) -> list[str]:
@@ -96,7 +114,7 @@ def bwrap_argv(
         if os.path.isdir(path):
             args += ["--perms", "000", "--tmpfs", path, "--remount-ro", path]
         elif os.path.exists(path):
-            args += ["--ro-bind", "/dev/null", path]
+            args += ["--ro-bind", _unreadable_file(), path]
     # bwrap keeps every capability of a root caller inside the user namespace (a mount
     # remount or umount undoes the view); drop them all, and keep the host's name, SysV IPC
     # and sysctls out of reach (docs/sandbox-hardening.md §1).
