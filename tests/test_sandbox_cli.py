@@ -175,3 +175,44 @@ def test_sandbox_check_without_bwrap(tmp_path: Path) -> None:
         codexexec_command("sandbox-check"), capture_output=True, env=env, timeout=60
     )
     assert b"apt-get install bubblewrap" in human.stdout and human.returncode == 1
+
+
+def test_deny_read_and_deny_write_flags(tmp_path: Path) -> None:
+    """`--deny-read` hides a glob's matches (reading and writing), `--deny-write` keeps a path
+    read-only; both checked on the host afterwards."""
+    work = tmp_path / "w"
+    (work / "sub").mkdir(parents=True)
+    (work / "a.env").write_text("SECRET-A\n")
+    (work / "sub" / "b.env").write_text("SECRET-B\n")
+    (work / "keep.txt").write_text("keep\n")
+    script = "cat a.env sub/b.env; echo x >> keep.txt; echo y >> sub/b.env; echo fine > new.txt"
+    done = subprocess.run(
+        codexexec_command(
+            *("exec", "--sandbox", "workspace-write", "--approval", "never"),
+            *("--deny-read", "**/*.env", "--deny-write", str(work / "keep.txt")),
+            *("--", "sh", "-c", script),
+        ),
+        capture_output=True,
+        cwd=work,
+        timeout=60,
+    )
+    assert b"SECRET" not in done.stdout + done.stderr
+    assert b"a.env: Permission denied" in done.stderr
+    assert (work / "keep.txt").read_text() == "keep\n"
+    assert (work / "sub" / "b.env").read_text() == "SECRET-B\n"
+    assert (work / "new.txt").read_text() == "fine\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "text"),
+    [
+        (("--deny-write", "*.txt"), "--deny-write takes a path, not `*.txt`"),
+        (("--sandbox", "danger-full-access", "--deny-read", "x"), "need a sandbox"),
+    ],
+)
+def test_deny_flags_that_cannot_work_are_refused(args: tuple[str, ...], text: str) -> None:
+    done = subprocess.run(
+        codexexec_command("exec", *args, "--", "true"), capture_output=True, timeout=30
+    )
+    assert done.returncode == 2
+    assert text in done.stderr.decode() and done.stderr.decode().count("\n") == 1

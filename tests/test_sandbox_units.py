@@ -136,6 +136,7 @@ def test_worktree_protects_its_gitdir_and_the_common_dir(tmp_path: Path) -> None
     assert root.read_only == [
         str(work / ".git"),
         str(main / ".git"),
+        str(work / ".gitmodules"),  # it names what runs as a submodule later
         str(gitdir),
         str(sub / ".git"),
     ]

@@ -53,6 +53,19 @@ def exec_command(
     writable_root: list[str] = typer.Option(
         [], "--writable-root", help="Another writable directory (repeatable)."
     ),
+    deny_read: list[str] = typer.Option(
+        [],
+        "--deny-read",
+        metavar="PATH|GLOB",
+        help="Hide this path, or every file a glob (`**/*.env`, `~/.ssh`) matches when the "
+        "command starts, from the sandboxed command: no reading, no writing (repeatable).",
+    ),
+    deny_write: list[str] = typer.Option(
+        [],
+        "--deny-write",
+        metavar="PATH",
+        help="Keep this path read-only inside a writable root (repeatable).",
+    ),
     network: NetworkMode | None = typer.Option(
         None,
         "--network",
@@ -99,6 +112,15 @@ def exec_command(
         network = (
             NetworkMode.off if sandbox is not SandboxMode.danger_full_access else NetworkMode.on
         )
+    if (deny_read or deny_write) and sandbox is SandboxMode.danger_full_access:
+        fail("--deny-read and --deny-write need a sandbox (read-only or workspace-write)", 2)
+    if deny_write:
+        from codexexec.sandbox.policy import PolicyError, deny_entries
+
+        try:
+            deny_entries((), deny_write, lambda path: path)
+        except PolicyError as exc:
+            fail(str(exc), 2)
     proxy_flags = bool(allow_domain or deny_domain or ask_domains or allow_local)
     if proxy_flags and network is not NetworkMode.proxy:
         fail(
@@ -122,6 +144,8 @@ def exec_command(
         ask=approval is Approval.on_failure,
         network=network is NetworkMode.on,
         network_proxy=network_proxy,
+        deny_read=tuple(deny_read),
+        deny_write=tuple(deny_write),
     )
     if sys.stderr.isatty():
         from codexexec.client import notices

@@ -80,6 +80,8 @@ class ExecOptions:
     ask: bool
     network: bool = False
     network_proxy: NetworkProxyRequest | None = None
+    deny_read: tuple[str, ...] = ()
+    deny_write: tuple[str, ...] = ()
 
 
 async def run_exec(env: str | None, options: ExecOptions) -> int:
@@ -127,6 +129,8 @@ async def run_exec(env: str | None, options: ExecOptions) -> int:
                     pipe_stdin=pipe_stdin,
                     network=options.network,
                     network_proxy=options.network_proxy,
+                    deny_read=options.deny_read,
+                    deny_write=options.deny_write,
                     on_event=renderer,
                     on_start=on_start,
                     ask=ask if options.ask else None,
@@ -200,6 +204,8 @@ async def _detach(client: ExecServerClient, env: str, options: ExecOptions) -> i
             writable_roots=options.writable_roots,
             network=options.network,
             network_proxy=options.network_proxy,
+            deny_read=options.deny_read,
+            deny_write=options.deny_write,
         )
     except ExecServerError as exc:
         fail(f"cannot start `{options.argv[0]}` on {env}: {exc}", _spawn_failure_code(exc))

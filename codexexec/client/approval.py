@@ -7,7 +7,7 @@ Codex's approval cache by command and working directory.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -69,6 +69,8 @@ async def run_with_approval(
     pipe_stdin: bool = False,
     network: bool = False,
     network_proxy: NetworkProxyRequest | None = None,
+    deny_read: Sequence[str] = (),
+    deny_write: Sequence[str] = (),
     on_event: OnEvent,
     on_start: OnStart,
     ask: Ask | None,
@@ -89,6 +91,8 @@ async def run_with_approval(
             writable_roots=writable_roots,
             network=network,
             network_proxy=network_proxy if sandboxed else None,
+            deny_read=deny_read,
+            deny_write=deny_write,
         ),
         sandboxed,
     )

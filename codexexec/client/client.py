@@ -33,7 +33,13 @@ from codexexec.protocol.base64_codec import decode_base64, encode_base64
 from codexexec.protocol.jsonrpc import METHOD_NOT_FOUND, Notification, Request, RpcError
 from codexexec.protocol.path_uri import InvalidPathUri, PathConvention, PathUri
 from codexexec.rpc.peer import RpcPeer
-from codexexec.sandbox.policy import LegacyMode, legacy_profile, sandbox_context_json
+from codexexec.sandbox.policy import (
+    LegacyMode,
+    PolicyError,
+    deny_entries,
+    legacy_profile,
+    sandbox_context_json,
+)
 from codexexec.transport.base import MessageTransport, TransportClosed
 
 if TYPE_CHECKING:
@@ -350,13 +356,17 @@ class ExecServerClient(AsyncClosing):
         writable_roots: Sequence[str] = (),
         network: bool = False,
         network_proxy: NetworkProxyRequest | None = None,
+        deny_read: Sequence[str] = (),
+        deny_write: Sequence[str] = (),
     ) -> RemoteProcess:
         """Start ``argv`` on the server. ``cwd`` is a path on the executor host.
 
         With ``inherit_env`` the child sees the executor's environment (minus names that
         look like secrets, Codex's default) with ``env`` laid over it. ``sandbox`` is
         portable intent (``read-only``, ``workspace-write``, ``danger-full-access``); the
-        executor enforces it with its own OS mechanism, the workspace root being ``cwd``.
+        executor enforces it with its own OS mechanism, the workspace root being ``cwd``;
+        ``deny_read`` (paths or globs) and ``deny_write`` (paths) narrow it
+        (``sandbox.policy.deny_entries``).
         """
         process_id = process_id or f"cx-{uuid.uuid4().hex[:12]}"
         # Subscribe before starting, so not one notification is missed.
@@ -380,7 +390,13 @@ class ExecServerClient(AsyncClosing):
                 "includeOnly": [],
             }
         if sandbox is not None:
-            profile = legacy_profile(sandbox, [self._cwd_uri(r) for r in writable_roots], network)
+            try:
+                extra = deny_entries(deny_read, deny_write, self._cwd_uri)
+            except PolicyError as exc:
+                raise ExecServerError(str(exc)) from None
+            profile = legacy_profile(
+                sandbox, [self._cwd_uri(r) for r in writable_roots], network, extra
+            )
             if profile is not None:
                 params["sandbox"] = sandbox_context_json(profile, cwd_uri, [cwd_uri])
         if network_proxy is not None:

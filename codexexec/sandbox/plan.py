@@ -25,6 +25,29 @@ from codexexec.sandbox.policy import (
 log = logging.getLogger(__name__)
 
 PROTECTED_METADATA_NAMES = (".git", ".agents", ".codex", ".aws")
+# Files and folders whose change runs code outside the sandbox later — a shell's start-up
+# files, git's and editors' configuration, MCP servers, direnv — kept read-only where they
+# exist in a writable root (a codexexec addition; Codex leaves them writable). In the
+# user's home, missing shell start-up files are masked too, so none can be planted.
+PROTECTED_LATER_EXECUTION = (
+    ".bashrc",
+    ".bash_profile",
+    ".bash_login",
+    ".bash_logout",
+    ".profile",
+    ".zshrc",
+    ".zprofile",
+    ".zshenv",
+    ".zlogin",
+    ".gitconfig",
+    ".gitmodules",
+    ".ripgreprc",
+    ".mcp.json",
+    ".envrc",
+    ".vscode",
+    ".idea",
+)
+SHELL_START_FILES = PROTECTED_LATER_EXECUTION[:9]
 MAX_SUBMODULES = 256
 MAX_GITMODULES_BYTES = 256 * 1024
 LINUX_PLATFORM_DEFAULTS = (
@@ -130,12 +153,8 @@ class _Resolver:
             log.warning("ignoring glob_pattern entry %r: globs can only deny", pattern)
             return []
         if pattern.startswith("~/"):
-            home = (
-                _native(self.context.user_home_dir, "user home")
-                if (self.context.user_home_dir)
-                else os.path.expanduser("~")
-            )
-            patterns = [os.path.join(home, pattern[2:])]
+            home = _user_home(self.context)
+            patterns = [] if home is None else [os.path.join(home, pattern[2:])]
         elif os.path.isabs(pattern):
             patterns = [pattern]
         else:
@@ -222,6 +241,19 @@ def _git_metadata(git_path: str) -> list[str]:
     return protected
 
 
+def _protect_later_execution(root: WritableRoot, home: str | None, explicit: set[str]) -> None:
+    """Read-only `PROTECTED_LATER_EXECUTION` names of one writable root, unless the request
+    names that very path writable."""
+    for name in PROTECTED_LATER_EXECUTION:
+        candidate = os.path.join(root.path, name)
+        if candidate in explicit or os.path.islink(candidate):
+            continue  # a link is left as it is: binding over it would follow it
+        if os.path.exists(candidate):
+            root.read_only.append(candidate)
+        elif name in SHELL_START_FILES and home is not None and root.path == home:
+            root.missing_protected.append(candidate)
+
+
 def _protect(root: WritableRoot) -> None:
     for name in PROTECTED_METADATA_NAMES:
         candidate = os.path.join(root.path, name)
@@ -244,6 +276,17 @@ def _protect(root: WritableRoot) -> None:
     root.read_only = list(dict.fromkeys(root.read_only))
 
 
+def _user_home(context: SandboxContext) -> str | None:
+    """The home the request names, else this executor's."""
+    if context.user_home_dir:
+        try:
+            return os.path.realpath(_native(context.user_home_dir, "user home"))
+        except PolicyError:
+            return None
+    home = os.path.expanduser("~")
+    return os.path.realpath(home) if os.path.isabs(home) else None
+
+
 def resolve_plan(context: SandboxContext, command_cwd: str) -> SandboxPlan:
     """Bind ``context`` to this host's paths; raises PolicyError when it cannot."""
     profile = context.permissions
@@ -263,11 +306,14 @@ def resolve_plan(context: SandboxContext, command_cwd: str) -> SandboxPlan:
     full_write = access.get("/") == "write" and not any(a != "write" for a in access.values())
     readable = sorted((p for p, a in access.items() if a in ("read", "write")), key=_depth)
     writable: list[WritableRoot] = []
+    explicit_writes = {os.path.realpath(p) for p, a in access.items() if a == "write"}
+    home = _user_home(context)
     for path in sorted((p for p, a in access.items() if a == "write"), key=_depth):
         real = os.path.realpath(path)
         root = WritableRoot(real)
         if not full_write:
             _protect(root)
+            _protect_later_execution(root, home, explicit_writes)
         # A narrower read entry inside a writable root is a read-only carve-out.
         root.read_only += [
             p for p, a in access.items() if a == "read" and p != path and _within(p, path)

@@ -9,7 +9,7 @@ kept and ignored (Codex learned not to reject them), unknown types are errors.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -191,7 +191,10 @@ def _special(kind: str, access: Access) -> dict[str, Any]:
 
 
 def legacy_profile(
-    mode: LegacyMode, writable_root_uris: Sequence[str] = (), network: bool = False
+    mode: LegacyMode,
+    writable_root_uris: Sequence[str] = (),
+    network: bool = False,
+    extra_entries: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any] | None:
     """Codex's legacy sandbox modes as PermissionProfile JSON; None means unsandboxed."""
     if mode == "danger-full-access":
@@ -206,11 +209,37 @@ def legacy_profile(
         entries += [
             {"path": {"type": "path", "path": uri}, "access": "write"} for uri in writable_root_uris
         ]
+    entries += extra_entries
     return {
         "type": "managed",
         "file_system": {"type": "restricted", "entries": entries},
         "network": "enabled" if network else "restricted",
     }
+
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+def deny_entries(
+    read: Sequence[str], write: Sequence[str], to_uri: Callable[[str], str]
+) -> list[dict[str, Any]]:
+    """Entries for ``--deny-read`` (no access at all: a path, or a glob the executor expands;
+    ``~/`` means the user's home there) and ``--deny-write`` (read-only: paths only, as a
+    profile cannot make a glob read-only). ``to_uri`` turns a path into the executor's URI."""
+    entries: list[dict[str, Any]] = []
+    for item in read:
+        if _GLOB_CHARS & set(item) or item.startswith("~/"):
+            entries.append({"path": {"type": "glob_pattern", "pattern": item}, "access": "deny"})
+        else:
+            entries.append({"path": {"type": "path", "path": to_uri(item)}, "access": "deny"})
+    for item in write:
+        if _GLOB_CHARS & set(item) or item.startswith("~/"):
+            raise PolicyError(
+                f"--deny-write takes a path, not `{item}`: a pattern can only hide files "
+                "altogether (--deny-read)"
+            )
+        entries.append({"path": {"type": "path", "path": to_uri(item)}, "access": "read"})
+    return entries
 
 
 def sandbox_context_json(
