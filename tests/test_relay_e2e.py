@@ -355,3 +355,69 @@ def test_a_second_node_on_the_same_database_takes_over(tmp_path: Path) -> None:
             balancer.stop()
             stop(node_a.process)
             stop(node_b.process)
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_exit_on_stdin_close(rendezvous: Rendezvous, how: str) -> None:
+    """As Codex's flag: the executor reads its bearer from stdin, serves, and exits 0 when
+    the parent closes the pipe."""
+    extra = ["--exit-on-stdin-close"] if how == "flag" else []
+    environ = (
+        {**os.environ, "CODEX_EXEC_SERVER_EXIT_ON_STDIN_CLOSE": "true"} if how == "env" else None
+    )
+    process = subprocess.Popen(
+        codexexec_command(
+            *(
+                "serve",
+                "--remote",
+                rendezvous.url,
+                "--environment-id",
+                "piped",
+                "--token-stdin",
+                *extra,
+            ),
+            *("--name", "Piped box"),
+        ),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=environ,
+    )
+    assert process.stdin is not None and process.stderr is not None
+    process.stdin.write(TOKEN.encode() + b"\n")
+    process.stdin.flush()
+    line = process.stderr.readline().decode()
+    assert "serving environment `piped` (Piped box) through the relay" in line, line
+    result = cx("exec", "--registry", rendezvous.url, "--env", "piped", "--", "echo", "up")
+    assert result.stdout == b"up\n"
+    process.stdin.close()
+    assert process.wait(10) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "environ", "text"),
+    [
+        (("--exit-on-stdin-close",), {}, "needs --remote and --environment-id"),
+        (
+            (),
+            {"CODEX_EXEC_SERVER_EXIT_ON_STDIN_CLOSE": "1"},
+            "invalid value '1' for '--exit-on-stdin-close'",
+        ),
+        (
+            (),
+            {"CODEX_EXEC_SERVER_EXIT_ON_STDIN_CLOSE": ""},
+            "a value is required for '--exit-on-stdin-close'",
+        ),
+    ],
+)
+def test_exit_on_stdin_close_refusals(
+    args: tuple[str, ...], environ: dict[str, str], text: str
+) -> None:
+    done = subprocess.run(
+        codexexec_command("serve", *args),
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, **environ},
+        timeout=30,
+    )
+    assert done.returncode == 2 and text in done.stderr.decode()

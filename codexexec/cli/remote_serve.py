@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 
 from codexexec.cli.errors import fail
@@ -27,6 +29,21 @@ def notice(text: str) -> None:
     sys.stderr.flush()
 
 
+def watch_stdin_close(on_close: Callable[[], object]) -> None:
+    """Call ``on_close`` from a daemon thread once stdin reaches end of file (what the
+    parent wrote is read and dropped; a registration bearer was read before)."""
+
+    def drain() -> None:
+        stdin = sys.stdin.buffer
+        read = stdin.read1 if isinstance(stdin, io.BufferedReader) else stdin.read
+        with contextlib.suppress(OSError, ValueError):
+            while read(65536):
+                pass
+        on_close()
+
+    threading.Thread(target=drain, name="stdin-close-watch", daemon=True).start()
+
+
 def run_relay(
     registry_url: str,
     environment_id: str,
@@ -37,8 +54,12 @@ def run_relay(
     cleartext: bool = False,
     profile: str = NOISE_PROFILE,
     identity_file: str | None = None,
+    exit_on_stdin_close: bool = False,
+    name: str | None = None,
 ) -> None:
-    """Serve through the registry until SIGINT/SIGTERM; registry refusals exit with one line.
+    """Serve through the registry until SIGINT/SIGTERM (or, with ``exit_on_stdin_close``,
+    until the parent's stdin pipe closes, as Codex's flag does); registry refusals exit with
+    one line.
 
     Streams are Noise-encrypted end to end (``profile``) unless ``cleartext`` is asked for.
     """
@@ -69,9 +90,12 @@ def run_relay(
         sys.stderr.write(CLEARTEXT_WARNING)
     channel = "cleartext" if party is None else f"Noise, {party.profile}"
 
+    shown_name = f" ({name})" if name else ""
+
     def announce(environment_id: str) -> None:
         sys.stderr.write(
-            f"codexexec: serving environment `{environment_id}` through the relay ({channel})\n"
+            f"codexexec: serving environment `{environment_id}`{shown_name} through the relay "
+            f"({channel})\n"
         )
         sys.stderr.flush()
 
@@ -82,6 +106,8 @@ def run_relay(
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
+        if exit_on_stdin_close:
+            watch_stdin_close(lambda: loop.call_soon_threadsafe(stop.set))
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()

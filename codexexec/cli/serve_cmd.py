@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import typer
 
 from codexexec.cli.auth_options import (
@@ -11,6 +13,9 @@ from codexexec.cli.auth_options import (
     TOKEN_STDIN,
 )
 from codexexec.protocol.limits import DEFAULT_DETACHED_SESSION_TTL_SECONDS
+
+if TYPE_CHECKING:
+    from codexexec.sandbox.floor import Floor, FloorMode, PidNamespace, SandboxSettings
 
 
 def serve(
@@ -92,6 +97,35 @@ def serve(
         metavar="SECONDS",
         help="Maximum clock skew when validating signed JWT bearer tokens (default 30).",
     ),
+    exit_on_stdin_close: bool = typer.Option(
+        False,
+        "--exit-on-stdin-close",
+        help="With --remote: exit when the parent-owned standard-input pipe closes "
+        "(also CODEX_EXEC_SERVER_EXIT_ON_STDIN_CLOSE=true).",
+    ),
+    name: str | None = typer.Option(
+        None, "--name", metavar="NAME", help="Human-readable environment name."
+    ),
+    sandbox_floor: str | None = typer.Option(
+        None,
+        "--sandbox-floor",
+        metavar="read-only|workspace-write",
+        help="The least confinement this executor applies, whatever a client asks (an "
+        "unsandboxed request included).",
+    ),
+    sandbox_floor_mode: str = typer.Option(
+        "raise",
+        "--sandbox-floor-mode",
+        metavar="raise|refuse",
+        help="A request below the floor is raised to it (default) or refused.",
+    ),
+    linux_sandbox_pid_namespace: str = typer.Option(
+        "isolate",
+        "--linux-sandbox-pid-namespace",
+        metavar="MODE",
+        help="Linux PID namespace: isolate (default) or inherit. Inherit allows signals to "
+        "other same-UID processes; enable only when provisioning a dedicated environment.",
+    ),
     insecure_no_auth: bool = typer.Option(
         False,
         "--insecure-no-auth",
@@ -159,11 +193,20 @@ def serve(
             baseline = parse_policy_file(network_policy)
         except PolicyError as exc:
             fail(str(exc), 2)
+    sandbox_settings = _sandbox_settings(
+        sandbox_floor, sandbox_floor_mode, linux_sandbox_pid_namespace
+    )
     server = ExecServer(
         detached_session_ttl=detached_session_ttl,
         concurrent_requests=concurrent_requests,
         network_policy=baseline,
+        sandbox=sandbox_settings,
     )
+    exit_on_stdin_close = exit_on_stdin_close or _env_flag(
+        "CODEX_EXEC_SERVER_EXIT_ON_STDIN_CLOSE", "--exit-on-stdin-close"
+    )
+    if exit_on_stdin_close and (remote is None or not environment_id):
+        fail("--exit-on-stdin-close needs --remote and --environment-id", 2)
     if remote is not None:
         if not environment_id:
             fail("--remote needs --environment-id", 2)
@@ -184,9 +227,49 @@ def serve(
             cleartext=cleartext_relay,
             profile=security_profile,
             identity_file=noise_identity_file,
+            exit_on_stdin_close=exit_on_stdin_close,
+            name=name,
         )
         return
     try:
         asyncio.run(run_server(server, listen, on_ready=on_ready, auth=auth))
     except OSError as exc:
         fail(f"cannot listen on {listen}: {exc.strerror or exc}", 1)
+
+
+def _env_flag(variable: str, flag: str) -> bool:
+    """A boolean flag's environment variable, read as Codex's parser reads it: `true` or
+    `false`, anything else refused."""
+    import os
+
+    from codexexec.cli.errors import fail
+
+    value = os.environ.get(variable)
+    if value is None or value == "false":
+        return False
+    if value == "true":
+        return True
+    if value == "":
+        fail(
+            f"a value is required for '{flag}' but none was supplied "
+            "[possible values: true, false]",
+            2,
+        )
+    fail(f"invalid value '{value}' for '{flag}' [possible values: true, false]", 2)
+
+
+def _sandbox_settings(floor: str | None, mode: str, pid_namespace: str) -> SandboxSettings:
+    from codexexec.cli.errors import fail
+    from codexexec.sandbox.floor import SandboxSettings
+
+    choices = (
+        ("--sandbox-floor", floor, ("read-only", "workspace-write")),
+        ("--sandbox-floor-mode", mode, ("raise", "refuse")),
+        ("--linux-sandbox-pid-namespace", pid_namespace, ("isolate", "inherit")),
+    )
+    for flag, value, allowed in choices:
+        if value is not None and value not in allowed:
+            fail(f"invalid value '{value}' for '{flag}' [possible values: {', '.join(allowed)}]", 2)
+    return SandboxSettings(
+        cast("Floor | None", floor), cast("FloorMode", mode), cast("PidNamespace", pid_namespace)
+    )

@@ -10,8 +10,15 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from codexexec.protocol.path_uri import PathUri
 from codexexec.sandbox import mount_points
-from codexexec.sandbox.plan import NetworkRouting, resolve_plan
+from codexexec.sandbox.floor import (
+    SandboxSettings,
+    allowed_writes,
+    below_floor,
+    floor_sandbox,
+)
+from codexexec.sandbox.plan import NetworkRouting, SandboxPlan, resolve_plan
 from codexexec.sandbox.policy import PolicyError, parse_context
 
 
@@ -72,22 +79,23 @@ def prepare_command(
     cwd: str,
     arg0: str | None,
     routing: NetworkRouting | None = None,
+    settings: SandboxSettings = SandboxSettings(),
 ) -> SandboxedCommand | None:
-    """Wrap ``argv`` for the sandbox intent; None when the intent asks for no sandbox.
+    """Wrap ``argv`` for the sandbox intent; None when the intent asks for no sandbox (and
+    the executor's floor allows none).
 
     With ``routing`` the command may reach the network only through those proxy ports,
     whatever the intent says about the network.
     """
     try:
-        context = parse_context(sandbox if sandbox is not None else _PROXY_ONLY)
-        if not context.permissions.enforced and routing is None:
-            return None
-        plan = resolve_plan(context, cwd)
-        if routing is not None:
-            plan.network_enabled = False
-            plan.routing = routing
+        plan = _plan(sandbox, cwd, routing)
+        if settings.floor is not None:
+            plan = _at_floor(plan, sandbox, cwd, routing, settings)
     except PolicyError as exc:
         raise SandboxRefused(f"invalid sandbox intent: {exc}", invalid=True) from None
+    if plan is None:
+        return None
+    plan.share_pids = settings.pid_namespace == "inherit"
     if sys.platform.startswith("linux"):
         from codexexec.sandbox.linux.backend import SANDBOX_TYPE, SandboxUnavailable, prepare
 
@@ -115,3 +123,42 @@ def prepare_command(
         wrapped = wrap_command(plan, argv, loopback_ports=ports)
         return SandboxedCommand(wrapped, SEATBELT, "seatbelt", passes_arg0=True)
     raise SandboxRefused("sandbox intent cannot be enforced on this executor", invalid=False)
+
+
+def _plan(sandbox: Any, cwd: str, routing: NetworkRouting | None) -> SandboxPlan | None:
+    if sandbox is None and routing is None:
+        return None
+    context = parse_context(sandbox if sandbox is not None else _PROXY_ONLY)
+    if not context.permissions.enforced and routing is None:
+        return None
+    plan = resolve_plan(context, cwd)
+    if routing is not None:
+        plan.network_enabled = False
+        plan.routing = routing
+    return plan
+
+
+def _at_floor(
+    plan: SandboxPlan | None,
+    sandbox: Any,
+    cwd: str,
+    routing: NetworkRouting | None,
+    settings: SandboxSettings,
+) -> SandboxPlan:
+    """``plan`` if it confines at least as much as the executor's floor; else the floor's
+    plan, or a refusal (``--sandbox-floor-mode refuse``)."""
+    assert settings.floor is not None
+    context = parse_context(sandbox) if isinstance(sandbox, dict) else None
+    why = below_floor(plan, settings.floor, allowed_writes(context, cwd))
+    if why is None:
+        assert plan is not None
+        return plan
+    if settings.floor_mode == "refuse":
+        raise SandboxRefused(
+            f"this executor's sandbox floor is {settings.floor}, and this request gets less: {why}",
+            invalid=True,
+        )
+    cwd_uri = str(PathUri.from_host_native_path(cwd))
+    raised = _plan(floor_sandbox(settings.floor, sandbox, cwd_uri), cwd, routing)
+    assert raised is not None
+    return raised

@@ -94,6 +94,8 @@ class SandboxPlan:
     network_enabled: bool
     command_cwd: str
     routing: NetworkRouting | None = None
+    # The executor's --linux-sandbox-pid-namespace inherit: no PID namespace of its own.
+    share_pids: bool = False
 
     @property
     def all_read_only_paths(self) -> list[str]:

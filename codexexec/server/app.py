@@ -6,6 +6,7 @@ from codexexec.network.host_bridge import HostBridges
 from codexexec.network.policy import NetworkPolicy
 from codexexec.protocol.limits import DEFAULT_DETACHED_SESSION_TTL_SECONDS
 from codexexec.rpc.peer import RpcPeer
+from codexexec.sandbox.floor import SandboxSettings
 from codexexec.server.handler import ConnectionHandler
 from codexexec.server.managed_network import ExecutorNetwork
 from codexexec.server.secrets import protect_executor_process
@@ -20,8 +21,10 @@ class ExecServer:
         detached_session_ttl: float = DEFAULT_DETACHED_SESSION_TTL_SECONDS,
         concurrent_requests: int = 1,
         network_policy: NetworkPolicy | None = None,
+        sandbox: SandboxSettings = SandboxSettings(),
     ) -> None:
         protect_executor_process()
+        self.sandbox = sandbox
         self.sessions = SessionRegistry(detached_session_ttl)
         self.bridges = HostBridges()
         self.network = ExecutorNetwork(network_policy)
@@ -29,7 +32,7 @@ class ExecServer:
 
     async def serve(self, transport: MessageTransport, *, malformed_prefix: str) -> None:
         """Serve one connection until it ends; its session is then detached, not dropped."""
-        handler = ConnectionHandler(self.sessions, self.bridges, self.network)
+        handler = ConnectionHandler(self.sessions, self.bridges, self.network, self.sandbox)
         peer = RpcPeer(
             transport,
             on_request=handler.on_request,

@@ -33,6 +33,7 @@ from codexexec.sandbox.enforce import (
     SandboxRefused,
     prepare_command,
 )
+from codexexec.sandbox.floor import SandboxSettings
 from codexexec.sandbox.plan import NetworkRouting
 from codexexec.sandbox.proxy_routes import ManagedNetwork, ProxyRouteError, check_routes
 from codexexec.server import spawn
@@ -103,9 +104,14 @@ def _read_result(result: ReadResult, process: ManagedProcess) -> dict[str, Any]:
 
 class ConnectionHandler:
     def __init__(
-        self, sessions: SessionRegistry, bridges: HostBridges, network: ExecutorNetwork
+        self,
+        sessions: SessionRegistry,
+        bridges: HostBridges,
+        network: ExecutorNetwork,
+        sandbox: SandboxSettings = SandboxSettings(),
     ) -> None:
         self._sessions = sessions
+        self._sandbox = sandbox
         self._bridges = bridges
         self._network = network
         self._peer: RpcPeer | None = None
@@ -126,7 +132,7 @@ class ConnectionHandler:
             "environmentConfig/read": (m.EnvironmentConfigReadParams, self._environment_config),
             "http/request": (m.HttpRequestParams, self._http.request),
         }
-        self._files = FileSystemMethods(self._notify)
+        self._files = FileSystemMethods(self._notify, sandbox)
         self._methods.update(self._files.methods())
 
     def bind(self, peer: RpcPeer) -> None:
@@ -233,7 +239,7 @@ class ConnectionHandler:
         env = build_child_env(params.env_policy, params.env)
         prepared = await self._launch_network(params, env)
         routing = await self._network_routing(params, env, prepared)
-        sandboxed = _sandboxed_command(params, cwd, routing)
+        sandboxed = _sandboxed_command(params, cwd, routing, self._sandbox)
         if sandboxed is not None:
             try:
                 spawn.ensure_program_exists(params.argv[0], env, cwd)
@@ -391,11 +397,11 @@ class ConnectionHandler:
 
 
 def _sandboxed_command(
-    params: m.StartParams, cwd: str, routing: NetworkRouting | None
+    params: m.StartParams, cwd: str, routing: NetworkRouting | None, settings: SandboxSettings
 ) -> SandboxedCommand | None:
-    if params.sandbox is None and routing is None:
+    if params.sandbox is None and routing is None and settings.floor is None:
         return None
     try:
-        return prepare_command(params.sandbox, params.argv, cwd, params.arg0, routing)
+        return prepare_command(params.sandbox, params.argv, cwd, params.arg0, routing, settings)
     except SandboxRefused as exc:
         raise RpcError(INVALID_PARAMS, str(exc)) from None

@@ -118,11 +118,15 @@ def bwrap_argv(
     # bwrap keeps every capability of a root caller inside the user namespace (a mount
     # remount or umount undoes the view); drop them all, and keep the host's name, SysV IPC
     # and sysctls out of reach (docs/sandbox-hardening.md §1).
-    args += ["--unshare-user", "--unshare-pid", "--unshare-uts", "--unshare-ipc"]
+    args += ["--unshare-user", "--unshare-uts", "--unshare-ipc"]
+    if not plan.share_pids:
+        args.append("--unshare-pid")
     args += ["--cap-drop", "ALL"]
     if not plan.network_enabled:
         args.append("--unshare-net")
-    args += ["--proc", "/proc", "--ro-bind", "/proc/sys", "/proc/sys"]
+    # A fresh procfs needs a PID namespace of our own; sharing the host's, its /proc is bound.
+    args += ["--bind", "/proc", "/proc"] if plan.share_pids else ["--proc", "/proc"]
+    args += ["--ro-bind", "/proc/sys", "/proc/sys"]
     args += ["--ro-bind-try", "/proc/sysrq-trigger", "/proc/sysrq-trigger"]
     args += ["--chdir", plan.command_cwd]
     if seccomp_fd is not None:

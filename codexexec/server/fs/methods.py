@@ -14,6 +14,7 @@ from typing import Any
 from codexexec.protocol import fs_messages as f
 from codexexec.protocol.base64_codec import Base64Error, decode_base64
 from codexexec.protocol.jsonrpc import INVALID_REQUEST, RpcError
+from codexexec.sandbox.floor import SandboxSettings
 from codexexec.server.fs import sandboxed
 from codexexec.server.fs.handles import FileHandles
 from codexexec.server.fs.helpers import SandboxedHelpers
@@ -37,7 +38,8 @@ def _follow(flag: bool | None) -> bool:
 
 
 class FileSystemMethods:
-    def __init__(self, notify: Notify) -> None:
+    def __init__(self, notify: Notify, settings: SandboxSettings = SandboxSettings()) -> None:
+        self._settings = settings
         self._handles = FileHandles()
         self._watches = MissingWatches(notify)
         self._helpers = SandboxedHelpers()
@@ -67,7 +69,10 @@ class FileSystemMethods:
 
     async def _run(self, sandbox: Any, op: str, **args: Any) -> Any:
         """Run one operation where the request's sandbox says it must run."""
-        confined = sandboxed.confinement(sandbox, reads_only=op in _READS_ONLY)
+        reads_only = op in _READS_ONLY
+        confined = sandboxed.confinement(sandbox, reads_only=reads_only)
+        if self._settings.floor is not None and not reads_only:
+            confined = sandboxed.at_floor(confined, sandbox, self._settings)
         if confined is not None:
             return await self._helpers.run(confined, op, args)
         function: Callable[..., Any] = OPENERS.get(op) or OPERATIONS[op]

@@ -33,6 +33,14 @@ from codexexec.sandbox.enforce import (
     SandboxRefused,
     prepare_command,
 )
+from codexexec.sandbox.floor import (
+    SandboxSettings,
+    allowed_writes,
+    below_floor,
+    floor_sandbox,
+    native_or,
+    refusal,
+)
 from codexexec.sandbox.plan import SandboxPlan, resolve_plan
 from codexexec.sandbox.policy import PolicyError, parse_context
 
@@ -103,6 +111,29 @@ def confinement(sandbox: Any, *, reads_only: bool) -> Confinement | None:
         return None
     assert isinstance(sandbox, dict)
     return Confinement(sandbox, plan)
+
+
+def at_floor(confined: Confinement | None, sandbox: Any, settings: SandboxSettings) -> Confinement:
+    """A write held to the executor's sandbox floor: raised to the floor's profile, or
+    refused. A write with no sandbox context at all is refused: it names no workspace."""
+    floor = settings.floor
+    assert floor is not None
+    if sandbox is None:
+        raise RpcError(INVALID_PARAMS, refusal(floor, "file writes need a sandbox context"))
+    context = parse_context(sandbox)
+    cwd = native_or(context.cwd, _WORKER_CWD)
+    why = below_floor(
+        None if confined is None else confined.plan, floor, allowed_writes(context, cwd)
+    )
+    if why is None:
+        assert confined is not None
+        return confined
+    if settings.floor_mode == "refuse":
+        raise RpcError(INVALID_PARAMS, refusal(floor, why))
+    cwd_uri = context.cwd or str(PathUri.from_host_native_path(cwd))
+    raised = confinement(floor_sandbox(floor, sandbox, cwd_uri), reads_only=False)
+    assert raised is not None  # a floor always restricts writes
+    return raised
 
 
 def _program_interpreter(executable: str) -> str | None:
