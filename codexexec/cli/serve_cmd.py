@@ -126,6 +126,13 @@ def serve(
         help="Linux PID namespace: isolate (default) or inherit. Inherit allows signals to "
         "other same-UID processes; enable only when provisioning a dedicated environment.",
     ),
+    audit_log: str | None = typer.Option(
+        None,
+        "--audit-log",
+        metavar="FILE",
+        help="Append one JSON line per process start and end, fs write and http/request "
+        "(fsync'ed; rotated at 64 MiB, 5 kept); never environment values, bodies or output.",
+    ),
     insecure_no_auth: bool = typer.Option(
         False,
         "--insecure-no-auth",
@@ -196,11 +203,22 @@ def serve(
     sandbox_settings = _sandbox_settings(
         sandbox_floor, sandbox_floor_mode, linux_sandbox_pid_namespace
     )
+    audit = None
+    if audit_log is not None:
+        from pathlib import Path
+
+        from codexexec.server.audit import AuditLog
+
+        try:
+            audit = AuditLog(Path(audit_log))
+        except OSError as exc:
+            fail(f"cannot open the audit log {audit_log}: {exc.strerror or exc}", 1)
     server = ExecServer(
         detached_session_ttl=detached_session_ttl,
         concurrent_requests=concurrent_requests,
         network_policy=baseline,
         sandbox=sandbox_settings,
+        audit=audit,
     )
     exit_on_stdin_close = exit_on_stdin_close or _env_flag(
         "CODEX_EXEC_SERVER_EXIT_ON_STDIN_CLOSE", "--exit-on-stdin-close"

@@ -7,6 +7,7 @@ from codexexec.network.policy import NetworkPolicy
 from codexexec.protocol.limits import DEFAULT_DETACHED_SESSION_TTL_SECONDS
 from codexexec.rpc.peer import RpcPeer
 from codexexec.sandbox.floor import SandboxSettings
+from codexexec.server.audit import AuditLog, Auditor
 from codexexec.server.handler import ConnectionHandler
 from codexexec.server.managed_network import ExecutorNetwork
 from codexexec.server.secrets import protect_executor_process
@@ -22,9 +23,12 @@ class ExecServer:
         concurrent_requests: int = 1,
         network_policy: NetworkPolicy | None = None,
         sandbox: SandboxSettings = SandboxSettings(),
+        audit: AuditLog | None = None,
     ) -> None:
         protect_executor_process()
         self.sandbox = sandbox
+        self.audit = audit
+        self._connections = 0
         self.sessions = SessionRegistry(detached_session_ttl)
         self.bridges = HostBridges()
         self.network = ExecutorNetwork(network_policy)
@@ -32,7 +36,14 @@ class ExecServer:
 
     async def serve(self, transport: MessageTransport, *, malformed_prefix: str) -> None:
         """Serve one connection until it ends; its session is then detached, not dropped."""
-        handler = ConnectionHandler(self.sessions, self.bridges, self.network, self.sandbox)
+        self._connections += 1
+        handler = ConnectionHandler(
+            self.sessions,
+            self.bridges,
+            self.network,
+            self.sandbox,
+            Auditor(self.audit, f"c{self._connections}", transport.peer),
+        )
         peer = RpcPeer(
             transport,
             on_request=handler.on_request,
@@ -51,6 +62,8 @@ class ExecServer:
         """Stop every process of every session (server shutdown)."""
         self.sessions.close()
         self.bridges.close()
+        if self.audit is not None:
+            self.audit.close()
 
     async def aclose(self) -> None:
         """close(), then stop the managed network proxy."""

@@ -7,6 +7,7 @@ shared ExecServer; it owns no OS code, only protocol rules.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -37,6 +38,7 @@ from codexexec.sandbox.floor import SandboxSettings
 from codexexec.sandbox.plan import NetworkRouting
 from codexexec.sandbox.proxy_routes import ManagedNetwork, ProxyRouteError, check_routes
 from codexexec.server import spawn
+from codexexec.server.audit import NO_AUDIT, Auditor, elapsed_ms, redacted_url
 from codexexec.server.env_policy import build_child_env
 from codexexec.server.environment import environment_info
 from codexexec.server.environment_config import read_environment_config
@@ -109,9 +111,11 @@ class ConnectionHandler:
         bridges: HostBridges,
         network: ExecutorNetwork,
         sandbox: SandboxSettings = SandboxSettings(),
+        audit: Auditor = NO_AUDIT,
     ) -> None:
         self._sessions = sessions
         self._sandbox = sandbox
+        self._audit = audit
         self._bridges = bridges
         self._network = network
         self._peer: RpcPeer | None = None
@@ -130,9 +134,9 @@ class ConnectionHandler:
             "environment/info": (m.NoParams, self._environment_info),
             "environment/status": (m.NoParams, self._environment_status),
             "environmentConfig/read": (m.EnvironmentConfigReadParams, self._environment_config),
-            "http/request": (m.HttpRequestParams, self._http.request),
+            "http/request": (m.HttpRequestParams, self._http_request),
         }
-        self._files = FileSystemMethods(self._notify, sandbox)
+        self._files = FileSystemMethods(self._notify, sandbox, audit)
         self._methods.update(self._files.methods())
 
     def bind(self, peer: RpcPeer) -> None:
@@ -199,6 +203,7 @@ class ConnectionHandler:
             self.session = self._sessions.resume(params.resume_session_id, self._peer.outbox)
         else:
             self.session = self._sessions.create(self._peer.outbox)
+        self._audit.session = self.session.id
         self._initialize_received = True
         return {"sessionId": self.session.id, "environmentInfo": environment_info()}
 
@@ -286,6 +291,8 @@ class ConnectionHandler:
             token = prepared.token
             process.network_decisions = lambda: self._network.decisions(token)
             process.on_disposed = lambda: self._network.release(token)
+        if self._audit.enabled:
+            self._audit_process(params, cwd, process, routing is not None)
         await process.attach(child)
         if session.processes.get(params.process_id) is not process:
             process.dispose()
@@ -294,6 +301,39 @@ class ConnectionHandler:
             {"processId": params.process_id, "sandboxType": process.sandbox_type},
             process.begin_publishing,
         )
+
+    def _audit_process(
+        self, params: m.StartParams, cwd: str, process: ManagedProcess, managed: bool
+    ) -> None:
+        started = time.monotonic()
+        network = "proxy" if managed else "on" if _network_open(params.sandbox) else "off"
+        where = {
+            "processId": params.process_id,
+            "argv": list(params.argv),
+            "cwd": cwd,
+            "sandbox": process.sandbox_backend or process.sandbox_type,
+            "network": network,
+        }
+        self._audit.write("process.start", **where, tty=params.tty)
+
+        def ended(code: int) -> None:
+            denial = process.denial.reason if process.denial is not None else None
+            self._audit.write(
+                "process.end", **where, exitCode=code, denial=denial, ms=elapsed_ms(started)
+            )
+
+        process.on_exited = ended
+
+    async def _http_request(self, params: m.HttpRequestParams) -> dict[str, Any] | ReplyThen:
+        record = {"method": params.method, "url": redacted_url(params.url)}
+        try:
+            result = await self._http.request(params)
+        except RpcError as exc:
+            self._audit.write("http.request", **record, error=exc.code)
+            raise
+        status = result.get("status") if isinstance(result, dict) else None
+        self._audit.write("http.request", **record, status=status)
+        return result
 
     async def _launch_network(
         self, params: m.StartParams, env: dict[str, str]
@@ -394,6 +434,14 @@ class ConnectionHandler:
     async def _process_terminate(self, params: m.TerminateParams) -> dict[str, Any]:
         process = self._session().processes.get(params.process_id)
         return {"running": process is not None and process.terminate()}
+
+
+def _network_open(sandbox: Any) -> bool:
+    """Whether the request's own profile opens the network (unsandboxed: it does)."""
+    if not isinstance(sandbox, dict):
+        return True
+    permissions = sandbox.get("permissions")
+    return not isinstance(permissions, dict) or permissions.get("network") == "enabled"
 
 
 def _sandboxed_command(

@@ -156,6 +156,8 @@ class ManagedProcess:
         self.managed_network = False
         self.network_decisions: Callable[[], list[dict[str, Any]]] = list
         self.on_disposed: Callable[[], None] | None = None
+        # Told the exit code once it is known (the audit log).
+        self.on_exited: Callable[[int], None] | None = None
         self.denial: DenialReport | None = None
         # Paths created on the host only as mount points for masks; removed after exit.
         self.created_paths: list[str] = []
@@ -253,6 +255,8 @@ class ManagedProcess:
         if self.sandbox_type != "none":
             self._classify_denial(code)
         self._remove_created_paths()
+        if self.on_exited is not None:
+            self.on_exited(code)
         seq = self.output.record_exit(code)
         params: dict[str, Any] = {
             "processId": self.process_id,

@@ -15,6 +15,7 @@ from codexexec.protocol import fs_messages as f
 from codexexec.protocol.base64_codec import Base64Error, decode_base64
 from codexexec.protocol.jsonrpc import INVALID_REQUEST, RpcError
 from codexexec.sandbox.floor import SandboxSettings
+from codexexec.server.audit import NO_AUDIT, Auditor
 from codexexec.server.fs import sandboxed
 from codexexec.server.fs.handles import FileHandles
 from codexexec.server.fs.helpers import SandboxedHelpers
@@ -38,8 +39,14 @@ def _follow(flag: bool | None) -> bool:
 
 
 class FileSystemMethods:
-    def __init__(self, notify: Notify, settings: SandboxSettings = SandboxSettings()) -> None:
+    def __init__(
+        self,
+        notify: Notify,
+        settings: SandboxSettings = SandboxSettings(),
+        audit: Auditor = NO_AUDIT,
+    ) -> None:
         self._settings = settings
+        self._audit = audit
         self._handles = FileHandles()
         self._watches = MissingWatches(notify)
         self._helpers = SandboxedHelpers()
@@ -69,6 +76,24 @@ class FileSystemMethods:
 
     async def _run(self, sandbox: Any, op: str, **args: Any) -> Any:
         """Run one operation where the request's sandbox says it must run."""
+        reads_only = op in _READS_ONLY
+        if not reads_only and self._audit.enabled:
+            return await self._audited(sandbox, op, args)
+        return await self._dispatch(sandbox, op, args)
+
+    async def _audited(self, sandbox: Any, op: str, args: dict[str, Any]) -> Any:
+        paths = {k: str(v) for k, v in args.items() if k in ("path", "source", "destination")}
+        try:
+            result = await self._dispatch(sandbox, op, args)
+        except RpcError as exc:
+            self._audit.write(
+                "fs.write", op=op, **paths, sandboxed=sandbox is not None, error=exc.code
+            )
+            raise
+        self._audit.write("fs.write", op=op, **paths, sandboxed=sandbox is not None)
+        return result
+
+    async def _dispatch(self, sandbox: Any, op: str, args: dict[str, Any]) -> Any:
         reads_only = op in _READS_ONLY
         confined = sandboxed.confinement(sandbox, reads_only=reads_only)
         if self._settings.floor is not None and not reads_only:
