@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from codexexec.cli.errors import fail
 from codexexec.protocol.registry import NOISE_PROFILE
@@ -17,6 +18,9 @@ from codexexec.remote.auth.resolve import AuthOptions, resolve_registration_auth
 from codexexec.remote.registry import RegistryError, check_environment_id
 from codexexec.server.secrets import forget_secrets_in_environment
 from codexexec.transport.relay_executor import ExecutorRelay, Serve
+
+if TYPE_CHECKING:
+    from codexexec.server.metrics import ServerMetrics
 
 CLEARTEXT_WARNING = (
     "codexexec: warning: --cleartext-relay: the rendezvous can read and alter every command, "
@@ -56,6 +60,8 @@ def run_relay(
     identity_file: str | None = None,
     exit_on_stdin_close: bool = False,
     name: str | None = None,
+    metrics: ServerMetrics | None = None,
+    metrics_listen: str | None = None,
 ) -> None:
     """Serve through the registry until SIGINT/SIGTERM (or, with ``exit_on_stdin_close``,
     until the parent's stdin pipe closes, as Codex's flag does); registry refusals exit with
@@ -100,7 +106,25 @@ def run_relay(
         sys.stderr.flush()
 
     async def main() -> None:
-        relay = ExecutorRelay(registry_url, environment_id, credential, serve, announce, party)
+        async with contextlib.AsyncExitStack() as stack:
+            if metrics_listen is not None and metrics is not None:
+                from codexexec.server.listener import serving_metrics
+
+                await stack.enter_async_context(
+                    serving_metrics(metrics_listen, metrics.render, None)
+                )
+            await relay_until_stopped()
+
+    async def relay_until_stopped() -> None:
+        relay = ExecutorRelay(
+            registry_url,
+            environment_id,
+            credential,
+            serve,
+            announce,
+            party,
+            on_attempt=(lambda kind, outcome: None) if metrics is None else metrics.remote_attempt,
+        )
         running = asyncio.create_task(relay.run())
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

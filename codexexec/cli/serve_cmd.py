@@ -126,6 +126,13 @@ def serve(
         help="Linux PID namespace: isolate (default) or inherit. Inherit allows signals to "
         "other same-UID processes; enable only when provisioning a dedicated environment.",
     ),
+    metrics_listen: str | None = typer.Option(
+        None,
+        "--metrics-listen",
+        metavar="http://IP:PORT",
+        help="Answer GET /metrics (Prometheus) here too; a websocket listener answers it on "
+        "its own port already.",
+    ),
     audit_log: str | None = typer.Option(
         None,
         "--audit-log",
@@ -213,12 +220,25 @@ def serve(
             audit = AuditLog(Path(audit_log))
         except OSError as exc:
             fail(f"cannot open the audit log {audit_log}: {exc.strerror or exc}", 1)
+    metrics = None
+    if metrics_listen is not None or (remote is None and listen not in ("stdio", "stdio://")):
+        from codexexec.server.metrics import ServerMetrics
+
+        if metrics_listen is not None:
+            from codexexec.server.metrics_http import MetricsListenError, parse_metrics_url
+
+            try:
+                parse_metrics_url(metrics_listen)
+            except MetricsListenError as exc:
+                fail(str(exc), 2)
+        metrics = ServerMetrics()
     server = ExecServer(
         detached_session_ttl=detached_session_ttl,
         concurrent_requests=concurrent_requests,
         network_policy=baseline,
         sandbox=sandbox_settings,
         audit=audit,
+        metrics=metrics,
     )
     exit_on_stdin_close = exit_on_stdin_close or _env_flag(
         "CODEX_EXEC_SERVER_EXIT_ON_STDIN_CLOSE", "--exit-on-stdin-close"
@@ -247,10 +267,14 @@ def serve(
             identity_file=noise_identity_file,
             exit_on_stdin_close=exit_on_stdin_close,
             name=name,
+            metrics=metrics,
+            metrics_listen=metrics_listen,
         )
         return
     try:
-        asyncio.run(run_server(server, listen, on_ready=on_ready, auth=auth))
+        asyncio.run(
+            run_server(server, listen, on_ready=on_ready, auth=auth, metrics_listen=metrics_listen)
+        )
     except OSError as exc:
         fail(f"cannot listen on {listen}: {exc.strerror or exc}", 1)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from codexexec.network.host_bridge import HostBridges
 from codexexec.network.policy import NetworkPolicy
 from codexexec.protocol.limits import DEFAULT_DETACHED_SESSION_TTL_SECONDS
@@ -14,6 +16,9 @@ from codexexec.server.secrets import protect_executor_process
 from codexexec.server.session import SessionRegistry
 from codexexec.transport.base import MessageTransport
 
+if TYPE_CHECKING:
+    from codexexec.server.metrics import ServerMetrics
+
 
 class ExecServer:
     def __init__(
@@ -24,10 +29,12 @@ class ExecServer:
         network_policy: NetworkPolicy | None = None,
         sandbox: SandboxSettings = SandboxSettings(),
         audit: AuditLog | None = None,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         protect_executor_process()
         self.sandbox = sandbox
         self.audit = audit
+        self.metrics = metrics
         self._connections = 0
         self.sessions = SessionRegistry(detached_session_ttl)
         self.bridges = HostBridges()
@@ -43,6 +50,7 @@ class ExecServer:
             self.network,
             self.sandbox,
             Auditor(self.audit, f"c{self._connections}", transport.peer),
+            self.metrics,
         )
         peer = RpcPeer(
             transport,
@@ -53,10 +61,15 @@ class ExecServer:
             strict_responses=True,
         )
         handler.bind(peer)
+        if self.metrics is not None:
+            self.metrics.connections_total.inc()
+            self.metrics.connections_active.inc()
         try:
             await peer.run()
         finally:
             handler.connection_ended()
+            if self.metrics is not None:
+                self.metrics.connections_active.dec()
 
     def close(self) -> None:
         """Stop every process of every session (server shutdown)."""

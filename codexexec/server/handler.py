@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from codexexec.network.host_bridge import HostBridges
 from codexexec.network.policy import PolicyError as NetworkPolicyError
@@ -55,6 +55,9 @@ from codexexec.server.process import ManagedProcess, StdinClosed
 from codexexec.server.session import Session, SessionRegistry
 from codexexec.server.uri_params import host_path
 from codexexec.transport.base import TransportClosed
+
+if TYPE_CHECKING:
+    from codexexec.server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +115,12 @@ class ConnectionHandler:
         network: ExecutorNetwork,
         sandbox: SandboxSettings = SandboxSettings(),
         audit: Auditor = NO_AUDIT,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         self._sessions = sessions
         self._sandbox = sandbox
         self._audit = audit
+        self._metrics = metrics
         self._bridges = bridges
         self._network = network
         self._peer: RpcPeer | None = None
@@ -159,6 +164,14 @@ class ConnectionHandler:
                 METHOD_NOT_FOUND, f"exec-server stub does not implement `{request.method}` yet"
             )
         params_type, handler = entry
+        if self._metrics is None:
+            return await self._call(request, params_type, handler)
+        with self._metrics.request(request.method):  # a known method: the labels are bounded
+            return await self._call(request, params_type, handler)
+
+    async def _call(
+        self, request: Request, params_type: type[Any], handler: Callable[[Any], Awaitable[Any]]
+    ) -> Any:
         params = decode_params(request.params, params_type)
         self._check_ready(request.method)
         return await handler(params)
@@ -291,8 +304,7 @@ class ConnectionHandler:
             token = prepared.token
             process.network_decisions = lambda: self._network.decisions(token)
             process.on_disposed = lambda: self._network.release(token)
-        if self._audit.enabled:
-            self._audit_process(params, cwd, process, routing is not None)
+        self._observe_process(params, cwd, process, routing is not None)
         await process.attach(child)
         if session.processes.get(params.process_id) is not process:
             process.dispose()
@@ -302,25 +314,35 @@ class ConnectionHandler:
             process.begin_publishing,
         )
 
-    def _audit_process(
+    def _observe_process(
         self, params: m.StartParams, cwd: str, process: ManagedProcess, managed: bool
     ) -> None:
+        """The audit log's and the metrics' view of a process that has started."""
+        metrics = self._metrics
+        if not self._audit.enabled and metrics is None:
+            return
         started = time.monotonic()
+        sandbox = process.sandbox_backend or process.sandbox_type
         network = "proxy" if managed else "on" if _network_open(params.sandbox) else "off"
         where = {
             "processId": params.process_id,
             "argv": list(params.argv),
             "cwd": cwd,
-            "sandbox": process.sandbox_backend or process.sandbox_type,
+            "sandbox": sandbox,
             "network": network,
         }
         self._audit.write("process.start", **where, tty=params.tty)
+        if metrics is not None:
+            metrics.processes_active.inc()
 
         def ended(code: int) -> None:
             denial = process.denial.reason if process.denial is not None else None
             self._audit.write(
                 "process.end", **where, exitCode=code, denial=denial, ms=elapsed_ms(started)
             )
+            if metrics is not None:
+                decisions = [str(d.get("decision", "deny")) for d in process.network_decisions()]
+                metrics.process_ended(sandbox, time.monotonic() - started, denial, decisions)
 
         process.on_exited = ended
 

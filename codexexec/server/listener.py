@@ -7,7 +7,8 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Callable
+import sys
+from collections.abc import AsyncIterator, Callable
 
 from codexexec.server.app import ExecServer
 from codexexec.transport.websocket import (
@@ -38,6 +39,7 @@ async def run_server(
     *,
     on_ready: Callable[[str], None],
     auth: Policy | None = None,
+    metrics_listen: str | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM. ``auth`` gates websocket upgrades; without it, a
     ``CODEX_EXEC_SERVER_CONNECTION_TOKEN`` in the environment does (as a capability token)."""
@@ -46,10 +48,15 @@ async def run_server(
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        if listen_url in STDIO_URLS:
-            await _serve_stdio(server, stop, on_ready)
-        else:
-            await _serve_websocket(server, listen_url, stop, on_ready, auth)
+        async with contextlib.AsyncExitStack() as stack:
+            if metrics_listen is not None and server.metrics is not None:
+                await stack.enter_async_context(
+                    serving_metrics(metrics_listen, server.metrics.render, auth)
+                )
+            if listen_url in STDIO_URLS:
+                await _serve_stdio(server, stop, on_ready)
+            else:
+                await _serve_websocket(server, listen_url, stop, on_ready, auth)
     finally:
         await server.aclose()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -75,7 +82,8 @@ async def _serve_websocket(
             transport, malformed_prefix=f"{WEBSOCKET_MALFORMED_PREFIX} {transport.peer}"
         )
 
-    ws_server = await listen(address, on_connection, policy=auth)
+    metrics = server.metrics.render if server.metrics is not None else None
+    ws_server = await listen(address, on_connection, policy=auth, metrics=metrics)
     on_ready(bound_url(ws_server))
     try:
         await stop.wait()
@@ -99,3 +107,16 @@ async def _serve_stdio(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+@contextlib.asynccontextmanager
+async def serving_metrics(
+    url: str, render: Callable[[], bytes], auth: Policy | None
+) -> AsyncIterator[None]:
+    """`--metrics-listen`: say where, on stderr (stdout belongs to the protocol or the URL)."""
+    from codexexec.server.metrics_http import metrics_listener
+
+    async with metrics_listener(url, render, auth) as bound:
+        sys.stderr.write(f"codexexec: metrics on {bound}/metrics\n")
+        sys.stderr.flush()
+        yield

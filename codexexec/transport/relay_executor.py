@@ -152,8 +152,11 @@ class ExecutorRelay:
         serve: Serve,
         on_ready: Callable[[str], None] | None = None,
         party: NoiseParty | None = None,
+        on_attempt: Callable[[str, str], None] = lambda kind, outcome: None,
     ) -> None:
         self._registry_url = registry_url
+        # ("registration" | "rendezvous_connect", "ok" | "error"): the executor's metrics.
+        self._on_attempt = on_attempt
         self._environment_id = environment_id
         self._token = token
         self._serve = serve
@@ -166,9 +169,14 @@ class ExecutorRelay:
         bundle = None
         while True:
             if bundle is None:
-                bundle = await register_executor(
-                    self._registry_url, self._environment_id, self._token, self._party
-                )
+                try:
+                    bundle = await register_executor(
+                        self._registry_url, self._environment_id, self._token, self._party
+                    )
+                except BaseException:
+                    self._on_attempt("registration", "error")
+                    raise
+                self._on_attempt("registration", "ok")
                 log.debug(
                     "registered environment %s as %s (%s)",
                     self._environment_id,
@@ -184,6 +192,7 @@ class ExecutorRelay:
                     ping_timeout=PONG_TIMEOUT_SECONDS,
                     user_agent_header=None,
                 ) as ws:
+                    self._on_attempt("rendezvous_connect", "ok")
                     self.connections += 1
                     backoff = RECONNECT_BACKOFF_INITIAL_SECONDS
                     log.debug(
@@ -193,10 +202,12 @@ class ExecutorRelay:
                         self._on_ready(self._environment_id)
                     await self._serve_socket(ws, bundle)
             except InvalidStatus as exc:
+                self._on_attempt("rendezvous_connect", "error")
                 if 400 <= exc.response.status_code < 500:
                     bundle = None  # the relay URL expired or was refused: register again
                 log.warning("relay connection refused (%s)", exc.response.status_code)
             except (OSError, InvalidHandshake, TimeoutError) as exc:
+                self._on_attempt("rendezvous_connect", "error")
                 log.warning("relay connection failed: %s", type(exc).__name__)
             except ConnectionClosed:
                 pass

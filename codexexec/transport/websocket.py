@@ -2,7 +2,8 @@
 
 The listener also answers ``GET /readyz`` on the same port, and gates upgrades as the
 ``ws_auth.py`` policy it is given says (Codex's ``--ws-auth`` modes, or the
-``CODEX_EXEC_SERVER_CONNECTION_TOKEN`` bearer).
+``CODEX_EXEC_SERVER_CONNECTION_TOKEN`` bearer); ``GET /metrics`` is answered behind the
+same gate when the server keeps metrics.
 """
 
 from __future__ import annotations
@@ -103,15 +104,19 @@ def parse_ws_listen_url(url: str) -> ListenAddress:
 
 
 def _auth_gate(
-    policy: Policy | None,
+    policy: Policy | None, metrics: Callable[[], bytes] | None
 ) -> Callable[[ServerConnection, Request], Awaitable[Response | None]]:
     async def process_request(connection: ServerConnection, request: Request) -> Response | None:
-        if request.path.split("?", 1)[0] == "/readyz":
+        path = request.path.split("?", 1)[0]
+        if path == "/readyz":
             return connection.respond(HTTPStatus.OK, "")
         if policy is not None:
             refusal = authorize(policy, request.headers.get("Authorization"), time.time())
             if refusal is not None:
                 return connection.respond(HTTPStatus.UNAUTHORIZED, refusal)
+        if path == "/metrics" and metrics is not None:
+            # Behind the same authentication as the websocket: activity is not public.
+            return connection.respond(HTTPStatus.OK, metrics().decode())
         return None
 
     return process_request
@@ -122,6 +127,7 @@ async def listen(
     on_connection: Callable[[WebSocketTransport], Awaitable[None]],
     *,
     policy: Policy | None,
+    metrics: Callable[[], bytes] | None = None,
 ) -> Server:
     async def handle(connection: ServerConnection) -> None:
         host, port = connection.remote_address[:2]
@@ -131,7 +137,7 @@ async def listen(
         handle,
         address.host,
         address.port,
-        process_request=_auth_gate(policy),
+        process_request=_auth_gate(policy, metrics),
         server_header=None,
         **_CONNECTION_OPTIONS,
     )
