@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 import typer
 
@@ -60,6 +61,13 @@ def exec_command(
         help="Hide this path, or every file a glob (`**/*.env`, `~/.ssh`) matches when the "
         "command starts, from the sandboxed command: no reading, no writing (repeatable).",
     ),
+    profile: str | None = typer.Option(
+        None,
+        "--profile",
+        metavar="FILE",
+        help="A permission profile in Codex's [permissions] TOML shape, in place of "
+        "--sandbox's (default_permissions picks one when the file has several).",
+    ),
     deny_write: list[str] = typer.Option(
         [],
         "--deny-write",
@@ -112,6 +120,11 @@ def exec_command(
         network = (
             NetworkMode.off if sandbox is not SandboxMode.danger_full_access else NetworkMode.on
         )
+    profile_json = None
+    if profile is not None:
+        profile_json = _read_profile(profile)
+        if sandbox is SandboxMode.danger_full_access:
+            fail("--profile replaces --sandbox; give one of them", 2)
     if (deny_read or deny_write) and sandbox is SandboxMode.danger_full_access:
         fail("--deny-read and --deny-write need a sandbox (read-only or workspace-write)", 2)
     if deny_write:
@@ -146,6 +159,7 @@ def exec_command(
         network_proxy=network_proxy,
         deny_read=tuple(deny_read),
         deny_write=tuple(deny_write),
+        profile=profile_json,
     )
     if sys.stderr.isatty():
         from codexexec.client import notices
@@ -156,3 +170,31 @@ def exec_command(
     except KeyboardInterrupt:
         code = 130
     raise SystemExit(code)
+
+
+def _read_profile(path: str) -> dict[str, Any]:
+    """`--profile FILE` as PermissionProfile JSON; one line and exit 2 when it is not one."""
+    import os
+    import tomllib
+
+    from codexexec.cli.errors import fail
+    from codexexec.protocol.path_uri import PathUri
+    from codexexec.sandbox.policy import PolicyError
+    from codexexec.sandbox.profile_file import choose, profile_json
+
+    try:
+        with open(path, "rb") as handle:
+            document = tomllib.load(handle)
+        name, table = choose(document, path)
+        return profile_json(
+            table,
+            lambda native: str(PathUri.from_host_native_path(native)),
+            os.path.expanduser("~"),
+            f"permissions.{name}",
+        )
+    except OSError as exc:
+        fail(f"cannot read the profile {path}: {exc.strerror or exc}", 2)
+    except tomllib.TOMLDecodeError as exc:
+        fail(f"the profile {path} is not valid TOML: {exc}", 2)
+    except PolicyError as exc:
+        fail(f"the profile {path}: {exc}", 2)

@@ -82,6 +82,7 @@ class ExecOptions:
     network_proxy: NetworkProxyRequest | None = None
     deny_read: tuple[str, ...] = ()
     deny_write: tuple[str, ...] = ()
+    profile: dict[str, Any] | None = None  # exec --profile FILE, as PermissionProfile JSON
 
 
 async def run_exec(env: str | None, options: ExecOptions) -> int:
@@ -131,6 +132,7 @@ async def run_exec(env: str | None, options: ExecOptions) -> int:
                     network_proxy=options.network_proxy,
                     deny_read=options.deny_read,
                     deny_write=options.deny_write,
+                    profile=options.profile,
                     on_event=renderer,
                     on_start=on_start,
                     ask=ask if options.ask else None,
@@ -206,6 +208,7 @@ async def _detach(client: ExecServerClient, env: str, options: ExecOptions) -> i
             network_proxy=options.network_proxy,
             deny_read=options.deny_read,
             deny_write=options.deny_write,
+            profile=options.profile,
         )
     except ExecServerError as exc:
         fail(f"cannot start `{options.argv[0]}` on {env}: {exc}", _spawn_failure_code(exc))

@@ -7,7 +7,7 @@ Codex's approval cache by command and working directory.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -71,6 +71,7 @@ async def run_with_approval(
     network_proxy: NetworkProxyRequest | None = None,
     deny_read: Sequence[str] = (),
     deny_write: Sequence[str] = (),
+    profile: Mapping[str, Any] | None = None,
     on_event: OnEvent,
     on_start: OnStart,
     ask: Ask | None,
@@ -93,6 +94,7 @@ async def run_with_approval(
             network_proxy=network_proxy if sandboxed else None,
             deny_read=deny_read,
             deny_write=deny_write,
+            profile=profile,
         ),
         sandboxed,
     )

@@ -39,6 +39,7 @@ from codexexec.sandbox.policy import (
     deny_entries,
     legacy_profile,
     sandbox_context_json,
+    with_entries,
 )
 from codexexec.transport.base import MessageTransport, TransportClosed
 
@@ -358,6 +359,7 @@ class ExecServerClient(AsyncClosing):
         network_proxy: NetworkProxyRequest | None = None,
         deny_read: Sequence[str] = (),
         deny_write: Sequence[str] = (),
+        profile: Mapping[str, Any] | None = None,
     ) -> RemoteProcess:
         """Start ``argv`` on the server. ``cwd`` is a path on the executor host.
 
@@ -366,7 +368,8 @@ class ExecServerClient(AsyncClosing):
         portable intent (``read-only``, ``workspace-write``, ``danger-full-access``); the
         executor enforces it with its own OS mechanism, the workspace root being ``cwd``;
         ``deny_read`` (paths or globs) and ``deny_write`` (paths) narrow it
-        (``sandbox.policy.deny_entries``).
+        (``sandbox.policy.deny_entries``); a whole ``profile`` (PermissionProfile JSON, e.g.
+        from ``sandbox.profile_file``) takes the place of the mode's own.
         """
         process_id = process_id or f"cx-{uuid.uuid4().hex[:12]}"
         # Subscribe before starting, so not one notification is missed.
@@ -394,11 +397,14 @@ class ExecServerClient(AsyncClosing):
                 extra = deny_entries(deny_read, deny_write, self._cwd_uri)
             except PolicyError as exc:
                 raise ExecServerError(str(exc)) from None
-            profile = legacy_profile(
-                sandbox, [self._cwd_uri(r) for r in writable_roots], network, extra
+            roots = [self._cwd_uri(r) for r in writable_roots]
+            chosen = (
+                legacy_profile(sandbox, roots, network, extra)
+                if profile is None
+                else with_entries(profile, roots, extra)
             )
-            if profile is not None:
-                params["sandbox"] = sandbox_context_json(profile, cwd_uri, [cwd_uri])
+            if chosen is not None:
+                params["sandbox"] = sandbox_context_json(chosen, cwd_uri, [cwd_uri])
         if network_proxy is not None:
             # The executor runs the proxy and prepares env + sandbox ports from one snapshot.
             params["networkProxy"] = network_proxy.to_json()

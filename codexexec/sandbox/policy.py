@@ -9,7 +9,8 @@ kept and ignored (Codex learned not to reject them), unknown types are errors.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -223,23 +224,38 @@ _GLOB_CHARS = frozenset("*?[")
 def deny_entries(
     read: Sequence[str], write: Sequence[str], to_uri: Callable[[str], str]
 ) -> list[dict[str, Any]]:
-    """Entries for ``--deny-read`` (no access at all: a path, or a glob the executor expands;
-    ``~/`` means the user's home there) and ``--deny-write`` (read-only: paths only, as a
+    """Entries for ``--deny-read`` (no access at all: a path — ``~/`` is the caller's home —
+    or a glob the executor expands) and ``--deny-write`` (read-only: paths only, as a
     profile cannot make a glob read-only). ``to_uri`` turns a path into the executor's URI."""
     entries: list[dict[str, Any]] = []
     for item in read:
-        if _GLOB_CHARS & set(item) or item.startswith("~/"):
+        if _GLOB_CHARS & set(item):
             entries.append({"path": {"type": "glob_pattern", "pattern": item}, "access": "deny"})
         else:
-            entries.append({"path": {"type": "path", "path": to_uri(item)}, "access": "deny"})
+            path = os.path.expanduser(item) if item.startswith("~/") else item
+            entries.append({"path": {"type": "path", "path": to_uri(path)}, "access": "deny"})
     for item in write:
-        if _GLOB_CHARS & set(item) or item.startswith("~/"):
+        if _GLOB_CHARS & set(item):
             raise PolicyError(
                 f"--deny-write takes a path, not `{item}`: a pattern can only hide files "
                 "altogether (--deny-read)"
             )
-        entries.append({"path": {"type": "path", "path": to_uri(item)}, "access": "read"})
+        path = os.path.expanduser(item) if item.startswith("~/") else item
+        entries.append({"path": {"type": "path", "path": to_uri(path)}, "access": "read"})
     return entries
+
+
+def with_entries(
+    profile: Mapping[str, Any], writable_root_uris: Sequence[str], extra: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
+    """``profile`` (PermissionProfile JSON) with more writable roots and entries appended;
+    an unrestricted file system stays as it is."""
+    file_system = dict(profile.get("file_system") or {})
+    if file_system.get("type") != "restricted":
+        return dict(profile)
+    writes = [{"path": {"type": "path", "path": u}, "access": "write"} for u in writable_root_uris]
+    file_system["entries"] = [*file_system.get("entries", []), *writes, *extra]
+    return {**profile, "file_system": file_system}
 
 
 def sandbox_context_json(

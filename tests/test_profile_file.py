@@ -1,0 +1,104 @@
+"""`exec --profile FILE`: Codex's `[permissions]` TOML turned into a permission profile, and
+enforced alike by codexexec's executor and the real Codex 0.169.0's (checked on the host)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from codexexec.sandbox.policy import PolicyError
+from codexexec.sandbox.profile_file import choose, profile_json
+from tests.servers import RunningServer, codexexec_command
+
+PROFILE = """
+default_permissions = "dev"
+[permissions.dev]
+extends = ":workspace"
+[permissions.dev.filesystem]
+glob_scan_max_depth = 3
+"~/.ssh" = "deny"
+[permissions.dev.filesystem.":workspace_roots"]
+"." = "write"
+"**/*.env" = "deny"
+"keep.txt" = "read"
+[permissions.other]
+extends = ":read-only"
+"""
+
+
+def test_the_toml_becomes_codexs_profile() -> None:
+    import tomllib
+
+    name, table = choose(tomllib.loads(PROFILE), "p.toml")
+    profile = profile_json(table, lambda p: "file://" + p, "/home/u", f"permissions.{name}")
+    assert profile["network"] == "restricted"
+    file_system = profile["file_system"]
+    assert file_system["glob_scan_max_depth"] == 3
+    kinds = [
+        (e["path"].get("value", {}).get("kind") or e["path"].get("pattern"), e["access"])
+        for e in file_system["entries"]
+    ]
+    assert kinds == [
+        ("root", "read"),
+        ("project_roots", "write"),
+        ("slash_tmp", "write"),
+        ("tmpdir", "write"),
+        (None, "deny"),  # ~/.ssh, a path under the caller's home
+        ("project_roots", "write"),
+        ("**/*.env", "deny"),
+        ("project_roots", "read"),
+    ]
+    assert file_system["entries"][-1]["path"]["value"]["subpath"] == "keep.txt"
+    assert file_system["entries"][4]["path"] == {"type": "path", "path": "file:///home/u/.ssh"}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[permissions.a]\n[permissions.b]\n", "defines several permission profiles (a, b)"),
+        ('[permissions.a]\nextends = ":everything"\n', "unknown base `:everything`"),
+        ('[permissions.a.filesystem]\n"/x" = "rw"\n', "expected read, write or deny"),
+        ('[permissions.a.filesystem.":workspace_roots"]\n"../up" = "write"\n', "must stay inside"),
+        ('[permissions.a.filesystem]\n"rel/x" = "read"\n', "must be an absolute path"),
+    ],
+)
+def test_profiles_that_mean_nothing_are_refused(text: str, message: str) -> None:
+    import tomllib
+
+    with pytest.raises(PolicyError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        name, table = choose(tomllib.loads(text), "p.toml")
+        profile_json(table, str, "/home/u", f"permissions.{name}")
+
+
+def test_a_profile_file_runs_alike_on_both_executors(server: RunningServer, tmp_path: Path) -> None:
+    (tmp_path / "profile.toml").write_text(PROFILE)
+    work = tmp_path / "w"
+    work.mkdir()
+    (work / "a.env").write_text("SECRET\n")
+    (work / "keep.txt").write_text("keep\n")
+    done = subprocess.run(
+        codexexec_command(
+            *("exec", "--env", server.url, "--cd", str(work), "--approval", "never"),
+            *("--profile", str(tmp_path / "profile.toml")),
+            *("--", "sh", "-c", "cat a.env; echo z >> keep.txt; echo w > new.txt"),
+        ),
+        capture_output=True,
+        timeout=60,
+    )
+    assert b"SECRET" not in done.stdout
+    assert b"a.env: Permission denied" in done.stderr
+    assert (work / "keep.txt").read_text() == "keep\n"
+    assert (work / "new.txt").read_text() == "w\n"
+
+
+def test_a_bad_profile_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "p.toml").write_text("[permissions\n")
+    done = subprocess.run(
+        codexexec_command("exec", "--profile", str(tmp_path / "p.toml"), "--", "true"),
+        capture_output=True,
+        timeout=30,
+    )
+    assert done.returncode == 2 and done.stderr.decode().count("\n") == 1
+    assert "is not valid TOML" in done.stderr.decode()
