@@ -12,7 +12,7 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -121,33 +121,57 @@ def _claims(**changes: Any) -> dict[str, Any]:
     return {k: v for k, v in claims.items() if v is not None}
 
 
-NOW = int(time.time())
-JWT_CASES = [
-    ("valid", jwt(_claims()), (101, "")),
-    ("audience in a list", jwt(_claims(aud=["other", AUDIENCE])), (101, "")),
-    ("expired within the skew", jwt(_claims(exp=NOW - 5)), (101, "")),
-    ("expired", jwt(_claims(exp=NOW - 300)), (401, "expired websocket jwt")),
+# Tokens are made when the case runs (now), not when the suite is collected.
+JWT_CASES: list[tuple[str, Callable[[int], str], tuple[int, str]]] = [
+    ("valid", lambda now: jwt(_claims(exp=now + 600)), (101, "")),
+    ("audience in a list", lambda now: jwt(_claims(exp=now + 600, aud=["o", AUDIENCE])), (101, "")),
+    ("expired within the skew", lambda now: jwt(_claims(exp=now - 5)), (101, "")),
+    ("expired", lambda now: jwt(_claims(exp=now - 300)), (401, "expired websocket jwt")),
     (
         "not valid yet",
-        jwt(_claims(nbf=NOW + 3000, exp=NOW + 6000)),
+        lambda now: jwt(_claims(nbf=now + 3000, exp=now + 6000)),
         (401, "websocket jwt is not valid yet"),
     ),
-    ("other issuer", jwt(_claims(iss="someone-else")), (401, "websocket jwt issuer mismatch")),
-    ("no issuer", jwt(_claims(iss=None)), (401, "websocket jwt issuer mismatch")),
-    ("other audience", jwt(_claims(aud="elsewhere")), (401, "websocket jwt audience mismatch")),
-    ("no exp", jwt(_claims(exp=None)), (401, "invalid websocket jwt")),
-    ("exp not an integer", jwt(_claims(exp=NOW + 600.5)), (401, "invalid websocket jwt")),
-    ("wrong secret", jwt(_claims(), secret="x" * 40), (401, "invalid websocket jwt")),
-    ("alg none", jwt(_claims(), alg="none"), (401, "invalid websocket jwt")),
-    ("not a jwt", "abc", (401, "invalid websocket jwt")),
+    (
+        "other issuer",
+        lambda now: jwt(_claims(exp=now + 600, iss="someone-else")),
+        (401, "websocket jwt issuer mismatch"),
+    ),
+    (
+        "no issuer",
+        lambda now: jwt(_claims(exp=now + 600, iss=None)),
+        (401, "websocket jwt issuer mismatch"),
+    ),
+    (
+        "other audience",
+        lambda now: jwt(_claims(exp=now + 600, aud="elsewhere")),
+        (401, "websocket jwt audience mismatch"),
+    ),
+    ("no exp", lambda now: jwt(_claims(exp=None)), (401, "invalid websocket jwt")),
+    (
+        "exp not an integer",
+        lambda now: jwt(_claims(exp=now + 600.5)),
+        (401, "invalid websocket jwt"),
+    ),
+    (
+        "wrong secret",
+        lambda now: jwt(_claims(exp=now + 600), secret="x" * 40),
+        (401, "invalid websocket jwt"),
+    ),
+    (
+        "alg none",
+        lambda now: jwt(_claims(exp=now + 600), alg="none"),
+        (401, "invalid websocket jwt"),
+    ),
+    ("not a jwt", lambda now: "abc", (401, "invalid websocket jwt")),
 ]
 
 
 @pytest.mark.parametrize(("name", "token", "answer"), JWT_CASES, ids=[c[0] for c in JWT_CASES])
 async def test_signed_bearer_token(
-    jwt_server: RunningServer, name: str, token: str, answer: tuple[int, str]
+    jwt_server: RunningServer, name: str, token: Callable[[int], str], answer: tuple[int, str]
 ) -> None:
-    assert await upgrade(jwt_server.url, f"Bearer {token}") == answer
+    assert await upgrade(jwt_server.url, f"Bearer {token(int(time.time()))}") == answer
 
 
 def _start_refusal(kind: str, args: tuple[str, ...]) -> str:
