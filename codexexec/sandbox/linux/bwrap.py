@@ -118,9 +118,8 @@ def bwrap_argv(
     # bwrap keeps every capability of a root caller inside the user namespace (a mount
     # remount or umount undoes the view); drop them all, and keep the host's name, SysV IPC
     # and sysctls out of reach (docs/sandbox-hardening.md §1).
-    args += ["--unshare-user", "--unshare-uts", "--unshare-ipc"]
-    if not plan.share_pids:
-        args.append("--unshare-pid")
+    args += ["--unshare-user", *([] if plan.share_pids else ["--unshare-pid"])]
+    args += ["--unshare-uts", "--unshare-ipc"]
     args += ["--cap-drop", "ALL"]
     if not plan.network_enabled:
         args.append("--unshare-net")
