@@ -41,6 +41,13 @@ def serve(
         help="TOML policy for the managed network proxy: denials always apply, "
         "allows and local access are the default for requests that bring none.",
     ),
+    proxy_private_ips_via_upstream: bool = typer.Option(
+        False,
+        "--proxy-private-ips-via-upstream",
+        help="Allow permitted private IP destinations to use the configured upstream proxy "
+        "(the network policy's upstream_proxy). Loopback stays local. Also "
+        "CODEX_EXEC_SERVER_PROXY_PRIVATE_IPS_VIA_UPSTREAM=true.",
+    ),
     remote: str | None = typer.Option(
         None, "--remote", help="Register with this registry and serve through its relay."
     ),
@@ -236,6 +243,10 @@ def serve(
         detached_session_ttl=detached_session_ttl,
         concurrent_requests=concurrent_requests,
         network_policy=baseline,
+        proxy_private_ips_via_upstream=proxy_private_ips_via_upstream
+        or _env_flag(
+            "CODEX_EXEC_SERVER_PROXY_PRIVATE_IPS_VIA_UPSTREAM", "--proxy-private-ips-via-upstream"
+        ),
         sandbox=sandbox_settings,
         audit=audit,
         metrics=metrics,

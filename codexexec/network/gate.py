@@ -30,6 +30,7 @@ from codexexec.network.policy import (
     check_resolved,
     evaluate,
 )
+from codexexec.network.upstream import UpstreamProxy, route
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,13 @@ class Gate:
         dns_timeout: float = DNS_TIMEOUT,
         connect_timeout: float = CONNECT_TIMEOUT,
         policy_for: PolicyFor | None = None,
+        upstream: UpstreamProxy | None = None,
+        private_via_upstream: bool = False,
     ) -> None:
         self.policy = policy
+        # The operator's upstream proxy (never a request's): see upstream.py.
+        self._upstream = upstream
+        self._private_via_upstream = private_via_upstream
         self._policy_for = policy_for
         self._on_decision = on_decision
         self._decider = decider
@@ -214,8 +220,13 @@ class Gate:
             async with asyncio.timeout(self._connect_timeout):
                 for address in addresses:
                     try:
+                        if route(address, self._upstream, self._private_via_upstream) == "upstream":
+                            assert self._upstream is not None
+                            return await open_tunnel(self._upstream, address, port, factory)
                         _, endpoint = await loop.create_connection(factory, address, port)
                         return endpoint
+                    except UpstreamRefused as exc:
+                        last = UpstreamError("refused", str(exc))
                     except ConnectionRefusedError:
                         last = UpstreamError("refused", f"connection refused by {address}")
                     except OSError as exc:
@@ -240,3 +251,34 @@ def _is_address(text: str) -> bool:
         ipaddress.ip_address(text.split("%", 1)[0])
         return True
     return False
+
+
+MAX_UPSTREAM_RESPONSE_HEAD = 8192
+
+
+class UpstreamRefused(OSError):
+    """The upstream proxy would not open the tunnel; the text is its status line."""
+
+
+async def open_tunnel(
+    upstream: UpstreamProxy, address: str, port: int, factory: Callable[[], Endpoint]
+) -> Endpoint:
+    """A connection to ``address:port`` through ``upstream`` (``CONNECT``), ready for bytes."""
+    loop = asyncio.get_running_loop()
+    _, endpoint = await loop.create_connection(factory, upstream.host, upstream.port)
+    target = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+    head = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
+    if upstream.authorization is not None:
+        head += f"Proxy-Authorization: {upstream.authorization}\r\n"
+    endpoint.write((head + "\r\n").encode())
+    try:
+        response = await endpoint.read_until(b"\r\n\r\n", MAX_UPSTREAM_RESPONSE_HEAD)
+    except Exception:
+        endpoint.close()
+        raise UpstreamRefused("the upstream proxy closed without answering") from None
+    status_line = response.split(b"\r\n", 1)[0].decode("latin-1")
+    parts = status_line.split(" ", 2)
+    if len(parts) < 2 or not parts[1].startswith("2"):
+        endpoint.close()
+        raise UpstreamRefused(f"the upstream proxy answered `{status_line}`")
+    return endpoint

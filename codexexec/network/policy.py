@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from codexexec.network.upstream import UpstreamProxy, UpstreamProxyError, parse_upstream
+
 Mode = Literal["full", "limited"]
 Protocol = Literal["http", "https_connect", "socks5_tcp", "socks5_udp"]
 Verdict = Literal["allow", "deny", "ask"]
@@ -270,6 +272,8 @@ class NetworkPolicy:
     allow_local: bool = False
     ask_unknown: bool = False
     allow_udp: bool = False
+    # Only the executor's own policy file sets this; see upstream.py.
+    upstream_proxy: UpstreamProxy | None = None
     _allow: tuple[_Pattern, ...] = field(init=False, repr=False, compare=False)
     _deny: tuple[_Pattern, ...] = field(init=False, repr=False, compare=False)
 
@@ -451,7 +455,7 @@ def check_resolved(
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
 _TABLE_HEADER = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(?:#.*)?$")
 _KEY_PART = re.compile(r"\s*(?:\"((?:[^\"\\]|\\.)*)\"|'([^']*)'|([A-Za-z0-9_-]+))\s*")
-_NETWORK_KEYS = {"mode", "allow_local", "ask", "allow_udp", "domains"}
+_NETWORK_KEYS = {"mode", "allow_local", "ask", "allow_udp", "domains", "upstream_proxy"}
 
 
 def _split_key(text: str) -> list[str] | None:
@@ -552,6 +556,15 @@ def parse_policy_text(text: str, source: str = "<policy>") -> NetworkPolicy:
         except PolicyError as exc:
             raise fail(where, str(exc)) from None
         (allowed if verdict == "allow" else denied).append(pattern)
+    upstream = None
+    if "upstream_proxy" in network:
+        value = network["upstream_proxy"]
+        try:
+            if not isinstance(value, str):
+                raise UpstreamProxyError("upstream_proxy must be a string")
+            upstream = parse_upstream(value)
+        except UpstreamProxyError as exc:
+            raise fail(["network", "upstream_proxy"], str(exc)) from None
     return NetworkPolicy(
         allowed_domains=tuple(allowed),
         denied_domains=tuple(denied),
@@ -559,6 +572,7 @@ def parse_policy_text(text: str, source: str = "<policy>") -> NetworkPolicy:
         allow_local=flags["allow_local"],
         ask_unknown=flags["ask"],
         allow_udp=flags["allow_udp"],
+        upstream_proxy=upstream,
     )
 
 

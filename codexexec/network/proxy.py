@@ -34,6 +34,7 @@ from codexexec.network.http_proxy import HttpProxyHandler, proxy_busy_response
 from codexexec.network.limits import ASK_TIMEOUT, Limits
 from codexexec.network.policy import NetworkPolicy
 from codexexec.network.socks_proxy import SocksProxyHandler
+from codexexec.network.upstream import UpstreamProxy
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,8 @@ class ManagedProxy:
 
     ``policy_for(token)`` lets one proxy serve processes with different policies: it
     returns the policy for a request's attribution token, or None for ``policy``.
-    Decisions "for the session" are remembered per token.
+    Decisions "for the session" are remembered per token. ``upstream`` chains admitted
+    connections through an operator's HTTP proxy (``upstream.py``; default: the policy's).
     """
 
     def __init__(
@@ -69,6 +71,8 @@ class ManagedProxy:
         limits: Limits | None = None,
         enable_socks: bool = True,
         policy_for: PolicyFor | None = None,
+        upstream: UpstreamProxy | None = None,
+        private_via_upstream: bool = False,
     ) -> None:
         self.limits = limits or Limits()
         self.gate = Gate(
@@ -80,6 +84,8 @@ class ManagedProxy:
             dns_timeout=self.limits.dns_timeout,
             connect_timeout=self.limits.connect_timeout,
             policy_for=policy_for,
+            upstream=upstream or policy.upstream_proxy,
+            private_via_upstream=private_via_upstream,
         )
         self._enable_socks = enable_socks
         self._http = HttpProxyHandler(self.gate, self.limits)

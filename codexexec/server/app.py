@@ -27,6 +27,7 @@ class ExecServer:
         detached_session_ttl: float = DEFAULT_DETACHED_SESSION_TTL_SECONDS,
         concurrent_requests: int = 1,
         network_policy: NetworkPolicy | None = None,
+        proxy_private_ips_via_upstream: bool = False,
         sandbox: SandboxSettings = SandboxSettings(),
         audit: AuditLog | None = None,
         metrics: ServerMetrics | None = None,
@@ -38,7 +39,9 @@ class ExecServer:
         self._connections = 0
         self.sessions = SessionRegistry(detached_session_ttl)
         self.bridges = HostBridges()
-        self.network = ExecutorNetwork(network_policy)
+        self.network = ExecutorNetwork(
+            network_policy, private_via_upstream=proxy_private_ips_via_upstream
+        )
         self._concurrent_requests = concurrent_requests
 
     async def serve(self, transport: MessageTransport, *, malformed_prefix: str) -> None:

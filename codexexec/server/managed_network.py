@@ -80,8 +80,11 @@ def _domains(raw: dict[str, Any], name: str) -> list[Any]:
 
 
 class ExecutorNetwork:
-    def __init__(self, baseline: NetworkPolicy | None = None) -> None:
+    def __init__(
+        self, baseline: NetworkPolicy | None = None, *, private_via_upstream: bool = False
+    ) -> None:
         self.baseline = baseline
+        self._private_via_upstream = private_via_upstream
         self._proxy: ManagedProxy | None = None
         self._owners: dict[str, _Owner] = {}
         self._lock = asyncio.Lock()
@@ -95,6 +98,8 @@ class ExecutorNetwork:
                     decider=self._decide,
                     ask_timeout=ASK_TIMEOUT_SECONDS,
                     policy_for=self._policy_for,
+                    upstream=None if self.baseline is None else self.baseline.upstream_proxy,
+                    private_via_upstream=self._private_via_upstream,
                 )
                 await proxy.start()
                 self._proxy = proxy
