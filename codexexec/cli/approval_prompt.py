@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import shlex
-
-from rich.console import Console
-from rich.panel import Panel
-from rich.prompt import Prompt
-from rich.table import Table
+from typing import TYPE_CHECKING
 
 from codexexec.client.approval import Decision, DenialPrompt
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+# rich is loaded only when a prompt is shown: a command that is not denied never pays for it.
 
 _ANSWERS: dict[str, Decision] = {"y": "once", "a": "session", "n": "deny"}
 
 
 def denial_table(prompt: DenialPrompt) -> Table:
+    from rich.table import Table
+
     report = prompt.report or {}
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
@@ -43,6 +46,10 @@ def denial_line(prompt: DenialPrompt) -> str:
 
 
 async def ask_in_terminal(prompt: DenialPrompt) -> Decision:
+    from rich.console import Console
+    from rich.panel import Panel
+    from rich.prompt import Prompt
+
     console = Console(stderr=True)
     console.print(
         Panel(
@@ -71,6 +78,10 @@ async def ask_network_in_terminal(request: dict[str, object]) -> str:
     """The executor's proxy holds a connection to an unlisted host: allow it?"""
     details = request.get("request")
     info = details if isinstance(details, dict) else {}
+    from rich.console import Console
+    from rich.panel import Panel
+    from rich.prompt import Prompt
+
     console = Console(stderr=True)
     console.print(
         Panel(

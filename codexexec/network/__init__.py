@@ -20,6 +20,8 @@ only police methods it can see) blocks tunnels outright.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from codexexec.network.env import proxy_environment
 from codexexec.network.policy import (
     Decision,
@@ -31,7 +33,20 @@ from codexexec.network.policy import (
     normalize_host,
     parse_policy_file,
 )
-from codexexec.network.proxy import ManagedProxy
+
+if TYPE_CHECKING:
+    from codexexec.network.proxy import ManagedProxy
+
+
+def __getattr__(name: str) -> Any:
+    # The proxy (asyncio servers, HTTP and SOCKS parsers) loads only when one is started,
+    # so the policy's users — every command's start-up — do not pay for it.
+    if name == "ManagedProxy":
+        from codexexec.network.proxy import ManagedProxy
+
+        return ManagedProxy
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Decision",

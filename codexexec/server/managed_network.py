@@ -16,13 +16,15 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from codexexec.network.env import proxy_environment
 from codexexec.network.policy import Decision, NetworkPolicy, PolicyError
-from codexexec.network.proxy import ManagedProxy
 from codexexec.protocol.jsonrpc import encode_notification
 from codexexec.sandbox.proxy_routes import ManagedNetwork
+
+if TYPE_CHECKING:
+    from codexexec.network.proxy import ManagedProxy
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,8 @@ class ExecutorNetwork:
     async def _ensure_proxy(self) -> ManagedProxy:
         async with self._lock:
             if self._proxy is None:
+                from codexexec.network.proxy import ManagedProxy
+
                 proxy = ManagedProxy(
                     NetworkPolicy(),
                     on_decision=self._on_decision,

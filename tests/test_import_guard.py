@@ -1,0 +1,56 @@
+"""What a command loads is what it uses (#17): a local `exec` must not import the relay,
+Noise, the rendezvous, the HTTP/websocket stacks, the managed proxy, metrics or rich — each
+would add to every command's start-up. Run in a fresh interpreter, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+FORBIDDEN = (
+    "aiohttp",
+    "websockets",
+    "nats",
+    "psycopg",
+    "prometheus_client",
+    "cryptography",
+    "noise",
+    "rich",
+    "codexexec.rendezvous",
+    "codexexec.relay",
+    "codexexec.noise",
+    "codexexec.remote",
+    "codexexec.network.proxy",
+    "codexexec.server.metrics",
+)
+
+PROBE = """
+import json, runpy, sys
+sys.argv = ["codexexec", *sys.argv[1:]]
+try:
+    runpy.run_module("codexexec", run_name="__main__")
+except SystemExit:
+    pass
+print(json.dumps(sorted(sys.modules)), file=sys.__stderr__)
+"""
+
+
+def loaded_by(*args: str) -> set[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *args],
+        capture_output=True,
+        timeout=60,
+        cwd="/tmp",
+        stdin=subprocess.DEVNULL,
+    )
+    return set(json.loads(done.stderr.decode().strip().splitlines()[-1]))
+
+
+def forbidden_in(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if any(m == f or m.startswith(f + ".") for f in FORBIDDEN))
+
+
+def test_a_local_exec_loads_nothing_it_does_not_use() -> None:
+    assert forbidden_in(loaded_by("exec", "--sandbox", "danger-full-access", "--", "true")) == []
+    assert forbidden_in(loaded_by("exec", "--", "true")) == []
