@@ -39,4 +39,39 @@ app.add_typer(login_cmd.app, name="login")
 
 
 def main() -> None:
-    app(prog_name="codexexec")
+    """Run the CLI. Local I/O that fails (stdout on a full disk or a closed pipe, a file that
+    cannot be written) ends it with one line on stderr, never a traceback."""
+    import sys
+
+    try:
+        app(prog_name="codexexec")
+        code: int | str | None = 0
+    except SystemExit as stop:
+        code = stop.code
+    except OSError as exc:
+        code = _local_io_failed(exc)
+    try:
+        sys.stdout.flush()
+    except OSError as exc:
+        code = _local_io_failed(exc) if code in (0, None) else code
+    raise SystemExit(code)
+
+
+def _local_io_failed(exc: OSError) -> int:
+    import contextlib
+    import os
+    import sys
+
+    from codexexec.cli.errors import EXIT_FAILURE
+
+    reason = exc.strerror or type(exc).__name__
+    where = f"cannot write `{exc.filename}`" if exc.filename else "cannot write output"
+    with contextlib.suppress(OSError):
+        sys.stderr.write(f"codexexec: error: {where}: {reason}\n")
+        sys.stderr.flush()
+    # What stdout still buffers would fail again at exit, with a traceback of its own.
+    with contextlib.suppress(OSError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    return EXIT_FAILURE
