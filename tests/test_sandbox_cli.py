@@ -216,3 +216,37 @@ def test_deny_flags_that_cannot_work_are_refused(args: tuple[str, ...], text: st
     )
     assert done.returncode == 2
     assert text in done.stderr.decode() and done.stderr.decode().count("\n") == 1
+
+
+@pytest.mark.parametrize("cwd", ["/usr", "/"])
+def test_the_system_bwrap_is_used_from_any_directory(cwd: str) -> None:
+    """`cd /usr` once made /usr/bin/bwrap look planted ("bwrap is not installed")."""
+    done = subprocess.run(
+        codexexec_command("exec", "--sandbox", "read-only", "--", "true"),
+        capture_output=True,
+        cwd=cwd,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_bwrap_planted_in_the_workspace_is_refused_by_name(tmp_path: Path) -> None:
+    planted = tmp_path / "bin" / "bwrap"
+    planted.parent.mkdir()
+    planted.write_text("#!/bin/sh\necho planted > planted-ran\n")
+    planted.chmod(0o755)
+    env = {
+        **os.environ,
+        "PATH": f"{planted.parent}:{os.environ['PATH']}",
+        "CODEXEXEC_LINUX_SANDBOX": "bwrap",
+    }
+    done = subprocess.run(
+        codexexec_command("exec", "--sandbox", "read-only", "--approval", "never", "--", "true"),
+        capture_output=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "lies inside the command's working directory" in done.stderr.decode()
+    assert not (tmp_path / "planted-ran").exists()

@@ -84,7 +84,7 @@ def prepare(plan: SandboxPlan, command: list[str], *, arg0: str | None) -> Prepa
     forced = os.environ.get(FORCE_BACKEND_ENV, "")
     mode = seccomp_mode_name(plan)
     bwrap = bw.find_bwrap(plan.command_cwd) if forced in ("", "bwrap") else None
-    problem = bw.probe_bwrap(bwrap) if bwrap else "bwrap is not installed"
+    problem = bw.probe_bwrap(bwrap) if bwrap else bw.missing_bwrap_reason(plan.command_cwd)
     if bwrap and problem is None:
         if plan.routing is not None:
             # The in-namespace stage bridges the proxy ports and applies seccomp itself.

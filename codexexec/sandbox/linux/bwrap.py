@@ -24,15 +24,31 @@ USERNS_FAILURES = (
 )
 
 
+# Where a distribution installs bwrap: trusted whatever the command's cwd (`cd /usr` must
+# not make /usr/bin/bwrap look planted).
+SYSTEM_BIN_DIRS = ("/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/local/bin", "/usr/local/sbin")
+
+
 def find_bwrap(command_cwd: str | None = None) -> str | None:
-    """The system bwrap, unless it lives under the command's cwd (a repo could plant one)."""
+    """The system bwrap, unless one outside the system directories lives under the command's
+    cwd (a repository could plant one on PATH)."""
     found = shutil.which("bwrap")
     if found is None:
         return None
     real = os.path.realpath(found)
+    if os.path.dirname(real) in SYSTEM_BIN_DIRS:
+        return real
     if command_cwd and real.startswith(os.path.realpath(command_cwd).rstrip("/") + "/"):
         return None
     return real
+
+
+def missing_bwrap_reason(command_cwd: str | None = None) -> str:
+    """Why ``find_bwrap`` found none, in words a user can act on."""
+    found = shutil.which("bwrap")
+    if found is None:
+        return "bwrap is not installed"
+    return f"the bwrap on PATH ({found}) lies inside the command's working directory; not trusted"
 
 
 @cache
