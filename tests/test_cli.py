@@ -232,3 +232,28 @@ def test_committed_completions_match_the_cli(shell: str) -> None:
     generated = subprocess.run(codexexec_command(), capture_output=True, env=env, timeout=30).stdout
     committed = (Path(__file__).parent.parent / "completions" / f"codexexec.{shell}").read_bytes()
     assert generated == committed, f"regenerate completions/codexexec.{shell}"
+
+
+def test_exec_json_ends_with_a_result_record_even_when_nothing_ran() -> None:
+    import json as _json
+
+    done = subprocess.run(
+        codexexec_command("exec", "--json", "--", "nonexistent-cmd-xyz"),
+        capture_output=True,
+        timeout=60,
+        cwd="/tmp",
+    )
+    assert done.returncode == 127
+    [record] = [_json.loads(line) for line in done.stdout.splitlines()]
+    assert record["type"] == "result" and record["exitCode"] == 127
+    assert "nonexistent-cmd-xyz" in record["error"]
+
+
+def test_serve_refuses_an_environment_id_without_remote() -> None:
+    done = subprocess.run(
+        codexexec_command("serve", "--environment-id", "x"),
+        capture_output=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 2 and "it needs --remote" in done.stderr.decode()

@@ -254,6 +254,8 @@ def serve(
     exit_on_stdin_close = exit_on_stdin_close or _env_flag(
         "CODEX_EXEC_SERVER_EXIT_ON_STDIN_CLOSE", "--exit-on-stdin-close"
     )
+    if remote is None and environment_id is not None:
+        fail("--environment-id names the environment to register as: it needs --remote", 2)
     if exit_on_stdin_close and (remote is None or not environment_id):
         fail("--exit-on-stdin-close needs --remote and --environment-id", 2)
     if remote is not None:

@@ -14,7 +14,7 @@ import termios
 import tty as tty_mode
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from codexexec.cli.approval_prompt import ask_in_terminal, ask_network_in_terminal, denial_line
 from codexexec.cli.errors import EXIT_FAILURE, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, fail
@@ -139,9 +139,10 @@ async def run_exec(env: str | None, options: ExecOptions) -> int:
                     store=ApprovalStore(),
                 )
         except StartInterrupted as exc:
-            fail(f"`{options.argv[0]}` on {env}: {exc}", EXIT_FAILURE)
+            _start_failed(options, f"`{options.argv[0]}` on {env}: {exc}", EXIT_FAILURE)
         except ExecServerError as exc:
-            fail(f"cannot run `{options.argv[0]}` on {env}: {exc}", _spawn_failure_code(exc))
+            message = f"cannot run `{options.argv[0]}` on {env}: {exc}"
+            _start_failed(options, message, _spawn_failure_code(exc))
         finally:
             for task in forwarding:
                 task.cancel()
@@ -211,7 +212,8 @@ async def _detach(client: ExecServerClient, env: str, options: ExecOptions) -> i
             profile=options.profile,
         )
     except ExecServerError as exc:
-        fail(f"cannot start `{options.argv[0]}` on {env}: {exc}", _spawn_failure_code(exc))
+        message = f"cannot start `{options.argv[0]}` on {env}: {exc}"
+        _start_failed(options, message, _spawn_failure_code(exc))
     handle = str(ProcessHandle(env, client.session_id, process.process_id))
     if options.json_mode:
         emit_json(
@@ -225,6 +227,14 @@ async def _detach(client: ExecServerClient, env: str, options: ExecOptions) -> i
     else:
         print(handle, flush=True)
     return 0
+
+
+def _start_failed(options: ExecOptions, message: str, code: int) -> NoReturn:
+    """The command never ran: one line on stderr, and with --json still a `result` record,
+    so every --json run ends with one."""
+    if options.json_mode:
+        emit_json({"type": "result", "exitCode": code, "sandboxDenied": False, "error": message})
+    fail(message, code)
 
 
 def _finish(renderer: EventRenderer, json_mode: bool, **extra: object) -> int:
