@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -257,3 +259,46 @@ def test_serve_refuses_an_environment_id_without_remote() -> None:
         stdin=subprocess.DEVNULL,
     )
     assert done.returncode == 2 and "it needs --remote" in done.stderr.decode()
+
+
+def _alive(marker: str) -> bool:
+    found = subprocess.run(["pgrep", "-f", marker], capture_output=True)
+    return found.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("signum", "script", "ends"),
+    [
+        # Ctrl-C: the command's own handler runs, as with ssh.
+        (signal.SIGINT, 'trap "echo got-int; exit 7" INT; sleep {m} & wait', "got-int"),
+        # A command that ignores SIGINT is terminated after the grace period.
+        (signal.SIGTERM, 'trap "" INT; sleep {m}', ""),
+        (signal.SIGHUP, "sleep {m}", ""),
+    ],
+    ids=["SIGINT", "SIGTERM", "SIGHUP"],
+)
+def test_a_signal_to_exec_ends_the_remote_command(
+    codexexec_server: RunningServer, signum: int, script: str, ends: str
+) -> None:
+    marker = f"6{secrets.randbelow(10**6)}.5"
+    cli = subprocess.Popen(
+        codexexec_command(
+            *("exec", "--env", codexexec_server.url, "--sandbox", "danger-full-access"),
+            *("--", "sh", "-c", script.format(m=marker)),
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd="/tmp",
+    )
+    deadline = time.monotonic() + 20
+    while not _alive(f"^sleep {marker}"):
+        assert time.monotonic() < deadline, "the remote command never started"
+        time.sleep(0.1)
+    cli.send_signal(signum)
+    out, err = cli.communicate(timeout=30)
+    assert ends in out.decode()
+    assert "interrupting" in err.decode()
+    deadline = time.monotonic() + 10
+    while _alive(f"^sleep {marker}"):
+        assert time.monotonic() < deadline, "the remote command outlived the CLI"
+        time.sleep(0.1)

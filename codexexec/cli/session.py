@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 from codexexec.cli.approval_prompt import ask_in_terminal, ask_network_in_terminal, denial_line
 from codexexec.cli.errors import EXIT_FAILURE, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, fail
 from codexexec.cli.render import EventRenderer, emit_json
+from codexexec.cli.stop_signals import StopForwarding
 from codexexec.client import ExecServerClient, ExecServerError, RemoteProcess
 from codexexec.client.approval import (
     ApprovalStore,
@@ -106,7 +107,10 @@ async def run_exec(env: str | None, options: ExecOptions) -> int:
                 file=sys.stderr,
             )
 
+        stopper = StopForwarding()
+
         def on_start(attempt: Attempt) -> None:
+            stopper.process = attempt.process
             for task in forwarding:
                 task.cancel()
             if options.tty or pipe_stdin:
@@ -119,7 +123,7 @@ async def run_exec(env: str | None, options: ExecOptions) -> int:
                 return await ask_in_terminal(prompt)
 
         try:
-            with terminal:
+            with terminal, stopper.installed():
                 attempts = await run_with_approval(
                     client,
                     options.argv,

@@ -375,7 +375,14 @@ class ManagedProcess:
             spawn.signal_group(self._child, signal.SIGINT)
 
     def terminate(self) -> bool:
-        if self._child is None or self.output.exited:
+        """Kill the process's group; True if the process itself was still running. One
+        that has exited while what it started still holds its output open (`sleep &`) has
+        that group killed too, so its output can end: the answer stays False, as in Codex."""
+        if self._child is None:
+            return False
+        if self.output.exited:
+            if self._open_streams > 0:
+                spawn.signal_group(self._child, signal.SIGKILL)
             return False
         spawn.signal_group(self._child, signal.SIGKILL)
         return True

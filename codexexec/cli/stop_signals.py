@@ -1,0 +1,73 @@
+"""What Ctrl-C, SIGTERM and SIGHUP to `exec` do to the command it runs (like ssh): the
+command is interrupted, and terminated if it is still running after a grace period (or at
+a second signal). Without this a remote command kept running after the CLI was gone, until
+the executor's detached-session time ran out, with no handle printed to reach it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Awaitable, Iterator
+
+from codexexec.client import RemoteProcess
+
+GRACE_SECONDS = 5.0
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class StopForwarding:
+    def __init__(self, grace: float = GRACE_SECONDS) -> None:
+        self.process: RemoteProcess | None = None
+        self.received: signal.Signals | None = None
+        self._grace = grace
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        added = []
+        for signum in SIGNALS:
+            try:
+                loop.add_signal_handler(signum, self._on_signal, signum)
+                added.append(signum)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
+        try:
+            yield
+        finally:
+            for signum in added:
+                loop.remove_signal_handler(signum)
+            if self._timer is not None:
+                self._timer.cancel()
+
+    def _on_signal(self, signum: signal.Signals) -> None:
+        first = self.received is None
+        self.received = signum
+        process = self.process
+        if process is None:
+            return
+        if first:
+            sys.stderr.write(
+                f"\ncodexexec: {signal.Signals(signum).name}: interrupting `{process.process_id}`; "
+                f"it is terminated if still running in {self._grace:g} s\n"
+            )
+            self._spawn(process.interrupt())
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._grace, self._terminate, process)
+        else:
+            self._terminate(process)
+
+    def _terminate(self, process: RemoteProcess) -> None:
+        self._spawn(process.terminate())
+
+    def _spawn(self, step: Awaitable[object]) -> None:
+        async def run() -> None:
+            with contextlib.suppress(Exception):  # the command may be gone, or the link
+                await step
+
+        task = asyncio.ensure_future(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
