@@ -302,3 +302,23 @@ def test_a_signal_to_exec_ends_the_remote_command(
     while _alive(f"^sleep {marker}"):
         assert time.monotonic() < deadline, "the remote command outlived the CLI"
         time.sleep(0.1)
+
+
+def test_an_unreachable_registry_is_named_in_words() -> None:
+    import os as _os
+
+    env = {**_os.environ, "CODEXEXEC_REGISTRY_TOKEN": "x"}
+    for args in (
+        ("exec", "--env", "devbox@http://127.0.0.1:9", "--", "true"),
+        ("serve", "--remote", "http://127.0.0.1:9", "--environment-id", "devbox"),
+    ):
+        done = subprocess.run(
+            codexexec_command(*args),
+            capture_output=True,
+            timeout=60,
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
+        text = done.stderr.decode()
+        assert done.returncode == 125 and "connection refused" in text, text
+        assert "ClientConnectorError" not in text and text.count("\n") == 1

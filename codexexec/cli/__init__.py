@@ -50,6 +50,16 @@ def main() -> None:
         code = stop.code
     except OSError as exc:
         code = _local_io_failed(exc)
+    except Exception as exc:  # a bug: one line, the traceback only when asked for
+        import os
+
+        if os.environ.get("CODEXEXEC_TRACEBACK"):
+            raise
+        sys.stderr.write(
+            f"codexexec: error: internal error ({type(exc).__name__}); "
+            "run again with CODEXEXEC_TRACEBACK=1 to see where, and report it\n"
+        )
+        code = 125
     try:
         sys.stdout.flush()
     except OSError as exc:

@@ -28,6 +28,24 @@ class Unreachable(Exception):
     """No HTTP answer (connection refused, DNS, TLS, timeout); the text names only the kind."""
 
 
+def _unreachable_reason(exc: aiohttp.ClientError) -> str:
+    """Why there was no answer, in words (never the URL, which may carry a credential)."""
+    import aiohttp
+
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "the host name does not resolve"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
+        return "TLS failed (certificate or handshake)"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        errno = exc.os_error.errno if exc.os_error is not None else None
+        return os.strerror(errno).lower() if errno else "cannot connect"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection without answering"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "the answer was cut short"
+    return type(exc).__name__
+
+
 @dataclass(frozen=True, slots=True)
 class HttpReply:
     status: int
@@ -81,7 +99,7 @@ async def post_json(
                 response.headers.get("Location"),
             )
     except aiohttp.ClientError as exc:
-        raise Unreachable(type(exc).__name__) from None
+        raise Unreachable(_unreachable_reason(exc)) from None
     except TimeoutError:
         raise Unreachable("no answer in time") from None
 
