@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import uuid
@@ -36,15 +38,35 @@ def fs(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[by
     )
 
 
+def fs_on_a_terminal(*args: str) -> str:
+    """What a person at a terminal sees (`script` gives the command a pseudo-terminal)."""
+    command = " ".join(shlex.quote(a) for a in codexexec_command("fs", *args))
+    env = {**os.environ, "COLUMNS": "120"}
+    done = subprocess.run(
+        ["script", "-qec", command, "/dev/null"], capture_output=True, env=env, timeout=60
+    )
+    assert done.returncode == 0, done.stdout
+    text = done.stdout.decode(errors="replace").replace("\r", "")
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)  # styles and cursor moves
+
+
 def test_ls_renders_a_table_and_json(server: RunningServer, tree: Path) -> None:
-    table = fs("ls", f"{server.url}:{tree}")
-    assert table.returncode == 0, table.stderr
-    lines = table.stdout.decode().splitlines()
+    # On a terminal: a table under the listing's name.
+    lines = fs_on_a_terminal("ls", f"{server.url}:{tree}").splitlines()
     assert lines[0].strip() == f"{server.url}:{tree}"
     rows = {line.split("│")[1].strip(): line.split("│")[2:4] for line in lines if "│" in line}
     assert [cell.strip() for cell in rows["small.bin"]] == ["file", "256 B"]
     assert [cell.strip() for cell in rows["link"]] == ["file (link)", "256 B"]
     assert rows["sub/"][0].strip() == "dir"
+    # Into a pipe: plain tab-separated columns, one entry a line, like ls (no box drawing).
+    piped = fs("ls", f"{server.url}:{tree}")
+    assert piped.returncode == 0, piped.stderr
+    plain = [line.split("\t") for line in piped.stdout.decode().splitlines()]
+    assert [row[:3] for row in plain] == [
+        ["link", "file (link)", "256"],
+        ["small.bin", "file", "256"],
+        ["sub/", "dir", ""],
+    ]
     listed = fs("ls", "--json", f"{server.url}:{tree}")
     entries = [json.loads(line) for line in listed.stdout.decode().splitlines()]
     assert [e["name"] for e in entries] == ["link", "small.bin", "sub"]
@@ -72,11 +94,11 @@ def test_put_and_get_round_trip_with_progress(codexexec_server: RunningServer, t
     put = fs("put", str(local), remote)
     assert put.returncode == 0, put.stderr
     assert (tree / "sub" / "remote.bin").read_bytes() == data
-    assert b"3.0/3.0 MiB" in put.stderr  # the bar (over 1 MiB), on stderr
+    assert put.stderr == b""  # stderr is not a terminal: no bar in a log
     get = fs("get", remote, str(tree))  # into a directory: keeps the name
     assert get.returncode == 0, get.stderr
     assert (tree / "remote.bin").read_bytes() == data
-    assert b"MiB" in get.stderr
+    assert "MiB" in fs_on_a_terminal("get", remote, str(tree / "again.bin"))  # the bar
     quiet = fs("get", "-q", remote, "-")
     assert quiet.stdout == data and quiet.stderr == b""
     small = fs("put", "-", f"{codexexec_server.url}:{tree}/from-stdin", stdin=b"piped")
@@ -127,7 +149,7 @@ def test_fs_ls_and_get_through_the_relay(rendezvous: Rendezvous, tree: Path) -> 
         names = [json.loads(line)["name"] for line in listed.stdout.decode().splitlines()]
         assert names == ["link", "small.bin", "sub"]
         table = cx("fs", "ls", "--registry", rendezvous.url, "devbox:/tmp")
-        assert table.returncode == 0 and f"devbox@{rendezvous.url}:/tmp".encode() in table.stdout
+        assert table.returncode == 0 and b"\tdir\t" in table.stdout
         data = os.urandom(3 * MiB)
         (tree / "big").write_bytes(data)
         fetched = cx("fs", "get", "-q", f"devbox@{rendezvous.url}:{tree}/big", "-")

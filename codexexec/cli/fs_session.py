@@ -63,8 +63,9 @@ async def _client(target: FsTarget) -> AsyncIterator[ExecServerClient]:
 
 @contextlib.contextmanager
 def _progress(label: str, total: int | None, show: bool) -> Iterator[Callable[[int], None]]:
-    """A transfer progress bar on stderr; ``show`` False gives a no-op."""
-    if not show:
+    """A transfer progress bar on stderr; ``show`` False, or stderr not a terminal (a log, a
+    pipe), gives a no-op."""
+    if not show or not sys.stderr.isatty():
         yield lambda _: None
         return
     from rich.console import Console
@@ -161,6 +162,16 @@ def _print_json(rows: list[tuple[str, FileMetadata | None]]) -> None:
 
 
 def _print_table(target: FsTarget, rows: list[tuple[str, FileMetadata | None]]) -> None:
+    if not sys.stdout.isatty():  # into a pipe or file: plain columns, one entry a line, like ls
+        for name, meta in rows:
+            if meta is None:
+                sys.stdout.write(f"{name}\t?\t\t\n")
+                continue
+            modified = time.strftime("%Y-%m-%d %H:%M", time.localtime(meta.modified_at_ms / 1000))
+            size = "" if meta.is_directory else str(meta.size)
+            entry = name + ("/" if meta.is_directory else "")
+            sys.stdout.write(f"{entry}\t{_kind(meta)}\t{size}\t{modified}\n")
+        return
     from rich.console import Console
     from rich.table import Table
 
