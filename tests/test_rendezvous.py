@@ -1033,3 +1033,35 @@ def test_run_rendezvous_reuses_an_existing_dev_token(tmp_path: Path) -> None:
             proc.communicate()
     assert proc.returncode == 0, err
     assert "rendezvous-tokens" not in err
+
+
+def test_a_missing_token_file_is_created_and_a_readable_one_explained(tmp_path: Path) -> None:
+    """`rendezvous --token-file tokens.txt` (the README's first command) works on a fresh
+    machine: the file is made 0600 with a new token, whose value is never printed; a file
+    other users can read is warned about in words."""
+    from tests.servers import codexexec_command
+
+    def start(token_file: Path) -> tuple[str, str]:
+        proc = subprocess.Popen(
+            codexexec_command("rendezvous", "--token-file", str(token_file)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ, CODEXEXEC_HOME=str(tmp_path / "state")),
+        )
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=15)
+        return url, err
+
+    fresh = tmp_path / "tokens.txt"
+    url, err = start(fresh)
+    assert url.startswith("http://127.0.0.1:")
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o600
+    token = next(line for line in fresh.read_text().splitlines() if not line.startswith("#"))
+    assert f"{fresh} did not exist; created it" in err and token not in err
+    fresh.chmod(0o644)
+    _, err = start(fresh)
+    assert f"other users can read {fresh}" in err and f"chmod 600 {fresh}" in err
+    assert "token_file_readable" not in err

@@ -225,6 +225,12 @@ def create_dev_token_file(directory: Path) -> tuple[Path, bool]:
     """
     ensure_private_dir(directory)
     path = directory / DEV_TOKEN_FILENAME
+    return path, create_token_file(path)
+
+
+def create_token_file(path: Path) -> bool:
+    """Write a fresh token granting both roles for every environment to ``path`` (0600),
+    unless the file exists; True when it was created."""
     token = DEV_TOKEN_PREFIX + secrets.token_urlsafe(32)
     text = (
         "# codexexec rendezvous development token: grants the executor and harness roles\n"
@@ -234,10 +240,10 @@ def create_dev_token_file(directory: Path) -> tuple[Path, bool]:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        return path, False
+        return False
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
-    return path, True
+    return True
 
 
 def loosely_permitted(path: Path) -> bool:

@@ -86,8 +86,10 @@ from codexexec.protocol.registry import LEGACY_PROFILE as SECURITY_PROFILE_LEGAC
 from codexexec.protocol.registry import NOISE_PROFILE as SECURITY_PROFILE_NOISE
 from codexexec.rendezvous.agent_auth import AgentKeys
 from codexexec.rendezvous.auth import (
+    TokenFileError,
     TokenTable,
     create_dev_token_file,
+    create_token_file,
     loosely_permitted,
     state_dir,
 )
@@ -239,7 +241,8 @@ async def start_rendezvous(
 
 
 def resolve_tokens(token_file: Path | None, *, notice: Callable[[str], None]) -> TokenTable:
-    """Load ``token_file``; without one, use (creating if needed) the development token file."""
+    """Load ``token_file`` (created with a fresh token when it does not exist); without one,
+    use (creating if needed) the development token file."""
     if token_file is None:
         path, created = create_dev_token_file(state_dir())
         if created:
@@ -248,8 +251,23 @@ def resolve_tokens(token_file: Path | None, *, notice: Callable[[str], None]) ->
                 f"{path} (grants the executor and harness roles for every environment)"
             )
         token_file = path
+    elif not token_file.exists():
+        try:
+            created = create_token_file(token_file)
+        except OSError as exc:
+            raise TokenFileError(
+                f"cannot create token file {token_file}: {exc.strerror or exc}"
+            ) from None
+        if created:
+            notice(
+                f"codexexec rendezvous: {token_file} did not exist; created it with a new token "
+                "(0600; grants the executor and harness roles for every environment)"
+            )
     if loosely_permitted(token_file):
-        event(logging.WARNING, "rendezvous.token_file_readable", path=str(token_file))
+        notice(
+            f"codexexec rendezvous: warning: other users can read {token_file}; anyone who "
+            f"does can register executors and reach them (chmod 600 {token_file})"
+        )
     return TokenTable.load(token_file)
 
 
