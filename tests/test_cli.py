@@ -322,3 +322,27 @@ def test_an_unreachable_registry_is_named_in_words() -> None:
         text = done.stderr.decode()
         assert done.returncode == 125 and "connection refused" in text, text
         assert "ClientConnectorError" not in text and text.count("\n") == 1
+
+
+@pytest.mark.parametrize("target", ["local", "server"])
+@pytest.mark.parametrize("data", [b"hello\n", b"partial"], ids=["line", "partial-line"])
+def test_tty_fed_from_a_pipe_ends(
+    target: str, data: bytes, codexexec_server: RunningServer
+) -> None:
+    """`echo hello | codexexec exec --tty -- cat` once never exited: the remote terminal now
+    gets its end-of-file character when the pipe ends."""
+    env = "local" if target == "local" else codexexec_server.url
+    result = run(
+        "exec",
+        "--env",
+        env,
+        "--sandbox",
+        "danger-full-access",
+        "--tty",
+        "--",
+        "cat",
+        input=data,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert data.strip() in result.stdout

@@ -115,7 +115,13 @@ async def run_exec(env: str | None, options: ExecOptions) -> int:
                 task.cancel()
             if options.tty or pipe_stdin:
                 forwarding.append(
-                    asyncio.create_task(_forward_stdin(attempt.process, end=pipe_stdin))
+                    asyncio.create_task(
+                        _forward_stdin(
+                            attempt.process,
+                            end=pipe_stdin,
+                            tty_eof=options.tty and not sys.stdin.isatty(),
+                        )
+                    )
                 )
 
         async def ask(prompt: DenialPrompt) -> Decision:
@@ -288,13 +294,24 @@ def _stdin_is_data() -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISREG(mode) or stat.S_ISSOCK(mode)
 
 
-async def _forward_stdin(process: RemoteProcess, *, end: bool) -> None:
-    """Copy our stdin to the remote process until EOF; ``end``: then end its stdin."""
+# The terminal's end-of-file character (^D): a line discipline ends input when it reads it
+# at the start of a line, so after a partial line it is sent twice.
+_PTY_EOF = b"\x04"
+
+
+async def _forward_stdin(process: RemoteProcess, *, end: bool, tty_eof: bool = False) -> None:
+    """Copy our stdin to the remote process until EOF; ``end``: then end its stdin. A
+    remote terminal fed from a pipe or file (`echo hi | exec --tty -- cat`) is given the
+    terminal's end-of-file character instead, or the command would wait forever."""
+    last = b"\n"
     try:
         async for chunk in _stdin_chunks():
             await process.write(chunk)
+            last = chunk[-1:]
         if end:
             await process.close_stdin()
+        elif tty_eof:
+            await process.write(_PTY_EOF if last == b"\n" else _PTY_EOF * 2)
     except ExecServerError:
         return
 
