@@ -346,3 +346,15 @@ def test_tty_fed_from_a_pipe_ends(
     )
     assert result.returncode == 0, result.stderr
     assert data.strip() in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "text"),
+    [
+        (("rendezvous", "--listen", "bad"), "listen URL must be http://IP:PORT"),
+        (("rendezvous", "--bus", "http://x"), "--bus must be a nats:// URL"),
+    ],
+)
+def test_rendezvous_usage_errors_exit_2(args: tuple[str, ...], text: str) -> None:
+    done = run(*args)
+    assert done.returncode == 2 and text in done.stderr.decode()

@@ -39,8 +39,14 @@ def rendezvous(
 
     from codexexec.cli.errors import fail
     from codexexec.rendezvous.options import RendezvousOptions
-    from codexexec.rendezvous.service import run_rendezvous
+    from codexexec.rendezvous.service import parse_listen_url, run_rendezvous
 
+    try:
+        parse_listen_url(listen)
+    except ValueError as exc:  # a usage error: exit 2, as everywhere
+        fail(str(exc), 2)
+    if bus is not None and not bus.startswith(("nats://", "tls://")):
+        fail(f"--bus must be a nats:// URL, not `{bus}`", 2)
     options = RendezvousOptions(agent_keys=Path(agent_keys) if agent_keys else None, bus=bus)
     try:
         run_rendezvous(listen, Path(token_file) if token_file else None, db, options)
