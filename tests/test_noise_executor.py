@@ -243,7 +243,13 @@ async def test_commands_run_over_noise_and_the_relay_routes_only_ciphertext(
 ) -> None:
     client = await ExecServerClient.connect(f"{ENV}@{stack.url}")
     process = await client.start(
-        ["sh", "-c", "echo MARK-OUT-7f3a; head -c 200000 /dev/zero | tr '\\0' x; exit 4"],
+        # It reads its stdin first: a command that could exit before the write arrived
+        # would make the write fail ("failed to write to process stdin"), as it should.
+        [
+            "sh",
+            "-c",
+            "read line; echo MARK-OUT-7f3a; head -c 200000 /dev/zero | tr '\\0' x; exit 4",
+        ],
         cwd="/tmp",
         pipe_stdin=True,
     )
