@@ -358,3 +358,10 @@ def test_tty_fed_from_a_pipe_ends(
 def test_rendezvous_usage_errors_exit_2(args: tuple[str, ...], text: str) -> None:
     done = run(*args)
     assert done.returncode == 2 and text in done.stderr.decode()
+
+
+def test_an_unreachable_bus_is_reported_without_its_credentials() -> None:
+    done = run("rendezvous", "--bus", "nats://alice:s3cret@127.0.0.1:9", timeout=60)
+    text = done.stderr.decode()
+    assert done.returncode == 1 and "cannot reach the bus at nats://127.0.0.1:9" in text
+    assert "s3cret" not in text and "alice" not in text and text.count("\n") == 1

@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import nats
 from nats.aio.client import Client
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
 # far less in flight (``credit.py``), so only a flood that is not ours reaches it.
 PENDING_MESSAGES = 65536
 PENDING_BYTES = 64 * 1024 * 1024
+BUS_START_TIMEOUT_SECONDS = 10.0
 # Links held at once by one node, both ends counted.
 MAX_LINKS = 65536
 
@@ -72,6 +74,8 @@ MAX_LINKS = 65536
 class NatsBus:
     def __init__(self, url: str, relay: Relay, observe: Callable[[str, float], None]) -> None:
         self.url = url
+        # What logs and errors show: a NATS URL may carry user:password or a token.
+        self.shown_url = _without_credentials(url)
         self.relay = relay
         self.node = relay.node_id
         self.options = relay.options
@@ -87,29 +91,34 @@ class NatsBus:
     # -- lifecycle
 
     async def start(self) -> None:
+        # The client retries without end once configured to reconnect: a bus that is not
+        # there at start-up must be an error to report, not a wait that never ends.
         try:
-            self._nc = await nats.connect(
-                self.url,
-                name=f"codexexec-rendezvous-{self.node}",
-                connect_timeout=2,
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                ping_interval=2,
-                max_outstanding_pings=2,
-                disconnected_cb=self._disconnected,
-                reconnected_cb=self._reconnected,
-                error_cb=self._error,
-            )
-        except (TimeoutError, NatsError, OSError) as error:
+            async with asyncio.timeout(BUS_START_TIMEOUT_SECONDS):
+                self._nc = await nats.connect(
+                    self.url,
+                    name=f"codexexec-rendezvous-{self.node}",
+                    connect_timeout=2,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    ping_interval=2,
+                    max_outstanding_pings=2,
+                    disconnected_cb=self._disconnected,
+                    reconnected_cb=self._reconnected,
+                    error_cb=self._error,
+                )
+        except TimeoutError:
+            raise BusUnavailable(f"cannot reach the bus at {self.shown_url}: no answer") from None
+        except (NatsError, OSError) as error:
             raise BusUnavailable(
-                f"cannot reach the bus at {self.url}: {error or type(error).__name__}"
+                f"cannot reach the bus at {self.shown_url}: {type(error).__name__}"
             ) from None
         nc = self._nc
         if nc.max_payload < MAX_WEBSOCKET_MESSAGE_BYTES + LINK_OVERHEAD:
             await nc.close()
             raise BusUnavailable(
-                f"the bus at {self.url} takes messages of at most {nc.max_payload} bytes; "
+                f"the bus at {self.shown_url} takes messages of at most {nc.max_payload} bytes; "
                 f"relay frames need {MAX_WEBSOCKET_MESSAGE_BYTES + LINK_OVERHEAD} "
                 "(raise max_payload in nats-server's configuration)"
             )
@@ -127,7 +136,7 @@ class NatsBus:
             )
         await nc.flush()
         self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="rendezvous-heartbeat")
-        event(logging.INFO, "bus.connected", node=self.node, url=self.url)
+        event(logging.INFO, "bus.connected", node=self.node, url=self.shown_url)
 
     def stop_announcing(self) -> None:
         """The node is draining: answer no more ``where`` requests, so harnesses go elsewhere."""
@@ -479,3 +488,12 @@ async def _respond(msg: Msg, data: bytes) -> bool:
     except (NatsError, OSError, RuntimeError):
         return False
     return True
+
+
+def _without_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    return f"{parts.scheme}://{parts.hostname or ''}{port}"
