@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING
 
 from codexexec.cli.errors import fail
 from codexexec.protocol.registry import NOISE_PROFILE
-from codexexec.remote.auth.base import AuthError
+from codexexec.remote.auth.base import AuthError, AuthProvider
+from codexexec.remote.auth.credential_pipe import feed
 from codexexec.remote.auth.resolve import AuthOptions, resolve_registration_auth
+from codexexec.remote.auth.rotating import RotatingCredential
 from codexexec.remote.registry import RegistryError, check_environment_id
 from codexexec.server.secrets import forget_secrets_in_environment
 from codexexec.transport.relay_executor import ExecutorRelay, Serve
@@ -87,10 +89,15 @@ def run_relay(
             )
     except (RegistryError, IdentityFileError) as exc:
         fail(str(exc), 2)
-    try:
-        credential = resolve_registration_auth(auth, notice)
-    except AuthError as exc:
-        fail(str(exc))
+    rotating: RotatingCredential | None = None
+    credential: AuthProvider
+    if auth.executor_credential_stdin:
+        credential = rotating = RotatingCredential(environment_id)
+    else:
+        try:
+            credential = resolve_registration_auth(auth, notice)
+        except AuthError as exc:
+            fail(str(exc))
     forget_secrets_in_environment()  # the credential holds what it needs
     if cleartext:
         sys.stderr.write(CLEARTEXT_WARNING)
@@ -116,6 +123,9 @@ def run_relay(
             await relay_until_stopped()
 
     async def relay_until_stopped() -> None:
+        # The parent's pipe: the first credential before registering, then its rotations;
+        # the pipe closing is the parent's stop (as with --exit-on-stdin-close).
+        credentials = None if rotating is None else await feed(rotating, sys.stdin.fileno())
         relay = ExecutorRelay(
             registry_url,
             environment_id,
@@ -130,20 +140,23 @@ def run_relay(
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        if exit_on_stdin_close:
+        if exit_on_stdin_close and rotating is None:
             watch_stdin_close(lambda: loop.call_soon_threadsafe(stop.set))
         stopping = asyncio.create_task(stop.wait())
-        await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        running.cancel()  # a no-op when it already ended (with a registry error)
+        watched = {running, stopping} | ({credentials} if credentials is not None else set())
+        await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        for task in watched:
+            task.cancel()  # a no-op for the one that ended
         try:
             with contextlib.suppress(asyncio.CancelledError):
                 await running
+            if credentials is not None and credentials.done() and not credentials.cancelled():
+                credentials.result()  # a frame that ends the executor raises here
         finally:
             if on_stop is not None:
                 await on_stop()
 
     try:
         asyncio.run(main())
-    except RegistryError as exc:
+    except (RegistryError, AuthError) as exc:
         fail(str(exc))

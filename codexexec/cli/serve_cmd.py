@@ -8,9 +8,13 @@ import typer
 
 from codexexec.cli.auth_options import (
     ALLOW_AGENT_IDENTITY,
+    CHATGPT_ACCOUNT_ID,
+    CHATGPT_TOKEN_STDIN,
     CLEARTEXT_RELAY,
+    EXECUTOR_CREDENTIAL_STDIN,
     TOKEN_FILE,
     TOKEN_STDIN,
+    credential_conflict,
 )
 from codexexec.protocol.limits import DEFAULT_DETACHED_SESSION_TTL_SECONDS
 
@@ -56,6 +60,9 @@ def serve(
     ),
     token_file: str | None = TOKEN_FILE,
     token_stdin: bool = TOKEN_STDIN,
+    executor_credential_stdin: bool = EXECUTOR_CREDENTIAL_STDIN,
+    chatgpt_token_stdin: bool = CHATGPT_TOKEN_STDIN,
+    chatgpt_account_id: str | None = CHATGPT_ACCOUNT_ID,
     allow_agent_identity_auth: bool = ALLOW_AGENT_IDENTITY,
     cleartext_relay: bool = CLEARTEXT_RELAY,
     security_profile: str = typer.Option(
@@ -258,6 +265,14 @@ def serve(
         fail("--environment-id names the environment to register as: it needs --remote", 2)
     if exit_on_stdin_close and (remote is None or not environment_id):
         fail("--exit-on-stdin-close needs --remote and --environment-id", 2)
+    conflict = credential_conflict(
+        token_file, token_stdin, executor_credential_stdin, chatgpt_token_stdin, chatgpt_account_id
+    )
+    if conflict is not None:
+        fail(conflict, 2)
+    stdin_credential = token_stdin or executor_credential_stdin or chatgpt_token_stdin
+    if stdin_credential and (remote is None or not environment_id):
+        fail("a registration credential on stdin needs --remote and --environment-id", 2)
     if remote is not None:
         if not environment_id:
             fail("--remote needs --environment-id", 2)
@@ -272,7 +287,15 @@ def serve(
         run_relay(
             remote,
             environment_id,
-            AuthOptions(remote, token_file, token_stdin, allow_agent_identity_auth),
+            AuthOptions(
+                remote,
+                token_file,
+                token_stdin,
+                allow_agent_identity_auth,
+                chatgpt_token_stdin=chatgpt_token_stdin,
+                chatgpt_account_id=chatgpt_account_id,
+                executor_credential_stdin=executor_credential_stdin,
+            ),
             serve_stream,
             server.aclose,
             cleartext=cleartext_relay,

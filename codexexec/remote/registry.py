@@ -44,6 +44,8 @@ RETRYABLE_REGISTRATION = {
 }
 RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS, RETRY_JITTER = 0.7, 6.0, 0.2
 MAX_ERROR_MESSAGE_CHARS = 4096
+# Not the registry's: the executor has no usable credential yet (a rotating one expired).
+CREDENTIAL_UNAVAILABLE = "credential_unavailable"
 BODY_OMITTED = "response body omitted"
 log = logging.getLogger(__name__)
 
@@ -102,13 +104,15 @@ def read_token(token_file: str | None) -> str | None:
 
 async def credential_headers(credential: AuthProvider | str | None) -> dict[str, str]:
     """Fresh headers for one request (a provider may refresh first)."""
-    from codexexec.remote.auth.base import AuthError
+    from codexexec.remote.auth.base import AuthError, CredentialUnavailable
     from codexexec.remote.auth.bearer import StaticBearer
 
     try:
         if isinstance(credential, str):
             return await StaticBearer(credential, "the registry token").headers()
         return {} if credential is None else await credential.headers()
+    except CredentialUnavailable as exc:
+        raise RegistryError(str(exc), code=CREDENTIAL_UNAVAILABLE) from None
     except AuthError as exc:
         raise RegistryError(str(exc)) from None
 

@@ -32,7 +32,12 @@ from codexexec.relay.limits import (
 )
 from codexexec.relay.streams import Action, Admission, RelayStream, StreamTable, Verdict
 from codexexec.remote.http import new_session
-from codexexec.remote.registry import RegistryError, RelayBundle, register_executor
+from codexexec.remote.registry import (
+    CREDENTIAL_UNAVAILABLE,
+    RegistryError,
+    RelayBundle,
+    register_executor,
+)
 from codexexec.transport.base import TransportClosed
 from codexexec.transport.relay import VirtualStream
 
@@ -173,6 +178,15 @@ class ExecutorRelay:
                     bundle = await register_executor(
                         self._registry_url, self._environment_id, self._token, self._party
                     )
+                except RegistryError as exc:
+                    self._on_attempt("registration", "error")
+                    if exc.code != CREDENTIAL_UNAVAILABLE:
+                        raise
+                    # A rotating credential expired: its parent will send a fresh one, and
+                    # checking for it costs no request, so look again each second.
+                    log.warning("waiting for a usable executor credential: %s", exc)
+                    await asyncio.sleep(RECONNECT_BACKOFF_INITIAL_SECONDS)
+                    continue
                 except BaseException:
                     self._on_attempt("registration", "error")
                     raise

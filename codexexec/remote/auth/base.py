@@ -9,6 +9,11 @@ class AuthError(Exception):
     """A credential cannot be used; the message names the fix and never holds a secret."""
 
 
+class CredentialUnavailable(AuthError):
+    """No usable credential right now, but one may come (a rotating credential expired):
+    the executor waits instead of exiting."""
+
+
 class AuthProvider(Protocol):
     @property
     def description(self) -> str:

@@ -61,12 +61,48 @@ def token_from_file(path: str) -> str:
 
 
 def bearer_from_stdin(stream: IO[bytes]) -> StaticBearer:
-    line = stream.readline(MAX_STDIN_TOKEN_BYTES + 1)
-    if not line.endswith(b"\n") or len(line) > MAX_STDIN_TOKEN_BYTES:
-        raise AuthError(
-            "expected a newline-terminated registration bearer of at most 16 KiB on stdin"
-        )
     try:
-        return StaticBearer(line.decode("ascii"), "stdin")
+        return StaticBearer(_stdin_line(stream, "registration bearer"), "stdin")
     except UnicodeDecodeError:
         raise AuthError("the registry token from stdin is not a valid HTTP header value") from None
+
+
+def _stdin_line(stream: IO[bytes], what: str) -> str:
+    line = stream.readline(MAX_STDIN_TOKEN_BYTES + 1)
+    if not line.endswith(b"\n") or len(line) > MAX_STDIN_TOKEN_BYTES:
+        raise AuthError(f"expected a newline-terminated {what} of at most 16 KiB on stdin")
+    return line.decode("ascii")
+
+
+CHATGPT_URL_REFUSED = "ChatGPT token registry URLs must use HTTPS without userinfo or fragments"
+CHATGPT_TOKEN_INVALID = "invalid ChatGPT access token"
+
+
+def chatgpt_bearer_from_stdin(
+    stream: IO[bytes], registry_url: str, account_id: str | None
+) -> StaticBearer:
+    """``--chatgpt-token-stdin``: a ChatGPT access token for an HTTPS registry, sent with its
+    account (from the token's claim, or ``--chatgpt-account-id``, which must match it).
+    Codex's checks and texts (docs/codex-0.169-observed.md §32)."""
+    from urllib.parse import urlsplit
+
+    from codexexec.remote.auth.chatgpt import AUTH_CLAIMS
+    from codexexec.remote.auth.jwt import JwtError, decode_claims
+
+    url = urlsplit(registry_url)
+    if url.scheme != "https" or url.username is not None or "#" in registry_url:
+        raise AuthError(CHATGPT_URL_REFUSED)
+    try:
+        token = _stdin_line(stream, "ChatGPT access token").strip()
+        claims = decode_claims(token)
+    except (UnicodeDecodeError, JwtError):
+        raise AuthError(CHATGPT_TOKEN_INVALID) from None
+    auth = claims.get(AUTH_CLAIMS)
+    claimed = auth.get("chatgpt_account_id") if isinstance(auth, dict) else None
+    if isinstance(claimed, str) and claimed:
+        if account_id is not None and account_id != claimed:
+            raise AuthError("--chatgpt-account-id does not match the token")
+        account_id = claimed
+    if not account_id:
+        raise AuthError("token has no ChatGPT account ID; supply --chatgpt-account-id")
+    return StaticBearer(token, "stdin (ChatGPT access token)", account_id)

@@ -1,6 +1,8 @@
 """Which credential registers an executor, in this order:
 
-1. ``--token-file`` or ``--token-stdin``: a self-hosted registry token.
+1. ``--token-file`` or ``--token-stdin``: a self-hosted registry token;
+   ``--chatgpt-token-stdin``: a ChatGPT access token (``--executor-credential-stdin``, a
+   rotating credential, is read by the relay itself: see ``rotating.py``).
 2. ``CODEX_ACCESS_TOKEN`` with ``--allow-agent-identity-auth``: Agent Identity.
 3. ``CODEXEXEC_REGISTRY_TOKEN``: a self-hosted registry token.
 4. ``CODEX_API_KEY``: refused (API keys never register an executor).
@@ -33,6 +35,7 @@ from codexexec.remote.auth.bearer import (
     StaticBearer,
     bearer_from_file,
     bearer_from_stdin,
+    chatgpt_bearer_from_stdin,
 )
 from codexexec.remote.auth.chatgpt import ChatGPTAuth
 from codexexec.remote.auth.codex_home import STORE_SETTING, codex_home, store_mode
@@ -52,6 +55,9 @@ class AuthOptions:
     token_file: str | None = None
     token_stdin: bool = False
     allow_agent_identity: bool = False
+    chatgpt_token_stdin: bool = False
+    chatgpt_account_id: str | None = None
+    executor_credential_stdin: bool = False
 
 
 def resolve_registration_auth(
@@ -65,6 +71,12 @@ def resolve_registration_auth(
         return bearer_from_file(options.token_file)
     if options.token_stdin:
         return bearer_from_stdin(stdin if stdin is not None else sys.stdin.buffer)
+    if options.chatgpt_token_stdin:
+        return chatgpt_bearer_from_stdin(
+            stdin if stdin is not None else sys.stdin.buffer,
+            options.registry_url,
+            options.chatgpt_account_id,
+        )
     access_token = env.get(ACCESS_TOKEN_ENV, "").strip()
     if access_token and options.allow_agent_identity:
         return AgentIdentityAuth(
