@@ -54,3 +54,28 @@ def forbidden_in(modules: set[str]) -> list[str]:
 def test_a_local_exec_loads_nothing_it_does_not_use() -> None:
     assert forbidden_in(loaded_by("exec", "--sandbox", "danger-full-access", "--", "true")) == []
     assert forbidden_in(loaded_by("exec", "--", "true")) == []
+
+
+def test_help_loads_no_command_machinery() -> None:
+    """`--help` and `-h` print plain help, as git and docker do: no rich, no server, no
+    client, no asyncio (#17: help within 100 ms)."""
+    for args in (("--help",), ("-h",), ("exec", "-h"), ("fs", "get", "--help")):
+        loaded = loaded_by(*args)
+        heavy = {"rich", "asyncio", "codexexec.server", "codexexec.client", "codexexec.sandbox"}
+        assert sorted(m for m in loaded if m.split(".")[0] in heavy or m in heavy) == [], args
+        assert forbidden_in(loaded) == [], args
+
+
+def test_version_and_short_help() -> None:
+    from codexexec import __version__
+
+    done = subprocess.run(
+        [sys.executable, "-m", "codexexec", "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stdout) == (0, f"codexexec {__version__}\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "codexexec", "-h"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0
+    assert "Examples:" in done.stdout and "codexexec exec -- make test" in done.stdout
+    assert "125 (codexexec failed)" in done.stdout

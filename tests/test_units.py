@@ -172,3 +172,47 @@ async def test_an_exit_not_yet_received_explains_its_hole_in_the_seqs() -> None:
     events = [event async for event in process.events()]
     assert not any(isinstance(event, OutputGap) for event in events), events  # nothing was lost
     assert [type(event) for event in events] == [Output, Exited, Closed]
+
+
+def test_output_notification_fast_path_round_trips_and_refuses_other_layouts() -> None:
+    """`process/output` in the server's own layout is decoded without JSON; any other layout
+    (Codex's field order, an escaped id, bad base64) goes the general way, unchanged."""
+    from codexexec.protocol import output_notification
+    from codexexec.protocol.jsonrpc import Notification, encode_json, parse_message
+
+    for data in (b"x", bytes(range(256)) * 100, b"\xff\xfe"):
+        raw = output_notification.encode(encode_json("proc-1"), 7, "stderr", data)
+        assert output_notification.decode(raw) == ("proc-1", 7, "stderr", data)
+        message = parse_message(raw)
+        assert isinstance(message, Notification)
+        assert message.params == {
+            "processId": "proc-1",
+            "seq": 7,
+            "stream": "stderr",
+            "chunk": data,
+        }
+    other_order = b'{"method":"process/output","params":{"seq":1,"processId":"p","stream":"stdout","chunk":"eA=="}}'
+    escaped = output_notification.encode(encode_json('p"1'), 1, "stdout", b"x")
+    bad_base64 = output_notification.encode(encode_json("p"), 1, "stdout", b"x").replace(
+        b"eA==", b"e!=="
+    )
+    for raw in (other_order, escaped, bad_base64):
+        assert output_notification.decode(raw) is None
+    general = parse_message(other_order)
+    assert isinstance(general, Notification) and general.params["chunk"] == "eA=="
+    assert parse_message(escaped).params["processId"] == 'p"1'  # type: ignore[union-attr]
+
+
+def test_json_limits_are_still_enforced_after_decoding() -> None:
+    import pytest
+
+    from codexexec.protocol.jsonrpc import MalformedMessage, decode_json
+
+    deep = b'{"a":' * 127 + b"1" + b"}" * 127
+    decode_json(deep)  # 127 levels pass
+    with pytest.raises(MalformedMessage, match="recursion limit exceeded at line 1 column"):
+        decode_json(b'{"a":' * 128 + b"1" + b"}" * 128)
+    with pytest.raises(MalformedMessage, match="recursion limit exceeded"):
+        decode_json(b"[" * 5000 + b"]" * 5000)
+    with pytest.raises(MalformedMessage, match="limit of 262144 JSON values"):
+        decode_json(b"[" + b"0," * 262144 + b"0]")

@@ -20,13 +20,50 @@ from codexexec.cli import (
     serve_cmd,
 )
 
+EXAMPLES = """\b
+Examples:
+  codexexec exec -- make test                  run in this machine's sandbox
+  codexexec exec --env devbox -- uname -a      run on a configured environment
+  codexexec exec --env ws://127.0.0.1:4000 -- ls
+  codexexec serve --listen ws://127.0.0.1:4000 be an exec-server
+  codexexec fs get devbox:/var/log/app.log .   copy a file from an environment
+  codexexec sandbox-check                      what confines commands here
+
+\b
+Exit codes: a command's own, or 125 (codexexec failed), 126 (not executable),
+127 (not found), 2 (usage). `codexexec COMMAND -h` for each command's options."""
+
+
+def _version(value: bool) -> None:
+    if value:
+        from codexexec import __version__
+
+        print(f"codexexec {__version__}")
+        raise typer.Exit()
+
+
 app = typer.Typer(
     name="codexexec",
     help="Run commands on a Codex-compatible exec-server, or be one.",
+    epilog=EXAMPLES,
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
+    # Plain help, as git and docker print it: no markup to lose, and no rich to import.
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", "-V", callback=_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """Run commands on a Codex-compatible exec-server, or be one."""
+
+
 app.command("serve")(serve_cmd.serve)
 app.command("exec", context_settings={"allow_interspersed_args": False})(exec_cmd.exec_command)
 app.command("read")(read_cmd.read)

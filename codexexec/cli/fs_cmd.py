@@ -14,7 +14,7 @@ import typer
 
 app = typer.Typer(
     name="fs",
-    help="Files on an environment, named ENV:PATH (e.g. devbox:/tmp, ws://127.0.0.1:4000:/etc).",
+    help="Files on an environment, named ENV:PATH (devbox:/tmp, ws://127.0.0.1:4000:/etc).",
     no_args_is_help=True,
 )
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -25,8 +26,6 @@ from codexexec.client.closing import AsyncClosing
 from codexexec.client.environment_config import EnvironmentConfig, read_environment_config
 from codexexec.client.errors import ExecServerError
 from codexexec.client.events import Closed, EventBuffer, Exited, Output, ReadResponse
-from codexexec.client.files import RemoteFiles
-from codexexec.client.http import HttpClient
 from codexexec.client.notices import tell_waiting
 from codexexec.client.process import RemoteProcess
 from codexexec.protocol.base64_codec import decode_base64, encode_base64
@@ -44,6 +43,8 @@ from codexexec.sandbox.policy import (
 from codexexec.transport.base import MessageTransport, TransportClosed
 
 if TYPE_CHECKING:
+    from codexexec.client.files import RemoteFiles
+    from codexexec.client.http import HttpClient
     from codexexec.remote.registry import Credential
 
 LOCAL = "local"
@@ -84,7 +85,9 @@ OFFLINE_RETRY_MAX_DELAY = 2.0
 
 
 def _decode_chunk(item: Mapping[str, Any]) -> Output:
-    return Output(int(item["seq"]), str(item["stream"]), decode_base64(item["chunk"]))
+    chunk = item["chunk"]  # bytes when the message took the fast path (jsonrpc.parse_message)
+    data = chunk if isinstance(chunk, bytes) else decode_base64(chunk)
+    return Output(int(item["seq"]), str(item["stream"]), data)
 
 
 async def open_registry_transport(
@@ -149,8 +152,20 @@ class ExecServerClient(AsyncClosing):
         self.on_network_request: NetworkAsk | None = None
         self._network_decisions: dict[str, list[dict[str, Any]]] = {}
         self.environment_info: dict[str, Any] = {}
-        self.http = HttpClient(self._call)
-        self.files = RemoteFiles(self._call, self._path_convention)
+
+    # `http/*` and `fs/*` are made on first use: a client that only runs commands never loads
+    # them (each costs start-up time, issue #17).
+    @functools.cached_property
+    def http(self) -> HttpClient:
+        from codexexec.client.http import HttpClient
+
+        return HttpClient(self._call)
+
+    @functools.cached_property
+    def files(self) -> RemoteFiles:
+        from codexexec.client.files import RemoteFiles
+
+        return RemoteFiles(self._call, self._path_convention)
 
     # -- connecting -----------------------------------------------------------------
 
@@ -273,7 +288,8 @@ class ExecServerClient(AsyncClosing):
     def _connection_lost(self) -> None:
         # Iterators waiting for events must learn that the connection is gone; HTTP body
         # streams cannot resume (the executor aborted them), so they end with an error.
-        self.http.connection_lost(self.lost_reason)
+        if "http" in self.__dict__:
+            self.http.connection_lost(self.lost_reason)
         self._wake_all()
 
     async def _initialize(

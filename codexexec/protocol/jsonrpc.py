@@ -14,6 +14,7 @@ from typing import Any, Final
 
 import msgspec
 
+from codexexec.protocol import output_notification
 from codexexec.protocol.limits import MAX_JSON_NESTING_DEPTH, MAX_JSON_VALUES_PER_MESSAGE
 
 RequestId = int | str
@@ -105,20 +106,29 @@ def encode_error(request_id: RequestId, code: int, message: str, data: Any = Non
 
 
 def decode_json(raw: bytes | str) -> Any:
-    """Parse one transport message, enforcing Codex's JSON value-count limit."""
+    """Parse one transport message, enforcing Codex's JSON nesting and value-count limits.
+
+    The limits are checked on the decoded value (its containers only), not by scanning the
+    bytes first: an output notification is megabytes of one string, and two scans of it
+    cost more than everything else on the local output path (issue #17). The byte scan that
+    reproduces serde_json's error position runs only once a limit is known to be hit.
+    """
     data = raw.encode() if isinstance(raw, str) else raw
-    if data.count(b"[") + data.count(b"{") >= MAX_JSON_NESTING_DEPTH:
-        _check_nesting(data)
     try:
         value = _decoder.decode(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
+        if data.count(b"[") + data.count(b"{") >= MAX_JSON_NESTING_DEPTH:
+            _check_nesting(data)
         raise MalformedMessage(str(exc)) from None
-    # Every value takes at least one byte plus a separator, so only a long message can
-    # exceed the limit; short ones skip the walk.
-    if len(data) > MAX_JSON_VALUES_PER_MESSAGE and _exceeds_value_limit(value):
-        raise MalformedMessage(
-            f"JSON-RPC message exceeds the limit of {MAX_JSON_VALUES_PER_MESSAGE} JSON values"
-        )
+    # A level takes two bytes and a value at least two, so short messages skip the walk.
+    if len(data) >= 2 * MAX_JSON_NESTING_DEPTH:
+        too_deep, too_many = _exceeds_limits(value)
+        if too_deep:
+            _check_nesting(data)
+        if too_many:
+            raise MalformedMessage(
+                f"JSON-RPC message exceeds the limit of {MAX_JSON_VALUES_PER_MESSAGE} JSON values"
+            )
     return value
 
 
@@ -152,19 +162,39 @@ def _check_nesting(data: bytes) -> None:
             depth -= 1
 
 
-def _exceeds_value_limit(value: Any) -> bool:
+def _exceeds_limits(value: Any) -> tuple[bool, bool]:
+    """(nested MAX_JSON_NESTING_DEPTH deep, more than MAX_JSON_VALUES_PER_MESSAGE values)."""
     remaining = MAX_JSON_VALUES_PER_MESSAGE
-    stack = [value]
+    too_deep = False
+    stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
-        item = stack.pop()
+        item, depth = stack.pop()
         remaining -= 1
         if remaining < 0:
-            return True
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return False
+            return too_deep, True
+        if isinstance(item, dict | list):
+            if depth >= MAX_JSON_NESTING_DEPTH:
+                too_deep = True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return too_deep, False
+
+
+def parse_message(raw: bytes | str) -> Message | list[Any]:
+    """One transport message: a message, or a batch's raw entries (see ``classify``).
+
+    ``process/output`` in the server's own layout skips JSON (``output_notification.py``):
+    its ``chunk`` param then holds the decoded bytes rather than base64 text (msgspec
+    encodes bytes back to the same base64, so a relaying keeper sends what it got).
+    """
+    if isinstance(raw, bytes):
+        fields = output_notification.decode(raw)
+        if fields is not None:
+            process_id, seq, stream, data = fields
+            params = {"processId": process_id, "seq": seq, "stream": stream, "chunk": data}
+            return Notification("process/output", params)
+    value = decode_json(raw)
+    return value if isinstance(value, list) else classify(value)
 
 
 def classify(value: Any) -> Message:

@@ -143,11 +143,10 @@ class RpcPeer:
                 )
                 return
             try:
-                value = jsonrpc.decode_json(raw)
-                if isinstance(value, list):
-                    await self._work.put(value)
+                message = jsonrpc.parse_message(raw)
+                if isinstance(message, list):
+                    await self._work.put(message)
                     continue
-                message = jsonrpc.classify(value)
             except MalformedMessage as exc:
                 await self._send_malformed(str(exc))
                 continue

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
-from codexexec.protocol.base64_codec import base64_bytes
+from codexexec.protocol import output_notification
 from codexexec.protocol.jsonrpc import encode_json, encode_notification
 from codexexec.protocol.limits import (
     EXITED_PROCESS_RETENTION_SECONDS,
@@ -322,19 +322,7 @@ class ManagedProcess:
     def _on_output(self, stream: str, data: bytes, reader: _OutputReader) -> None:
         chunk = self.output.append(stream, data)
         # Hand-built: this is the hottest path in the server.
-        message = b"".join(
-            (
-                b'{"method":"process/output","params":{"processId":',
-                self._quoted_id,
-                b',"seq":',
-                str(chunk.seq).encode(),
-                b',"stream":"',
-                stream.encode(),
-                b'","chunk":"',
-                base64_bytes(data),
-                b'"}}',
-            )
-        )
+        message = output_notification.encode(self._quoted_id, chunk.seq, stream, data)
         if self._early is not None:
             self._early.append(message)
             reader.pause()
