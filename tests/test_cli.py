@@ -365,3 +365,38 @@ def test_an_unreachable_bus_is_reported_without_its_credentials() -> None:
     text = done.stderr.decode()
     assert done.returncode == 1 and "cannot reach the bus at nats://127.0.0.1:9" in text
     assert "s3cret" not in text and "alice" not in text and text.count("\n") == 1
+
+
+def test_a_sandboxed_exec_leaves_no_zombie_to_a_subreaper_caller() -> None:
+    """bwrap's namespace init outlives its monitor; a caller that is a subreaper (a harness,
+    tini, a CI runner) must not inherit it as `[bwrap] <defunct>` (#17)."""
+    probe = """
+import ctypes, os, subprocess, sys, time
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+for sandbox in ("workspace-write", "read-only", "workspace-write"):
+    done = subprocess.run([*sys.argv[1:], "exec", "--sandbox", sandbox, "--", "true"])
+    assert done.returncode == 0, done
+time.sleep(0.5)
+left = []
+for pid in os.listdir("/proc"):
+    if pid.isdigit():
+        try:
+            stat = open(f"/proc/{pid}/stat").read()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == os.getpid():
+            left.append(stat.split(" ", 1)[1].rsplit(")", 1)[0] + ") " + fields[0])
+print(left)
+"""
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", probe, *codexexec_command()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd="/tmp",
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout

@@ -36,6 +36,7 @@ async def _list(json_mode: bool) -> int:
     from codexexec.cli.spinner import spinner
     from codexexec.cli.targets import load_environments
     from codexexec.client.errors import ExecServerError
+    from codexexec.environments.connect import load_transport_code
     from codexexec.environments.manager import EnvironmentManager
     from codexexec.environments.probe import wait_for_state
 
@@ -46,6 +47,11 @@ async def _list(json_mode: bool) -> int:
         fail(str(exc))
     try:
         environments = manager.environments()
+        # Every connection's code is loaded before the first one starts (the background
+        # starts have not run yet): one environment's first import must not be timed as
+        # another's latency.
+        for environment in environments:
+            load_transport_code(None if environment.kind == "local" else environment.spec)
         async with spinner(f"connecting to {len(environments)} environments"):
             probes = await asyncio.gather(*(wait_for_state(e) for e in environments))
         rows: list[dict[str, object]] = []

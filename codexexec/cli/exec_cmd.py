@@ -165,10 +165,15 @@ def exec_command(
         from codexexec.client import notices
 
         notices.waiting.set(lambda text: print(f"codexexec: {text}…", file=sys.stderr))
+    from codexexec.cli.orphans import adopt_orphans, reap_orphans
+
+    adopt_orphans()
     try:
         code = asyncio.run(run_exec(env, options))
     except KeyboardInterrupt:
         code = 130
+    finally:
+        reap_orphans()
     raise SystemExit(code)
 
 

@@ -71,6 +71,7 @@ async def connect_environment(
 ) -> tuple[RecoveringClient, Timings]:
     """A new session on ``spec`` (or ``resume_session_id`` resumed), ready for calls."""
     timings = Timings()
+    load_transport_code(spec)
     loop = asyncio.get_running_loop()
     started = loop.time()
     transport = await open_transport(spec, label)
@@ -117,6 +118,21 @@ async def initialize_over(
         raise EnvironmentUnavailable(
             label, "initialize", cause, retryable=exc.code is None
         ) from None
+
+
+def load_transport_code(spec: object) -> None:
+    """Import what connecting to ``spec`` (None: the local environment) runs, so the timings
+    measure the connection, not this process's first use of a module (`env list` showed
+    tens of milliseconds of imports as a loopback server's latency)."""
+    import importlib
+
+    modules = {
+        WebSocketSpec: ("codexexec.transport.websocket",),
+        StdioSpec: ("codexexec.transport.stdio",),
+        type(None): ("codexexec.server.app", "codexexec.transport.memory"),
+    }.get(type(spec), ("codexexec.client.client", "codexexec.remote.registry"))
+    for module in modules:
+        importlib.import_module(module)
 
 
 async def open_transport(spec: EnvironmentSpec, label: str) -> MessageTransport:

@@ -32,7 +32,7 @@ from codexexec.environments.config import (
     EnvironmentSpec,
     StdioSpec,
 )
-from codexexec.environments.connect import Timings, connect_environment
+from codexexec.environments.connect import Timings, connect_environment, load_transport_code
 from codexexec.environments.kept import connect_kept
 
 log = logging.getLogger(__name__)
@@ -244,6 +244,7 @@ class Environment:
     async def _connect_once(self) -> ExecServerClient:
         self.attempts += 1
         if isinstance(self.spec, LocalSpec):
+            load_transport_code(None)
             loop = asyncio.get_running_loop()
             started = loop.time()
             client = await ExecServerClient.connect(LOCAL)

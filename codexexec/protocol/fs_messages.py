@@ -170,3 +170,22 @@ class WatchMissingParams(_FsParams):
     def __post_init__(self) -> None:
         for uri in [*self.missing, *([self.present] if self.present is not None else [])]:
             check_path_uri(uri)
+
+
+# The params type of each `fs/*` method (the server decodes them before dispatching).
+METHOD_PARAMS: dict[str, type[msgspec.Struct]] = {
+    "fs/readFile": ReadFileParams,
+    "fs/writeFile": WriteFileParams,
+    "fs/createDirectory": CreateDirectoryParams,
+    "fs/getMetadata": GetMetadataParams,
+    "fs/canonicalize": PathParams,
+    "fs/readDirectory": PathParams,
+    "fs/walk": WalkParams,
+    "fs/remove": RemoveParams,
+    "fs/copy": CopyParams,
+    "fs/open": OpenParams,
+    "fs/readBlock": ReadBlockParams,
+    "fs/writeBlock": WriteBlockParams,
+    "fs/close": CloseParams,
+    "fs/watchMissing": WatchMissingParams,
+}

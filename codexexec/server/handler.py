@@ -6,6 +6,7 @@ shared ExecServer; it owns no OS code, only protocol rules.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,7 @@ from codexexec.protocol.base64_codec import (
     base64_json,
     decode_base64,
 )
+from codexexec.protocol.fs_messages import METHOD_PARAMS
 from codexexec.protocol.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -42,8 +44,6 @@ from codexexec.server.audit import NO_AUDIT, Auditor, elapsed_ms, redacted_url
 from codexexec.server.env_policy import build_child_env
 from codexexec.server.environment import environment_info
 from codexexec.server.environment_config import read_environment_config
-from codexexec.server.fs.methods import FileSystemMethods
-from codexexec.server.http_request import HttpRequests
 from codexexec.server.managed_network import (
     ExecutorNetwork,
     PreparedManagedNetwork,
@@ -57,6 +57,8 @@ from codexexec.server.uri_params import host_path
 from codexexec.transport.base import TransportClosed
 
 if TYPE_CHECKING:
+    from codexexec.server.fs.methods import FileSystemMethods
+    from codexexec.server.http_request import HttpRequests
     from codexexec.server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
@@ -127,7 +129,6 @@ class ConnectionHandler:
         self._initialize_received = False
         self._initialized = False
         self.session: Session | None = None
-        self._http = HttpRequests(network, self._notify)
         # method -> (params type, handler). Codex decodes params before the lifecycle
         # gate, so a malformed request gets -32602 even before initialize.
         self._methods: dict[str, tuple[type[Any], Callable[[Any], Awaitable[Any]]]] = {
@@ -141,15 +142,38 @@ class ConnectionHandler:
             "environmentConfig/read": (m.EnvironmentConfigReadParams, self._environment_config),
             "http/request": (m.HttpRequestParams, self._http_request),
         }
-        self._files = FileSystemMethods(self._notify, sandbox, audit)
-        self._methods.update(self._files.methods())
+        for name, params in METHOD_PARAMS.items():
+            self._methods[name] = (params, functools.partial(self._fs_request, name))
 
     def bind(self, peer: RpcPeer) -> None:
         self._peer = peer
 
+    # `fs/*` and `http/request` are set up on first use: a connection that only runs
+    # commands (a local `exec`) never loads them (issue #17).
+    @functools.cached_property
+    def _files(self) -> FileSystemMethods:
+        from codexexec.server.fs.methods import FileSystemMethods
+
+        return FileSystemMethods(self._notify, self._sandbox, self._audit)
+
+    @functools.cached_property
+    def _http(self) -> HttpRequests:
+        from codexexec.server.http_request import HttpRequests
+
+        return HttpRequests(self._network, self._notify)
+
+    @functools.cached_property
+    def _fs_handlers(self) -> dict[str, Callable[[Any], Awaitable[Any]]]:
+        return self._files.handlers()
+
+    async def _fs_request(self, method: str, params: Any) -> Any:
+        return await self._fs_handlers[method](params)
+
     def connection_ended(self) -> None:
-        self._http.close()
-        self._files.close()
+        if "_http" in self.__dict__:
+            self._http.close()
+        if "_files" in self.__dict__:
+            self._files.close()
         if self.session is not None and self._peer is not None:
             self._sessions.detach(self.session, self._peer.outbox)
 

@@ -25,9 +25,6 @@ from codexexec.server.fs.watch import MissingWatches, Notify
 from codexexec.server.fs.worker import OPENERS, OPERATIONS
 from codexexec.server.os_errors import rpc_error
 
-MethodTable = dict[str, tuple[type[Any], Callable[[Any], Awaitable[Any]]]]
-
-
 # Operations that only read: a sandbox that lets everything be read does not confine them.
 _READS_ONLY = frozenset(
     {"read_file", "get_metadata", "canonicalize", "read_directory", "walk", "open_for_read"}
@@ -51,22 +48,23 @@ class FileSystemMethods:
         self._watches = MissingWatches(notify)
         self._helpers = SandboxedHelpers()
 
-    def methods(self) -> MethodTable:
+    def handlers(self) -> dict[str, Callable[[Any], Awaitable[Any]]]:
+        """By method name; the params types are ``fs_messages.METHOD_PARAMS``."""
         return {
-            "fs/readFile": (f.ReadFileParams, self._read_file),
-            "fs/writeFile": (f.WriteFileParams, self._write_file),
-            "fs/createDirectory": (f.CreateDirectoryParams, self._create_directory),
-            "fs/getMetadata": (f.GetMetadataParams, self._get_metadata),
-            "fs/canonicalize": (f.PathParams, self._canonicalize),
-            "fs/readDirectory": (f.PathParams, self._read_directory),
-            "fs/walk": (f.WalkParams, self._walk),
-            "fs/remove": (f.RemoveParams, self._remove),
-            "fs/copy": (f.CopyParams, self._copy),
-            "fs/open": (f.OpenParams, self._open),
-            "fs/readBlock": (f.ReadBlockParams, self._read_block),
-            "fs/writeBlock": (f.WriteBlockParams, self._write_block),
-            "fs/close": (f.CloseParams, self._close),
-            "fs/watchMissing": (f.WatchMissingParams, self._watch_missing),
+            "fs/readFile": self._read_file,
+            "fs/writeFile": self._write_file,
+            "fs/createDirectory": self._create_directory,
+            "fs/getMetadata": self._get_metadata,
+            "fs/canonicalize": self._canonicalize,
+            "fs/readDirectory": self._read_directory,
+            "fs/walk": self._walk,
+            "fs/remove": self._remove,
+            "fs/copy": self._copy,
+            "fs/open": self._open,
+            "fs/readBlock": self._read_block,
+            "fs/writeBlock": self._write_block,
+            "fs/close": self._close,
+            "fs/watchMissing": self._watch_missing,
         }
 
     def close(self) -> None:
