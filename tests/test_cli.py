@@ -400,3 +400,82 @@ print(left)
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_variables_for_the_command_from_flags_and_files(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """-e KEY=VAL and --env-file, as docker reads them: files first, flags win, `KEY` alone
+    passes this shell's value; on codexexec's and on Codex's server alike."""
+    env_file = tmp_path / "vars.env"
+    env_file.write_text("# settings\nFROM_FILE=file value\n\nBOTH=file\nPASSED\n")
+    result = subprocess.run(
+        codexexec_command(
+            "exec",
+            "--env",
+            server.url,
+            "--env-file",
+            str(env_file),
+            "-e",
+            "BOTH=flag",
+            "--setenv",
+            "EMPTY=",
+            "--",
+            "sh",
+            "-c",
+            'printf "%s|%s|%s|%s" "$FROM_FILE" "$BOTH" "$PASSED" "${EMPTY-unset}"',
+        ),
+        capture_output=True,
+        timeout=60,
+        cwd="/tmp",
+        env={**os.environ, "PASSED": "from the shell"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"file value|flag|from the shell|"
+    bad = run("exec", "-e", "NO SPACES=1", "--", "true")
+    assert bad.returncode == 2 and b"is not KEY=VAL" in bad.stderr
+    missing = run("exec", "--env-file", str(tmp_path / "absent"), "--", "true")
+    assert missing.returncode == 2 and b"cannot read the env file" in missing.stderr
+
+
+@pytest.mark.parametrize("limit", ["--timeout", "--idle-timeout"])
+def test_timeouts_end_the_command_and_exit_124(
+    limit: str, server: RunningServer, tmp_path: Path
+) -> None:
+    """Like timeout(1): the command is ended — checked on the host, not by the exit code
+    alone — the line says which limit fired, and the exit status is 124."""
+    pid_file = tmp_path / "pid"
+    script = f"echo $$ > {pid_file}; echo tick; sleep 1; echo tock; exec sleep 60"
+    began = time.monotonic()
+    result = run(
+        "exec",
+        "--env",
+        server.url,
+        "--sandbox",
+        "danger-full-access",
+        limit,
+        "2",
+        "--",
+        "sh",
+        "-c",
+        script,
+        timeout=60,
+    )
+    assert result.returncode == 124, result.stderr
+    assert result.stdout == b"tick\ntock\n"
+    assert f"codexexec: {limit} 2s reached".encode() in result.stderr
+    assert time.monotonic() - began < 30
+    pid = int(pid_file.read_text())
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the timed-out command {pid} is still running")
+    json_run = run(
+        "exec", "--json", "--env", server.url, "--timeout", "1", "--", "sleep", "30", timeout=60
+    )
+    assert json_run.returncode == 124
+    assert json.loads(json_run.stdout.splitlines()[-1])["timedOut"] == "timeout"

@@ -119,6 +119,27 @@ def test_exec_through_the_relay(rendezvous: Rendezvous) -> None:
             wrong.returncode == 125 and b"authentication failed (401 Unauthorized)" in wrong.stderr
         )
         assert b"nope" not in wrong.stderr
+        # --token-file, as `serve` takes it: it is the bearer, over the environment variable.
+        token_file = rendezvous.tmp / "harness-token"
+        token_file.write_text(f"# the harness's\n{TOKEN}\n")
+        with_file = subprocess.run(
+            codexexec_command(
+                "exec",
+                "--registry",
+                rendezvous.url,
+                "--env",
+                "devbox",
+                "--token-file",
+                str(token_file),
+                "--",
+                "echo",
+                "from-file",
+            ),
+            capture_output=True,
+            env={**os.environ, "CODEXEXEC_REGISTRY_TOKEN": "nope"},
+            timeout=60,
+        )
+        assert (with_file.returncode, with_file.stdout) == (0, b"from-file\n"), with_file.stderr
     finally:
         stop(executor)
 

@@ -92,6 +92,41 @@ def exec_command(
     allow_local: bool = typer.Option(
         False, "--allow-local", help="With --network proxy: allow loopback/private addresses."
     ),
+    set_env: list[str] = typer.Option(
+        [],
+        "-e",
+        "--setenv",
+        metavar="KEY=VAL",
+        help="Set a variable for the command (repeatable; KEY alone passes this shell's "
+        "value). Not --env, which names the environment to run on.",
+    ),
+    env_file: list[str] = typer.Option(
+        [],
+        "--env-file",
+        metavar="FILE",
+        help="Variables for the command, a KEY=VAL a line (# comments), as docker reads them.",
+    ),
+    timeout: float | None = typer.Option(
+        None,
+        "--timeout",
+        metavar="SECONDS",
+        min=0.001,
+        help="End the command after this long (interrupt, then terminate); exit 124.",
+    ),
+    idle_timeout: float | None = typer.Option(
+        None,
+        "--idle-timeout",
+        metavar="SECONDS",
+        min=0.001,
+        help="End the command after this long without output; exit 124.",
+    ),
+    token_file: str | None = typer.Option(
+        None,
+        "--token-file",
+        metavar="FILE",
+        help="Registry bearer token for an ENV@REGISTRY_URL or --registry target "
+        "(else CODEXEXEC_REGISTRY_TOKEN).",
+    ),
     approval: Approval | None = typer.Option(
         None,
         "--approval",
@@ -146,6 +181,7 @@ def exec_command(
         network_proxy = NetworkProxyRequest(
             tuple(allow_domain), tuple(deny_domain), allow_local, ask_domains
         )
+    variables = _variables(env_file, set_env)
     options = ExecOptions(
         argv=argv,
         cwd=cd,
@@ -160,6 +196,10 @@ def exec_command(
         deny_read=tuple(deny_read),
         deny_write=tuple(deny_write),
         profile=profile_json,
+        env=variables or None,
+        timeout=timeout,
+        idle_timeout=idle_timeout,
+        token_file=token_file,
     )
     if sys.stderr.isatty():
         from codexexec.client import notices
@@ -175,6 +215,26 @@ def exec_command(
     finally:
         reap_orphans()
     raise SystemExit(code)
+
+
+def _variables(files: list[str], flags: list[str]) -> dict[str, str]:
+    import os
+
+    from codexexec.cli.env_vars import EnvVarError, parse_settings
+    from codexexec.cli.errors import fail
+
+    texts = []
+    for path in files:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                texts.append((path, handle.read()))
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            fail(f"cannot read the env file {path}: {reason}", 2)
+    try:
+        return parse_settings(texts, flags, os.environ)
+    except EnvVarError as exc:
+        fail(str(exc), 2)
 
 
 def _read_profile(path: str) -> dict[str, Any]:

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from codexexec.cli.approval_prompt import ask_in_terminal, ask_network_in_terminal, denial_line
+from codexexec.cli.deadlines import EXIT_TIMED_OUT, Deadlines, Fired, describe
 from codexexec.cli.errors import EXIT_FAILURE, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, fail
 from codexexec.cli.render import EventRenderer, emit_json
 from codexexec.cli.stop_signals import StopForwarding
-from codexexec.client import ExecServerClient, ExecServerError, RemoteProcess
+from codexexec.client import ExecServerClient, ExecServerError, Output, ProcessEvent, RemoteProcess
 from codexexec.client.approval import (
     ApprovalStore,
     Attempt,
@@ -44,12 +45,17 @@ def _spawn_failure_code(error: ExecServerError) -> int:
 
 @contextlib.asynccontextmanager
 async def _connected(
-    env: str | None, resume_session_id: str | None = None, *, detach: bool = False
+    env: str | None,
+    resume_session_id: str | None = None,
+    *,
+    detach: bool = False,
+    token_file: str | None = None,
 ) -> AsyncIterator[tuple[ExecServerClient, str]]:
     """The client of environment ``env`` (None: the default) and the environment's name."""
     from codexexec.cli.targets import chosen_environment, connect
 
-    async with chosen_environment(env, autostart=resume_session_id is None) as environment:
+    chosen = chosen_environment(env, autostart=resume_session_id is None, token_file=token_file)
+    async with chosen as environment:
         if detach and environment.kind == "local":
             fail(
                 "--detach needs a server environment (--env ws://…): "
@@ -84,10 +90,15 @@ class ExecOptions:
     deny_read: tuple[str, ...] = ()
     deny_write: tuple[str, ...] = ()
     profile: dict[str, Any] | None = None  # exec --profile FILE, as PermissionProfile JSON
+    env: dict[str, str] | None = None  # -e/--env-file: set for the command
+    timeout: float | None = None
+    idle_timeout: float | None = None
+    token_file: str | None = None  # the registry bearer for an ENV@REGISTRY_URL target
 
 
 async def run_exec(env: str | None, options: ExecOptions) -> int:
-    async with _connected(env, detach=options.detach) as (client, env):
+    connected = _connected(env, detach=options.detach, token_file=options.token_file)
+    async with connected as (client, env):
         if options.network_proxy is not None and options.network_proxy.ask_unknown:
             # Asking needs a person at a terminal; otherwise unlisted domains are denied.
             interactive = sys.stdin.isatty() and not options.json_mode
@@ -108,9 +119,32 @@ async def run_exec(env: str | None, options: ExecOptions) -> int:
             )
 
         stopper = StopForwarding()
+        loop = asyncio.get_running_loop()
+        deadlines = Deadlines.begin(options.timeout, options.idle_timeout, loop.time())
+        fired: list[Fired] = []
+        watching: list[asyncio.Task[None]] = []
+
+        async def watch_deadlines() -> None:
+            while (wait := deadlines.wait(loop.time())) is not None:
+                await asyncio.sleep(wait)
+                due = deadlines.due(loop.time())
+                if due is not None:
+                    fired.append(due)
+                    stopper.stop(f"codexexec: {describe(due, deadlines)}")
+                    return
+
+        def on_event(event: ProcessEvent) -> None:
+            if isinstance(event, Output):
+                deadlines.output(loop.time())
+            renderer(event)
 
         def on_start(attempt: Attempt) -> None:
             stopper.process = attempt.process
+            if deadlines.active and not fired:  # each attempt gets the whole allowance
+                deadlines.started = deadlines.last_output = loop.time()
+                for task in watching:
+                    task.cancel()
+                watching.append(asyncio.create_task(watch_deadlines()))
             for task in forwarding:
                 task.cancel()
             if options.tty or pipe_stdin:
@@ -143,7 +177,8 @@ async def run_exec(env: str | None, options: ExecOptions) -> int:
                     deny_read=options.deny_read,
                     deny_write=options.deny_write,
                     profile=options.profile,
-                    on_event=renderer,
+                    env=options.env,
+                    on_event=on_event,
                     on_start=on_start,
                     ask=ask if options.ask else None,
                     store=ApprovalStore(),
@@ -154,10 +189,13 @@ async def run_exec(env: str | None, options: ExecOptions) -> int:
             message = f"cannot run `{options.argv[0]}` on {env}: {exc}"
             _start_failed(options, message, _spawn_failure_code(exc))
         finally:
-            for task in forwarding:
+            for task in (*forwarding, *watching):
                 task.cancel()
         decisions = client.network_decisions(attempts[0].process.process_id)
-        return _report_attempts(client.description, options, renderer, attempts, decisions)
+        code = _report_attempts(
+            client.description, options, renderer, attempts, decisions, fired[0] if fired else None
+        )
+        return EXIT_TIMED_OUT if fired else code
 
 
 async def _deny_network(request: dict[str, Any]) -> str:
@@ -170,6 +208,7 @@ def _report_attempts(
     renderer: EventRenderer,
     attempts: list[Attempt],
     network_decisions: list[dict[str, Any]],
+    timed_out: Fired | None = None,
 ) -> int:
     first, last = attempts[0], attempts[-1]
     blocked = [d for d in network_decisions if d.get("decision") != "allow"]
@@ -204,6 +243,8 @@ def _report_attempts(
         extra["retriedWithoutSandbox"] = len(attempts) > 1
     if network_decisions:
         extra["networkDecisions"] = network_decisions
+    if timed_out is not None:
+        extra["timedOut"] = timed_out
     return _finish(renderer, options.json_mode, **extra)
 
 
@@ -220,6 +261,7 @@ async def _detach(client: ExecServerClient, env: str, options: ExecOptions) -> i
             deny_read=options.deny_read,
             deny_write=options.deny_write,
             profile=options.profile,
+            env=options.env,
         )
     except ExecServerError as exc:
         message = f"cannot start `{options.argv[0]}` on {env}: {exc}"

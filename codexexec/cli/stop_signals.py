@@ -44,14 +44,18 @@ class StopForwarding:
                 self._timer.cancel()
 
     def _on_signal(self, signum: signal.Signals) -> None:
-        first = self.received is None
         self.received = signum
+        self.stop(f"\ncodexexec: {signal.Signals(signum).name}")
+
+    def stop(self, why: str) -> None:
+        """Interrupt the command (``why`` starts the line that says so), and terminate it
+        after the grace period; a second stop terminates it at once."""
         process = self.process
         if process is None:
             return
-        if first:
+        if self._timer is None:
             sys.stderr.write(
-                f"\ncodexexec: {signal.Signals(signum).name}: interrupting `{process.process_id}`; "
+                f"{why}: interrupting `{process.process_id}`; "
                 f"it is terminated if still running in {self._grace:g} s\n"
             )
             self._spawn(process.interrupt())

@@ -33,22 +33,33 @@ def load_environments() -> EnvironmentsConfig:
 
 
 def _is_literal(target: str) -> bool:
-    _, at, registry = target.partition("@")
     return (
         target == LOCAL_ENVIRONMENT_ID
         or target.startswith(("ws://", "wss://"))
-        or bool(at and registry.startswith(("http://", "https://")))
+        or _is_registry_literal(target)
     )
+
+
+def _is_registry_literal(target: str) -> bool:
+    _, at, registry = target.partition("@")
+    return bool(at and registry.startswith(("http://", "https://")))
 
 
 @contextlib.asynccontextmanager
 async def chosen_environment(
-    target: str | None, *, autostart: bool = True
+    target: str | None, *, autostart: bool = True, token_file: str | None = None
 ) -> AsyncIterator[Environment]:
     """The environment ``target`` names (None: the configured default), closed afterwards.
 
     ``autostart=False`` when only a session will be resumed: no other session is opened.
+    ``token_file``: the registry bearer of an ENV@REGISTRY_URL target.
     """
+    if token_file is not None and (target is None or not _is_registry_literal(target)):
+        fail(
+            "--token-file is for an ENV@REGISTRY_URL (or --registry) target; a configured "
+            "environment takes `token_file` in environments.toml",
+            2,
+        )
     config = None if target is not None and _is_literal(target) else load_environments()
     if target is None:
         assert config is not None
@@ -68,7 +79,7 @@ async def chosen_environment(
             fail(str(exc))
     try:
         try:
-            environment = manager.resolve(target, config=config)
+            environment = manager.resolve(target, config=config, token_file=token_file)
         except ExecServerError as exc:
             fail(str(exc))
         yield environment

@@ -72,6 +72,7 @@ async def run_with_approval(
     deny_read: Sequence[str] = (),
     deny_write: Sequence[str] = (),
     profile: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
     on_event: OnEvent,
     on_start: OnStart,
     ask: Ask | None,
@@ -95,6 +96,7 @@ async def run_with_approval(
             deny_read=deny_read,
             deny_write=deny_write,
             profile=profile,
+            env=env,
         ),
         sandboxed,
     )
@@ -114,7 +116,8 @@ async def run_with_approval(
         store.approved.add(key)
     # Like Codex's escalation: no sandbox and no managed proxy (direct networking).
     retry = Attempt(
-        await client.start(argv, cwd=cwd, tty=tty, pipe_stdin=pipe_stdin), sandboxed=False
+        await client.start(argv, cwd=cwd, tty=tty, pipe_stdin=pipe_stdin, env=env),
+        sandboxed=False,
     )
     on_start(retry)
     attempts.append(await _run(retry, on_event))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import logging
 from collections.abc import Collection
@@ -30,6 +31,7 @@ from codexexec.environments.config import (
     PROTOCOL_ERROR,
     EnvironmentsConfig,
     EnvironmentSpec,
+    RegistrySpec,
     StdioSpec,
 )
 from codexexec.environments.connect import Timings, connect_environment, load_transport_code
@@ -336,8 +338,15 @@ class EnvironmentManager:
         if old is not None:
             old.close_soon()
 
-    def resolve(self, target: str, *, config: EnvironmentsConfig | None = None) -> Environment:
-        """A configured name, `local`, a ws:// URL, or ENV@REGISTRY_URL, as an Environment."""
+    def resolve(
+        self,
+        target: str,
+        *,
+        config: EnvironmentsConfig | None = None,
+        token_file: str | None = None,
+    ) -> Environment:
+        """A configured name, `local`, a ws:// URL, or ENV@REGISTRY_URL (its bearer read
+        from ``token_file`` when given), as an Environment."""
         environment = self.get(target)
         if environment is not None:
             return environment
@@ -345,7 +354,10 @@ class EnvironmentManager:
         if environment is None:
             from codexexec.environments.targets import spec_for_target
 
-            environment = Environment(spec_for_target(target, config), label=target)
+            spec = spec_for_target(target, config)
+            if token_file is not None and isinstance(spec, RegistrySpec):
+                spec = dataclasses.replace(spec, token_file=token_file)
+            environment = Environment(spec, label=target)
             self._adhoc[target] = environment
             self._start(environment)
         return environment
