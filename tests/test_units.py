@@ -216,3 +216,33 @@ def test_json_limits_are_still_enforced_after_decoding() -> None:
         decode_json(b"[" * 5000 + b"]" * 5000)
     with pytest.raises(MalformedMessage, match="limit of 262144 JSON values"):
         decode_json(b"[" + b"0," * 262144 + b"0]")
+
+
+def test_deadlines_on_a_fake_clock() -> None:
+    from codexexec.cli.deadlines import Deadlines
+
+    none = Deadlines.begin(None, None, 100.0)
+    assert not none.active and none.wait(1e9) is None and none.due(1e9) is None
+    both = Deadlines.begin(10.0, 3.0, 100.0)
+    assert both.wait(100.0) == 3.0
+    assert both.due(102.9) is None
+    both.output(102.0)  # output pushes the idle limit, never the wall clock
+    assert both.wait(104.0) == 1.0
+    assert both.due(105.0) == "idle-timeout"
+    both.output(105.0)
+    both.output(108.0)
+    assert both.wait(109.0) == 1.0  # the wall clock comes first now
+    assert both.due(110.0) == "timeout"  # both reached: the wall clock is named
+
+
+def test_env_settings_read_as_docker_reads_them() -> None:
+    import pytest
+
+    from codexexec.cli.env_vars import EnvVarError, parse_settings
+
+    files = [("a.env", "# comment\nX=1\n\n  \nY= spaced \nZ=a=b\nFROMSHELL\nABSENT\n")]
+    got = parse_settings(files, ["X=2", "EMPTY="], {"FROMSHELL": "s"})
+    assert got == {"X": "2", "Y": " spaced ", "Z": "a=b", "FROMSHELL": "s", "EMPTY": ""}
+    for bad in ("=v", "A B=1", "Y = spaced", "A\0=1", "A=\0"):
+        with pytest.raises(EnvVarError):
+            parse_settings([], [bad], {})
