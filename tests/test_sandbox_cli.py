@@ -6,6 +6,7 @@ import json
 import os
 import pty
 import select
+import signal
 import shutil
 import subprocess
 import time
@@ -54,7 +55,10 @@ def run_in_terminal(
                 break
             screen += data
         if not answered and prompt in screen and b"(n)" in screen:
-            os.write(master, answer.encode() + b"\r")  # type: ignore[union-attr]
+            if answer == "^C":  # what Ctrl-C sends the foreground process
+                process.send_signal(signal.SIGINT)
+            else:
+                os.write(master, answer.encode() + b"\r")  # type: ignore[union-attr]
             answered = True
         if process.poll() is not None and not ready:
             break
@@ -93,11 +97,33 @@ def test_approve_once_in_a_terminal_retries_unsandboxed() -> None:
         path.unlink(missing_ok=True)
 
 
-def test_approve_for_session_also_retries() -> None:
+def test_ctrl_c_at_the_prompt_answers_no_at_once() -> None:
+    """Ctrl-C at the approval prompt cancels it (no rerun), without waiting for Enter."""
+    path = target()
+    began = time.monotonic()
+    code, screen = run_in_terminal(
+        ["exec", "--sandbox", "read-only", "--", "touch", str(path)], "^C", timeout=20
+    )
+    assert code == 1 and not path.exists()
+    assert "again without the sandbox\r\n" not in screen.split("(n):")[-1]
+    assert time.monotonic() - began < 15
+
+
+def test_only_once_or_no_and_the_rerun_is_announced() -> None:
+    """A one-shot CLI has no session to approve for: `a` is asked again; a yes says that
+    the command runs again, so its output is not silently mixed with the first attempt's."""
     path = target()
     try:
-        code, _ = run_in_terminal(["exec", "--sandbox", "read-only", "--", "touch", str(path)], "a")
+        code, screen = run_in_terminal(
+            ["exec", "--sandbox", "read-only", "--", "sh", "-c", f"echo attempt; touch {path}"],
+            "y",
+        )
+        assert "y once, n no" in screen and "for this session" not in screen
         assert code == 0 and path.exists()
+        lines = screen.split("\r\n")
+        outputs = [i for i, line in enumerate(lines) if line == "attempt"]
+        rerun = next(i for i, line in enumerate(lines) if "again without the sandbox" in line)
+        assert len(outputs) == 2 and outputs[0] < rerun < outputs[1]
     finally:
         path.unlink(missing_ok=True)
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shlex
+import sys
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from codexexec.client.approval import Decision, DenialPrompt
@@ -13,7 +16,8 @@ if TYPE_CHECKING:
 
 # rich is loaded only when a prompt is shown: a command that is not denied never pays for it.
 
-_ANSWERS: dict[str, Decision] = {"y": "once", "a": "session", "n": "deny"}
+# One command per run: "for this session" would mean nothing, so only once or not at all.
+_ANSWERS: dict[str, Decision] = {"y": "once", "n": "deny"}
 
 
 def denial_table(prompt: DenialPrompt) -> Table:
@@ -45,10 +49,10 @@ def denial_line(prompt: DenialPrompt) -> str:
     return f"sandbox denied `{shlex.join(prompt.argv)}`" + (f" ({details})" if details else "")
 
 
-async def ask_in_terminal(prompt: DenialPrompt) -> Decision:
+async def ask_in_terminal(prompt: DenialPrompt, interrupted: asyncio.Event) -> Decision:
+    """``interrupted`` is set by Ctrl-C (or SIGTERM/SIGHUP): that answers no, at once."""
     from rich.console import Console
     from rich.panel import Panel
-    from rich.prompt import Prompt
 
     console = Console(stderr=True)
     console.print(
@@ -59,28 +63,24 @@ async def ask_in_terminal(prompt: DenialPrompt) -> Decision:
             expand=False,
         )
     )
-    answer = await asyncio.to_thread(
-        Prompt.ask,
-        "Run it again without the sandbox? [bold]y[/] once, [bold]a[/] for this session, "
-        "[bold]n[/] no",
-        choices=list(_ANSWERS),
-        default="n",
-        console=console,
+    answer = await read_answer(
+        "Run it again without the sandbox? y once, n no (n): ", _ANSWERS, interrupted
     )
-    return _ANSWERS[answer]
+    return _ANSWERS[answer or "n"]
 
 
 NETWORK_ASK_TIMEOUT_SECONDS = 25.0
 _NETWORK_ANSWERS = {"y": "allowOnce", "a": "allowSession", "n": "deny"}
 
 
-async def ask_network_in_terminal(request: dict[str, object]) -> str:
+async def ask_network_in_terminal(
+    request: dict[str, object], interrupted: asyncio.Event | None = None
+) -> str:
     """The executor's proxy holds a connection to an unlisted host: allow it?"""
     details = request.get("request")
     info = details if isinstance(details, dict) else {}
     from rich.console import Console
     from rich.panel import Panel
-    from rich.prompt import Prompt
 
     console = Console(stderr=True)
     console.print(
@@ -91,16 +91,61 @@ async def ask_network_in_terminal(request: dict[str, object]) -> str:
             expand=False,
         )
     )
-    ask = asyncio.to_thread(
-        Prompt.ask,
-        "Allow? [bold]y[/] once, [bold]a[/] for this session, [bold]n[/] no",
-        choices=list(_NETWORK_ANSWERS),
-        default="n",
-        console=console,
-    )
     try:
-        answer = await asyncio.wait_for(ask, NETWORK_ASK_TIMEOUT_SECONDS)
+        answer = await asyncio.wait_for(
+            read_answer(
+                "Allow? y once, a this host for the rest of this run, n no (n): ",
+                _NETWORK_ANSWERS,
+                interrupted or asyncio.Event(),
+            ),
+            NETWORK_ASK_TIMEOUT_SECONDS,
+        )
     except TimeoutError:
-        console.print("No answer: denied.")
+        console.print("\nNo answer: denied.")
         return "deny"
-    return _NETWORK_ANSWERS[answer]
+    return _NETWORK_ANSWERS[answer or "n"]
+
+
+async def read_answer(
+    question: str, choices: Mapping[str, object], interrupted: asyncio.Event
+) -> str | None:
+    """One of ``choices`` typed at the terminal (asked again until it is), or None for the
+    default: an empty line, end of input, or ``interrupted`` — which ends the wait at once,
+    where a blocking read would hold on until Enter."""
+    loop = asyncio.get_running_loop()
+    fd = sys.stdin.fileno()
+    interrupted.clear()
+    while True:
+        sys.stderr.write(question)
+        sys.stderr.flush()
+        # Resolved by a line typed, or with None by the interruption.
+        line: asyncio.Future[bytes | None] = loop.create_future()
+
+        def readable(line: asyncio.Future[bytes | None] = line) -> None:
+            if not line.done():
+                try:
+                    line.set_result(os.read(fd, 1024))
+                except OSError:
+                    line.set_result(b"")
+
+        def interrupt(_: object, line: asyncio.Future[bytes | None] = line) -> None:
+            if not line.done():
+                line.set_result(None)
+
+        loop.add_reader(fd, readable)
+        stop = asyncio.ensure_future(interrupted.wait())
+        stop.add_done_callback(interrupt)
+        try:
+            typed = await line
+        finally:
+            loop.remove_reader(fd)
+            stop.cancel()
+        if typed is None:
+            sys.stderr.write("\n")
+            return None
+        text = typed.decode(errors="replace").strip().lower()
+        if not text:
+            return None
+        if text in choices:
+            return text
+        sys.stderr.write(f"Please answer {', '.join(choices)}.\n")

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
+import shlex
 import stat
 import sys
 import termios
@@ -99,10 +101,15 @@ class ExecOptions:
 async def run_exec(env: str | None, options: ExecOptions) -> int:
     connected = _connected(env, detach=options.detach, token_file=options.token_file)
     async with connected as (client, env):
+        stopper = StopForwarding()
         if options.network_proxy is not None and options.network_proxy.ask_unknown:
             # Asking needs a person at a terminal; otherwise unlisted domains are denied.
             interactive = sys.stdin.isatty() and not options.json_mode
-            client.on_network_request = ask_network_in_terminal if interactive else _deny_network
+            client.on_network_request = (
+                functools.partial(ask_network_in_terminal, interrupted=stopper.interrupted)
+                if interactive
+                else _deny_network
+            )
         if options.detach:
             return await _detach(client, env, options)
         renderer = EventRenderer(json_mode=options.json_mode)
@@ -118,7 +125,6 @@ async def run_exec(env: str | None, options: ExecOptions) -> int:
                 file=sys.stderr,
             )
 
-        stopper = StopForwarding()
         loop = asyncio.get_running_loop()
         deadlines = Deadlines.begin(options.timeout, options.idle_timeout, loop.time())
         fired: list[Fired] = []
@@ -159,8 +165,14 @@ async def run_exec(env: str | None, options: ExecOptions) -> int:
                 )
 
         async def ask(prompt: DenialPrompt) -> Decision:
+            stopper.process = None  # that attempt has ended: Ctrl-C now answers the question
             with terminal.suspended():
-                return await ask_in_terminal(prompt)
+                decision = await ask_in_terminal(prompt, stopper.interrupted)
+            if decision != "deny" and not options.json_mode:
+                sys.stderr.write(
+                    f"codexexec: running `{shlex.join(options.argv)}` again without the sandbox\n"
+                )
+            return decision
 
         try:
             with terminal, stopper.installed():

@@ -24,6 +24,8 @@ class StopForwarding:
         self._grace = grace
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
+        # Set at each signal: a question being asked (the approval prompt) is answered no.
+        self.interrupted = asyncio.Event()
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
@@ -45,6 +47,7 @@ class StopForwarding:
 
     def _on_signal(self, signum: signal.Signals) -> None:
         self.received = signum
+        self.interrupted.set()
         self.stop(f"\ncodexexec: {signal.Signals(signum).name}")
 
     def stop(self, why: str) -> None:
