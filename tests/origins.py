@@ -9,8 +9,8 @@ from threading import Thread
 
 
 @contextmanager
-def http_origin(body: bytes) -> Iterator[int]:
-    """Serve ``body`` for every GET on 127.0.0.1; yields the port."""
+def http_origin(body: bytes, host: str = "127.0.0.1") -> Iterator[int]:
+    """Serve ``body`` for every GET on ``host`` (a loopback address); yields the port."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -22,7 +22,7 @@ def http_origin(body: bytes) -> Iterator[int]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer((host, 0), Handler)
     Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield int(server.server_address[1])

@@ -192,7 +192,9 @@ async def test_reading_after_close_replays_everything(server: RunningServer) -> 
         "process/read", {"processId": process_id, "afterSeq": 0, "waitMs": 0}
     )
     assert [base64.b64decode(c["chunk"]) for c in result["chunks"]] == [b"hello\n"]
-    assert result["chunks"][0]["seq"] == 1
+    # codexexec reads what the pipe holds before it records the exit; Codex 0.169.0 may
+    # record the exit first (seen once in CI), which gives the output seq 2.
+    assert result["chunks"][0]["seq"] in ((1,) if server.kind == "codexexec" else (1, 2))
     assert result["nextSeq"] == 4
     assert (result["exited"], result["exitCode"], result["closed"]) == (True, 3, True)
     assert result["failure"] is None

@@ -88,8 +88,13 @@ def test_json_carries_the_proxy_decisions(origin: int) -> None:
     assert decision["protocol"] == "httpsConnect" and decision["processId"] == final["processId"]
 
 
-def test_ask_flow_allow_and_deny(origin: int) -> None:
-    url = f"http://localhost:{origin}/"
+def test_ask_flow_allow_and_deny() -> None:
+    # A loopback address --allow-local does not list by name (127.0.0.1, ::1, localhost).
+    with http_origin(b"origin says hi\n", host="127.0.0.2") as port:
+        ask_about(f"http://127.0.0.2:{port}/")
+
+
+def ask_about(url: str) -> None:
     ask = [
         "exec",
         "--network",
@@ -191,3 +196,56 @@ def test_landlock_fallback_admits_only_the_proxy(origin: int) -> None:
         env=env,
     )
     assert direct.returncode == 7 and b"sandbox denied" in direct.stderr
+
+
+def test_network_off_failures_are_denials_with_the_flag_that_allows_them(origin: int) -> None:
+    """Under --network off, a refused connection or an unresolvable name is the sandbox at
+    work: reported as a denial, with what would allow it (#18)."""
+    for argv in (
+        ["curl", "-sS", f"http://127.0.0.1:{origin}/"],
+        ["curl", "-sS", "http://example.invalid/"],
+    ):
+        run = cx("exec", "--approval", "never", "--", *argv)
+        assert run.returncode in (6, 7), run.stderr
+        assert b"(network_disabled, bubblewrap); the network is off in this sandbox" in run.stderr
+        assert b"--network on or --network proxy allows it" in run.stderr
+        as_json = cx("exec", "--approval", "never", "--json", "--", *argv)
+        result = json.loads(as_json.stdout.decode().splitlines()[-1])
+        assert result["sandboxDenied"] is True
+        assert result["denial"]["reason"] == "network_disabled"
+    # Unsandboxed, the same failure is just the tool's.
+    plain = cx(
+        "exec", "--sandbox", "danger-full-access", "--", "curl", "-sS", "http://127.0.0.1:9/"
+    )
+    assert plain.returncode == 7 and b"sandbox denied" not in plain.stderr
+
+
+def test_allow_local_alone_reaches_loopback_and_blocks_say_what_allows_them(origin: int) -> None:
+    local = cx(
+        "exec",
+        "--network",
+        "proxy",
+        "--allow-local",
+        "--approval",
+        "never",
+        "--",
+        "curl",
+        "-sS",
+        f"http://127.0.0.1:{origin}/",
+    )
+    assert (local.returncode, local.stdout) == (0, b"origin says hi\n"), local.stderr
+    blocked = cx(
+        "exec",
+        "--network",
+        "proxy",
+        "--approval",
+        "never",
+        "--",
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "http://example.invalid/",
+    )
+    assert b"the proxy blocked example.invalid:80 (not_allowed" in blocked.stderr
+    assert b"--allow-domain example.invalid allows it" in blocked.stderr

@@ -6,8 +6,8 @@ import json
 import os
 import pty
 import select
-import signal
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -276,3 +276,57 @@ def test_a_bwrap_planted_in_the_workspace_is_refused_by_name(tmp_path: Path) -> 
     assert done.returncode != 0
     assert "lies inside the command's working directory" in done.stderr.decode()
     assert not (tmp_path / "planted-ran").exists()
+
+
+def test_a_non_executable_file_is_126_not_a_denial(tmp_path: Path) -> None:
+    """exec's own failure is reported as exec reports it, sandboxed or not (#18)."""
+    for sandbox in ("workspace-write", "read-only", "danger-full-access"):
+        for program in ("/etc/passwd", "/etc"):
+            result = subprocess.run(
+                codexexec_command(
+                    "exec", "--sandbox", sandbox, "--approval", "never", "--", program
+                ),
+                capture_output=True,
+                cwd="/tmp",
+                timeout=60,
+            )
+            assert result.returncode == 126, (sandbox, program, result.stderr)
+            assert b"Permission denied (os error 13)" in result.stderr
+            assert b"sandbox denied" not in result.stderr
+
+
+def test_creating_a_masked_name_is_a_denial(tmp_path: Path) -> None:
+    """`.codex` is held by the sandbox even where it does not exist: creating it fails
+    with "File exists", and that is reported as the sandbox's doing, with the path."""
+    result = subprocess.run(
+        codexexec_command("exec", "--approval", "never", "--json", "--", "mkdir", ".codex"),
+        capture_output=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    record = json.loads(result.stdout.decode().splitlines()[-1])
+    assert result.returncode == 1
+    assert record["sandboxDenied"] is True
+    assert record["denial"]["reason"] == "protected_path"
+    assert record["denial"]["path"] == str(tmp_path / ".codex")
+    assert not (tmp_path / ".codex").exists()  # the placeholder is gone afterwards
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_signalled_local_exec_leaves_no_placeholders(signum: int, tmp_path: Path) -> None:
+    """The sandbox's mount points for protected names (.git, .codex, …) are created for the
+    run and removed after it, also when the CLI is stopped by a signal (#18)."""
+    process = subprocess.Popen(
+        codexexec_command("exec", "--approval", "never", "--", "sleep", "30"),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    for _ in range(100):
+        if (tmp_path / ".codex").exists():
+            break
+        time.sleep(0.05)
+    assert (tmp_path / ".codex").exists()  # the run is under way
+    process.send_signal(signum)
+    process.communicate(timeout=30)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from codexexec.client.approval import Decision, DenialPrompt
+from codexexec.sandbox.denial import NETWORK_HINT
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -35,6 +36,8 @@ def denial_table(prompt: DenialPrompt) -> Table:
         table.add_row("Reason", str(report["reason"]).replace("_", " "))
     if report.get("path"):
         table.add_row("Path", str(report["path"]))
+    if (hint := _HINTS.get(str(report.get("reason")))) is not None:
+        table.add_row("Hint", hint)
     table.add_row("Exit code", str(prompt.exit_code))
     if report.get("snippet"):
         table.add_row("Output", str(report["snippet"])[:300])
@@ -46,7 +49,18 @@ def denial_line(prompt: DenialPrompt) -> str:
     details = ", ".join(
         str(v) for v in (report.get("reason"), report.get("path"), report.get("backend")) if v
     )
-    return f"sandbox denied `{shlex.join(prompt.argv)}`" + (f" ({details})" if details else "")
+    line = f"sandbox denied `{shlex.join(prompt.argv)}`" + (f" ({details})" if details else "")
+    hint = _HINTS.get(str(report.get("reason")))
+    return line + (f"; {hint}" if hint else "")
+
+
+# What to do about a denial, where there is something to say.
+_HINTS = {
+    "network_disabled": NETWORK_HINT,
+    "network_blocked": "under --network proxy only the proxy reaches out: --allow-local for "
+    "loopback, --allow-domain HOST for other hosts",
+    "protected_path": "the sandbox keeps this name (.git, .codex, …) read-only and in place",
+}
 
 
 async def ask_in_terminal(prompt: DenialPrompt, interrupted: asyncio.Event) -> Decision:

@@ -20,6 +20,9 @@ class NetworkMode(enum.StrEnum):
     on = "on"
 
 
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
 class Approval(enum.StrEnum):
     on_failure = "on-failure"
     never = "never"
@@ -90,7 +93,10 @@ def exec_command(
         False, "--ask-domains", help="With --network proxy: ask about domains in neither list."
     ),
     allow_local: bool = typer.Option(
-        False, "--allow-local", help="With --network proxy: allow loopback/private addresses."
+        False,
+        "--allow-local",
+        help="With --network proxy: allow loopback (localhost, 127.0.0.1, ::1), and private "
+        "addresses named with --allow-domain.",
     ),
     set_env: list[str] = typer.Option(
         [],
@@ -179,7 +185,13 @@ def exec_command(
         from codexexec.client.client import NetworkProxyRequest
 
         network_proxy = NetworkProxyRequest(
-            tuple(allow_domain), tuple(deny_domain), allow_local, ask_domains
+            # --allow-local means what it says: loopback is reachable without listing it
+            # (the policy only lifts its local-address block; other hosts still need
+            # --allow-domain, and the report says so).
+            tuple(allow_domain) + (LOOPBACK_NAMES if allow_local else ()),
+            tuple(deny_domain),
+            allow_local,
+            ask_domains,
         )
     variables = _variables(env_file, set_env)
     options = ExecOptions(

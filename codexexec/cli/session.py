@@ -214,6 +214,15 @@ async def _deny_network(request: dict[str, Any]) -> str:
     return "deny"
 
 
+# What would have let a blocked destination through, by the proxy's reason.
+_NETWORK_HINTS = {
+    "not_allowed": "--allow-domain {host} allows it",
+    "not_allowed_local": "a local address: --allow-local with --allow-domain {host} allows it",
+    "denied": "a --deny-domain (or the executor's policy) names it",
+    "method_not_allowed": "the policy's limited mode allows only GET, HEAD and OPTIONS",
+}
+
+
 def _report_attempts(
     environment: str,
     options: ExecOptions,
@@ -230,9 +239,12 @@ def _report_attempts(
             key = (d.get("host"), d.get("port"), d.get("reason"))
             if key not in seen:
                 seen.add(key)
+                hint = _NETWORK_HINTS.get(str(d.get("reason")), "").format(host=d.get("host"))
                 sys.stderr.write(
                     f"codexexec: network: the proxy blocked {d.get('host')}:{d.get('port')} "
-                    f"({d.get('reason')}, {d.get('source')}, {d.get('protocol')})\n"
+                    f"({d.get('reason')}, {d.get('source')}, {d.get('protocol')})"
+                    + (f"; {hint}" if hint else "")
+                    + "\n"
                 )
     denied = first.exited is not None and first.exited.sandbox_denied
     if denied and len(attempts) == 1 and not options.json_mode:

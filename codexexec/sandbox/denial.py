@@ -39,6 +39,16 @@ MANAGED_NETWORK_FAILURES = (
     "connection refused",
     "network is unreachable",
 )
+# With no network at all, a tool's failure to reach a host or resolve a name is the sandbox
+# at work too (codexexec extension: Codex reports `sandboxDenied: false`).
+NO_NETWORK_FAILURES = (
+    *MANAGED_NETWORK_FAILURES,
+    "could not resolve host",
+    "name or service not known",
+    "temporary failure in name resolution",
+    "no address associated with hostname",
+)
+NETWORK_HINT = "the network is off in this sandbox; --network on or --network proxy allows it"
 QUICK_REJECT_EXIT_CODES = frozenset({2, 126, 127})
 SIGSYS_EXIT_CODE = 128 + 31
 SNIPPET_CHARS = 512
@@ -82,16 +92,27 @@ def classify(
     aggregated: str,
     *,
     managed_network: bool = False,
+    network_off: bool = False,
+    masks: tuple[str, ...] = (),
 ) -> DenialReport | None:
-    """The denial report for a finished sandboxed command, or None if it was not denied."""
+    """The denial report for a finished sandboxed command, or None if it was not denied.
+
+    ``masks``: placeholders the sandbox created over protected names (a `.codex` that did
+    not exist): creating one fails with "File exists", which is the sandbox's doing.
+    """
     if sandbox_type == "none" or exit_code == 0:
         return None
     sections = (stderr, stdout, aggregated)
     keyword = _keyword(sections)
+    masked = _masked_path(sections, masks)
     if keyword is not None:
         reason = _REASONS[keyword]
+    elif masked is not None:
+        return DenialReport("protected_path", backend, masked, _snippet(sections))
     elif managed_network and _keyword(sections, MANAGED_NETWORK_FAILURES):
         reason = "network_blocked"
+    elif network_off and _keyword(sections, NO_NETWORK_FAILURES):
+        return DenialReport("network_disabled", backend, None, _snippet(sections))
     elif exit_code in QUICK_REJECT_EXIT_CODES:
         return None
     elif sandbox_type == "linuxSeccomp" and exit_code == SIGSYS_EXIT_CODE:
@@ -99,6 +120,20 @@ def classify(
     else:
         return None
     return DenialReport(reason, backend, offending_path(sections), _snippet(sections))
+
+
+def _masked_path(sections: tuple[str, ...], masks: tuple[str, ...]) -> str | None:
+    """The placeholder a line reports as existing (`mkdir: cannot create directory
+    '.codex': File exists`), by its name."""
+    for section in sections:
+        for line in section.splitlines():
+            if "file exists" not in line.lower():
+                continue
+            for mask in masks:
+                name = mask.rstrip("/").rsplit("/", 1)[-1]
+                if re.search(rf"(^|[\s'\"`‘/]){re.escape(name)}([\s'\"`’:]|$)", line):
+                    return mask
+    return None
 
 
 def offending_path(sections: tuple[str, ...]) -> str | None:

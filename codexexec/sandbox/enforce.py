@@ -41,6 +41,8 @@ class SandboxedCommand:
     # Held by the executor while the command runs; closing it ends the command's whole
     # tree (the Landlock supervisor's lifeline), and so does the executor's death.
     lifeline: int | None = None
+    # No network at all: neither the intent's nor a managed proxy's (for denial reports).
+    network_off: bool = False
 
     def release(self) -> None:
         """Close fds only the child needed, once it has started."""
@@ -113,6 +115,7 @@ def prepare_command(
             prepared.created_paths,
             passes_arg0=False,
             lifeline=prepared.lifeline,
+            network_off=not plan.network_enabled and plan.routing is None,
         )
     if sys.platform == "darwin":
         from codexexec.sandbox.macos.seatbelt import SANDBOX_TYPE as SEATBELT
@@ -121,7 +124,13 @@ def prepare_command(
         ports = plan.routing.ports if plan.routing is not None else ()
         # Seatbelt admits exactly the prepared proxy ports; no bridges are needed on macOS.
         wrapped = wrap_command(plan, argv, loopback_ports=ports)
-        return SandboxedCommand(wrapped, SEATBELT, "seatbelt", passes_arg0=True)
+        return SandboxedCommand(
+            wrapped,
+            SEATBELT,
+            "seatbelt",
+            passes_arg0=True,
+            network_off=not plan.network_enabled and plan.routing is None,
+        )
     raise SandboxRefused("sandbox intent cannot be enforced on this executor", invalid=False)
 
 

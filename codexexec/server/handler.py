@@ -323,6 +323,7 @@ class ConnectionHandler:
                 sandboxed.release()
         if sandboxed is not None:
             process.created_paths = sandboxed.created_paths
+            process.network_off = sandboxed.network_off
         process.managed_network = routing is not None
         if prepared is not None:
             token = prepared.token

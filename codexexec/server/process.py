@@ -154,6 +154,7 @@ class ManagedProcess:
         self.sandbox_backend = sandbox_backend
         self.sandbox_denied = False
         self.managed_network = False
+        self.network_off = False  # no network at all in its sandbox (for denial reports)
         self.network_decisions: Callable[[], list[dict[str, Any]]] = list
         self.on_disposed: Callable[[], None] | None = None
         # Told the exit code once it is known (the audit log).
@@ -285,6 +286,8 @@ class ManagedProcess:
             stderr.decode(errors="replace"),
             aggregated.decode(errors="replace"),
             managed_network=self.managed_network,
+            network_off=self.network_off,
+            masks=tuple(self.created_paths),
         )
         blocked = self.network_decisions()
         if self.denial is None and exit_code != 0 and blocked:

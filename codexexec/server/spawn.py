@@ -322,13 +322,20 @@ _BINFMT_MISC = "/proc/sys/fs/binfmt_misc"
 
 
 def ensure_program_exists(program: str, env: dict[str, str], cwd: str) -> None:
-    """Raise FileNotFoundError as exec would, before a wrapper (bwrap) hides the cause."""
+    """Raise FileNotFoundError or PermissionError as execvp would, before a wrapper (bwrap)
+    hides the cause: its own failure to exec reads like a sandbox denial."""
     if "/" in program:
-        if os.path.exists(os.path.join(cwd, program)):
-            return
+        candidates = [os.path.join(cwd, program)]
     elif shutil.which(program, path=env.get("PATH", os.defpath)) is not None:
         return
-    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+    else:
+        directories = env.get("PATH", os.defpath).split(os.pathsep)
+        candidates = [os.path.join(cwd, d or ".", program) for d in directories]
+    found = [path for path in candidates if os.path.exists(path)]
+    if not found:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+    if all(os.path.isdir(path) or not os.access(path, os.X_OK) for path in found):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), program)
 
 
 def signal_group(child: Child, signum: int) -> None:
