@@ -479,3 +479,34 @@ def test_timeouts_end_the_command_and_exit_124(
     )
     assert json_run.returncode == 124
     assert json.loads(json_run.stdout.splitlines()[-1])["timedOut"] == "timeout"
+
+
+def test_a_lost_connection_is_said_at_once_and_the_command_found_again(
+    codexexec_server: RunningServer, tmp_path: Path
+) -> None:
+    """A cut connection: the CLI says at once that it is reconnecting, then that it is back,
+    and the command's output carries on; a server that never comes back gets the handle
+    to find the command again (#18)."""
+    from tests.tcp_proxy import TcpProxy
+
+    port = int(codexexec_server.url.rsplit(":", 1)[1])
+    proxy = TcpProxy(port)
+    try:
+        process = subprocess.Popen(
+            codexexec_command(
+                "exec", "--env", proxy.ws_url(), "--", "sh", "-c", "echo one; sleep 2; echo two"
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd="/tmp",
+        )
+        assert process.stdout is not None and process.stderr is not None
+        assert process.stdout.readline() == b"one\n"
+        proxy.cut()
+        line = process.stderr.readline().decode()
+        assert "lost the connection to" in line and "reconnecting for up to 25 s" in line
+        assert "reconnected to" in process.stderr.readline().decode()
+        out, err = process.communicate(timeout=60)
+        assert (process.returncode, out) == (0, b"two\n"), err
+    finally:
+        proxy.stop()

@@ -213,10 +213,11 @@ def exec_command(
         idle_timeout=idle_timeout,
         token_file=token_file,
     )
-    if sys.stderr.isatty():
-        from codexexec.client import notices
+    from codexexec.client import notices
 
+    if sys.stderr.isatty():
         notices.waiting.set(lambda text: print(f"codexexec: {text}…", file=sys.stderr))
+    notices.connection.set(lambda text: print(f"codexexec: {text}", file=sys.stderr, flush=True))
     from codexexec.cli.orphans import adopt_orphans, reap_orphans
 
     adopt_orphans()

@@ -126,6 +126,7 @@ async def run_exec(env: str | None, options: ExecOptions) -> int:
             )
 
         loop = asyncio.get_running_loop()
+        started: list[Attempt] = []
         deadlines = Deadlines.begin(options.timeout, options.idle_timeout, loop.time())
         fired: list[Fired] = []
         watching: list[asyncio.Task[None]] = []
@@ -145,6 +146,7 @@ async def run_exec(env: str | None, options: ExecOptions) -> int:
             renderer(event)
 
         def on_start(attempt: Attempt) -> None:
+            started.append(attempt)
             stopper.process = attempt.process
             if deadlines.active and not fired:  # each attempt gets the whole allowance
                 deadlines.started = deadlines.last_output = loop.time()
@@ -198,6 +200,8 @@ async def run_exec(env: str | None, options: ExecOptions) -> int:
         except StartInterrupted as exc:
             _start_failed(options, f"`{options.argv[0]}` on {env}: {exc}", EXIT_FAILURE)
         except ExecServerError as exc:
+            if started:  # it ran: the connection was lost, not the start refused
+                _lost(options, env, client, started[-1], exc)
             message = f"cannot run `{options.argv[0]}` on {env}: {exc}"
             _start_failed(options, message, _spawn_failure_code(exc))
         finally:
@@ -303,6 +307,23 @@ async def _detach(client: ExecServerClient, env: str, options: ExecOptions) -> i
     else:
         print(handle, flush=True)
     return 0
+
+
+def _lost(
+    options: ExecOptions,
+    env: str,
+    client: ExecServerClient,
+    attempt: Attempt,
+    error: ExecServerError,
+) -> NoReturn:
+    """The command started but its connection is gone: say so, and how to find it again."""
+    handle = ProcessHandle(env, client.session_id, attempt.process.process_id)
+    if not options.json_mode:
+        sys.stderr.write(
+            f"codexexec: `{options.argv[0]}` may still be running there; once {env} is back: "
+            f"codexexec read {handle} --follow\n"
+        )
+    _start_failed(options, f"lost `{options.argv[0]}` on {env}: {error}", EXIT_FAILURE)
 
 
 def _start_failed(options: ExecOptions, message: str, code: int) -> NoReturn:

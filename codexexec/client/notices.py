@@ -11,10 +11,19 @@ from collections.abc import Callable
 from contextvars import ContextVar
 
 waiting: ContextVar[Callable[[str], None] | None] = ContextVar("waiting", default=None)
+# What happens to the connection while a command runs: lost, reconnecting, back.
+connection: ContextVar[Callable[[str], None] | None] = ContextVar("connection", default=None)
 
 
 def tell_waiting(message: str) -> None:
     """Say once what the client is waiting for; nothing when nobody listens."""
     notice = waiting.get()
+    if notice is not None:
+        notice(message)
+
+
+def tell_connection(message: str) -> None:
+    """Say what happened to the connection; nothing when nobody listens."""
+    notice = connection.get()
     if notice is not None:
         notice(message)

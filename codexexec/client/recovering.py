@@ -26,6 +26,7 @@ from typing import Any
 
 from codexexec.client.client import DEFAULT_CLIENT_NAME, ExecServerClient
 from codexexec.client.errors import ExecServerError, StartInterrupted
+from codexexec.client.notices import tell_connection
 from codexexec.protocol.jsonrpc import SESSION_ALREADY_ATTACHED
 from codexexec.transport.base import MessageTransport
 
@@ -195,6 +196,10 @@ class RecoveringClient(ExecServerClient):
         deadline = loop.time() + self.recovery_timeout
         last = f"recovery timed out after {self.recovery_timeout:g}s"
         log.info("%s: %s; resuming session %s", self.description, reason, self.session_id)
+        tell_connection(
+            f"lost the connection to {self.description} ({lost}); reconnecting for up to "
+            f"{self.recovery_timeout:g} s"
+        )
         attempt = 0
         while True:
             try:
@@ -208,6 +213,7 @@ class RecoveringClient(ExecServerClient):
                     break
             else:
                 log.info("%s: resumed session %s", self.description, self.session_id)
+                tell_connection(f"reconnected to {self.description}; the session goes on")
                 self.recoveries += 1
                 for buffer in self._buffers.values():
                     buffer.reconnected()
