@@ -446,3 +446,36 @@ def test_codexs_environment_variables_choose_the_environment(
     finally:
         stop(executor)
         rendezvous.kill()
+
+
+def test_shell_completion_offers_the_configured_environments(tmp_path: Path) -> None:
+    """`--env <TAB>` and `fs ls <TAB>` complete the names in environments.toml (#18)."""
+    home = tmp_path / "home"
+    write_config(
+        home,
+        '[[environments]]\nid = "devbox"\nurl = "ws://127.0.0.1:9"\n'
+        '[[environments]]\nid = "ci-runner"\nurl = "ws://127.0.0.1:9"\n',
+    )
+
+    def complete(words: str) -> list[str]:
+        done = subprocess.run(
+            codexexec_command(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={
+                **cli_env(home),
+                "_CODEXEXEC_COMPLETE": "complete_bash",
+                "COMP_WORDS": words,
+                "COMP_CWORD": str(len(words.split(" ")) - 1),
+            },
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    assert complete("codexexec exec --env ") == ["local", "devbox", "ci-runner"]
+    assert complete("codexexec exec --env de") == ["devbox"]
+    assert complete("codexexec fs ls c") == ["ci-runner:"]
+    assert complete("codexexec fs get devbox:/et") == []  # paths are the shell's business
+    write_config(home, "not toml [")
+    assert complete("codexexec exec --env ") == ["local"]  # nothing printed into the line

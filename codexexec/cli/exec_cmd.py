@@ -7,6 +7,8 @@ from typing import Any
 
 import typer
 
+from codexexec.cli.completion import complete_environment
+
 
 class SandboxMode(enum.StrEnum):
     read_only = "read-only"
@@ -33,6 +35,7 @@ def exec_command(
     env: str | None = typer.Option(
         None,
         "--env",
+        autocompletion=complete_environment,
         help="A configured environment (`codexexec env list`), local (in this process), an "
         "exec-server ws:// URL, or ENV@REGISTRY_URL. Default: the configured default, else local.",
     ),

@@ -12,6 +12,8 @@ from typing import Any
 
 import typer
 
+from codexexec.cli.completion import complete_target
+
 app = typer.Typer(
     name="fs",
     help="Files on an environment, named ENV:PATH (devbox:/tmp, ws://127.0.0.1:4000:/etc).",
@@ -37,7 +39,9 @@ def _run(command: Coroutine[Any, Any, int]) -> None:
 
 @app.command("cat")
 def cat(
-    target: str = typer.Argument(..., metavar="ENV:PATH", help=_TARGET),
+    target: str = typer.Argument(
+        ..., metavar="ENV:PATH", help=_TARGET, autocompletion=complete_target
+    ),
     registry: str | None = typer.Option(None, "--registry", help=_REGISTRY),
 ) -> None:
     """Write a file's bytes to stdout."""
@@ -48,7 +52,9 @@ def cat(
 
 @app.command("ls")
 def ls(
-    target: str = typer.Argument(..., metavar="ENV:PATH", help=_TARGET),
+    target: str = typer.Argument(
+        ..., metavar="ENV:PATH", help=_TARGET, autocompletion=complete_target
+    ),
     registry: str | None = typer.Option(None, "--registry", help=_REGISTRY),
     json_mode: bool = typer.Option(False, "--json", help="One JSON object per entry."),
 ) -> None:
@@ -60,7 +66,9 @@ def ls(
 
 @app.command("get")
 def get(
-    target: str = typer.Argument(..., metavar="ENV:PATH", help=_TARGET),
+    target: str = typer.Argument(
+        ..., metavar="ENV:PATH", help=_TARGET, autocompletion=complete_target
+    ),
     local: str | None = typer.Argument(
         None, metavar="[LOCAL]", help="Where to write it: a file or directory here; - for stdout."
     ),
@@ -76,7 +84,9 @@ def get(
 @app.command("put")
 def put(
     local: str = typer.Argument(..., metavar="LOCAL", help="A file here; - for stdin."),
-    target: str = typer.Argument(..., metavar="ENV:PATH", help=_TARGET),
+    target: str = typer.Argument(
+        ..., metavar="ENV:PATH", help=_TARGET, autocompletion=complete_target
+    ),
     registry: str | None = typer.Option(None, "--registry", help=_REGISTRY),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
