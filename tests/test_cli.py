@@ -510,3 +510,33 @@ def test_a_lost_connection_is_said_at_once_and_the_command_found_again(
         assert (process.returncode, out) == (0, b"two\n"), err
     finally:
         proxy.stop()
+
+
+def test_defaults_in_config_apply_unless_a_flag_says_otherwise(tmp_path: Path) -> None:
+    """`[defaults]` in codexexec's config.toml: used when the flag is absent (#18)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    target = Path("/var/lib") / f"cx-defaults-{secrets.token_hex(4)}"
+
+    def cx(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            codexexec_command(*args),
+            capture_output=True,
+            timeout=60,
+            cwd="/tmp",
+            env={**os.environ, "CODEXEXEC_HOME": str(home)},
+        )
+
+    (home / "config.toml").write_text('[defaults]\nsandbox = "read-only"\napproval = "never"\n')
+    try:
+        denied = cx("exec", "--json", "--", "touch", str(target))
+        record = json.loads(denied.stdout.splitlines()[-1])
+        assert record["sandboxDenied"] is True and not target.exists()
+        allowed = cx("exec", "--sandbox", "danger-full-access", "--", "touch", str(target))
+        assert allowed.returncode == 0 and target.exists()
+    finally:
+        target.unlink(missing_ok=True)
+    (home / "config.toml").write_text('[defaults]\nnetwork = "sometimes"\n')
+    bad = cx("exec", "--", "true")
+    assert bad.returncode == 2
+    assert b"defaults.network = 'sometimes': use one of off, proxy, on" in bad.stderr

@@ -52,10 +52,12 @@ def exec_command(
         "after CODEXEXEC_KEEPER_IDLE_TTL seconds (default 600) with no client attached.",
     ),
     json_mode: bool = typer.Option(False, "--json", help="Print JSON Lines events."),
-    sandbox: SandboxMode = typer.Option(
-        SandboxMode.workspace_write,
+    sandbox: SandboxMode | None = typer.Option(
+        None,
         "--sandbox",
-        help="What the command may touch; the executor enforces it with its own OS sandbox.",
+        show_default=False,
+        help="What the command may touch; the executor enforces it with its own OS sandbox. "
+        "Default: [defaults] sandbox in config.toml, else workspace-write.",
     ),
     writable_root: list[str] = typer.Option(
         [], "--writable-root", help="Another writable directory (repeatable)."
@@ -84,7 +86,8 @@ def exec_command(
         None,
         "--network",
         help="off: no network (default under a sandbox); proxy: only through the executor's "
-        "managed proxy, with its domain policy; on: unrestricted.",
+        "managed proxy, with its domain policy; on: unrestricted. [defaults] network in "
+        "config.toml sets another default.",
     ),
     allow_domain: list[str] = typer.Option(
         [], "--allow-domain", help="With --network proxy: a domain (wildcards ok) to allow."
@@ -140,7 +143,8 @@ def exec_command(
         None,
         "--approval",
         help="on-failure: offer to re-run a sandbox-denied command without the sandbox "
-        "(default when stdin is a terminal); never: just report the denial.",
+        "(default when stdin is a terminal); never: just report the denial. [defaults] "
+        "approval in config.toml sets another default.",
     ),
 ) -> None:
     """Run ARGV on an environment; exit with its exit code."""
@@ -158,6 +162,7 @@ def exec_command(
         if env is None:
             fail("--registry needs --env ID (the environment's id at that registry)", 2)
         env = f"{env}@{registry}"
+    sandbox, approval, network = _with_defaults(sandbox, approval, network)
     if approval is None:
         approval = Approval.on_failure if sys.stdin.isatty() and not json_mode else Approval.never
     if network is None:
@@ -231,6 +236,28 @@ def exec_command(
     finally:
         reap_orphans()
     raise SystemExit(code)
+
+
+def _with_defaults(
+    sandbox: SandboxMode | None, approval: Approval | None, network: NetworkMode | None
+) -> tuple[SandboxMode, Approval | None, NetworkMode | None]:
+    """Flags first, then `[defaults]` in config.toml (read only when a flag is missing)."""
+    if sandbox is not None and approval is not None and network is not None:
+        return sandbox, approval, network
+    from codexexec.cli.defaults import DefaultsError, load_defaults
+    from codexexec.cli.errors import fail
+
+    try:
+        defaults = load_defaults()
+    except DefaultsError as exc:
+        fail(str(exc), 2)
+    if sandbox is None:
+        sandbox = SandboxMode(defaults.get("sandbox", SandboxMode.workspace_write.value))
+    if approval is None and "approval" in defaults:
+        approval = Approval(defaults["approval"])
+    if network is None and "network" in defaults:
+        network = NetworkMode(defaults["network"])
+    return sandbox, approval, network
 
 
 def _variables(files: list[str], flags: list[str]) -> dict[str, str]:
