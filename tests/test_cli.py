@@ -540,3 +540,62 @@ def test_defaults_in_config_apply_unless_a_flag_says_otherwise(tmp_path: Path) -
     bad = cx("exec", "--", "true")
     assert bad.returncode == 2
     assert b"defaults.network = 'sometimes': use one of off, proxy, on" in bad.stderr
+
+
+def test_ps_and_kill_for_detached_processes(
+    codexexec_server: RunningServer, tmp_path: Path
+) -> None:
+    """`ps` lists what `exec --detach` started with its state from the server; `kill` stops
+    one — checked on the host (#18)."""
+    env = {**os.environ, "CODEXEXEC_HOME": str(tmp_path / "home")}
+
+    def cx(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            codexexec_command(*args), capture_output=True, text=True, env=env, timeout=60
+        )
+
+    assert cx("ps").stdout == "no detached processes\n"
+    pid_file = tmp_path / "pid"
+    sleeper = cx(
+        "exec",
+        "--detach",
+        "--env",
+        codexexec_server.url,
+        "--sandbox",
+        "danger-full-access",  # $$ is then the host's pid
+        "--",
+        "sh",
+        "-c",
+        f"echo $$ > {pid_file}; exec sleep 120",
+    ).stdout.strip()
+    quitter = cx(
+        "exec", "--detach", "--env", codexexec_server.url, "--", "sh", "-c", "exit 3"
+    ).stdout.strip()
+    for _ in range(50):
+        states = {r["handle"]: r for r in map(json.loads, cx("ps", "--json").stdout.splitlines())}
+        if states.get(quitter, {}).get("state") == "exited" and pid_file.exists():
+            break
+        time.sleep(0.1)
+    assert states[sleeper]["state"] == "running" and states[sleeper]["argv"][0] == "sh"
+    assert (states[quitter]["state"], states[quitter]["exitCode"]) == ("exited", 3)
+    table = cx("ps").stdout.splitlines()
+    assert table[0].split() == ["HANDLE", "STATE", "EXIT", "AGE", "COMMAND"]
+    assert any(line.startswith(sleeper) and " running " in line for line in table)
+    assert (
+        cx("ps", "--env", "ws://127.0.0.1:1").stdout
+        == "no detached processes on ws://127.0.0.1:1\n"
+    )
+
+    assert cx("kill", sleeper).returncode == 0
+    pid = int(pid_file.read_text())
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("kill left the process running")
+    again = cx("kill", quitter)
+    assert again.returncode == 0 and "has already exited (exit code 3)" in again.stdout
+    assert cx("kill", "not-a-handle").returncode == 2

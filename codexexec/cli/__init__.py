@@ -13,6 +13,7 @@ from codexexec.cli import (
     exec_cmd,
     fs_cmd,
     login_cmd,
+    ps_cmd,
     read_cmd,
     register_cmd,
     rendezvous_cmd,
@@ -67,6 +68,8 @@ def _root(
 app.command("serve")(serve_cmd.serve)
 app.command("exec", context_settings={"allow_interspersed_args": False})(exec_cmd.exec_command)
 app.command("read")(read_cmd.read)
+app.command("ps")(ps_cmd.ps)
+app.command("kill")(ps_cmd.kill)
 app.command("sandbox-check")(sandbox_check_cmd.sandbox_check)
 app.command("rendezvous")(rendezvous_cmd.rendezvous)
 app.command("register")(register_cmd.register)

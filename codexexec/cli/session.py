@@ -13,11 +13,13 @@ import shlex
 import stat
 import sys
 import termios
+import time
 import tty as tty_mode
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from codexexec.cli import detached
 from codexexec.cli.approval_prompt import ask_in_terminal, ask_network_in_terminal, denial_line
 from codexexec.cli.deadlines import EXIT_TIMED_OUT, Deadlines, Fired, describe
 from codexexec.cli.errors import EXIT_FAILURE, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, fail
@@ -34,6 +36,7 @@ from codexexec.client.approval import (
 from codexexec.client.client import NetworkProxyRequest
 from codexexec.client.errors import StartInterrupted
 from codexexec.client.handle import InvalidHandle, ProcessHandle
+from codexexec.environments.config import LOCAL_ENVIRONMENT_ID
 from codexexec.sandbox.policy import LegacyMode
 
 
@@ -148,6 +151,10 @@ async def run_exec(env: str | None, options: ExecOptions) -> int:
         def on_start(attempt: Attempt) -> None:
             started.append(attempt)
             stopper.process = attempt.process
+            if env != LOCAL_ENVIRONMENT_ID:
+                stopper.label = str(
+                    ProcessHandle(env, client.session_id, attempt.process.process_id)
+                )
             if deadlines.active and not fired:  # each attempt gets the whole allowance
                 deadlines.started = deadlines.last_output = loop.time()
                 for task in watching:
@@ -295,6 +302,8 @@ async def _detach(client: ExecServerClient, env: str, options: ExecOptions) -> i
         message = f"cannot start `{options.argv[0]}` on {env}: {exc}"
         _start_failed(options, message, _spawn_failure_code(exc))
     handle = str(ProcessHandle(env, client.session_id, process.process_id))
+    with contextlib.suppress(OSError):  # `ps` will not know of it; the handle still works
+        detached.remember(detached.Detached(handle, options.argv, time.time()))
     if options.json_mode:
         emit_json(
             {
@@ -339,6 +348,13 @@ def _finish(renderer: EventRenderer, json_mode: bool, **extra: object) -> int:
         emit_json(renderer.result(**extra))
     exit_code = renderer.exited.exit_code if renderer.exited else None
     return exit_code if isinstance(exit_code, int) and 0 <= exit_code <= 255 else EXIT_FAILURE
+
+
+@contextlib.asynccontextmanager
+async def connected_session(handle: ProcessHandle) -> AsyncIterator[ExecServerClient]:
+    """The client of ``handle``'s session, resumed (errors end the command in one line)."""
+    async with _connected(handle.environment, handle.session_id) as (client, _):
+        yield client
 
 
 async def run_read(handle_text: str, *, follow: bool, after_seq: int, json_mode: bool) -> int:

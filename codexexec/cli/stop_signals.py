@@ -20,6 +20,9 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 class StopForwarding:
     def __init__(self, grace: float = GRACE_SECONDS) -> None:
         self.process: RemoteProcess | None = None
+        # How the lines name the process: its handle where it outlives this CLI (so it can
+        # be found again with `read`/`kill` if it keeps running), else its id.
+        self.label = ""
         self.received: signal.Signals | None = None
         self._grace = grace
         self._tasks: set[asyncio.Task[None]] = set()
@@ -58,7 +61,7 @@ class StopForwarding:
             return
         if self._timer is None:
             sys.stderr.write(
-                f"{why}: interrupting `{process.process_id}`; "
+                f"{why}: interrupting `{self.label or process.process_id}`; "
                 f"it is terminated if still running in {self._grace:g} s\n"
             )
             self._spawn(process.interrupt())

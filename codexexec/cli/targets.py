@@ -32,7 +32,7 @@ def load_environments() -> EnvironmentsConfig:
         fail(str(exc))
 
 
-def _is_literal(target: str) -> bool:
+def is_literal(target: str) -> bool:
     return (
         target == LOCAL_ENVIRONMENT_ID
         or target.startswith(("ws://", "wss://"))
@@ -60,7 +60,7 @@ async def chosen_environment(
             "environment takes `token_file` in environments.toml",
             2,
         )
-    config = None if target is not None and _is_literal(target) else load_environments()
+    config = None if target is not None and is_literal(target) else load_environments()
     if target is None:
         assert config is not None
         if config.default is None:

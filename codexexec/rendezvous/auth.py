@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Literal
 
 from codexexec.remote.auth.api_keys import API_KEY_PREFIX, API_KEY_REFUSED, looks_like_api_key
+from codexexec.state_dir import ensure_private_dir
 
 Role = Literal["executor", "harness"]
 ROLES: tuple[Role, ...] = ("executor", "harness")
@@ -203,19 +204,6 @@ def bearer_token(authorization: str | None) -> str:
     if scheme.lower() != "bearer" or not value:
         raise AuthError(401, "unauthorized", "the Authorization header must be 'Bearer TOKEN'")
     return value
-
-
-def state_dir(environ: dict[str, str] | None = None) -> Path:
-    """``$CODEXEXEC_HOME`` if set, else ``~/.local/state/codexexec``."""
-    env = os.environ if environ is None else environ
-    home = env.get("CODEXEXEC_HOME")
-    if home:
-        return Path(home)
-    return Path.home() / ".local" / "state" / "codexexec"
-
-
-def ensure_private_dir(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
 def create_dev_token_file(directory: Path) -> tuple[Path, bool]:

@@ -91,7 +91,6 @@ from codexexec.rendezvous.auth import (
     create_dev_token_file,
     create_token_file,
     loosely_permitted,
-    state_dir,
 )
 from codexexec.rendezvous.events import event
 from codexexec.rendezvous.http_api import (
@@ -114,6 +113,7 @@ from codexexec.rendezvous.store import (
     RegistryStore,
     open_store,
 )
+from codexexec.state_dir import state_dir
 
 __all__ = [
     "SECURITY_PROFILE_LEGACY",
