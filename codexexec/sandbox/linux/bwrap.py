@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 from functools import cache
 
+from codexexec.sandbox.linux.bundled_bwrap import bundled_bwrap
 from codexexec.sandbox.plan import SandboxPlan
 
 # Stderr texts that mean user namespaces are not available to us (Codex's list).
@@ -31,10 +32,10 @@ SYSTEM_BIN_DIRS = ("/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/local/bin", "
 
 def find_bwrap(command_cwd: str | None = None) -> str | None:
     """The system bwrap, unless one outside the system directories lives under the command's
-    cwd (a repository could plant one on PATH)."""
+    cwd (a repository could plant one on PATH); without one, the verified bundled bwrap."""
     found = shutil.which("bwrap")
     if found is None:
-        return None
+        return bundled_bwrap()[0]
     real = os.path.realpath(found)
     if os.path.dirname(real) in SYSTEM_BIN_DIRS:
         return real
@@ -47,7 +48,7 @@ def missing_bwrap_reason(command_cwd: str | None = None) -> str:
     """Why ``find_bwrap`` found none, in words a user can act on."""
     found = shutil.which("bwrap")
     if found is None:
-        return "bwrap is not installed"
+        return f"bwrap is not installed, and {bundled_bwrap()[1]}"
     return f"the bwrap on PATH ({found}) lies inside the command's working directory; not trusted"
 
 
