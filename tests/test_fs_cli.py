@@ -177,3 +177,65 @@ def test_fs_ls_through_the_relay_in_front_of_the_real_codex(
         assert names == ["link", "small.bin", "sub"]
     finally:
         stop(forwarder)
+
+
+def test_directories_copy_both_ways_and_rm_mkdir_act_like_their_namesakes(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    """`fs put -r` / `fs get -r` (cp -r semantics, links not followed), `fs rm [-r] [-f]`,
+    `fs mkdir [-p]`, on codexexec's and Codex's server (#18)."""
+    local = tmp_path / "project"
+    (local / "src" / "deep").mkdir(parents=True)
+    (local / "README").write_text("read me\n")
+    (local / "src" / "deep" / "data.bin").write_bytes(os.urandom(2_500_000))
+    (local / "src" / "empty").mkdir()
+    (local / "outside").symlink_to("/etc/hostname")
+    remote = Path("/var/tmp") / f"cx-fstree-{uuid.uuid4().hex[:8]}"
+    try:
+        put = fs("put", "-r", str(local), f"{server.url}:{remote}")
+        assert put.returncode == 0, put.stderr
+        assert b"skipped" in put.stderr and b"outside" in put.stderr
+        assert (remote / "README").read_text() == "read me\n"
+        assert (remote / "src" / "empty").is_dir() and not (remote / "outside").exists()
+        assert (remote / "src/deep/data.bin").read_bytes() == (
+            local / "src/deep/data.bin"
+        ).read_bytes()
+        # Into an existing directory: the copy goes in under its own name.
+        again = fs("put", "-r", str(local / "src"), f"{server.url}:{remote / 'src'}")
+        assert again.returncode == 0 and (remote / "src" / "src" / "deep" / "data.bin").exists()
+
+        back = tmp_path / "back"
+        got = fs("get", "-r", f"{server.url}:{remote}", str(back))
+        assert got.returncode == 0, got.stderr
+        assert (back / "src/deep/data.bin").read_bytes() == (
+            remote / "src/deep/data.bin"
+        ).read_bytes()
+        assert (back / "src" / "empty").is_dir()
+        plain = fs("get", f"{server.url}:{remote}", str(tmp_path / "x"))
+        assert plain.returncode != 0 and b"fs get -r copies a directory" in plain.stderr
+
+        no_r = fs("rm", f"{server.url}:{remote}")
+        assert no_r.returncode != 0 and b"fs rm -r removes one" in no_r.stderr
+        assert remote.exists()
+        assert fs("rm", "-r", f"{server.url}:{remote}").returncode == 0
+        assert not remote.exists()
+        assert fs("rm", f"{server.url}:{remote}").returncode != 0
+        assert fs("rm", "-f", f"{server.url}:{remote}").returncode == 0
+
+        nested = remote / "a" / "b"
+        assert fs("mkdir", f"{server.url}:{nested}").returncode != 0 and not nested.exists()
+        assert fs("mkdir", "-p", f"{server.url}:{nested}").returncode == 0 and nested.is_dir()
+    finally:
+        shutil.rmtree(remote, ignore_errors=True)
+
+
+def test_a_remote_tree_cannot_write_outside_the_local_destination() -> None:
+    from codexexec.cli.fs_tree import OutsideTree, plan_get
+
+    directories, files = plan_get(
+        [("/r/a", "directory"), ("/r/a/f", "file")], "/r", "/home/me/copy"
+    )
+    assert directories == ["/home/me/copy/a"] and files == [("/r/a/f", "/home/me/copy/a/f")]
+    for escaping in ("/r/../etc/passwd", "/etc/passwd", "/r/a/../../x"):
+        with pytest.raises(OutsideTree):
+            plan_get([(escaping, "file")], "/r", "/home/me/copy")

@@ -74,11 +74,24 @@ def get(
     ),
     registry: str | None = typer.Option(None, "--registry", help=_REGISTRY),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    recursive: bool = typer.Option(
+        False, "--recursive", "-r", help="Copy a directory and what is under it."
+    ),
 ) -> None:
-    """Copy a file from the executor here (a progress bar above 1 MiB)."""
+    """Copy a file (or, with -r, a directory) from the executor here (a progress bar above
+    1 MiB)."""
     from codexexec.cli.fs_session import parse_target, run_get
 
-    _run(run_get(parse_target(target, registry), local, quiet=quiet))
+    parsed = parse_target(target, registry)
+    if recursive:
+        from codexexec.cli.fs_tree import run_get_tree
+
+        if local == "-":
+            from codexexec.cli.errors import fail
+
+            fail("fs get -r writes files, not stdout: name a directory here", 2)
+        _run(run_get_tree(parsed, local, quiet=quiet))
+    _run(run_get(parsed, local, quiet=quiet))
 
 
 @app.command("put")
@@ -89,8 +102,50 @@ def put(
     ),
     registry: str | None = typer.Option(None, "--registry", help=_REGISTRY),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    recursive: bool = typer.Option(
+        False, "--recursive", "-r", help="Copy a directory and what is under it."
+    ),
 ) -> None:
-    """Copy a local file to the executor, replacing what is there (a progress bar above 1 MiB)."""
+    """Copy a local file (or, with -r, a directory) to the executor, replacing what is there
+    (a progress bar above 1 MiB)."""
     from codexexec.cli.fs_session import parse_target, run_put
 
-    _run(run_put(local, parse_target(target, registry), quiet=quiet))
+    parsed = parse_target(target, registry)
+    if recursive:
+        from codexexec.cli.fs_tree import run_put_tree
+
+        _run(run_put_tree(local, parsed, quiet=quiet))
+    _run(run_put(local, parsed, quiet=quiet))
+
+
+@app.command("rm")
+def rm(
+    target: str = typer.Argument(
+        ..., metavar="ENV:PATH", help=_TARGET, autocompletion=complete_target
+    ),
+    registry: str | None = typer.Option(None, "--registry", help=_REGISTRY),
+    recursive: bool = typer.Option(
+        False, "--recursive", "-r", help="Remove a directory and what is under it."
+    ),
+    force: bool = typer.Option(False, "--force", "-f", help="No error when it does not exist."),
+) -> None:
+    """Remove a file (or, with -r, a directory) on the executor."""
+    from codexexec.cli.fs_session import parse_target, run_rm
+
+    _run(run_rm(parse_target(target, registry), recursive=recursive, force=force))
+
+
+@app.command("mkdir")
+def mkdir(
+    target: str = typer.Argument(
+        ..., metavar="ENV:PATH", help=_TARGET, autocompletion=complete_target
+    ),
+    registry: str | None = typer.Option(None, "--registry", help=_REGISTRY),
+    parents: bool = typer.Option(
+        False, "--parents", "-p", help="Make missing parents too; no error if it exists."
+    ),
+) -> None:
+    """Make a directory on the executor."""
+    from codexexec.cli.fs_session import parse_target, run_mkdir
+
+    _run(run_mkdir(parse_target(target, registry), parents=parents))

@@ -50,7 +50,7 @@ def parse_target(text: str, registry: str | None) -> FsTarget:
 
 
 @contextlib.asynccontextmanager
-async def _client(target: FsTarget) -> AsyncIterator[ExecServerClient]:
+async def fs_client(target: FsTarget) -> AsyncIterator[ExecServerClient]:
     from codexexec.cli.targets import chosen_environment, connect
 
     async with chosen_environment(target.env) as environment:
@@ -62,7 +62,7 @@ async def _client(target: FsTarget) -> AsyncIterator[ExecServerClient]:
 
 
 @contextlib.contextmanager
-def _progress(label: str, total: int | None, show: bool) -> Iterator[Callable[[int], None]]:
+def progress(label: str, total: int | None, show: bool) -> Iterator[Callable[[int], None]]:
     """A transfer progress bar on stderr; ``show`` False, or stderr not a terminal (a log, a
     pipe), gives a no-op."""
     if not show or not sys.stderr.isatty():
@@ -91,7 +91,7 @@ def _progress(label: str, total: int | None, show: bool) -> Iterator[Callable[[i
 
 
 async def run_cat(target: FsTarget) -> int:
-    async with _client(target) as client:
+    async with fs_client(target) as client:
         out = sys.stdout.buffer
         async with await client.files.open(target.path) as reader:
             async for chunk in reader.chunks():
@@ -125,7 +125,7 @@ async def _describe(client: ExecServerClient, path: str) -> FileMetadata | None:
 
 
 async def run_ls(target: FsTarget, *, json_mode: bool) -> int:
-    async with _client(target) as client:
+    async with fs_client(target) as client:
         files = client.files
         meta = await files.metadata(target.path)
         if meta.is_directory:
@@ -193,7 +193,7 @@ def _print_table(target: FsTarget, rows: list[tuple[str, FileMetadata | None]]) 
 # -- get / put --------------------------------------------------------------------------
 
 
-def _destination(local: str | None, remote: str) -> str:
+def destination_for(local: str | None, remote: str) -> str:
     name = os.path.basename(remote.rstrip("/")) or "download"
     if local is None:
         return name
@@ -201,34 +201,39 @@ def _destination(local: str | None, remote: str) -> str:
 
 
 async def run_get(target: FsTarget, local: str | None, *, quiet: bool) -> int:
-    async with _client(target) as client:
+    async with fs_client(target) as client:
         meta = await client.files.metadata(target.path)
         if meta.is_directory:
-            fail(f"{target.path}: is a directory (fs get copies one file)")
-        to_stdout = local == "-"
-        destination = "-" if to_stdout else _destination(local, target.path)
+            fail(f"{target.path}: is a directory (fs get -r copies a directory)")
         show = not quiet and meta.size > PROGRESS_ABOVE_BYTES
-        if to_stdout:
-            sink: BinaryIO = sys.stdout.buffer
-        else:
-            sink = await asyncio.to_thread(open, destination, "wb")
-        try:
-            with _progress(os.path.basename(target.path), meta.size, show) as advance:
-                async with await client.files.open(target.path) as reader:
-                    async for chunk in reader.chunks():
-                        sink.write(chunk)
-                        advance(len(chunk))
-        except BaseException:
-            if not to_stdout:
-                sink.close()
-                with contextlib.suppress(OSError):
-                    os.unlink(destination)  # no half-copied file left behind
-            raise
-        if to_stdout:
-            sink.flush()
-        else:
-            sink.close()
+        with progress(os.path.basename(target.path), meta.size, show) as advance:
+            if local != "-":
+                await download(client, target.path, destination_for(local, target.path), advance)
+                return 0
+            async with await client.files.open(target.path) as reader:
+                async for chunk in reader.chunks():
+                    sys.stdout.buffer.write(chunk)
+                    advance(len(chunk))
+            sys.stdout.buffer.flush()
     return 0
+
+
+async def download(
+    client: ExecServerClient, remote: str, destination: str, advance: Callable[[int], None]
+) -> None:
+    """Stream one remote file into ``destination``; nothing half-copied is left behind."""
+    sink = await asyncio.to_thread(open, destination, "wb")
+    try:
+        async with await client.files.open(remote) as reader:
+            async for chunk in reader.chunks():
+                sink.write(chunk)
+                advance(len(chunk))
+    except BaseException:
+        sink.close()
+        with contextlib.suppress(OSError):
+            os.unlink(destination)
+        raise
+    sink.close()
 
 
 def _blocks(source: BinaryIO) -> Iterator[bytes]:
@@ -239,16 +244,53 @@ def _blocks(source: BinaryIO) -> Iterator[bytes]:
 async def run_put(local: str, target: FsTarget, *, quiet: bool) -> int:
     try:
         source = sys.stdin.buffer if local == "-" else await asyncio.to_thread(open, local, "rb")
+    except IsADirectoryError:
+        fail(f"{local}: is a directory (fs put -r copies a directory)")
     except OSError as exc:
         fail(f"{local}: {exc.strerror}")
     with source:
         size = os.fstat(source.fileno()).st_size if local != "-" else None
-        async with _client(target) as client:
-            if size is not None and size <= PROGRESS_ABOVE_BYTES:
-                await client.files.write(target.path, source.read())
+        async with fs_client(target) as client:
+            show = not quiet and size is not None and size > PROGRESS_ABOVE_BYTES
+            with progress(os.path.basename(local), size, show) as advance:
+                await upload(client, source, size, target.path, advance)
+    return 0
+
+
+async def upload(
+    client: ExecServerClient,
+    source: BinaryIO,
+    size: int | None,
+    remote: str,
+    advance: Callable[[int], None],
+) -> None:
+    """One local file (``size`` None: a stream) to ``remote``, replacing what is there."""
+    if size is not None and size <= PROGRESS_ABOVE_BYTES:
+        await client.files.write(remote, source.read())
+        advance(size)
+        return
+    async with await client.files.open(remote, mode="replace") as writer:
+        await writer.write_all(_blocks(source), on_written=advance)
+
+
+# -- rm / mkdir ---------------------------------------------------------------------------
+
+
+async def run_rm(target: FsTarget, *, recursive: bool, force: bool) -> int:
+    async with fs_client(target) as client:
+        try:
+            meta = await client.files.metadata(target.path, follow_symlinks=False)
+        except ExecServerError:
+            if force:
                 return 0
-            show = not quiet and size is not None
-            with _progress(os.path.basename(local), size, show) as advance:
-                async with await client.files.open(target.path, mode="replace") as writer:
-                    await writer.write_all(_blocks(source), on_written=advance)
+            raise
+        if meta.is_directory and not recursive:
+            fail(f"{target.path}: is a directory (fs rm -r removes one)")
+        await client.files.remove(target.path, recursive=recursive, force=force)
+    return 0
+
+
+async def run_mkdir(target: FsTarget, *, parents: bool) -> int:
+    async with fs_client(target) as client:
+        await client.files.create_directory(target.path, recursive=parents)
     return 0
