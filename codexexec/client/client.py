@@ -508,6 +508,19 @@ class ExecServerClient(AsyncClosing):
         capabilities = self.environment_info.get("capabilities") or {}
         return capabilities.get("stdinClose") is True
 
+    @property
+    def can_resize_pty(self) -> bool:
+        """codexexec executors take process/resizePty; Codex 0.169.0 reserves it only."""
+        capabilities = self.environment_info.get("capabilities") or {}
+        return capabilities.get("ptyResize") is True
+
+    async def resize_pty(self, process_id: str, rows: int, cols: int) -> bool:
+        result = await self._call(
+            "process/resizePty",
+            {"processId": process_id, "size": {"rows": rows, "cols": cols}},
+        )
+        return bool(result.get("resized"))
+
     async def interrupt(self, process_id: str) -> None:
         await self._call("process/signal", {"processId": process_id, "signal": "interrupt"})
 

@@ -103,6 +103,19 @@ class TerminateParams(_Params):
     process_id: str
 
 
+class TerminalSize(_Params):
+    rows: Annotated[int, msgspec.Meta(ge=1, le=65535)]
+    cols: Annotated[int, msgspec.Meta(ge=1, le=65535)]
+
+
+class ResizePtyParams(_Params):
+    """codexexec extension (capability `ptyResize`): Codex 0.169.0 reserves the method name
+    `process/resizePty` and answers -32601 to it."""
+
+    process_id: str
+    size: TerminalSize
+
+
 class HttpHeader(_Params):
     """One request header; ``valueEnvVar`` appends an executor environment value to ``value``."""
 

@@ -43,6 +43,8 @@ class SandboxedCommand:
     lifeline: int | None = None
     # No network at all: neither the intent's nor a managed proxy's (for denial reports).
     network_off: bool = False
+    # With a terminal: the command takes it inside the sandbox (``terminal_taker``).
+    takes_terminal: bool = False
 
     def release(self) -> None:
         """Close fds only the child needed, once it has started."""
@@ -82,6 +84,8 @@ def prepare_command(
     arg0: str | None,
     routing: NetworkRouting | None = None,
     settings: SandboxSettings = SandboxSettings(),
+    *,
+    tty: bool = False,
 ) -> SandboxedCommand | None:
     """Wrap ``argv`` for the sandbox intent; None when the intent asks for no sandbox (and
     the executor's floor allows none).
@@ -102,7 +106,7 @@ def prepare_command(
         from codexexec.sandbox.linux.backend import SANDBOX_TYPE, SandboxUnavailable, prepare
 
         try:
-            prepared = prepare(plan, argv, arg0=arg0)
+            prepared = prepare(plan, argv, arg0=arg0, tty=tty)
         except SandboxUnavailable as exc:
             raise SandboxRefused(
                 f"sandbox intent cannot be enforced on this executor: {exc}", invalid=False
@@ -116,6 +120,7 @@ def prepare_command(
             passes_arg0=False,
             lifeline=prepared.lifeline,
             network_off=not plan.network_enabled and plan.routing is None,
+            takes_terminal=prepared.takes_terminal,
         )
     if sys.platform == "darwin":
         from codexexec.sandbox.macos.seatbelt import SANDBOX_TYPE as SEATBELT

@@ -25,6 +25,8 @@ CAPABILITIES: dict[str, bool] = {
     "shellSnapshotV2": False,
     # codexexec extension: process/write takes `closeStdin` (end of a piped stdin).
     "stdinClose": True,
+    # codexexec extension: process/resizePty sets a terminal's size (SIGWINCH inside).
+    "ptyResize": True,
 }
 
 

@@ -137,6 +137,7 @@ class ConnectionHandler:
             "process/write": (m.WriteParams, self._process_write),
             "process/signal": (m.SignalParams, self._process_signal),
             "process/terminate": (m.TerminateParams, self._process_terminate),
+            "process/resizePty": (m.ResizePtyParams, self._process_resize_pty),
             "environment/info": (m.NoParams, self._environment_info),
             "environment/status": (m.NoParams, self._environment_status),
             "environmentConfig/read": (m.EnvironmentConfigReadParams, self._environment_config),
@@ -311,6 +312,7 @@ class ConnectionHandler:
                 # Both backends end the command with the executor: bwrap --die-with-parent,
                 # the Landlock supervisor's lifeline.
                 dies_with_parent=sandboxed is not None and sandboxed.backend != "seatbelt",
+                takes_terminal=sandboxed is not None and sandboxed.takes_terminal,
                 lifeline=sandboxed.lifeline if sandboxed else None,
             )
         except OSError as exc:
@@ -482,6 +484,13 @@ class ConnectionHandler:
         process = self._session().processes.get(params.process_id)
         return {"running": process is not None and process.terminate()}
 
+    async def _process_resize_pty(self, params: m.ResizePtyParams) -> dict[str, Any]:
+        process = self._session().processes.get(params.process_id)
+        if process is not None and not process.tty:
+            raise RpcError(INVALID_PARAMS, f"process `{params.process_id}` has no terminal")
+        resized = process is not None and process.resize(params.size.rows, params.size.cols)
+        return {"resized": resized}
+
 
 def _network_open(sandbox: Any) -> bool:
     """Whether the request's own profile opens the network (unsandboxed: it does)."""
@@ -497,6 +506,8 @@ def _sandboxed_command(
     if params.sandbox is None and routing is None and settings.floor is None:
         return None
     try:
-        return prepare_command(params.sandbox, params.argv, cwd, params.arg0, routing, settings)
+        return prepare_command(
+            params.sandbox, params.argv, cwd, params.arg0, routing, settings, tty=params.tty
+        )
     except SandboxRefused as exc:
         raise RpcError(INVALID_PARAMS, str(exc)) from None

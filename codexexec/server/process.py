@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import functools
 import logging
 import os
 import signal
+import struct
+import termios
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Literal, Protocol
@@ -376,6 +379,19 @@ class ManagedProcess:
                 spawn.signal_group(self._child, signal.SIGKILL)
             return False
         spawn.signal_group(self._child, signal.SIGKILL)
+        return True
+
+    def resize(self, rows: int, cols: int) -> bool:
+        """Set the terminal's size (its foreground job gets SIGWINCH); False once the
+        terminal is gone."""
+        transport = self._stdin.transport if self._stdin is not None else None
+        if not self.tty or transport is None or transport.is_closing():
+            return False
+        pipe = transport.get_extra_info("pipe")
+        try:
+            fcntl.ioctl(pipe.fileno(), termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        except (OSError, ValueError):
+            return False
         return True
 
     def _close_stdin(self) -> None:

@@ -167,6 +167,7 @@ def spawn(
     pass_fds: tuple[int, ...] = (),
     dies_with_parent: bool = False,
     lifeline: int | None = None,
+    takes_terminal: bool = False,
 ) -> Child:
     """Start ``argv``; raises OSError (with the OS's reason) when it cannot start.
 
@@ -176,6 +177,12 @@ def spawn(
     """
     args = [arg0 if arg0 else argv[0], *argv[1:]]
     setup = _child_setup(tty, os.getpid())
+    if tty and takes_terminal:
+        # The sandboxed command makes the terminal its own (setsid --ctty inside): bwrap
+        # gets a session of its own without one.
+        child = _spawn_pty(argv[0], args, cwd, env, None, pass_fds, new_session=True)
+        child.lifeline = lifeline
+        return child
     if tty:
         program = argv[0] if "/" in argv[0] else _find_for_terminal(argv[0], env)
         setsid = _setsid()
@@ -236,8 +243,11 @@ def _spawn_pty(
     env: dict[str, str],
     setup: Callable[[], None] | None,
     pass_fds: tuple[int, ...],
+    *,
+    new_session: bool = False,
 ) -> Child:
-    """``setup`` None: ``args`` makes its own session and takes the terminal (setsid -c)."""
+    """``setup`` None: ``args`` makes its own session and takes the terminal (setsid -c),
+    or with ``new_session`` it starts in a session of its own without one."""
     master, slave = os.openpty()
     fcntl.ioctl(
         slave, termios.TIOCSWINSZ, struct.pack("HHHH", _DEFAULT_PTY_ROWS, _DEFAULT_PTY_COLS, 0, 0)
@@ -252,7 +262,7 @@ def _spawn_pty(
             stdin=slave,
             stdout=slave,
             stderr=slave,
-            start_new_session=setup is not None,
+            start_new_session=setup is not None or new_session,
             preexec_fn=setup,
             close_fds=True,
             pass_fds=pass_fds,

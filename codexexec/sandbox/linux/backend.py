@@ -5,6 +5,7 @@ Landlock + seccomp, else refuse (fail closed, never run unsandboxed silently).
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from functools import cache
@@ -33,6 +34,9 @@ class PreparedCommand:
     # The executor's end of the Landlock supervisor's lifeline: closing it kills the
     # command and everything it started (confine.py).
     lifeline: int | None = None
+    # The command makes the terminal its own inside the sandbox (setsid --ctty), so the
+    # executor must start bwrap in a session without one (see ``terminal_taker``).
+    takes_terminal: bool = False
 
 
 def _bridge_spec(routing: NetworkRouting, arg0: str | None) -> dict[str, object]:
@@ -80,7 +84,21 @@ def _held_mount_points(plan: SandboxPlan) -> list[str]:
     return mount_points.hold(_missing_paths(plan), plan.all_read_only_paths)
 
 
-def prepare(plan: SandboxPlan, command: list[str], *, arg0: str | None) -> PreparedCommand:
+def terminal_taker(plan: SandboxPlan) -> str | None:
+    """setsid(1), when the sandbox lets the command run it: with it the command leads its
+    own session with the pseudo-terminal as controlling terminal, inside the sandbox — so
+    Ctrl-C reaches the command's foreground job, not bwrap (which would take the whole
+    sandbox down), and a shell's job control works. The terminal is the command's own
+    (the executor made it for this process), so nothing outside can be typed into."""
+    setsid = shutil.which("setsid")
+    if setsid is None or not os.path.isabs(setsid) or not (plan.full_read or plan.full_write):
+        return None
+    return setsid
+
+
+def prepare(
+    plan: SandboxPlan, command: list[str], *, arg0: str | None, tty: bool = False
+) -> PreparedCommand:
     forced = os.environ.get(FORCE_BACKEND_ENV, "")
     mode = seccomp_mode_name(plan)
     bwrap = bw.find_bwrap(plan.command_cwd) if forced in ("", "bwrap") else None
@@ -92,9 +110,14 @@ def prepare(plan: SandboxPlan, command: list[str], *, arg0: str | None) -> Prepa
             inner = [*_isolated_script("netns_bridge.py"), spec, "--"]
             argv = bw.bwrap_argv(bwrap, plan, [*inner, *command], arg0=None, seccomp_fd=None)
             return PreparedCommand(argv, "bubblewrap", (), _held_mount_points(plan))
+        setsid = terminal_taker(plan) if tty and arg0 is None else None
+        if setsid is not None:
+            command = [setsid, "--ctty", "--", *command]
         fd = _memfd_with(_bpf(mode))
         argv = bw.bwrap_argv(bwrap, plan, command, arg0=arg0, seccomp_fd=fd)
-        return PreparedCommand(argv, "bubblewrap", (fd,), _held_mount_points(plan))
+        return PreparedCommand(
+            argv, "bubblewrap", (fd,), _held_mount_points(plan), takes_terminal=bool(setsid)
+        )
     if forced in ("", "landlock"):
         reason = landlock_refusal(plan)
         if reason is None:

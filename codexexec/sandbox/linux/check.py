@@ -86,7 +86,7 @@ def host_findings() -> tuple[list[Finding], bool, bool]:
         Finding(
             "bubblewrap installed",
             bwrap is not None,
-            bwrap or "bwrap not on PATH",
+            bwrap or bw.missing_bwrap_reason(),
             "" if bwrap else "apt-get install bubblewrap",
         )
     )

@@ -1,0 +1,148 @@
+"""`exec --tty` at a real terminal, sandboxed and not (#18): Ctrl-C reaches the command's
+foreground job (a Python program catches it) instead of taking the sandbox down, an
+interactive shell has job control, and the terminal's size follows this one's (start and
+SIGWINCH, through the `process/resizePty` extension)."""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import os
+import pty
+import select
+import shutil
+import struct
+import subprocess
+import termios
+import time
+
+import pytest
+
+from tests.servers import RunningServer, codexexec_command
+
+pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
+
+SANDBOXES = ["workspace-write", "read-only", "danger-full-access"]
+
+
+def _winsize(fd: int, rows: int, cols: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def at_a_terminal(
+    args: list[str], actions: list[bytes | tuple[int, int]], *, after: bytes, size=(30, 100)
+) -> tuple[int, str]:
+    """Run the CLI as the foreground of a new pseudo-terminal of ``size``; once ``after``
+    shows, type each bytes action or resize to each (rows, cols) one; return (code, screen)."""
+    master, slave = pty.openpty()
+    _winsize(slave, *size)
+    process = subprocess.Popen(
+        codexexec_command(*args),
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        cwd="/tmp",
+        start_new_session=True,
+        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+    )
+    os.close(slave)
+    screen = b""
+    acted = False
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.05)
+        if ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            screen += data
+        if not acted and after in screen:
+            for action in actions:
+                if isinstance(action, tuple):
+                    _winsize(master, *action)
+                else:
+                    os.write(master, action)
+                time.sleep(0.2)
+            acted = True
+    code = process.wait(10)
+    os.close(master)
+    return code, screen.decode(errors="replace").replace("\r", "")
+
+
+PYTHON_CATCHES = (
+    "import time\n"
+    "print('ready', flush=True)\n"
+    "try:\n"
+    "    time.sleep(20)\n"
+    "except KeyboardInterrupt:\n"
+    "    print('caught it')\n"
+    "    raise SystemExit(7)\n"
+)
+
+
+@pytest.mark.parametrize("sandbox", SANDBOXES)
+def test_ctrl_c_reaches_the_command_not_the_sandbox(sandbox: str) -> None:
+    code, screen = at_a_terminal(
+        ["exec", "--tty", "--sandbox", sandbox, "--", "python3", "-c", PYTHON_CATCHES],
+        [b"\x03"],
+        after=b"ready",
+    )
+    assert code == 7, screen
+    assert "caught it" in screen
+
+
+@pytest.mark.parametrize("sandbox", SANDBOXES)
+def test_an_interactive_shell_has_job_control_and_its_exit_code(sandbox: str) -> None:
+    code, screen = at_a_terminal(
+        ["exec", "--tty", "--sandbox", sandbox, "--", "env", "PS1=prompt> ", "sh", "-i"],
+        [b"echo shell-$((40+2))\n", b"exit 3\n"],
+        after=b"prompt> ",
+    )
+    assert "shell-42" in screen
+    assert "Cannot set tty process group" not in screen and "no job control" not in screen
+    assert code == 3, screen
+
+
+@pytest.mark.parametrize("sandbox", SANDBOXES)
+def test_the_terminal_size_follows_this_one(sandbox: str) -> None:
+    script = "stty size; trap 'stty size; exit 5' WINCH; echo waiting; sleep 10 & wait"
+    code, screen = at_a_terminal(
+        ["exec", "--tty", "--sandbox", sandbox, "--", "sh", "-c", script],
+        [(50, 132)],
+        after=b"waiting",
+    )
+    assert code == 5, screen
+    assert "30 100\n" in screen  # the size at the start
+    assert "50 132\n" in screen  # and after the resize
+
+
+async def test_resize_pty_on_the_wire(codexexec_server: RunningServer) -> None:
+    from tests.wire import Wire
+
+    wire = await Wire.open(codexexec_server.url)
+    info = await wire.initialize()
+    assert info["environmentInfo"]["capabilities"]["ptyResize"] is True
+    await wire.start("tty-1", ["sh", "-c", "sleep 0.5; stty size"], tty=True)
+    resized = await wire.result(
+        "process/resizePty", {"processId": "tty-1", "size": {"rows": 33, "cols": 77}}
+    )
+    assert resized == {"resized": True}
+    events = await wire.events_until_closed("tty-1")
+    output = b"".join(
+        base64.b64decode(e["params"]["chunk"]) for e in events if e["method"] == "process/output"
+    )
+    assert b"33 77" in output
+    await wire.start("pipe-1", ["sleep", "1"])
+    refused = await wire.request(
+        "process/resizePty", {"processId": "pipe-1", "size": {"rows": 3, "cols": 3}}
+    )
+    assert refused["error"]["code"] == -32602
+    assert refused["error"]["message"] == "process `pipe-1` has no terminal"
+    bad = await wire.request(
+        "process/resizePty", {"processId": "tty-1", "size": {"rows": 0, "cols": 3}}
+    )
+    assert bad["error"]["code"] == -32602
+    await wire.close()
