@@ -24,6 +24,18 @@ def run(
     )
 
 
+def assert_gone(pid: int, what: str, within: float = 10) -> None:
+    """The process ``pid`` has ended (checked on the host), or the test fails."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"{what} ({pid}) is still running")
+
+
 def test_exec_against_the_real_codex_server(codex_server: RunningServer) -> None:
     result = run("exec", "--env", codex_server.url, "--", "sh", "-c", "echo hi; exit 3")
     assert result.stdout == b"hi\n"
@@ -465,15 +477,7 @@ def test_timeouts_end_the_command_and_exit_124(
     assert result.stdout == b"tick\ntock\n"
     assert f"codexexec: {limit} 2s reached".encode() in result.stderr
     assert time.monotonic() - began < 30
-    pid = int(pid_file.read_text())
-    for _ in range(100):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    else:
-        pytest.fail(f"the timed-out command {pid} is still running")
+    assert_gone(int(pid_file.read_text()), "the timed-out command")
     json_run = run(
         "exec", "--json", "--env", server.url, "--timeout", "1", "--", "sleep", "30", timeout=60
     )
@@ -587,15 +591,7 @@ def test_ps_and_kill_for_detached_processes(
     )
 
     assert cx("kill", sleeper).returncode == 0
-    pid = int(pid_file.read_text())
-    for _ in range(100):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
-    else:
-        pytest.fail("kill left the process running")
+    assert_gone(int(pid_file.read_text()), "the killed command")
     again = cx("kill", quitter)
     assert again.returncode == 0 and "has already exited (exit code 3)" in again.stdout
     assert cx("kill", "not-a-handle").returncode == 2

@@ -79,3 +79,11 @@ def test_version_and_short_help() -> None:
     assert done.returncode == 0
     assert "Examples:" in done.stdout and "codexexec exec -- make test" in done.stdout
     assert "125 (codexexec failed)" in done.stdout
+    for command, example in ((("exec",), "--detach -- ./long-job"), (("fs",), "fs get -r")):
+        shown = subprocess.run(
+            [sys.executable, "-m", "codexexec", *command, "-h"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert shown.returncode == 0 and "Examples:" in shown.stdout and example in shown.stdout

@@ -40,6 +40,7 @@ def cx(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPro
     )
 
 
+LOCAL_ONLY = ("--network", "proxy", "--allow-local", "--approval", "never")
 PROXY = (
     "--network",
     "proxy",
@@ -221,18 +222,7 @@ def test_network_off_failures_are_denials_with_the_flag_that_allows_them(origin:
 
 
 def test_allow_local_alone_reaches_loopback_and_blocks_say_what_allows_them(origin: int) -> None:
-    local = cx(
-        "exec",
-        "--network",
-        "proxy",
-        "--allow-local",
-        "--approval",
-        "never",
-        "--",
-        "curl",
-        "-sS",
-        f"http://127.0.0.1:{origin}/",
-    )
+    local = cx("exec", *LOCAL_ONLY, "--", "curl", "-sS", f"http://127.0.0.1:{origin}/")
     assert (local.returncode, local.stdout) == (0, b"origin says hi\n"), local.stderr
     blocked = cx(
         "exec",

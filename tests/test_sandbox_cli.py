@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import pty
-import select
 import shutil
 import signal
 import subprocess
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.servers import RunningServer, codexexec_command
+from tests.terminal import converse
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
 
@@ -41,27 +41,17 @@ def run_in_terminal(
         close_fds=True,
     )
     os.close(slave)
-    screen = b""
-    answered = answer is None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 0.1)
-        if ready:
-            try:
-                data = os.read(master, 65536)
-            except OSError:
-                break
-            if not data:
-                break
-            screen += data
-        if not answered and prompt in screen and b"(n)" in screen:
-            if answer == "^C":  # what Ctrl-C sends the foreground process
-                process.send_signal(signal.SIGINT)
-            else:
-                os.write(master, answer.encode() + b"\r")  # type: ignore[union-attr]
-            answered = True
-        if process.poll() is not None and not ready:
-            break
+
+    def react(screen: bytes) -> bool:
+        if answer is None or prompt not in screen or b"(n)" not in screen:
+            return answer is None
+        if answer == "^C":  # what Ctrl-C sends the foreground process
+            process.send_signal(signal.SIGINT)
+        else:
+            os.write(master, answer.encode() + b"\r")
+        return True
+
+    screen = converse(process, master, react, timeout)
     code = process.wait(timeout=5)
     os.close(master)
     return code, screen.decode(errors="replace")

@@ -9,7 +9,6 @@ import base64
 import fcntl
 import os
 import pty
-import select
 import shutil
 import struct
 import subprocess
@@ -19,6 +18,7 @@ import time
 import pytest
 
 from tests.servers import RunningServer, codexexec_command
+from tests.terminal import converse
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
 
@@ -30,7 +30,12 @@ def _winsize(fd: int, rows: int, cols: int) -> None:
 
 
 def at_a_terminal(
-    args: list[str], actions: list[bytes | tuple[int, int]], *, after: bytes, size=(30, 100)
+    args: list[str],
+    actions: list[bytes | tuple[int, int]],
+    *,
+    after: bytes,
+    size: tuple[int, int] = (30, 100),
+    env: dict[str, str] | None = None,
 ) -> tuple[int, str]:
     """Run the CLI as the foreground of a new pseudo-terminal of ``size``; once ``after``
     shows, type each bytes action or resize to each (rows, cols) one; return (code, screen)."""
@@ -42,34 +47,27 @@ def at_a_terminal(
         stdout=slave,
         stderr=slave,
         cwd="/tmp",
+        env={**os.environ, **(env or {})},
         start_new_session=True,
         preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
     )
     os.close(slave)
-    screen = b""
-    acted = False
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 0.05)
-        if ready:
-            try:
-                data = os.read(master, 65536)
-            except OSError:
-                break
-            if not data:
-                break
-            screen += data
-        if not acted and after in screen:
-            for action in actions:
-                if isinstance(action, tuple):
-                    _winsize(master, *action)
-                else:
-                    os.write(master, action)
-                time.sleep(0.2)
-            acted = True
+
+    def react(screen: bytes) -> bool:
+        if after not in screen:
+            return False
+        for action in actions:
+            if isinstance(action, tuple):
+                _winsize(master, *action)
+            else:
+                os.write(master, action)
+            time.sleep(0.2)
+        return True
+
+    screen = converse(process, master, react, 30).decode(errors="replace").replace("\r", "")
     code = process.wait(10)
     os.close(master)
-    return code, screen.decode(errors="replace").replace("\r", "")
+    return code, screen
 
 
 PYTHON_CATCHES = (
@@ -89,6 +87,21 @@ def test_ctrl_c_reaches_the_command_not_the_sandbox(sandbox: str) -> None:
         ["exec", "--tty", "--sandbox", sandbox, "--", "python3", "-c", PYTHON_CATCHES],
         [b"\x03"],
         after=b"ready",
+    )
+    assert code == 7, screen
+    assert "caught it" in screen
+
+
+def test_ctrl_c_under_the_landlock_fallback() -> None:
+    from codexexec.sandbox.linux.landlock import SCOPE_ABI, landlock_abi
+
+    if landlock_abi() < SCOPE_ABI:
+        pytest.skip("the Landlock fallback needs a scoped Landlock ABI")
+    code, screen = at_a_terminal(
+        ["exec", "--tty", "--sandbox", "read-only", "--", "python3", "-c", PYTHON_CATCHES],
+        [b"\x03"],
+        after=b"ready",
+        env={"CODEXEXEC_LINUX_SANDBOX": "landlock"},
     )
     assert code == 7, screen
     assert "caught it" in screen

@@ -22,6 +22,15 @@ class NetworkMode(enum.StrEnum):
     on = "on"
 
 
+EXAMPLES = """\b
+Examples:
+  codexexec exec -- make test                    in this machine's sandbox
+  codexexec exec --sandbox read-only -- ls -la   read, write nothing
+  codexexec exec --env devbox --tty -- bash      an interactive shell there
+  codexexec exec --network proxy --allow-domain pypi.org -- pip download x
+  codexexec exec -e DEBUG=1 --timeout 60 -- ./run.sh
+  codexexec exec --env devbox --detach -- ./long-job   (then: codexexec ps)"""
+
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 

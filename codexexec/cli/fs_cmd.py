@@ -18,6 +18,12 @@ app = typer.Typer(
     name="fs",
     help="Files on an environment, named ENV:PATH (devbox:/tmp, ws://127.0.0.1:4000:/etc).",
     no_args_is_help=True,
+    epilog="""\b
+Examples:
+  codexexec fs ls devbox:/srv/app
+  codexexec fs get -r devbox:/srv/app/logs ./logs
+  codexexec fs put ./config.toml devbox:/srv/app/config.toml
+  codexexec fs cat ws://127.0.0.1:4000:/etc/hostname""",
 )
 
 _TARGET = "ENV:PATH on the executor (ENV as for `exec --env`; a bare /PATH: the default)."

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import os
 import shlex
@@ -39,12 +40,13 @@ from codexexec.client.errors import StartInterrupted
 from codexexec.client.handle import InvalidHandle, ProcessHandle
 from codexexec.environments.config import LOCAL_ENVIRONMENT_ID
 from codexexec.sandbox.policy import LegacyMode
+from codexexec.tasks import TaskSet
 
 
 def _spawn_failure_code(error: ExecServerError) -> int:
-    if "(os error 2)" in str(error):
+    if error.os_errno == errno.ENOENT:
         return EXIT_NOT_FOUND
-    if "(os error 13)" in str(error):
+    if error.os_errno in (errno.EACCES, errno.ENOEXEC):
         return EXIT_NOT_EXECUTABLE
     return EXIT_FAILURE
 
@@ -152,11 +154,11 @@ async def run_exec(env: str | None, options: ExecOptions) -> int:
 
         def on_start(attempt: Attempt) -> None:
             started.append(attempt)
-            stopper.process = attempt.process
             if env != LOCAL_ENVIRONMENT_ID:
                 stopper.label = str(
                     ProcessHandle(env, client.session_id, attempt.process.process_id)
                 )
+            stopper.attach(attempt.process)
             if deadlines.active and not fired:  # each attempt gets the whole allowance
                 deadlines.started = deadlines.last_output = loop.time()
                 for task in watching:
@@ -454,7 +456,7 @@ class _TerminalResizes:
 
     def __init__(self) -> None:
         self._process: RemoteProcess | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
 
     def follow(self, process: RemoteProcess) -> None:
         self._process = process
@@ -482,9 +484,7 @@ class _TerminalResizes:
             with contextlib.suppress(ExecServerError):  # it may have ended meanwhile
                 await process.client.resize_pty(process.process_id, size.lines, size.columns)
 
-        task = asyncio.ensure_future(resize())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(resize())
 
 
 class _RawTerminal:

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Awaitable, Iterator
 
 from codexexec.client import RemoteProcess
+from codexexec.tasks import TaskSet
 
 GRACE_SECONDS = 5.0
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -25,7 +26,7 @@ class StopForwarding:
         self.label = ""
         self.received: signal.Signals | None = None
         self._grace = grace
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
         self._timer: asyncio.TimerHandle | None = None
         # Set at each signal: a question being asked (the approval prompt) is answered no.
         self.interrupted = asyncio.Event()
@@ -53,6 +54,12 @@ class StopForwarding:
         self.interrupted.set()
         self.stop(f"\ncodexexec: {signal.Signals(signum).name}")
 
+    def attach(self, process: RemoteProcess) -> None:
+        """The command now running; a signal that came while it was starting stops it."""
+        self.process = process
+        if self.received is not None and self._timer is None:
+            self.stop(f"codexexec: {signal.Signals(self.received).name} while starting")
+
     def stop(self, why: str) -> None:
         """Interrupt the command (``why`` starts the line that says so), and terminate it
         after the grace period; a second stop terminates it at once."""
@@ -78,6 +85,4 @@ class StopForwarding:
             with contextlib.suppress(Exception):  # the command may be gone, or the link
                 await step
 
-        task = asyncio.ensure_future(run())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(run())

@@ -35,6 +35,7 @@ from codexexec.network.limits import ASK_TIMEOUT, Limits
 from codexexec.network.policy import NetworkPolicy
 from codexexec.network.socks_proxy import SocksProxyHandler
 from codexexec.network.upstream import UpstreamProxy
+from codexexec.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ class ManagedProxy:
         self._http_port: int | None = None
         self._socks_port: int | None = None
         self._clients: set[Endpoint] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
         self._closing = False
 
     @property
@@ -156,12 +157,11 @@ class ManagedProxy:
         self._closing = True
         for server in self._servers:
             server.close()
-        for task in list(self._tasks):
+        for task in self._tasks:
             task.cancel()
         for client in list(self._clients):
             client.abort()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.wait()
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await server.wait_closed()
@@ -193,9 +193,7 @@ class ManagedProxy:
             client.close()
             return
         self._clients.add(client)
-        task = asyncio.get_running_loop().create_task(self._run(client, serve))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._run(client, serve))
 
     async def _run(self, client: Endpoint, serve: Callable[[Endpoint], Awaitable[None]]) -> None:
         try:

@@ -6,9 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from codexexec.relay.frames import FrameError, body_kind, encode_reset, parse, stream_header
 from codexexec.rendezvous.events import event
@@ -30,6 +29,7 @@ from codexexec.rendezvous.peers import (
     Peer,
 )
 from codexexec.rendezvous.router import Drop, Refuse
+from codexexec.tasks import TaskSet
 
 if TYPE_CHECKING:
     from codexexec.rendezvous.bus import NatsBus
@@ -74,15 +74,11 @@ class Relay:
         self.stats = RelayStats()
         self.executors: dict[str, ExecutorPeer] = {}
         self.peers: set[Peer] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet()
+        self.spawn = self._tasks.spawn
         self._counter = 0
         self.shutting_down = False
         self.handshakes = HandshakeBudget()
-
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def next_label(self, prefix: str) -> str:
         self._counter += 1
@@ -321,5 +317,4 @@ class Relay:
         await asyncio.gather(
             *(peer.wait_closed() for peer in list(self.peers)), return_exceptions=True
         )
-        if self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self._tasks.wait()

@@ -22,7 +22,11 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from codexexec.noise.transport import NoiseError
 from codexexec.relay.frames import FrameError, encode, parse, resume_frame
 from codexexec.relay.framing import FramingError, MessageAssembler, records
-from codexexec.relay.limits import MAX_WEBSOCKET_MESSAGE_BYTES
+from codexexec.relay.limits import (
+    MAX_WEBSOCKET_MESSAGE_BYTES,
+    PING_INTERVAL_SECONDS,
+    PONG_TIMEOUT_SECONDS,
+)
 from codexexec.relay.streams import (
     OutboundSequencer,
     RelayStream,
@@ -38,10 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 INBOX_MESSAGES = 256
-PING_INTERVAL_SECONDS = 30.0
-PONG_TIMEOUT_SECONDS = 60.0
 RELAY_MALFORMED_PREFIX = "failed to parse JSON-RPC message from exec-server relay"
-BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0
 
 
 class VirtualStream:

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
@@ -38,6 +38,7 @@ from codexexec.remote.registry import (
     RelayBundle,
     register_executor,
 )
+from codexexec.tasks import TaskSet
 from codexexec.transport.base import TransportClosed
 from codexexec.transport.relay import VirtualStream
 
@@ -60,13 +61,8 @@ class SocketStreams:
         self._serve = serve
         self._ws = ws
         self.streams: dict[str, VirtualStream] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        self._tasks = TaskSet()
+        self.spawn = self._tasks.spawn
 
     async def send_frame(self, frame: bytes) -> None:
         try:
