@@ -66,9 +66,9 @@ def _root(
 
 
 app.command("serve")(serve_cmd.serve)
-app.command(
-    "exec", context_settings={"allow_interspersed_args": False}, epilog=exec_cmd.EXAMPLES
-)(exec_cmd.exec_command)
+app.command("exec", context_settings={"allow_interspersed_args": False}, epilog=exec_cmd.EXAMPLES)(
+    exec_cmd.exec_command
+)
 app.command("read")(read_cmd.read)
 app.command("ps")(ps_cmd.ps)
 app.command("kill")(ps_cmd.kill)
