@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from codexexec.cli import detached
 from codexexec.cli.approval_prompt import ask_in_terminal, ask_network_in_terminal, denial_line
 from codexexec.cli.deadlines import EXIT_TIMED_OUT, Deadlines, Fired, describe
 from codexexec.cli.errors import EXIT_FAILURE, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, fail
@@ -308,6 +307,8 @@ async def _detach(client: ExecServerClient, env: str, options: ExecOptions) -> i
         message = f"cannot start `{options.argv[0]}` on {env}: {exc}"
         _start_failed(options, message, _spawn_failure_code(exc))
     handle = str(ProcessHandle(env, client.session_id, process.process_id))
+    from codexexec.cli import detached
+
     with contextlib.suppress(OSError):  # `ps` will not know of it; the handle still works
         detached.remember(detached.Detached(handle, options.argv, time.time()))
     if options.json_mode:
