@@ -6,6 +6,8 @@ so `codexexec --help` and argument errors stay fast.
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from codexexec.cli import (
@@ -86,7 +88,9 @@ def main() -> None:
     import sys
 
     try:
-        app(prog_name="codexexec")
+        command = typer.main.get_command(app)
+        _name_values(command)
+        command.main(prog_name="codexexec")
         code: int | str | None = 0
     except SystemExit as stop:
         code = stop.code
@@ -107,6 +111,47 @@ def main() -> None:
     except OSError as exc:
         code = _local_io_failed(exc) if code in (0, None) else code
     raise SystemExit(code)
+
+
+# What an option's value is, in help (typer would print TEXT, INTEGER RANGE, …).
+_VALUE_NAMES = {
+    "--env": "NAME",
+    "--registry": "URL",
+    "--cd": "DIR",
+    "--writable-root": "DIR",
+    "--allow-domain": "DOMAIN",
+    "--deny-domain": "DOMAIN",
+    "--listen": "URL",
+    "--network-policy": "FILE",
+    "--remote": "URL",
+    "--environment-id": "ID",
+    "--token-file": "FILE",
+    "--security-profile": "PROFILE",
+    "--noise-identity-file": "FILE",
+    "--ws-issuer": "ISSUER",
+    "--ws-audience": "AUDIENCE",
+    "--log-level": "LEVEL",
+    "--db": "FILE|URL",
+    "--bus": "URL",
+    "--agent-keys": "FILE",
+    "--forward": "URL",
+    "--after-seq": "SEQ",
+    "--detached-session-ttl": "SECONDS",
+    "--concurrent-requests": "COUNT",
+}
+
+
+def _name_values(command: Any) -> None:
+    """Give options without a metavar of their own the name of what they take (the command
+    tree is typer's click objects, walked by their attributes)."""
+    for sub in getattr(command, "commands", {}).values():
+        _name_values(sub)
+    for param in getattr(command, "params", ()):
+        if getattr(param, "is_flag", True) or param.metavar is not None:
+            continue
+        for name in param.opts:
+            if name in _VALUE_NAMES:
+                param.metavar = _VALUE_NAMES[name]
 
 
 def _local_io_failed(exc: OSError) -> int:
