@@ -1,4 +1,4 @@
-"""The environment a managed child gets so that its tools use the proxy (§5.4).
+"""The environment a managed child gets so that its tools use the proxy (docs/sandbox-intent.md §2).
 
 Pure: ports in, variables out. The caller merges the result over the child's env
 (these keys win). Linux only, so macOS's injected ``GIT_SSH_COMMAND`` is not set;

@@ -2,7 +2,7 @@
 
 Everything here is pure (no sockets, no DNS), so the proxy and its tests share one
 source of truth. The order of checks follows Codex's ``host_blocked`` /
-``evaluate_host_policy`` (sandbox-and-network.md §5.2):
+``evaluate_host_policy`` (docs/sandbox-intent.md §3):
 
 1. a denylist match → ``deny``/``denied`` (deny always beats allow);
 2. without ``allow_local``: a loopback name (``localhost``, ``*.localhost``) or a
@@ -52,7 +52,7 @@ _LABEL = re.compile(r"[a-z0-9_-]{1,63}")
 _WILD_PART = re.compile(r"[a-z0-9_-]*")
 _NUMERIC_V4 = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)(?:\.(?:0x[0-9a-f]*|[0-9]+)){0,3}")
 
-# Address ranges a sandboxed command may not reach without ``allow_local`` (§5.2).
+# Address ranges a sandboxed command may not reach without ``allow_local``.
 _NON_PUBLIC_V4 = tuple(
     ipaddress.IPv4Network(n)
     for n in (
@@ -372,7 +372,7 @@ class Decision:
         return f"Codex blocked this request: {detail}"
 
     def to_audit(self) -> dict[str, Any]:
-        """Fields for a ``network/policyDecision`` notification (exec-server §2.5.6)."""
+        """Fields for a ``network/policyDecision`` notification."""
         audit: dict[str, Any] = {
             "decision": self.decision,
             "source": self.source,

@@ -69,7 +69,8 @@ __all__ = [
 Rng = Callable[[int], bytes]
 
 PROLOGUE_DOMAIN = b"codex-exec-server-relay-noise/v1"
-# Message 2's payload when /validate answered 401 (verified §1.4: 41 ASCII bytes, then Reset).
+# Message 2's payload when /validate answered 401 (41 ASCII bytes, then Reset;
+# docs/relay-protocol.md §1.4).
 REGISTRY_AUTHENTICATION_REJECTED = b"codex-registry-authentication-rejected/v1"
 MAX_HARNESS_KEY_AUTHORIZATION_BYTES = 4096
 
@@ -207,7 +208,7 @@ class HandshakeResult:
     transport: NoiseTransport
     handshake_hash: bytes
     remote_static: StaticPublicKey
-    # Message 2's payload: empty, or REGISTRY_AUTHENTICATION_REJECTED (verified §1.4).
+    # Message 2's payload: empty, or REGISTRY_AUTHENTICATION_REJECTED (docs/relay-protocol.md §1.4).
     payload: bytes = b""
 
     def __repr__(self) -> str:

@@ -7,7 +7,8 @@ from typing import Final
 NOISE_PROFILE: Final = "noise_hybrid_ik_v1"
 LEGACY_PROFILE: Final = "legacy"
 
-# The header on /validate naming the stream whose handshake is being validated (verified §1.3).
+# The header on /validate naming the stream whose handshake is being validated
+# (docs/relay-protocol.md §1.3).
 STREAM_ID_HEADER: Final = "x-codex-noise-stream-id"
 
 # noise_ik_v1: codexexec's classic Noise IK profile, for peers without ML-KEM.

@@ -2,7 +2,7 @@
 
 One websocket binary message carries exactly one ``codex.exec_server.relay.v1.RelayMessageFrame``
 (schema: proto/codex/exec_server/relay/v1/relay.proto). The rules follow what Codex 0.169.0 does
-(/work/shared/reference/verified-codex-0.169.md §3):
+(docs/relay-protocol.md §3):
 
 * ``decode`` turns untrusted bytes into a frame or raises ``FrameError``; no other exception
   escapes, whatever the input.
@@ -83,7 +83,7 @@ class FrameError(Exception):
     """A websocket message that is not an acceptable relay frame.
 
     The receiver logs and drops such a message and keeps the socket (Codex 0.169.0 behaviour,
-    verified §3.3). ``message`` uses Codex's wording where Codex has one.
+    docs/relay-protocol.md §3.3). ``message`` uses Codex's wording where Codex has one.
     """
 
     def __init__(self, kind: FrameErrorKind, message: str) -> None:

@@ -1,7 +1,7 @@
 """Whole JSON-RPC messages over a relay stream: 4-byte big-endian length + message,
 cut into records of at most 60 KiB, one record per Data frame.
 
-The same framing the Noise data plane uses (noise-relay.md §4), so a message of any
+The same framing the Noise data plane uses (docs/relay-protocol.md §3.2), so a message of any
 size up to 64 MiB crosses a relay whose websocket messages are capped at 256 KiB.
 """
 

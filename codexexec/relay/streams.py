@@ -1,6 +1,6 @@
 """Per-stream sequencing and the executor's stream table, in Codex 0.169.0's relay dialect.
 
-The dialect (/work/shared/reference/verified-codex-0.169.md §3.2-3.3): every stream numbers its
+The dialect (docs/relay-protocol.md §3.3, §4): every stream numbers its
 Data frames from 0 in each direction, nobody acks or retransmits, and the receiver repairs
 reordering within a window: with next expected seq ``n`` it buffers seqs up to ``n + 64`` and
 resets the stream at ``n + 65``; duplicates (below ``n`` or already buffered) are dropped
@@ -55,8 +55,8 @@ class Reset:
     """Reset frames as codexexec sends them: always Codex's one generic reason.
 
     Codex 0.169.0 uses ``noise_relay_protocol_error`` for every Reset, whatever the cause
-    (verified §4). The reason is cleartext and unauthenticated, so a received one is never
-    logged or surfaced; local diagnostics travel separately (``Verdict.detail``).
+    (docs/relay-protocol.md §7). The reason is cleartext and unauthenticated, so a received
+    one is never logged or surfaced; local diagnostics travel separately (``Verdict.detail``).
     """
 
     REASON: Final = RESET_REASON
@@ -252,8 +252,9 @@ class Admission(enum.Enum):
 
     # Only ``StreamTable.open`` admits a stream: the Noise relay opens it when the handshake
     # has been validated. Data for an id that is not active is answered with a Reset
-    # (0.169.0, verified §3.3); Resume is ignored. Handshakes still being validated are the
-    # transport's to track: it answers their Data itself (0.169.0: data_before_handshake).
+    # (0.169.0, docs/relay-protocol.md §3.3); Resume is ignored. Handshakes still being
+    # validated are the transport's to track: it answers their Data itself (0.169.0:
+    # data_before_handshake).
     EXPLICIT = "explicit"
     # A Resume or Data frame for a new id opens it (the cleartext relay, which creates a
     # virtual connection lazily). A new id beyond the capacity is reset and retired.
@@ -416,7 +417,8 @@ class StreamTable(Generic[C]):
     def close(self, stream_id: str, instance: int | None = None) -> bytes | None:
         """The executor ends a stream: retire it and return the Reset frame to send.
 
-        Codex sends this best-effort Reset even when a stream ends normally (noise §4.7).
+        Codex sends this best-effort Reset even when a stream ends normally
+        (docs/relay-protocol.md §7).
         Returns None when the stream was not active (or is a newer instance).
         """
         stream = self.retire(stream_id, instance)

@@ -4,7 +4,8 @@
     x-codex-noise-stream-id: <stream id of the handshake>
     {"executor_registration_id", "harness_public_key", "harness_key_authorization"}
 
-Only a 2xx answer whose `valid` is the JSON boolean `true` admits the stream (verified §1.4).
+Only a 2xx answer whose `valid` is the JSON boolean `true` admits the stream
+(docs/relay-protocol.md §1.4).
 The response body is never quoted: a registry may echo the authorization back.
 """
 
@@ -45,7 +46,7 @@ async def validate_harness_key(
     session: aiohttp.ClientSession | None = None,
 ) -> Validation:
     """One /validate round trip. Network failures count as REGISTRY_HTTP; the caller bounds
-    the wait (10 s, verified §1.4) and treats the timeout as a failure too."""
+    the wait (10 s, docs/relay-protocol.md §1.4) and treats the timeout as a failure too."""
     from codexexec.relay.limits import VALIDATION_TIMEOUT_SECONDS
     from codexexec.remote.http import Unreachable, post_json
 

@@ -165,7 +165,8 @@ class Relay:
             return
         executor.harnesses.discard(peer)
         for stream_id in executor.router.harness_gone(peer):
-            # A codexexec choice (verified §7 leaves the real rendezvous's behaviour open):
+            # A codexexec choice (docs/relay-protocol.md §9 leaves the real rendezvous's
+            # behaviour open):
             # without this Reset the executor would keep the stream alive forever.
             if await executor.outbox.put(
                 encode_reset(stream_header(stream_id), RESET_HARNESS_GONE)

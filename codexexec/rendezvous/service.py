@@ -47,9 +47,9 @@ cleartext JSON for the legacy profile) are forwarded byte for byte and never int
 * A Reset in either direction is forwarded and releases the claim.
 * Text messages and frames that do not decode/validate are dropped and counted; the socket stays.
 * **Harness disconnect:** the rendezvous sends the executor a Reset for every stream the harness
-  still held. This is a codexexec choice: what the real rendezvous does is unknown (verified §7),
-  and a transparent relay leaves the executor's stream alive forever (verified §5), so without
-  it every dropped harness would leak an executor stream slot (of 128).
+  still held. This is a codexexec choice: what the real rendezvous does is unknown, and a
+  transparent relay leaves the executor's stream alive forever (docs/relay-protocol.md §9),
+  so without it every dropped harness would leak an executor stream slot (of 128).
 * **Executor disconnect/replacement:** every harness bound to it gets a Reset for its streams and
   is then closed.
 

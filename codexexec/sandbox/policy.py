@@ -2,9 +2,9 @@
 
 Pure data and validation, no OS code: the harness says *what* a command may touch,
 in host-independent terms (PathUris, symbolic roots); the executor decides *how*.
-JSON shapes and names follow Codex (exec-server-protocol.md §2.5.1.1,
-sandbox-and-network.md §2); unknown fields are ignored, unknown special kinds are
-kept and ignored (Codex learned not to reject them), unknown types are errors.
+JSON shapes and names follow Codex (docs/sandbox-intent.md §1); unknown fields are ignored,
+unknown special kinds are kept and ignored (Codex learned not to reject them), unknown
+types are errors.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Codex derives the ports the sandbox admits from the proxy variables actually set in the
 child's environment, so the environment and the sandbox cannot drift apart
-(sandbox-and-network.md §3.7, §5.5). codexexec also checks them against the
+(docs/sandbox-intent.md §2). codexexec also checks them against the
 `managedNetwork.loopbackPorts` the request carries: a mismatch means the two were
 prepared from different snapshots, and the start fails closed.
 """

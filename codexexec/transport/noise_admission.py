@@ -1,6 +1,6 @@
 """Noise stream admission on one executor socket: handshake, registry validation, budget.
 
-A Handshake frame carrying message 1 is checked in Codex's order (noise §4.5, verified §4):
+A Handshake frame carrying message 1 is checked in Codex's order (docs/relay-protocol.md §5):
 cooldown, already active, already pending, capacity, pending validations, then the Noise read
 under this stream's prologue and the authorization's size and encoding. A handshake that
 passes waits for the registry's `/validate` (10 s at most); only then is message 2 written and
@@ -203,7 +203,7 @@ class NoiseStreams:
     def _charge(self) -> None:
         self.failures += 1
         if self.failures >= MAX_FAILED_HANDSHAKES:
-            self.failures = 0  # the count starts again after the pause (verified §4)
+            self.failures = 0  # the count starts again after the pause (docs/relay-protocol.md §5)
             self._paused_until = self._clock() + self._cooldown
             log.warning(
                 "pausing Noise relay handshakes for %.0f s after repeated failures "

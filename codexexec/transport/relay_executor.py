@@ -267,7 +267,7 @@ class ExecutorRelay:
                 try:
                     frame = parse(message)
                 except FrameError:
-                    continue  # logged and dropped, the socket is kept (noise §4.7)
+                    continue  # logged and dropped, the socket is kept (docs/relay-protocol.md §3.3)
                 await profile.receive(frame)
         finally:
             profile.close()

@@ -26,7 +26,7 @@ from typing import Any
 from codexexec.remote.auth.base import AuthError, CredentialUnavailable
 
 FRAME_VERSION = 1
-MAX_FRAME_BYTES = 16 * 1024  # the whole line, newline included (§32)
+MAX_FRAME_BYTES = 16 * 1024  # the whole line, newline included (docs/codex-0.169-observed.md §32)
 INITIAL_WAIT_SECONDS = 30.0
 
 INVALID = "invalid exec-server executor credential frame"

@@ -1,4 +1,4 @@
-"""Seatbelt (SBPL) profile generation for a resolved sandbox plan (sandbox-and-network.md §4).
+"""Seatbelt (SBPL) profile generation for a resolved sandbox plan (docs/sandbox-intent.md §4).
 
 The command runs as ``/usr/bin/sandbox-exec -p <profile> -DKEY=VALUE ... -- <argv>``.
 Host paths never appear in the profile text: each one is canonicalized with
