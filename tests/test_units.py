@@ -246,3 +246,23 @@ def test_env_settings_read_as_docker_reads_them() -> None:
     for bad in ("=v", "A B=1", "Y = spaced", "A\0=1", "A=\0"):
         with pytest.raises(EnvVarError):
             parse_settings([], [bad], {})
+
+
+def test_handshake_gate_pauses_on_the_budget_and_resumes_on_a_fake_clock() -> None:
+    """docs/relay-protocol.md §5: the 8th charged failure pauses every new handshake for the
+    cool-down; the socket's other refusals are uncharged; after the pause the count restarts."""
+    from codexexec.relay.admission import HandshakeGate, Refusal
+
+    gate = HandshakeGate(budget=8, cooldown=10.0, max_pending=32)
+    assert gate.check(100.0, None, 0) is None
+    assert gate.check(100.0, "active", 0) == Refusal("stream_active", charged=False)
+    assert gate.check(100.0, None, 32) == Refusal("too_many_pending_validations", charged=False)
+    assert [gate.charge(100.0 + i) for i in range(8)] == [False] * 7 + [True]
+    paused_at = 107.0
+    assert gate.failures == 0 and gate.paused(paused_at)
+    # Even a handshake that would pass everything else is refused, without a charge.
+    assert gate.check(paused_at + 9.99, None, 0) == Refusal("cooldown", charged=False)
+    assert gate.failures == 0
+    assert not gate.paused(paused_at + 10.0)
+    assert gate.check(paused_at + 10.0, None, 0) is None
+    assert gate.charge(paused_at + 11) is False  # one new failure does not pause again

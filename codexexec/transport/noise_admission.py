@@ -1,13 +1,10 @@
 """Noise stream admission on one executor socket: handshake, registry validation, budget.
 
-A Handshake frame carrying message 1 is checked in Codex's order (docs/relay-protocol.md §5):
-cooldown, already active, already pending, capacity, pending validations, then the Noise read
-under this stream's prologue and the authorization's size and encoding. A handshake that
-passes waits for the registry's `/validate` (10 s at most); only then is message 2 written and
-the stream opened. Every refusal is a Reset with the one generic reason; the harness learns
-nothing about why. Charged failures (bad message 1, failed or late validation, data before
-the handshake, a second handshake while one is pending) count against a budget of 8 per
-socket; the 8th pauses all new handshakes for 10 s while the socket and its streams go on.
+The decisions (which handshake may proceed, the failure budget and its pause) are
+``relay/admission.py``'s, with this module's clock reading passed in; here are the I/O
+around them: the Noise read of message 1 under this stream's prologue, the registry's
+`/validate` (10 s at most), message 2 and the Resets. Every refusal is a Reset with the one
+generic reason; the harness learns nothing about why (docs/relay-protocol.md §5, §7).
 
 Diagnostics are debug-level and name only stream and registration ids and a reason.
 """
@@ -27,13 +24,9 @@ from codexexec.noise.hybrid_ik import (
     check_harness_key_authorization,
 )
 from codexexec.noise.profiles import NoiseParty, Responder
+from codexexec.relay.admission import HandshakeGate
 from codexexec.relay.frames import RelayMessageFrame, encode, handshake_frame
-from codexexec.relay.limits import (
-    HANDSHAKE_COOLDOWN_SECONDS,
-    MAX_FAILED_HANDSHAKES,
-    MAX_PENDING_HANDSHAKE_VALIDATIONS,
-    VALIDATION_TIMEOUT_SECONDS,
-)
+from codexexec.relay.limits import HANDSHAKE_COOLDOWN_SECONDS, VALIDATION_TIMEOUT_SECONDS
 from codexexec.relay.streams import Action, Reset
 from codexexec.remote.registry import RelayBundle
 from codexexec.remote.validation import Validation
@@ -71,10 +64,9 @@ class NoiseStreams:
         self._clock = clock
         self._validation_timeout = validation_timeout
         self._cooldown = cooldown
+        self._gate = HandshakeGate(cooldown=cooldown)
         self._pending: dict[str, _Pending] = {}
         self._validation_ids = 0
-        self.failures = 0
-        self._paused_until = 0.0
 
     async def receive(self, frame: RelayMessageFrame) -> None:
         stream_id = frame.stream_id
@@ -104,20 +96,23 @@ class NoiseStreams:
 
     @property
     def paused(self) -> bool:
-        return self._clock() < self._paused_until
+        return self._gate.paused(self._clock())
+
+    @property
+    def failures(self) -> int:
+        return self._gate.failures
 
     # -- admission --------------------------------------------------------------------------
 
     async def _handshake(self, stream_id: str, message1: bytes) -> None:
-        if self.paused:
-            await self._refuse(stream_id, "cooldown", charge=False)
-            return
-        refusal = self._streams.table.refusal(stream_id)
-        if refusal is not None:  # active (a replayed message 1), retired, or 128 active
-            await self._refuse(stream_id, f"stream_{refusal.value}", charge=False)
-            return
-        if len(self._pending) >= MAX_PENDING_HANDSHAKE_VALIDATIONS:
-            await self._refuse(stream_id, "too_many_pending_validations", charge=False)
+        table_refusal = self._streams.table.refusal(stream_id)
+        refusal = self._gate.check(
+            self._clock(),
+            None if table_refusal is None else table_refusal.value,
+            len(self._pending),
+        )
+        if refusal is not None:
+            await self._refuse(stream_id, refusal.reason, charge=refusal.charged)
             return
         bundle = self._bundle
         prologue = build_prologue(bundle.environment_id, bundle.executor_registration_id, stream_id)
@@ -201,10 +196,7 @@ class NoiseStreams:
         await self._streams.send_frame(Reset.encode(stream_id))
 
     def _charge(self) -> None:
-        self.failures += 1
-        if self.failures >= MAX_FAILED_HANDSHAKES:
-            self.failures = 0  # the count starts again after the pause (docs/relay-protocol.md §5)
-            self._paused_until = self._clock() + self._cooldown
+        if self._gate.charge(self._clock()):
             log.warning(
                 "pausing Noise relay handshakes for %.0f s after repeated failures "
                 "(registration %s)",
