@@ -19,7 +19,8 @@ from codexexec.remote.auth.resolve import AuthOptions, resolve_registration_auth
 from codexexec.remote.auth.rotating import RotatingCredential
 from codexexec.remote.registry import RegistryError, check_environment_id
 from codexexec.server.secrets import forget_secrets_in_environment
-from codexexec.transport.relay_executor import ExecutorRelay, Serve
+from codexexec.transport.relay_executor import ExecutorRelay
+from codexexec.transport.socket_streams import Serve
 
 if TYPE_CHECKING:
     from codexexec.server.metrics import ServerMetrics

@@ -30,7 +30,7 @@ from codexexec.relay.limits import HANDSHAKE_COOLDOWN_SECONDS, VALIDATION_TIMEOU
 from codexexec.relay.streams import Action, Reset
 from codexexec.remote.registry import RelayBundle
 from codexexec.remote.validation import Validation
-from codexexec.transport.relay_executor import SocketStreams
+from codexexec.transport.socket_streams import SocketStreams
 
 log = logging.getLogger(__name__)
 
