@@ -266,3 +266,41 @@ def test_handshake_gate_pauses_on_the_budget_and_resumes_on_a_fake_clock() -> No
     assert not gate.paused(paused_at + 10.0)
     assert gate.check(paused_at + 10.0, None, 0) is None
     assert gate.charge(paused_at + 11) is False  # one new failure does not pause again
+
+
+def drain_body(framing: str, length: int, wire: bytes, **split: int) -> tuple[bytes, bytes]:
+    """Feed ``wire`` to a BodyReader as a socket would deliver it: (forwarded, left over)."""
+    from codexexec.network.http_body import BodyReader
+
+    reader = BodyReader(framing, length)  # type: ignore[arg-type]
+    out, rest = b"", wire
+    while (need := reader.need()) is not None:
+        if need.kind == "line":
+            end = rest.find(b"\r\n")
+            take = len(rest) if end < 0 else end + 2
+        elif need.kind == "exactly":
+            take = need.limit
+        else:
+            take = min(need.limit, split.get("some", need.limit))
+        piece, rest = rest[:take], rest[take:]
+        out += reader.feed(piece)
+    return out, rest
+
+
+def test_http_body_reader_frames_bodies_without_sockets() -> None:
+    import pytest
+
+    from codexexec.network.http_body import BodyError
+
+    chunked = b"4\r\nWiki\r\n5;ext=1\r\npedia\r\n0\r\nX-Trailer: 1\r\n\r\nNEXT"
+    assert drain_body("chunked", 0, chunked) == (chunked[:-4], b"NEXT")
+    assert drain_body("length", 5, b"helloNEXT", some=2) == (b"hello", b"NEXT")
+    assert drain_body("close", 0, b"all of it") == (b"all of it", b"")
+    assert drain_body("none", 0, b"NEXT") == (b"", b"NEXT")
+    for bad in (b"zz\r\nab\r\n", b"2\r\nabXY", b"-1\r\n", b"2\r\n"):
+        with pytest.raises(BodyError):
+            drain_body("chunked", 0, bad)
+    with pytest.raises(BodyError, match="closed inside the body"):
+        drain_body("length", 10, b"short")
+    with pytest.raises(BodyError, match="trailer section too large"):
+        drain_body("chunked", 0, b"0\r\n" + b"X-A: " + b"a" * 70000 + b"\r\n\r\n")

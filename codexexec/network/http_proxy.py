@@ -25,16 +25,15 @@ import re
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import TypeVar
 
-from codexexec.network._stream import READ_CHUNK, Endpoint, IncompleteRead, TooLarge, splice
+from codexexec.network._stream import Endpoint, IncompleteRead, TooLarge, splice
 from codexexec.network.gate import Gate, UpstreamError
+from codexexec.network.http_body import BodyReader, Framing
 from codexexec.network.limits import (
     LINGER_TIMEOUT,
-    MAX_CHUNK_LINE,
     MAX_HEADER_COUNT,
     MAX_LINGER_BYTES,
-    MAX_TRAILER_BYTES,
     Limits,
 )
 from codexexec.network.policy import Decision, InvalidHost, Protocol, normalize_host
@@ -46,7 +45,6 @@ T = TypeVar("T")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _PORT = re.compile(r"[0-9]{1,5}")
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
-_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,15}")
 _STATUS_LINE = re.compile(r"HTTP/1\.[01] ([1-5][0-9][0-9])(?: (.*))?")
 _BAD_TARGET_CHARS = re.compile(r"[\x00-\x20\x7f]")
 _BAD_VALUE_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -78,7 +76,6 @@ REASONS = {
 
 MAX_INTERIM_RESPONSES = 8
 
-Framing = Literal["none", "length", "chunked", "close"]
 Headers = list[tuple[str, str]]
 
 
@@ -374,43 +371,19 @@ async def _timed(awaitable: Awaitable[T], timeout: float) -> T:
 async def copy_body(
     src: Endpoint, dst: Endpoint, framing: Framing, length: int, idle: float
 ) -> None:
-    """Copy one message body with the given framing; raises on truncation or bad chunks."""
-    if framing == "length":
-        remaining = length
-        while remaining:
-            data = await _timed(src.read_some(min(READ_CHUNK, remaining)), idle)
-            if not data:
-                raise IncompleteRead(b"")
-            remaining -= len(data)
-            dst.write(data)
-            await dst.drain()
-    elif framing == "close":
-        while data := await _timed(src.read_some(READ_CHUNK), idle):
-            dst.write(data)
-            await dst.drain()
-    elif framing == "chunked":
-        while True:
-            line = await _timed(src.read_until(b"\r\n", MAX_CHUNK_LINE), idle)
-            size_text = line[:-2].split(b";", 1)[0].strip(b" \t")
-            if not _CHUNK_SIZE.fullmatch(size_text):
-                raise ValueError("malformed chunk size")
-            size = int(size_text, 16)
-            dst.write(line)
-            if size == 0:
-                total = 0
-                while True:  # trailer fields, then the final empty line
-                    trailer = await _timed(src.read_until(b"\r\n", MAX_CHUNK_LINE), idle)
-                    total += len(trailer)
-                    if total > MAX_TRAILER_BYTES:
-                        raise TooLarge("trailer section too large")
-                    dst.write(trailer)
-                    if trailer == b"\r\n":
-                        await dst.drain()
-                        return
-            await copy_body(src, dst, "length", size, idle)
-            if await _timed(src.read_exactly(2), idle) != b"\r\n":
-                raise ValueError("chunk not followed by CRLF")
-            dst.write(b"\r\n")
+    """Copy one message body with the given framing (the decisions are ``BodyReader``'s);
+    raises BodyError on a malformed body, IncompleteRead when the peer stops short."""
+    reader = BodyReader(framing, length)
+    while (need := reader.need()) is not None:
+        if need.kind == "line":
+            data = await _timed(src.read_until(b"\r\n", need.limit), idle)
+        elif need.kind == "exactly":
+            data = await _timed(src.read_exactly(need.limit), idle)
+        else:
+            data = await _timed(src.read_some(need.limit), idle)
+        forward = reader.feed(data)
+        if forward:
+            dst.write(forward)
             await dst.drain()
 
 
