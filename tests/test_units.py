@@ -304,3 +304,47 @@ def test_http_body_reader_frames_bodies_without_sockets() -> None:
         drain_body("length", 10, b"short")
     with pytest.raises(BodyError, match="trailer section too large"):
         drain_body("chunked", 0, b"0\r\n" + b"X-A: " + b"a" * 70000 + b"\r\n\r\n")
+
+
+def socks_handshake(wire: bytes) -> tuple[object, bytes, bytes]:
+    """(request, what was answered, bytes left unread) for a client that sent ``wire``."""
+    from codexexec.network.socks5 import Socks5Handshake
+
+    handshake, answered, rest = Socks5Handshake(), b"", wire
+    while (count := handshake.need()) is not None:
+        assert len(rest) >= count, "the parser asked for more than the client sent"
+        answered += handshake.feed(rest[:count])
+        rest = rest[count:]
+    return handshake.request, answered, rest
+
+
+def test_socks5_handshake_parses_without_sockets() -> None:
+    import pytest
+
+    from codexexec.network.socks5 import Request, SocksError
+
+    connect = b"\x05\x01\x00" + b"\x05\x01\x00\x03\x0bexample.com\x01\xbb"
+    assert socks_handshake(connect + b"DATA") == (
+        Request(1, "example.com", 443, None),
+        b"\x05\x00",
+        b"DATA",
+    )
+    labelled = (
+        b"\x05\x02\x00\x02" + b"\x01\x03tok\x02pw" + b"\x05\x03\x00\x01\x7f\x00\x00\x01\x00\x35"
+    )
+    assert socks_handshake(labelled) == (
+        Request(3, "127.0.0.1", 53, "tok"),
+        b"\x05\x02\x01\x00",
+        b"",
+    )
+    assert socks_handshake(b"\x04\x01") == (None, b"", b"\x01")  # SOCKS4: closed unanswered
+    assert socks_handshake(b"\x05\x01\x01") == (None, b"\x05\xff", b"")  # no method we take
+    assert socks_handshake(b"\x05\x01\x02\x02\x00\x00")[1] == b"\x05\x02\x01\x01"  # bad sub-version
+    for wire, code in (
+        (b"\x05\x01\x00\x05\x02\x00\x01\x01\x02\x03\x04\x00\x50", 0x07),  # BIND
+        (b"\x05\x01\x00\x05\x01\x00\x09", 0x08),  # unknown address type
+        (b"\x05\x01\x00\x05\x01\x00\x03\x00", 0x04),  # empty name
+    ):
+        with pytest.raises(SocksError) as raised:
+            socks_handshake(wire)
+        assert raised.value.reply == code

@@ -15,97 +15,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import socket
-import struct
 import time
 
 from codexexec.network._stream import Endpoint, IncompleteRead, splice
 from codexexec.network.gate import Gate, UpstreamError
 from codexexec.network.limits import MAX_UDP_DESTINATIONS, MAX_UDP_QUEUE, Limits
-from codexexec.network.policy import Decision, InvalidHost, normalize_host
+from codexexec.network.policy import Decision
+from codexexec.network.socks5 import (
+    CMD_CONNECT,
+    CMD_UDP_ASSOCIATE,
+    REP_COMMAND_NOT_SUPPORTED,
+    REP_CONNECTION_REFUSED,
+    REP_GENERAL_FAILURE,
+    REP_HOST_UNREACHABLE,
+    REP_NETWORK_UNREACHABLE,
+    REP_NOT_ALLOWED,
+    REP_SUCCEEDED,
+    REP_TTL_EXPIRED,
+    Request,
+    Socks5Handshake,
+    SocksError,
+    encode_address,
+    parse_udp_header,
+    reply,
+)
 
 log = logging.getLogger(__name__)
-
-VERSION = 5
-AUTH_NONE = 0x00
-AUTH_USERPASS = 0x02
-AUTH_UNACCEPTABLE = 0xFF
-CMD_CONNECT = 1
-CMD_BIND = 2
-CMD_UDP_ASSOCIATE = 3
-ATYP_IPV4 = 1
-ATYP_DOMAIN = 3
-ATYP_IPV6 = 4
-
-REP_SUCCEEDED = 0x00
-REP_GENERAL_FAILURE = 0x01
-REP_NOT_ALLOWED = 0x02
-REP_NETWORK_UNREACHABLE = 0x03
-REP_HOST_UNREACHABLE = 0x04
-REP_CONNECTION_REFUSED = 0x05
-REP_TTL_EXPIRED = 0x06
-REP_COMMAND_NOT_SUPPORTED = 0x07
-REP_ADDRESS_TYPE_NOT_SUPPORTED = 0x08
-
-
-class SocksError(Exception):
-    def __init__(self, reply: int, message: str) -> None:
-        super().__init__(message)
-        self.reply = reply
-
-
-def encode_address(host: str, port: int) -> bytes:
-    """ATYP + address + port, for replies and UDP headers."""
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        raw = host.encode("ascii")[:255]
-        return bytes([ATYP_DOMAIN, len(raw)]) + raw + struct.pack("!H", port)
-    atyp = ATYP_IPV4 if ip.version == 4 else ATYP_IPV6
-    return bytes([atyp]) + ip.packed + struct.pack("!H", port)
-
-
-def reply(code: int, host: str = "0.0.0.0", port: int = 0) -> bytes:
-    return bytes([VERSION, code, 0]) + encode_address(host, port)
-
-
-def decode_host(atyp: int, raw: bytes) -> str:
-    """The normalised destination host for an address of type ``atyp``."""
-    if atyp == ATYP_IPV4:
-        return str(ipaddress.IPv4Address(raw))
-    if atyp == ATYP_IPV6:
-        return str(ipaddress.IPv6Address(raw))
-    try:
-        return normalize_host(raw.decode("utf-8"))
-    except (UnicodeDecodeError, InvalidHost):
-        raise SocksError(REP_HOST_UNREACHABLE, "invalid destination name") from None
-
-
-def parse_udp_header(datagram: bytes) -> tuple[str, int, bytes]:
-    """RSV(2) FRAG ATYP DST.ADDR DST.PORT DATA → (host, port, data); fragments refused."""
-    if len(datagram) < 4 or datagram[:2] != b"\0\0":
-        raise ValueError("malformed UDP request header")
-    if datagram[2] != 0:
-        raise ValueError("fragmented datagrams are not supported")
-    atyp = datagram[3]
-    if atyp == ATYP_IPV4:
-        start, end = 4, 8
-    elif atyp == ATYP_IPV6:
-        start, end = 4, 20
-    elif atyp == ATYP_DOMAIN and len(datagram) > 4:
-        start, end = 5, 5 + datagram[4]
-    else:
-        raise ValueError("bad address type")
-    if len(datagram) < end + 2:
-        raise ValueError("truncated UDP request header")
-    try:
-        host = decode_host(atyp, datagram[start:end])
-    except SocksError as exc:
-        raise ValueError(str(exc)) from None
-    (port,) = struct.unpack("!H", datagram[end : end + 2])
-    return host, port, datagram[end + 2 :]
 
 
 def _upstream_reply(error: UpstreamError) -> int:
@@ -135,7 +72,12 @@ class SocksProxyHandler:
                 return
             if handshake is None:
                 return
-            command, host, port, token = handshake
+            command, host, port, token = (
+                handshake.command,
+                handshake.host,
+                handshake.port,
+                handshake.token,
+            )
             if command == CMD_CONNECT:
                 await self._connect(client, host, port, token)
             elif command == CMD_UDP_ASSOCIATE:
@@ -145,48 +87,13 @@ class SocksProxyHandler:
         finally:
             client.close()
 
-    async def _handshake(self, client: Endpoint) -> tuple[int, str, int, str | None] | None:
-        (version,) = await client.read_exactly(1)
-        if version != VERSION:
-            return None  # SOCKS4 or not SOCKS at all: no reply we could give is understood
-        (count,) = await client.read_exactly(1)
-        methods = await client.read_exactly(count) if count else b""
-        token: str | None = None
-        if AUTH_USERPASS in methods:
-            client.write(bytes([VERSION, AUTH_USERPASS]))
-            sub_version, user_length = await client.read_exactly(2)
-            user = await client.read_exactly(user_length)
-            (password_length,) = await client.read_exactly(1)
-            await client.read_exactly(password_length)
-            if sub_version != 1:
-                client.write(b"\x01\x01")
-                return None
-            client.write(b"\x01\x00")
-            token = user.decode("utf-8", "replace") or None
-        elif AUTH_NONE in methods:
-            client.write(bytes([VERSION, AUTH_NONE]))
-        else:
-            client.write(bytes([VERSION, AUTH_UNACCEPTABLE]))
-            return None
-        version, command, _reserved, atyp = await client.read_exactly(4)
-        if version != VERSION:
-            return None
-        if atyp == ATYP_IPV4:
-            raw = await client.read_exactly(4)
-        elif atyp == ATYP_IPV6:
-            raw = await client.read_exactly(16)
-        elif atyp == ATYP_DOMAIN:
-            (length,) = await client.read_exactly(1)
-            raw = await client.read_exactly(length)
-            if not raw:
-                raise SocksError(REP_HOST_UNREACHABLE, "empty destination name")
-        else:
-            raise SocksError(REP_ADDRESS_TYPE_NOT_SUPPORTED, "unknown address type")
-        (port,) = struct.unpack("!H", await client.read_exactly(2))
-        if command not in (CMD_CONNECT, CMD_UDP_ASSOCIATE):
-            raise SocksError(REP_COMMAND_NOT_SUPPORTED, "command not supported")
-        host = decode_host(atyp, raw)
-        return command, host, port, token
+    async def _handshake(self, client: Endpoint) -> Request | None:
+        handshake = Socks5Handshake()
+        while (count := handshake.need()) is not None:
+            answer = handshake.feed(await client.read_exactly(count))
+            if answer:
+                client.write(answer)
+        return handshake.request
 
     async def _connect(self, client: Endpoint, host: str, port: int, token: str | None) -> None:
         if port == 0:
