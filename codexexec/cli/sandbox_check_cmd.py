@@ -19,7 +19,7 @@ def sandbox_check(
 
         fail("sandbox-check probes Linux backends; this host is not Linux", 2)
     from codexexec.cli.render import emit_json
-    from codexexec.sandbox.linux.check import run_check
+    from codexexec.cli.sandbox_probes import run_check
 
     report = run_check()
     if json_mode:

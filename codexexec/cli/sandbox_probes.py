@@ -1,0 +1,132 @@
+"""`sandbox-check`'s probes: real commands run through an in-process executor's sandboxed
+spawn path under each backend this host has, checked for what they could and could not do."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from collections.abc import Iterator
+
+from codexexec.client import ExecServerClient
+from codexexec.sandbox.linux.backend import FORCE_BACKEND_ENV
+from codexexec.sandbox.linux.check import Finding, Report, host_findings
+from codexexec.sandbox.policy import LegacyMode
+
+
+@contextlib.contextmanager
+def _forced(backend: str) -> Iterator[None]:
+    previous = os.environ.get(FORCE_BACKEND_ENV)
+    os.environ[FORCE_BACKEND_ENV] = backend
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(FORCE_BACKEND_ENV, None)
+        else:
+            os.environ[FORCE_BACKEND_ENV] = previous
+
+
+async def _probe(
+    client: ExecServerClient, argv: list[str], cwd: str, mode: LegacyMode
+) -> tuple[int | None, bool, str]:
+    """(exit code, sandbox denied, error) for one sandboxed run."""
+    from codexexec.client import ExecServerError, Exited
+
+    try:
+        process = await client.start(
+            argv, cwd=cwd, sandbox=mode, inherit_env=False, env={"PATH": "/usr/bin:/bin"}
+        )
+    except ExecServerError as exc:
+        return None, False, str(exc)
+    exited: Exited | None = None
+    async for event in process.events():
+        if isinstance(event, Exited):
+            exited = event
+    assert exited is not None
+    return exited.exit_code, exited.sandbox_denied, ""
+
+
+async def _probes(backend: str) -> list[Finding]:
+    workspace = tempfile.mkdtemp(prefix="codexexec-check-", dir="/var/tmp")
+    os.mkdir(os.path.join(workspace, ".git"))
+    outside = os.path.join("/var", f"codexexec-check-{os.getpid()}")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    connect = [
+        sys.executable,
+        "-c",
+        f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2)",
+    ]
+    write_outside = ["/bin/sh", "-c", f"echo x > {outside}"]
+    cases: list[tuple[str, list[str], bool, LegacyMode]] = [
+        (
+            "workspace-write: write inside the workspace",
+            ["/bin/sh", "-c", "echo ok > p.txt"],
+            False,
+            "workspace-write",
+        ),
+        ("workspace-write: write outside writable roots", write_outside, True, "workspace-write"),
+        (
+            "workspace-write: write to .git",
+            ["/bin/sh", "-c", "echo x > .git/probe"],
+            True,
+            "workspace-write",
+        ),
+        ("workspace-write: network connect", connect, True, "workspace-write"),
+        ("read-only: write outside", write_outside, True, "read-only"),
+        ("read-only: network connect", connect, True, "read-only"),
+    ]
+    findings = []
+    try:
+        with _forced(backend):
+            async with await ExecServerClient.connect("local") as client:
+                for name, argv, should_block, mode in cases:
+                    code, denied, error = await _probe(client, argv, workspace, mode)
+                    if error:
+                        # Refusing is safe (nothing ran), but the command cannot run either.
+                        reason = error.rsplit("Landlock fallback: ", 1)[-1]
+                        findings.append(
+                            Finding(
+                                name,
+                                should_block,
+                                f"refused, nothing ran: {reason}",
+                                "" if should_block else "install bubblewrap for this profile",
+                            )
+                        )
+                    elif should_block:
+                        ok = code != 0 and denied
+                        findings.append(
+                            Finding(
+                                name,
+                                ok,
+                                "blocked and reported as a denial"
+                                if ok
+                                else f"NOT blocked (exit {code})",
+                            )
+                        )
+                    else:
+                        findings.append(Finding(name, code == 0, f"exit {code}"))
+    finally:
+        listener.close()
+        shutil.rmtree(workspace, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.unlink(outside)
+    return findings
+
+
+def run_check() -> Report:
+    host, bwrap_ok, landlock_ok = host_findings()
+    probes: dict[str, list[Finding]] = {}
+    if bwrap_ok:
+        probes["bubblewrap"] = asyncio.run(_probes("bwrap"))
+    if landlock_ok:
+        probes["landlock"] = asyncio.run(_probes("landlock"))
+    default = "bubblewrap" if bwrap_ok else "landlock" if landlock_ok else None
+    return Report(host, probes, default)
