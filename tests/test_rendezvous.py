@@ -47,7 +47,7 @@ from codexexec.rendezvous import (
     parse_listen_url,
     start_rendezvous,
 )
-from codexexec.rendezvous.auth import AuthError, create_dev_token_file
+from codexexec.rendezvous.auth import RequestRefused, create_dev_token_file
 
 BOTH = "tok-both-0123456789abcdef"
 EXECUTOR = "tok-exec-0123456789abcdef"
@@ -857,13 +857,13 @@ def test_token_file_parsing() -> None:
     assert labels["token-file:6"].environments == frozenset({"env-1"})
     assert table.authenticate(f"Bearer {BOTH}", "executor", "anything").label == "token-file:3"
     assert table.authenticate(f"bearer  {HARNESS} ", "harness", "e").role == "harness"
-    with pytest.raises(AuthError) as caught:
+    with pytest.raises(RequestRefused) as caught:
         table.authenticate(f"Bearer {HARNESS}", "executor", "e")
     assert caught.value.status == 403
-    with pytest.raises(AuthError) as caught:
+    with pytest.raises(RequestRefused) as caught:
         table.authenticate(f"Bearer {ENV1_ONLY}", "harness", "env-2")
     assert caught.value.status == 403
-    with pytest.raises(AuthError) as caught:
+    with pytest.raises(RequestRefused) as caught:
         table.authenticate(f"Bearer {BOTH[:-1]}", "harness", "env-1")
     assert (caught.value.status, caught.value.code) == (401, "unauthorized")
 

@@ -3,7 +3,7 @@
 See :mod:`codexexec.rendezvous.service` for the endpoints and routing rules.
 """
 
-from codexexec.rendezvous.auth import AuthError, TokenFileError, TokenTable
+from codexexec.rendezvous.auth import RequestRefused, TokenFileError, TokenTable
 from codexexec.rendezvous.service import (
     SECURITY_PROFILE_LEGACY,
     SECURITY_PROFILE_NOISE,
@@ -21,9 +21,9 @@ from codexexec.rendezvous.store import Store
 __all__ = [
     "SECURITY_PROFILE_LEGACY",
     "SECURITY_PROFILE_NOISE",
-    "AuthError",
     "RelayUrlSigner",
     "RendezvousOptions",
+    "RequestRefused",
     "RunningRendezvous",
     "SignatureError",
     "Store",

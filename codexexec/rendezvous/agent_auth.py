@@ -40,8 +40,8 @@ from codexexec.remote.auth.assertion import (
     task_registration_message,
 )
 from codexexec.rendezvous.auth import (
-    AuthError,
     Principal,
+    RequestRefused,
     Role,
     TokenFileError,
     config_lines,
@@ -107,7 +107,7 @@ class AgentKeys:
         """A new task id for a signed ``{timestamp, signature}`` registration."""
         grant = self._grant(runtime_id)
         if not isinstance(stamp, str) or not isinstance(signature, str):
-            raise AuthError(400, "invalid_request", "expected timestamp and signature strings")
+            raise RequestRefused(400, "invalid_request", "expected timestamp and signature strings")
         self._check_time(stamp, time.time())
         _verify(grant, task_registration_message(runtime_id, stamp), signature)
         nonce = secrets.token_urlsafe(12)
@@ -127,23 +127,23 @@ class AgentKeys:
         try:
             assertion = decode_assertion(authorization)
         except MalformedAssertion as exc:
-            raise AuthError(401, "invalid_agent_assertion", str(exc)) from None
+            raise RequestRefused(401, "invalid_agent_assertion", str(exc)) from None
         grant = self._grant(assertion.agent_runtime_id)
         self._check_time(assertion.timestamp, time.time() if now is None else now)
         if not self._task_issued(grant.runtime_id, assertion.task_id):
-            raise AuthError(
+            raise RequestRefused(
                 401, "unknown_agent_task", "the assertion's task was not registered here"
             )
         try:
             grant.key.verify(assertion.signature, assertion.signed_message)
         except InvalidSignature:
-            raise AuthError(
+            raise RequestRefused(
                 401, "invalid_agent_assertion", "the assertion signature does not verify"
             ) from None
         if role not in grant.roles or (
             grant.environments is not None and environment_id not in grant.environments
         ):
-            raise AuthError(
+            raise RequestRefused(
                 403,
                 "forbidden",
                 f"this agent is not granted the {role} role for environment {environment_id!r}",
@@ -153,7 +153,7 @@ class AgentKeys:
     def _grant(self, runtime_id: str) -> AgentGrant:
         grant = self._grants.get(runtime_id)
         if grant is None:
-            raise AuthError(401, "unknown_agent", "this agent runtime is not known here")
+            raise RequestRefused(401, "unknown_agent", "this agent runtime is not known here")
         return grant
 
     @staticmethod
@@ -161,9 +161,9 @@ class AgentKeys:
         try:
             skew = abs(now - parse_timestamp(stamp))
         except MalformedAssertion as exc:
-            raise AuthError(401, "invalid_agent_assertion", str(exc)) from None
+            raise RequestRefused(401, "invalid_agent_assertion", str(exc)) from None
         if skew > MAX_ASSERTION_SKEW_SECONDS:
-            raise AuthError(
+            raise RequestRefused(
                 401,
                 "agent_assertion_stale",
                 f"the timestamp is {skew:.0f} s away from the rendezvous clock (at most "
@@ -175,7 +175,9 @@ def _verify(grant: AgentGrant, message: bytes, signature: str) -> None:
     try:
         grant.key.verify(base64.b64decode(signature, validate=True), message)
     except (binascii.Error, InvalidSignature):
-        raise AuthError(401, "invalid_agent_signature", "the signature does not verify") from None
+        raise RequestRefused(
+            401, "invalid_agent_signature", "the signature does not verify"
+        ) from None
 
 
 def _raw_key(text: str, where: str) -> Ed25519PublicKey:

@@ -48,7 +48,7 @@ class TokenFileError(ValueError):
 
 
 @dataclass(frozen=True)
-class AuthError(Exception):
+class RequestRefused(Exception):
     """A refused request: HTTP status plus a Codex-style ``{"error":{code,message}}`` body."""
 
     status: int
@@ -130,21 +130,21 @@ class TokenTable:
     def authenticate(self, authorization: str | None, role: Role, environment_id: str) -> Principal:
         """Check an ``Authorization`` header value for ``role`` on ``environment_id``.
 
-        Raises :class:`AuthError` (401 for a missing/unknown bearer, 403 for a known bearer
+        Raises :class:`RequestRefused` (401 for a missing/unknown bearer, 403 for a known bearer
         without that role or environment).
         """
         token = bearer_token(authorization)
         if looks_like_api_key(token):
-            raise AuthError(401, "api_key_not_accepted", API_KEY_REFUSED)
+            raise RequestRefused(401, "api_key_not_accepted", API_KEY_REFUSED)
         presented = _digest(token)
         match: TokenGrant | None = None
         for grant in self._grants:  # no early exit: every grant is compared
             if hmac.compare_digest(presented, grant.digest) and match is None:
                 match = grant
         if match is None:
-            raise AuthError(401, "unauthorized", "invalid bearer token")
+            raise RequestRefused(401, "unauthorized", "invalid bearer token")
         if not match.allows(role, environment_id):
-            raise AuthError(
+            raise RequestRefused(
                 403,
                 "forbidden",
                 f"this token does not grant the {role} role for environment {environment_id!r}",
@@ -198,11 +198,11 @@ def parse_scope(
 
 def bearer_token(authorization: str | None) -> str:
     if authorization is None or not authorization.strip():
-        raise AuthError(401, "unauthorized", "missing Authorization: Bearer token")
+        raise RequestRefused(401, "unauthorized", "missing Authorization: Bearer token")
     scheme, _, value = authorization.strip().partition(" ")
     value = value.strip()
     if scheme.lower() != "bearer" or not value:
-        raise AuthError(401, "unauthorized", "the Authorization header must be 'Bearer TOKEN'")
+        raise RequestRefused(401, "unauthorized", "the Authorization header must be 'Bearer TOKEN'")
     return value
 
 

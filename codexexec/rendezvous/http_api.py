@@ -21,8 +21,8 @@ from codexexec.protocol.registry import LEGACY_PROFILE as SECURITY_PROFILE_LEGAC
 from codexexec.protocol.registry import NOISE_SUITES, STREAM_ID_HEADER
 from codexexec.rendezvous.agent_auth import AgentKeys, is_agent_assertion
 from codexexec.rendezvous.auth import (
-    AuthError,
     Principal,
+    RequestRefused,
     Role,
     TokenTable,
 )
@@ -128,7 +128,7 @@ def _authenticate(request: web.Request, role: Role, environment_id: str) -> Prin
 
 def _agents(state: RendezvousState) -> AgentKeys:
     if state.agents is None:
-        raise AuthError(
+        raise RequestRefused(
             401,
             "agent_identity_not_accepted",
             "this rendezvous admits no Agent Identity (it runs without --agent-keys)",
@@ -524,7 +524,7 @@ async def errors_and_access_log(request: web.Request, handler: Handler) -> web.S
     except ApiError as error:
         status = error.status
         return error_response(error.status, error.code, error.message, extra=error.extra)
-    except AuthError as error:
+    except RequestRefused as error:
         status = error.status
         event(
             logging.WARNING,

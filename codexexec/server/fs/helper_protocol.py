@@ -18,7 +18,7 @@ _LENGTH = struct.Struct(">I")
 _MAX_READ = 1024 * 1024
 
 
-class FrameError(Exception):
+class HelperProtocolError(Exception):
     """The peer closed mid-frame or announced a frame over the limit."""
 
 
@@ -29,7 +29,7 @@ def _read_exactly(fd: int, count: int) -> bytes | None:
         chunk = os.read(fd, count - len(data))
         if not chunk:
             if data:
-                raise FrameError("the connection closed mid-frame")
+                raise HelperProtocolError("the connection closed mid-frame")
             return None
         data += chunk
     return bytes(data)
@@ -42,10 +42,10 @@ def read_request(fd: int) -> bytes | None:
         return None
     (length,) = _LENGTH.unpack(header)
     if length > MAX_MESSAGE_BYTES:
-        raise FrameError("filesystem helper request is too large")
+        raise HelperProtocolError("filesystem helper request is too large")
     payload = _read_exactly(fd, length)
     if payload is None:
-        raise FrameError("the connection closed mid-frame")
+        raise HelperProtocolError("the connection closed mid-frame")
     return payload
 
 
@@ -90,12 +90,12 @@ def receive_reply(channel: socket.socket) -> tuple[bytes, list[int]] | None:
                 if not buffer:
                     _close_all(fds)
                     return None
-                raise FrameError("the helper closed mid-reply")
+                raise HelperProtocolError("the helper closed mid-reply")
             buffer += data
             if needed == _LENGTH.size and len(buffer) == needed:
                 (length,) = _LENGTH.unpack(buffer)
                 if length > MAX_MESSAGE_BYTES:
-                    raise FrameError("filesystem sandbox helper reply is too large")
+                    raise HelperProtocolError("filesystem sandbox helper reply is too large")
                 needed += length
     except BaseException:
         _close_all(fds)

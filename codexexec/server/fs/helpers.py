@@ -26,7 +26,7 @@ import msgspec
 
 from codexexec.protocol.jsonrpc import INTERNAL_ERROR, RpcError
 from codexexec.sandbox.enforce import SandboxedCommand
-from codexexec.server.fs.helper_protocol import FrameError, frame, receive_reply
+from codexexec.server.fs.helper_protocol import HelperProtocolError, frame, receive_reply
 from codexexec.server.fs.sandboxed import Confinement, prepare_helper
 
 # Helpers one connection may keep: operations beyond this wait for a free helper.
@@ -75,7 +75,7 @@ class _Helper:
         exchange = asyncio.ensure_future(asyncio.to_thread(self._exchange, request))
         try:
             return await asyncio.shield(exchange)
-        except FrameError as exc:
+        except HelperProtocolError as exc:
             raise _failed(str(exc)) from None
         except asyncio.CancelledError:
             # The thread goes on until the helper is stopped; an opened descriptor that
