@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from codexexec.client import ExecServerClient
+from codexexec.client import ExecServerClient, ExecServerError
 from codexexec.client.client import NetworkProxyRequest
 from codexexec.network.policy import NetworkPolicy
 from codexexec.server.managed_network import ExecutorNetwork
@@ -239,3 +240,34 @@ def test_allow_local_alone_reaches_loopback_and_blocks_say_what_allows_them(orig
     )
     assert b"the proxy blocked example.invalid:80 (not_allowed" in blocked.stderr
     assert b"--allow-domain example.invalid allows it" in blocked.stderr
+
+
+async def test_a_start_that_fails_gives_back_what_was_prepared_for_it(tmp_path: Path) -> None:
+    """Starting a process is one transaction: a start refused after its proxy registration
+    and sandbox were prepared leaves neither behind (the proxy's per-process policy, the
+    sandbox's placeholders for protected names)."""
+    from codexexec.server.app import ExecServer
+    from codexexec.transport.memory import memory_pair
+
+    server = ExecServer()
+    client_end, server_end = memory_pair()
+    serving = asyncio.create_task(server.serve(server_end, malformed_prefix="invalid"))
+    client = await ExecServerClient.over(client_end, description="in-process")
+    try:
+        for argv in (["/nonexistent/program"], [str(tmp_path)]):  # ENOENT, then EACCES
+            with pytest.raises(ExecServerError):
+                await client.start(
+                    argv,
+                    cwd=str(tmp_path),
+                    sandbox="workspace-write",
+                    network_proxy=NetworkProxyRequest(),
+                )
+        assert server.network._owners == {}
+        assert not (tmp_path / ".codex").exists() and not (tmp_path / ".git").exists()
+        # The next one starts and runs as usual.
+        process = await client.start(["true"], cwd=str(tmp_path), sandbox="workspace-write")
+        assert (await process.wait()).exit_code == 0
+    finally:
+        await client.close()
+        await server.aclose()
+        serving.cancel()

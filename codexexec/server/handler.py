@@ -1,11 +1,14 @@
 """The per-connection request processor: lifecycle gatekeeping and method dispatch.
 
 Every transport (websocket, stdio, in-memory, relay stream) gets one of these on the
-shared ExecServer; it owns no OS code, only protocol rules.
+shared ExecServer. It holds the protocol's rules and drives the pieces that do the OS work
+(``spawn``, ``sandbox.enforce``, the managed network, ``process``); starting a process is
+one transaction: whatever was prepared for it is given back if it does not start.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -280,57 +283,57 @@ class ConnectionHandler:
             kind = "pty" if params.tty else "pipe"
             raise RpcError(INTERNAL_ERROR, f"missing program for {kind} spawn")
         env = build_child_env(params.env_policy, params.env)
-        prepared = await self._launch_network(params, env)
-        routing = await self._network_routing(params, env, prepared)
-        sandboxed = _sandboxed_command(params, cwd, routing, self._sandbox)
-        if sandboxed is not None:
-            try:
-                spawn.ensure_program_exists(params.argv[0], env, cwd)
-            except OSError as exc:
-                sandboxed.discard()
-                raise RpcError(INTERNAL_ERROR, os_error_text(exc)) from None
-        process = ManagedProcess(
-            params.process_id,
-            session,
-            tty=params.tty,
-            pipe_stdin=params.pipe_stdin,
-            on_expired=session.forget,
-            on_closed=session.retain_closed,
-            sandbox_type=sandboxed.sandbox_type if sandboxed else "none",
-            sandbox_backend=sandboxed.backend if sandboxed else "",
-        )
-        session.processes[params.process_id] = process
-        try:
-            child = spawn.spawn(
-                sandboxed.argv if sandboxed else params.argv,
-                cwd=cwd,
-                env=env,
+        with contextlib.ExitStack() as undo:  # each step's undo, should a later one fail
+            prepared = await self._launch_network(params, env)
+            if prepared is not None:
+                undo.callback(self._network.release, prepared.token)
+            routing = await self._network_routing(params, env, prepared)
+            sandboxed = _sandboxed_command(params, cwd, routing, self._sandbox)
+            if sandboxed is not None:
+                undo.callback(sandboxed.discard)
+                try:
+                    spawn.ensure_program_exists(params.argv[0], env, cwd)
+                except OSError as exc:
+                    raise RpcError(INTERNAL_ERROR, os_error_text(exc)) from None
+            token = prepared.token if prepared is not None else None
+            process = ManagedProcess(
+                params.process_id,
+                session,
                 tty=params.tty,
                 pipe_stdin=params.pipe_stdin,
-                arg0=params.arg0 if sandboxed is None or sandboxed.passes_arg0 else None,
-                pass_fds=sandboxed.pass_fds if sandboxed else (),
-                # Both backends end the command with the executor: bwrap --die-with-parent,
-                # the Landlock supervisor's lifeline.
-                dies_with_parent=sandboxed is not None and sandboxed.backend != "seatbelt",
-                takes_terminal=sandboxed is not None and sandboxed.takes_terminal,
-                lifeline=sandboxed.lifeline if sandboxed else None,
+                on_expired=session.forget,
+                on_closed=session.retain_closed,
+                sandbox_type=sandboxed.sandbox_type if sandboxed else "none",
+                sandbox_backend=sandboxed.backend if sandboxed else "",
+                created_paths=sandboxed.created_paths if sandboxed else None,
+                network_off=sandboxed is not None and sandboxed.network_off,
+                managed_network=routing is not None,
+                network_decisions=(lambda: self._network.decisions(token)) if token else list,
+                on_disposed=(lambda: self._network.release(token)) if token else None,
             )
-        except OSError as exc:
-            del session.processes[params.process_id]
-            if sandboxed is not None:
-                sandboxed.discard()
-            raise RpcError(INTERNAL_ERROR, os_error_text(exc)) from None
-        finally:
-            if sandboxed is not None:
-                sandboxed.release()
-        if sandboxed is not None:
-            process.created_paths = sandboxed.created_paths
-            process.network_off = sandboxed.network_off
-        process.managed_network = routing is not None
-        if prepared is not None:
-            token = prepared.token
-            process.network_decisions = lambda: self._network.decisions(token)
-            process.on_disposed = lambda: self._network.release(token)
+            session.processes[params.process_id] = process
+            undo.callback(session.processes.pop, params.process_id, None)
+            try:
+                child = spawn.spawn(
+                    sandboxed.argv if sandboxed else params.argv,
+                    cwd=cwd,
+                    env=env,
+                    tty=params.tty,
+                    pipe_stdin=params.pipe_stdin,
+                    arg0=params.arg0 if sandboxed is None or sandboxed.passes_arg0 else None,
+                    pass_fds=sandboxed.pass_fds if sandboxed else (),
+                    # Both backends end the command with the executor: bwrap
+                    # --die-with-parent, the Landlock supervisor's lifeline.
+                    dies_with_parent=sandboxed is not None and sandboxed.backend != "seatbelt",
+                    takes_terminal=sandboxed is not None and sandboxed.takes_terminal,
+                    lifeline=sandboxed.lifeline if sandboxed else None,
+                )
+            except OSError as exc:
+                raise RpcError(INTERNAL_ERROR, os_error_text(exc)) from None
+            finally:
+                if sandboxed is not None:
+                    sandboxed.release()
+            undo.pop_all()  # started: the process owns all of it now
         self._observe_process(params, cwd, process, routing is not None)
         await process.attach(child)
         if session.processes.get(params.process_id) is not process:
@@ -421,11 +424,12 @@ class ConnectionHandler:
         prepared: PreparedManagedNetwork | None,
     ) -> NetworkRouting | None:
         """Managed network: the proxy ports this command may reach, bridged into its sandbox."""
-        if prepared is not None:
-            params.managed_network = m.ManagedNetworkParams(
+        requested = params.managed_network
+        if prepared is not None:  # the executor's own proxy: its snapshot decides
+            requested = m.ManagedNetworkParams(
                 list(prepared.context.loopback_ports), prepared.context.allow_local_binding
             )
-        if params.managed_network is None:
+        if requested is None:
             if params.enforce_managed_network:
                 raise RpcError(
                     INVALID_PARAMS,
@@ -434,10 +438,7 @@ class ConnectionHandler:
                 )
             return None
         try:
-            context = ManagedNetwork(
-                tuple(params.managed_network.loopback_ports),
-                params.managed_network.allow_local_binding,
-            )
+            context = ManagedNetwork(tuple(requested.loopback_ports), requested.allow_local_binding)
             ports = check_routes(env, context)
         except ProxyRouteError as exc:
             raise RpcError(INVALID_PARAMS, f"invalid managed network: {exc}") from None

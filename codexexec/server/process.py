@@ -149,6 +149,11 @@ class ManagedProcess:
         on_closed: Callable[[ManagedProcess], None] = lambda _: None,
         sandbox_type: str = "none",
         sandbox_backend: str = "",
+        created_paths: list[str] | None = None,
+        network_off: bool = False,
+        managed_network: bool = False,
+        network_decisions: Callable[[], list[dict[str, Any]]] = list,
+        on_disposed: Callable[[], None] | None = None,
     ) -> None:
         self.process_id = process_id
         self.tty = tty
@@ -156,15 +161,16 @@ class ManagedProcess:
         self.sandbox_type = sandbox_type
         self.sandbox_backend = sandbox_backend
         self.sandbox_denied = False
-        self.managed_network = False
-        self.network_off = False  # no network at all in its sandbox (for denial reports)
-        self.network_decisions: Callable[[], list[dict[str, Any]]] = list
-        self.on_disposed: Callable[[], None] | None = None
+        self.managed_network = managed_network
+        self.network_off = network_off  # no network at all in its sandbox (denial reports)
+        # What the managed proxy decided for it, and what to release once it is gone.
+        self.network_decisions = network_decisions
+        self.on_disposed = on_disposed
         # Told the exit code once it is known (the audit log).
         self.on_exited: Callable[[int], None] | None = None
         self.denial: DenialReport | None = None
         # Paths created on the host only as mount points for masks; removed after exit.
-        self.created_paths: list[str] = []
+        self.created_paths: list[str] = list(created_paths or ())
         self.output = OutputLog()
         self.starting = True
         self._publisher = publisher
