@@ -245,3 +245,34 @@ def test_a_client_that_stops_reading_is_disconnected_and_the_others_carry_on(hom
     while stuck.recv(1 << 20):
         pass
     stuck.close()
+
+
+def test_the_keeper_gates_a_client_as_the_server_does(home: Path) -> None:
+    """One lifecycle gate (rpc/lifecycle.py) for the server and the keeper: the same
+    refusals, in Codex's words, naming the method's family."""
+    import json
+
+    detach(home, "sleep 30")
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(str(paths(home).socket))
+    client.settimeout(10)
+    reader = client.makefile("rb")
+
+    def ask(message: dict[str, object]) -> dict[str, object]:
+        client.sendall(json.dumps(message).encode() + b"\n")
+        reply: dict[str, object] = json.loads(reader.readline())
+        return reply
+
+    early = ask({"id": 1, "method": "process/read", "params": {"processId": "x"}})
+    assert early["error"] == {
+        "code": -32600,
+        "message": "client must call initialize before using exec methods",
+    }
+    assert "result" in ask({"id": 2, "method": "initialize", "params": {"clientName": "t"}})
+    again = ask({"id": 3, "method": "initialize", "params": {"clientName": "t"}})
+    assert again["error"]["message"] == "initialize may only be sent once per connection"  # type: ignore[index]
+    waiting = ask({"id": 4, "method": "fs/getMetadata", "params": {"path": "file:///tmp"}})
+    assert waiting["error"]["message"] == (  # type: ignore[index]
+        "client must send initialized before using filesystem methods"
+    )
+    client.close()

@@ -40,6 +40,7 @@ from codexexec.protocol.jsonrpc import (
     Response,
     RpcError,
 )
+from codexexec.rpc.lifecycle import Lifecycle
 from codexexec.rpc.peer import RpcPeer
 from codexexec.transport.base import MessageTransport, TransportClosed
 
@@ -158,10 +159,13 @@ class KeeperClient:
         self._requests: set[asyncio.Task[None]] = set()
         self._asked: dict[RequestId, asyncio.Future[Any]] = {}
         self._ask_ids = itertools.count(1)
-        self._initialize_received = False
+        self._lifecycle = Lifecycle()
         self._closing: asyncio.Task[None] | None = None
-        self.initialized = False
         self.gone = False
+
+    @property
+    def initialized(self) -> bool:
+        return self._lifecycle.initialized
 
     # -- outgoing -------------------------------------------------------------------
 
@@ -202,7 +206,7 @@ class KeeperClient:
         if self.gone:
             return
         self.gone = True
-        self.initialized = False
+        self._lifecycle.initialized = False
         self._queue.clear()
         self._queued_bytes = 0
         self._empty.set()
@@ -276,11 +280,10 @@ class KeeperClient:
         elif message.method == "initialize":
             self._initialize(message)
         elif not self.initialized:
-            self._error(
-                message.id,
-                INVALID_REQUEST,
-                f"client must send initialized before using {message.method.split('/')[0]} methods",
-            )
+            try:
+                self._lifecycle.check(message.method)
+            except RpcError as exc:
+                self._error(message.id, exc.code, exc.message)
         else:
             await self._slots.acquire()
             task = asyncio.create_task(self._relay(message))
@@ -298,16 +301,13 @@ class KeeperClient:
         self.post(await self._mux.forward(request))
 
     def _initialize(self, request: Request) -> None:
-        if self._initialize_received:
-            once = "initialize may only be sent once per connection"
-            self._error(request.id, INVALID_REQUEST, once)
-            return
         try:
+            self._lifecycle.check_initialize()
             result = self._mux.initialize(request)
         except RpcError as exc:
             self._error(request.id, exc.code, exc.message)
             return
-        self._initialize_received = True
+        self._lifecycle.initialize_answered()
         self.post(jsonrpc.encode_response(request.id, result))
 
     async def _notified(self, notification: Notification) -> None:
@@ -315,8 +315,8 @@ class KeeperClient:
             assert self._mux.server is not None
             with contextlib.suppress(TransportClosed, ConnectionError):
                 await self._mux.server.notify(notification.method, notification.params)
-        elif self._initialize_received:
-            self.initialized = True  # the keeper's own session was initialized long ago
+        elif self._lifecycle.on_initialized():
+            pass  # the keeper's own session with the server was initialized long ago
         else:
             log.info("a client sent `initialized` before `initialize`; disconnected")
             self._drop()

@@ -33,6 +33,7 @@ from codexexec.protocol.jsonrpc import (
     Request,
     RpcError,
 )
+from codexexec.rpc.lifecycle import INITIALIZED_TOO_EARLY, Lifecycle
 from codexexec.rpc.peer import CloseConnection, ReplyThen, RpcPeer
 from codexexec.sandbox.enforce import (
     SandboxedCommand,
@@ -67,16 +68,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 P = TypeVar("P")
-
-# The family word Codex puts in its lifecycle errors, by method prefix.
-_FAMILIES = {
-    "process/": "exec",
-    "fs/": "filesystem",
-    "http/": "http",
-    "environment/info": "environment info",
-    "environment/status": "environment status",
-    "environmentConfig/": "environment config",
-}
 
 
 def decode_params(params: Any, kind: type[P]) -> P:
@@ -129,8 +120,7 @@ class ConnectionHandler:
         self._bridges = bridges
         self._network = network
         self._peer: RpcPeer | None = None
-        self._initialize_received = False
-        self._initialized = False
+        self._lifecycle = Lifecycle()
         self.session: Session | None = None
         # method -> (params type, handler). Codex decodes params before the lifecycle
         # gate, so a malformed request gets -32602 even before initialize.
@@ -206,22 +196,13 @@ class ConnectionHandler:
 
     async def on_notification(self, notification: Notification) -> None:
         if notification.method == "initialized":
-            if not self._initialize_received:
-                raise CloseConnection("received `initialized` notification before `initialize`")
-            self._initialized = True
+            if not self._lifecycle.on_initialized():
+                raise CloseConnection(INITIALIZED_TOO_EARLY)
             return
         raise CloseConnection(f"unexpected notification `{notification.method}`")
 
     def _check_ready(self, method: str) -> None:
-        family = next((f for p, f in _FAMILIES.items() if method.startswith(p)), method)
-        if not self._initialize_received:
-            raise RpcError(
-                INVALID_REQUEST, f"client must call initialize before using {family} methods"
-            )
-        if not self._initialized:
-            raise RpcError(
-                INVALID_REQUEST, f"client must send initialized before using {family} methods"
-            )
+        self._lifecycle.check(method)
         if (
             self.session is None
             or self._peer is None
@@ -236,8 +217,7 @@ class ConnectionHandler:
     # -- lifecycle ------------------------------------------------------------------
 
     def _initialize(self, raw: Any) -> dict[str, Any]:
-        if self._initialize_received:
-            raise RpcError(INVALID_REQUEST, "initialize may only be sent once per connection")
+        self._lifecycle.check_initialize()
         params = decode_params(raw, m.InitializeParams)
         assert self._peer is not None
         if params.resume_session_id:
@@ -245,7 +225,7 @@ class ConnectionHandler:
         else:
             self.session = self._sessions.create(self._peer.outbox)
         self._audit.session = self.session.id
-        self._initialize_received = True
+        self._lifecycle.initialize_answered()
         return {"sessionId": self.session.id, "environmentInfo": environment_info()}
 
     async def _environment_info(self, params: m.NoParams) -> dict[str, Any]:
