@@ -717,9 +717,9 @@ async def test_a_slow_harness_is_cut_off_without_stalling_the_executor(tmp_path:
 
 
 async def test_outbox_bounds_and_drain() -> None:
-    from codexexec.rendezvous.peers import Outbox
+    from codexexec.bounded_queue import BoundedQueue
 
-    box = Outbox(max_frames=2, max_bytes=10)
+    box = BoundedQueue(max_frames=2, max_bytes=10)
     assert box.try_put(b"x" * 50)  # one oversized item always fits an empty outbox
     assert not box.try_put(b"y")
     assert await box.get() == b"x" * 50

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from codexexec.bounded_queue import BoundedQueue
 from codexexec.relay.frames import encode_reset, stream_header
 from codexexec.rendezvous.events import event
 from codexexec.rendezvous.links import RemoteExecutor, RemoteHarness
@@ -22,78 +22,6 @@ if TYPE_CHECKING:
 
 # How long a harness may fail to drain its outbox before it is cut off.
 SLOW_HARNESS_GRACE_SECONDS = 10.0
-
-
-class Outbox:
-    """A bounded FIFO of outgoing websocket messages (frame count and byte budget).
-
-    One oversized item is always admitted into an empty outbox, so a single frame can never
-    wedge it.
-    """
-
-    def __init__(self, max_frames: int, max_bytes: int) -> None:
-        self._items: deque[bytes] = deque()
-        self._bytes = 0
-        self._max_frames = max_frames
-        self._max_bytes = max_bytes
-        self._closed = False
-        self._readable = asyncio.Event()
-        self._writable = asyncio.Event()
-        self._writable.set()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def has_room(self, size: int) -> bool:
-        if not self._items:
-            return True
-        return len(self._items) < self._max_frames and self._bytes + size <= self._max_bytes
-
-    def _append(self, data: bytes) -> None:
-        self._items.append(data)
-        self._bytes += len(data)
-        self._readable.set()
-
-    def try_put(self, data: bytes) -> bool:
-        if self._closed or not self.has_room(len(data)):
-            return False
-        self._append(data)
-        return True
-
-    async def put(self, data: bytes) -> bool:
-        """Wait for room; False if the outbox was closed first."""
-        while not self._closed and not self.has_room(len(data)):
-            self._writable.clear()
-            await self._writable.wait()
-        if self._closed:
-            return False
-        self._append(data)
-        return True
-
-    async def get(self) -> bytes | None:
-        """The next item, or None once closed and drained."""
-        while not self._items:
-            if self._closed:
-                return None
-            self._readable.clear()
-            await self._readable.wait()
-        data = self._items.popleft()
-        self._bytes -= len(data)
-        self._writable.set()
-        return data
-
-    def close(self, *, drain: bool) -> None:
-        """Refuse new items; with ``drain`` the queued ones are still delivered."""
-        self._closed = True
-        if not drain:
-            self._items.clear()
-            self._bytes = 0
-        self._readable.set()
-        self._writable.set()
 
 
 class Peer:
@@ -115,7 +43,7 @@ class Peer:
         self.environment_id = environment_id
         self.label = label
         opts = relay.options
-        self.outbox = Outbox(opts.outbox_frames, opts.outbox_bytes)
+        self.outbox = BoundedQueue(opts.outbox_frames, opts.outbox_bytes)
         self.closing = False
         self._close_code = CLOSE_GOING_AWAY
         self._close_message = b""

@@ -2,49 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections import deque
-
+from codexexec.bounded_queue import BoundedQueue
 from codexexec.protocol.limits import CONNECTION_QUEUE_CAPACITY
 from codexexec.transport.base import TransportClosed
 
+# Counted in messages; their bytes are the server's and the client's own flow control.
+_NO_BYTE_LIMIT = 1 << 62
 
-class _Channel:
-    """One direction: bounded, and messages queued before close are still delivered."""
 
-    def __init__(self) -> None:
-        self._items: deque[bytes] = deque()
-        self._closed = False
-        self._readable = asyncio.Event()
-        self._writable = asyncio.Event()
-        self._writable.set()
-
-    async def put(self, message: bytes) -> None:
-        while len(self._items) >= CONNECTION_QUEUE_CAPACITY and not self._closed:
-            self._writable.clear()
-            await self._writable.wait()
-        if self._closed:
-            raise TransportClosed("in-process connection is closed")
-        self._items.append(message)
-        self._readable.set()
-
-    async def get(self) -> bytes | None:
-        while not self._items:
-            if self._closed:
-                return None
-            self._readable.clear()
-            await self._readable.wait()
-        self._writable.set()
-        return self._items.popleft()
-
-    def close(self) -> None:
-        self._closed = True
-        self._readable.set()
-        self._writable.set()
+def _channel() -> BoundedQueue:
+    return BoundedQueue(CONNECTION_QUEUE_CAPACITY, _NO_BYTE_LIMIT)
 
 
 class MemoryTransport:
-    def __init__(self, inbox: _Channel, outbox: _Channel, peer: str) -> None:
+    def __init__(self, inbox: BoundedQueue, outbox: BoundedQueue, peer: str) -> None:
         self._inbox = inbox
         self._outbox = outbox
         self._peer = peer
@@ -57,16 +28,18 @@ class MemoryTransport:
         return await self._inbox.get()
 
     async def send(self, message: bytes) -> None:
-        await self._outbox.put(message)
+        if not await self._outbox.put(message):
+            raise TransportClosed("in-process connection is closed")
 
     async def close(self) -> None:
-        self._outbox.close()
-        self._inbox.close()
+        # What was sent before the close is still delivered.
+        self._outbox.close(drain=True)
+        self._inbox.close(drain=True)
 
 
 def memory_pair() -> tuple[MemoryTransport, MemoryTransport]:
     """Two connected ends: (client side, server side)."""
-    to_server, to_client = _Channel(), _Channel()
+    to_server, to_client = _channel(), _channel()
     return (
         MemoryTransport(to_client, to_server, "in-process server"),
         MemoryTransport(to_server, to_client, "in-process client"),
