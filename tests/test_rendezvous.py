@@ -17,7 +17,7 @@ import stat
 import subprocess
 import sys
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
@@ -960,23 +960,42 @@ def test_bad_listen_urls(url: str) -> None:
 # -- run_rendezvous --------------------------------------------------------------------------
 
 
+RUN_DEFAULT_RENDEZVOUS = (
+    "from codexexec.rendezvous import run_rendezvous;"
+    "run_rendezvous('http://127.0.0.1:0', None, None)"
+)
+
+
+@contextlib.contextmanager
+def running_rendezvous(
+    argv: list[str], env: dict[str, str], stop: int = signal.SIGTERM
+) -> Iterator[tuple[str, subprocess.Popen[str], list[str]]]:
+    """A rendezvous process: (its URL, the process, [its stdout after the URL, its stderr]
+    once stopped with ``stop`` at the end of the block)."""
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True
+    )
+    ended: list[str] = []
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        yield url, proc, ended
+        proc.send_signal(stop)
+        ended.extend(proc.communicate(timeout=15))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def test_run_rendezvous_prints_url_and_dev_token_location(tmp_path: Path) -> None:
     home = tmp_path / "state"
     env = dict(os.environ, CODEXEXEC_HOME=str(home))
-    code = (
-        "from codexexec.rendezvous import run_rendezvous;"
-        "run_rendezvous('http://127.0.0.1:0', None, None)"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        first = proc.stdout.readline().strip()
+    with running_rendezvous([sys.executable, "-c", RUN_DEFAULT_RENDEZVOUS], env) as (
+        first,
+        proc,
+        ended,
+    ):
         assert first.startswith("http://127.0.0.1:") and int(first.rsplit(":", 1)[1]) > 0
         with urllib.request.urlopen(first + "/healthz", timeout=5) as response:
             assert response.status == 200
@@ -995,12 +1014,7 @@ def test_run_rendezvous_prints_url_and_dev_token_location(tmp_path: Path) -> Non
         with urllib.request.urlopen(request, timeout=5) as response:
             assert json.loads(response.read())["security_profile"] == "legacy"
         assert (home / "rendezvous.sqlite3").exists()
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=15)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    out, err = ended
     assert proc.returncode == 0, err
     assert out.strip() == ""  # nothing after the URL
     assert str(token_path) in err
@@ -1011,28 +1025,11 @@ def test_run_rendezvous_reuses_an_existing_dev_token(tmp_path: Path) -> None:
     home = tmp_path / "state"
     create_dev_token_file(home)
     env = dict(os.environ, CODEXEXEC_HOME=str(home))
-    code = (
-        "from codexexec.rendezvous import run_rendezvous;"
-        "run_rendezvous('http://127.0.0.1:0', None, None)"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().startswith("http://127.0.0.1:")
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=15)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, err
-    assert "rendezvous-tokens" not in err
+    argv = [sys.executable, "-c", RUN_DEFAULT_RENDEZVOUS]
+    with running_rendezvous(argv, env, signal.SIGINT) as (url, proc, ended):
+        assert url.startswith("http://127.0.0.1:")
+    assert proc.returncode == 0, ended[1]
+    assert "rendezvous-tokens" not in ended[1]
 
 
 def test_a_missing_token_file_is_created_and_a_readable_one_explained(tmp_path: Path) -> None:
