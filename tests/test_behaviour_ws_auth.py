@@ -174,8 +174,9 @@ async def test_signed_bearer_token(
     assert await upgrade(jwt_server.url, f"Bearer {token(int(time.time()))}") == answer
 
 
-def _start_refusal(kind: str, args: tuple[str, ...]) -> str:
-    """What a server says when it will not start with these flags (its last stderr line)."""
+def _start_refusal(kind: str, args: tuple[str, ...]) -> tuple[str, int]:
+    """What a server says when it will not start with these flags (its first stderr line),
+    and its exit status."""
     if kind == "codexexec":
         argv = codexexec_command("serve", "--listen", "ws://127.0.0.1:0", *args)
     else:
@@ -192,7 +193,8 @@ def _start_refusal(kind: str, args: tuple[str, ...]) -> str:
     assert done.returncode != 0
     lines = [line for line in done.stderr.decode().splitlines() if line.strip()]
     first = lines[0]
-    return first.removeprefix("Error: ").removeprefix("codexexec: error: ")
+    text = first.removeprefix("Error: ").removeprefix("error: ").removeprefix("codexexec: error: ")
+    return text, done.returncode
 
 
 @pytest.mark.parametrize(
@@ -227,6 +229,13 @@ def _start_refusal(kind: str, args: tuple[str, ...]) -> str:
 def test_bad_flags_are_refused_with_codexs_words(secrets_dir: Path, args: tuple[str, ...]) -> None:
     concrete = tuple(arg.replace("{dir}", str(secrets_dir)) for arg in args)
     assert _start_refusal("codexexec", concrete) == _start_refusal("codex", concrete)
+
+
+def test_a_mode_the_flag_does_not_take_is_a_usage_error() -> None:
+    ours, ours_code = _start_refusal("codexexec", ("--ws-auth", "bogus"))
+    theirs, theirs_code = _start_refusal("codex", ("--ws-auth", "bogus"))
+    assert ours_code == theirs_code == 2
+    assert ours.startswith(theirs)  # Codex puts the possible values on a line of their own
 
 
 def test_a_token_given_as_its_digest(secrets_dir: Path) -> None:

@@ -192,7 +192,7 @@ def serve(
         ws_settings = configure(ws_args)
         auth = None if ws_settings is None else load_policy(ws_settings)
     except WsAuthError as exc:
-        fail(str(exc), 1)
+        fail(str(exc), 2 if exc.usage else 1)
     if remote is None and listen not in ("stdio", "stdio://") and not insecure_no_auth:
         from codexexec.transport.websocket import parse_ws_listen_url
         from codexexec.transport.ws_auth import unauthenticated_refusal

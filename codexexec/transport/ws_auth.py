@@ -45,7 +45,12 @@ JWT_AUDIENCE_MISMATCH = "websocket jwt audience mismatch"
 
 
 class WsAuthError(ValueError):
-    """The websocket auth flags or files cannot be used; the text is Codex's."""
+    """The websocket auth flags or files cannot be used; the text is Codex's. ``usage``:
+    a value the flag does not take (Codex's argument parser refuses it: exit 2)."""
+
+    def __init__(self, message: str, *, usage: bool = False) -> None:
+        super().__init__(message)
+        self.usage = usage
 
 
 @dataclass(frozen=True)
@@ -107,7 +112,8 @@ def configure(args: WsAuthArgs) -> Settings | None:
     if args.mode not in MODES:
         raise WsAuthError(
             f"invalid value '{args.mode}' for '--ws-auth <MODE>' "
-            "[possible values: capability-token, signed-bearer-token]"
+            "[possible values: capability-token, signed-bearer-token]",
+            usage=True,
         )
     if args.mode == "capability-token":
         if any(flag is not None for flag in jwt_flags):
