@@ -595,3 +595,29 @@ def test_ps_and_kill_for_detached_processes(
     again = cx("kill", quitter)
     assert again.returncode == 0 and "has already exited (exit code 3)" in again.stdout
     assert cx("kill", "not-a-handle").returncode == 2
+
+
+def test_a_server_that_never_comes_back_leaves_the_handle_to_find_the_command() -> None:
+    """The server dies mid-command: the loss is said at once, and when the 25 s recovery
+    window ends, the line to pick the command up again, not "cannot run" (#18)."""
+    from tests.servers import start_server
+
+    with start_server("codexexec") as server:
+        process = subprocess.Popen(
+            codexexec_command("exec", "--env", server.url, "--", "sh", "-c", "echo up; sleep 60"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd="/tmp",
+        )
+        assert process.stdout is not None and process.stderr is not None
+        assert process.stdout.readline() == b"up\n"
+        lost_at = time.monotonic()
+        server.process.kill()
+        server.process.wait()
+        first = process.stderr.readline().decode()
+        assert "lost the connection to" in first and time.monotonic() - lost_at < 5
+        _, err = process.communicate(timeout=90)
+    assert process.returncode == 125
+    text = err.decode()
+    assert f"codexexec read {server.url}#" in text and " --follow" in text
+    assert f"error: lost `sh` on {server.url}" in text and "cannot run" not in text
