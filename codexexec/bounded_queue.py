@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Sized
+from typing import Generic, TypeVar
+
+T = TypeVar("T", bound=Sized)
 
 
-class BoundedQueue:
+class BoundedQueue(Generic[T]):
     """A FIFO of messages bounded by count and bytes.
 
     One oversized item is always admitted into an empty queue, so a single message can
@@ -15,7 +19,7 @@ class BoundedQueue:
     """
 
     def __init__(self, max_frames: int, max_bytes: int) -> None:
-        self._items: deque[bytes] = deque()
+        self._items: deque[T] = deque()
         self._bytes = 0
         self._max_frames = max_frames
         self._max_bytes = max_bytes
@@ -36,18 +40,18 @@ class BoundedQueue:
             return True
         return len(self._items) < self._max_frames and self._bytes + size <= self._max_bytes
 
-    def _append(self, data: bytes) -> None:
+    def _append(self, data: T) -> None:
         self._items.append(data)
         self._bytes += len(data)
         self._readable.set()
 
-    def try_put(self, data: bytes) -> bool:
+    def try_put(self, data: T) -> bool:
         if self._closed or not self.has_room(len(data)):
             return False
         self._append(data)
         return True
 
-    async def put(self, data: bytes) -> bool:
+    async def put(self, data: T) -> bool:
         """Wait for room; False if the queue was closed first."""
         while not self._closed and not self.has_room(len(data)):
             self._writable.clear()
@@ -57,7 +61,7 @@ class BoundedQueue:
         self._append(data)
         return True
 
-    async def get(self) -> bytes | None:
+    async def get(self) -> T | None:
         """The next item, or None once closed and drained."""
         while not self._items:
             if self._closed:

@@ -348,3 +348,50 @@ def test_socks5_handshake_parses_without_sockets() -> None:
         with pytest.raises(SocksError) as raised:
             socks_handshake(wire)
         assert raised.value.reply == code
+
+
+async def test_output_reaches_an_in_process_peer_as_is_and_others_as_json() -> None:
+    """An OutputMessage goes through the connection's outbox unencoded to the in-process
+    transport, and as the very bytes of the wire format to any other (#17)."""
+    from codexexec.protocol.jsonrpc import encode_json, parse_message
+    from codexexec.protocol.output_notification import OutputMessage, encode
+    from codexexec.rpc.outbox import Outbox
+    from codexexec.transport.memory import memory_pair
+
+    message = OutputMessage("p-1", encode_json("p-1"), 3, "stdout", b"\x00\xffdata")
+
+    class Wire:
+        peer = "test"
+
+        def __init__(self) -> None:
+            self.sent: list[bytes] = []
+
+        async def send(self, data: bytes) -> None:
+            self.sent.append(data)
+
+        async def receive(self) -> None:
+            return None
+
+        async def close(self) -> None:
+            pass
+
+    wire = Wire()
+    outbox = Outbox(wire)  # type: ignore[arg-type]
+    outbox.post(message)
+    await outbox.flush()
+    assert wire.sent == [encode(message.quoted_id, 3, "stdout", b"\x00\xffdata")]
+    outbox.close()
+
+    client_end, server_end = memory_pair()
+    local = Outbox(server_end)
+    local.post(message)
+    received = await client_end.receive()
+    assert received is message
+    notification = parse_message(received)
+    assert notification.params == {  # type: ignore[union-attr]
+        "processId": "p-1",
+        "seq": 3,
+        "stream": "stdout",
+        "chunk": b"\x00\xffdata",
+    }
+    local.close()

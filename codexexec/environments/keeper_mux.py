@@ -40,6 +40,7 @@ from codexexec.protocol.jsonrpc import (
     Response,
     RpcError,
 )
+from codexexec.protocol.output_notification import OutputMessage
 from codexexec.rpc.lifecycle import Lifecycle
 from codexexec.rpc.peer import RpcPeer
 from codexexec.transport.base import MessageTransport, TransportClosed
@@ -264,8 +265,10 @@ class KeeperClient:
                 await self._empty.wait()
         self._drop()
 
-    async def _handle(self, raw: bytes | str) -> None:
+    async def _handle(self, raw: bytes | str | OutputMessage) -> None:
         try:
+            if isinstance(raw, OutputMessage):  # only a server sends output, never a client
+                raise MalformedMessage("a client cannot send process output")
             value = jsonrpc.decode_json(raw)
             if isinstance(value, list):
                 raise MalformedMessage("the keeper does not relay batches")

@@ -180,13 +180,21 @@ def _exceeds_limits(value: Any) -> tuple[bool, bool]:
     return too_deep, False
 
 
-def parse_message(raw: bytes | str) -> Message | list[Any]:
+def parse_message(raw: bytes | str | output_notification.OutputMessage) -> Message | list[Any]:
     """One transport message: a message, or a batch's raw entries (see ``classify``).
 
     ``process/output`` in the server's own layout skips JSON (``output_notification.py``):
     its ``chunk`` param then holds the decoded bytes rather than base64 text (msgspec
     encodes bytes back to the same base64, so a relaying keeper sends what it got).
     """
+    if isinstance(raw, output_notification.OutputMessage):  # from an in-process server
+        params = {
+            "processId": raw.process_id,
+            "seq": raw.seq,
+            "stream": raw.stream,
+            "chunk": raw.data,
+        }
+        return Notification("process/output", params)
     if isinstance(raw, bytes):
         fields = output_notification.decode(raw)
         if fields is not None:

@@ -11,6 +11,7 @@ order, an escaped id — returns None and takes the general JSON path, so nothin
 from __future__ import annotations
 
 import binascii
+from dataclasses import dataclass
 
 import pybase64
 
@@ -19,6 +20,26 @@ _SEQ = b',"seq":'
 _STREAM = b',"stream":"'
 _CHUNK = b'","chunk":"'
 _SUFFIX = b'"}}'
+
+
+@dataclass(frozen=True, slots=True)
+class OutputMessage:
+    """One `process/output` before it is written: an in-process peer takes it as it is (the
+    embedded `local` environment: no base64, no JSON between two halves of one process);
+    any other transport gets ``encode()``'s bytes."""
+
+    process_id: str
+    quoted_id: bytes  # the same as a JSON string, quotes included (encoded once per process)
+    seq: int
+    stream: str
+    data: bytes
+
+    def encode(self) -> bytes:
+        return encode(self.quoted_id, self.seq, self.stream, self.data)
+
+    def __len__(self) -> int:
+        """About what its encoding takes (for flow control, counted in bytes)."""
+        return len(self.data) * 4 // 3 + 100
 
 
 def encode(quoted_id: bytes, seq: int, stream: str, data: bytes | memoryview) -> bytes:

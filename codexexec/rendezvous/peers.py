@@ -43,7 +43,7 @@ class Peer:
         self.environment_id = environment_id
         self.label = label
         opts = relay.options
-        self.outbox = BoundedQueue(opts.outbox_frames, opts.outbox_bytes)
+        self.outbox: BoundedQueue[bytes] = BoundedQueue(opts.outbox_frames, opts.outbox_bytes)
         self.closing = False
         self._close_code = CLOSE_GOING_AWAY
         self._close_message = b""

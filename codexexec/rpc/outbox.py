@@ -13,6 +13,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 
+from codexexec.protocol.output_notification import OutputMessage
 from codexexec.transport.base import MessageTransport, TransportClosed
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,9 @@ LOW_WATER_BYTES = 1024 * 1024
 class Outbox:
     def __init__(self, transport: MessageTransport) -> None:
         self._transport = transport
-        self._queue: deque[bytes] = deque()
+        self._queue: deque[bytes | OutputMessage] = deque()
+        # An in-process peer takes output as it is (``send_output``); others get bytes.
+        self._send_output = getattr(transport, "send_output", None)
         self._queued_bytes = 0
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()
@@ -39,7 +42,7 @@ class Outbox:
     def congested(self) -> bool:
         return self._queued_bytes > HIGH_WATER_BYTES
 
-    def post(self, message: bytes) -> None:
+    def post(self, message: bytes | OutputMessage) -> None:
         if self.closed:
             return
         self._queue.append(message)
@@ -69,7 +72,12 @@ class Outbox:
                     self._wake.clear()
                     await self._wake.wait()
                 message = self._queue.popleft()
-                await self._transport.send(message)
+                if not isinstance(message, OutputMessage):
+                    await self._transport.send(message)
+                elif self._send_output is not None:
+                    await self._send_output(message)
+                else:
+                    await self._transport.send(message.encode())
                 self._queued_bytes -= len(message)
                 if not self._queue:
                     self._empty.set()

@@ -22,6 +22,7 @@ from codexexec.protocol.limits import (
     OUTPUT_READ_CHUNK_BYTES,
     REMEMBERED_WRITE_IDS_PER_PROCESS,
 )
+from codexexec.protocol.output_notification import OutputMessage
 from codexexec.sandbox.denial import DenialReport, classify
 from codexexec.sandbox.enforce import remove_created_paths
 from codexexec.server import spawn
@@ -41,7 +42,7 @@ WriteStatus = Literal["accepted", "unknownProcess", "stdinClosed", "starting"]
 class Publisher(Protocol):
     """Where a process's notifications go: its session's current connection, if any."""
 
-    def publish(self, message: bytes) -> None: ...
+    def publish(self, message: bytes | OutputMessage) -> None: ...
 
     def congested(self) -> bool: ...
 
@@ -183,7 +184,7 @@ class ManagedProcess:
         self._readers: list[_OutputReader] = []
         # Until the start response is on the wire, notifications wait here, so a
         # client never sees output for a process it has not been told about.
-        self._early: list[bytes] | None = []
+        self._early: list[bytes | OutputMessage] | None = []
         self._write_ids: deque[str] = deque()
         self._write_id_set: set[str] = set()
         self._pidfd: int | None = None
@@ -334,7 +335,9 @@ class ManagedProcess:
     def _on_output(self, stream: str, data: bytes, reader: _OutputReader) -> None:
         chunk = self.output.append(stream, data)
         # Hand-built: this is the hottest path in the server.
-        message = output_notification.encode(self._quoted_id, chunk.seq, stream, data)
+        message = output_notification.OutputMessage(
+            self.process_id, self._quoted_id, chunk.seq, stream, data
+        )
         if self._early is not None:
             self._early.append(message)
             reader.pause()

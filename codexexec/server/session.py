@@ -19,6 +19,7 @@ from codexexec.protocol.limits import (
     MAX_CLOSED_PROCESSES_PER_SESSION,
     MAX_RUNNING_PROCESSES_PER_SESSION,
 )
+from codexexec.protocol.output_notification import OutputMessage
 from codexexec.rpc.outbox import Outbox
 from codexexec.server.process import ManagedProcess
 
@@ -39,7 +40,7 @@ class Session:
         self._closed_count = 0
 
     # Publisher, for this session's processes.
-    def publish(self, message: bytes) -> None:
+    def publish(self, message: bytes | OutputMessage) -> None:
         if self.outbox is not None:
             self.outbox.post(message)
 

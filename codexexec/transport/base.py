@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from codexexec.protocol.output_notification import OutputMessage
 
 
 class TransportClosed(ConnectionError):
@@ -17,8 +20,9 @@ class MessageTransport(Protocol):
         """A short description of the other end, for logs (never a secret)."""
         ...
 
-    async def receive(self) -> bytes | str | None:
-        """The next message, or None once the peer closed the stream."""
+    async def receive(self) -> bytes | str | OutputMessage | None:
+        """The next message, or None once the peer closed the stream (an in-process peer's
+        output arrives as the OutputMessage it was)."""
         ...
 
     async def send(self, message: bytes) -> None:
