@@ -52,8 +52,14 @@ def run_in_terminal(
         return True
 
     screen = converse(process, master, react, timeout)
-    code = process.wait(timeout=5)
-    os.close(master)
+    try:
+        code = process.wait(timeout=5)
+    except subprocess.TimeoutExpired:  # never leave a CLI behind on a failed check
+        process.kill()
+        process.wait()
+        raise
+    finally:
+        os.close(master)
     return code, screen.decode(errors="replace")
 
 

@@ -65,8 +65,14 @@ def at_a_terminal(
         return True
 
     screen = converse(process, master, react, 30).decode(errors="replace").replace("\r", "")
-    code = process.wait(10)
-    os.close(master)
+    try:
+        code = process.wait(10)
+    except subprocess.TimeoutExpired:  # never leave a CLI behind on a failed check
+        process.kill()
+        process.wait()
+        raise
+    finally:
+        os.close(master)
     return code, screen
 
 
