@@ -14,6 +14,7 @@ import struct
 import subprocess
 import termios
 import time
+from pathlib import Path
 
 import pytest
 
@@ -165,3 +166,50 @@ async def test_resize_pty_on_the_wire(codexexec_server: RunningServer) -> None:
     )
     assert bad["error"]["code"] == -32602
     await wire.close()
+
+
+@pytest.mark.parametrize("sandbox", ["workspace-write", "danger-full-access"])
+def test_closing_the_terminal_ends_the_command(sandbox: str) -> None:
+    """Like ssh: when the terminal goes away (hangup), the remote command is stopped — an
+    interactive shell too, which ignores SIGINT and SIGTERM — and the CLI exits (#18)."""
+    master, slave = pty.openpty()
+    process = subprocess.Popen(
+        codexexec_command(
+            "exec", "--tty", "--sandbox", sandbox, "--", "env", "PS1=prompt> ", "sh", "-i"
+        ),
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        cwd="/tmp",
+        start_new_session=True,
+        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+    )
+    os.close(slave)
+    screen = converse(process, master, lambda seen: b"prompt> " in seen, 20)
+    assert b"prompt> " in screen
+    shells_before = _shells()
+    os.close(master)  # the terminal is gone
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        pytest.fail("the CLI outlived its terminal")
+    deadline = time.monotonic() + 10
+    while _shells() & shells_before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not (_shells() & shells_before), "the remote shell outlived the terminal"
+
+
+def _shells() -> set[int]:
+    """Host pids of `sh -i` processes (checked on the host, not by exit codes)."""
+    found = set()
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if cmdline == b"sh\0-i\0":
+                found.add(int(pid))
+    return found

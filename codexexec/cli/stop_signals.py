@@ -67,10 +67,14 @@ class StopForwarding:
         if process is None:
             return
         if self._timer is None:
-            sys.stderr.write(
-                f"{why}: interrupting `{self.label or process.process_id}`; "
-                f"it is terminated if still running in {self._grace:g} s\n"
-            )
+            # Best effort: after a hangup the terminal is gone, and the command must still
+            # be stopped.
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.write(
+                    f"{why}: interrupting `{self.label or process.process_id}`; "
+                    f"it is terminated if still running in {self._grace:g} s\n"
+                )
+                sys.stderr.flush()
             self._spawn(process.interrupt())
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(self._grace, self._terminate, process)
