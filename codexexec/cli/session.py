@@ -507,7 +507,8 @@ class _RawTerminal:
 
     def __exit__(self, *exc: object) -> None:
         if self._fd is not None and self._saved is not None:
-            termios.tcsetattr(self._fd, termios.TCSADRAIN, self._saved)
+            with contextlib.suppress(termios.error, OSError):  # the terminal may be gone
+                termios.tcsetattr(self._fd, termios.TCSADRAIN, self._saved)
             self._saved = None
 
     @contextlib.contextmanager
