@@ -35,3 +35,47 @@ def converse(
         if process.poll() is not None and not ready:
             break
     return screen
+
+
+def start_at_terminal(
+    argv: list[str],
+    *,
+    controlling: bool = False,
+    size: tuple[int, int] | None = None,
+    env: dict[str, str] | None = None,
+) -> tuple[subprocess.Popen[bytes], int]:
+    """``argv`` on a new pseudo-terminal: (the process, the terminal's master end). With
+    ``controlling`` it leads a session whose controlling terminal this is, as a shell's
+    foreground job does."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    if size is not None:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", *size, 0, 0))
+    process = subprocess.Popen(
+        argv,
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        cwd="/tmp",
+        env={**os.environ, **(env or {})},
+        start_new_session=controlling,
+        preexec_fn=(lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0)) if controlling else None,
+    )
+    os.close(slave)
+    return process, master
+
+
+def finish(process: subprocess.Popen[bytes], master: int, timeout: float) -> int:
+    """The exit status; a CLI still running after ``timeout`` is killed, never left behind."""
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise
+    finally:
+        os.close(master)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import shutil
 import signal
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.servers import RunningServer, codexexec_command
-from tests.terminal import converse
+from tests.terminal import converse, finish, start_at_terminal
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
 
@@ -31,16 +30,7 @@ def run_in_terminal(
     prompt: bytes = b"without the sandbox?",
 ) -> tuple[int, str]:
     """Run the CLI on a real pseudo-terminal, answering its prompt like a person."""
-    master, slave = pty.openpty()
-    process = subprocess.Popen(
-        codexexec_command(*args),
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        cwd="/tmp",
-        close_fds=True,
-    )
-    os.close(slave)
+    process, master = start_at_terminal(codexexec_command(*args))
 
     def react(screen: bytes) -> bool:
         if answer is None or prompt not in screen or b"(n)" not in screen:
@@ -52,14 +42,7 @@ def run_in_terminal(
         return True
 
     screen = converse(process, master, react, timeout)
-    try:
-        code = process.wait(timeout=5)
-    except subprocess.TimeoutExpired:  # never leave a CLI behind on a failed check
-        process.kill()
-        process.wait()
-        raise
-    finally:
-        os.close(master)
+    code = finish(process, master, 5)
     return code, screen.decode(errors="replace")
 
 

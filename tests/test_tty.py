@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import fcntl
 import os
-import pty
 import shutil
 import struct
 import subprocess
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.servers import RunningServer, codexexec_command
-from tests.terminal import converse
+from tests.terminal import converse, finish, start_at_terminal
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
 
@@ -40,19 +39,9 @@ def at_a_terminal(
 ) -> tuple[int, str]:
     """Run the CLI as the foreground of a new pseudo-terminal of ``size``; once ``after``
     shows, type each bytes action or resize to each (rows, cols) one; return (code, screen)."""
-    master, slave = pty.openpty()
-    _winsize(slave, *size)
-    process = subprocess.Popen(
-        codexexec_command(*args),
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        cwd="/tmp",
-        env={**os.environ, **(env or {})},
-        start_new_session=True,
-        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+    process, master = start_at_terminal(
+        codexexec_command(*args), controlling=True, size=size, env=env
     )
-    os.close(slave)
 
     def react(screen: bytes) -> bool:
         if after not in screen:
@@ -66,14 +55,7 @@ def at_a_terminal(
         return True
 
     screen = converse(process, master, react, 30).decode(errors="replace").replace("\r", "")
-    try:
-        code = process.wait(10)
-    except subprocess.TimeoutExpired:  # never leave a CLI behind on a failed check
-        process.kill()
-        process.wait()
-        raise
-    finally:
-        os.close(master)
+    code = finish(process, master, 10)
     return code, screen
 
 
@@ -172,19 +154,12 @@ async def test_resize_pty_on_the_wire(codexexec_server: RunningServer) -> None:
 def test_closing_the_terminal_ends_the_command(sandbox: str) -> None:
     """Like ssh: when the terminal goes away (hangup), the remote command is stopped — an
     interactive shell too, which ignores SIGINT and SIGTERM — and the CLI exits (#18)."""
-    master, slave = pty.openpty()
-    process = subprocess.Popen(
+    process, master = start_at_terminal(
         codexexec_command(
             "exec", "--tty", "--sandbox", sandbox, "--", "env", "PS1=prompt> ", "sh", "-i"
         ),
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        cwd="/tmp",
-        start_new_session=True,
-        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+        controlling=True,
     )
-    os.close(slave)
     screen = converse(process, master, lambda seen: b"prompt> " in seen, 20)
     assert b"prompt> " in screen
     shells_before = _shells()
