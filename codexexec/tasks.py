@@ -21,9 +21,6 @@ class TaskSet:
     def __iter__(self) -> Iterator[asyncio.Task[Any]]:
         return iter(list(self._tasks))
 
-    def __len__(self) -> int:
-        return len(self._tasks)
-
     async def wait(self) -> None:
         """Until every task has ended (their exceptions are theirs: not raised here)."""
         if self._tasks:

@@ -621,3 +621,35 @@ def test_a_server_that_never_comes_back_leaves_the_handle_to_find_the_command() 
     text = err.decode()
     assert f"codexexec read {server.url}#" in text and " --follow" in text
     assert f"error: lost `sh` on {server.url}" in text and "cannot run" not in text
+
+
+def test_piped_input_never_approves_an_unsandboxed_rerun(tmp_path: Path) -> None:
+    """`[defaults] approval = "on-failure"` (or the flag) with stdin not a terminal: the
+    command's piped data must not answer "run it again without the sandbox" — checked on
+    the host: the file the sandbox refused is still absent."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text('[defaults]\napproval = "on-failure"\n')
+    target = Path("/var/lib") / f"cx-piped-{secrets.token_hex(4)}"
+    for flags in ((), ("--approval", "on-failure")):
+        result = subprocess.run(
+            codexexec_command(
+                "exec",
+                *flags,
+                "--sandbox",
+                "read-only",
+                "--",
+                "sh",
+                "-c",
+                f"sleep 1; touch {target}",
+            ),
+            input=b"y\ny\ny\n",
+            capture_output=True,
+            timeout=60,
+            cwd="/tmp",
+            env={**os.environ, "CODEXEXEC_HOME": str(home)},
+        )
+        assert result.returncode == 1, result.stderr
+        assert not target.exists()
+        assert b"sandbox denied" in result.stderr
+        assert b"again without the sandbox" not in result.stderr

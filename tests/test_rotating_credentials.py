@@ -65,6 +65,13 @@ def test_frame_fields_and_checks_follow_codex() -> None:
         b'{"version":1,"environment_id":"rotdev","token":"t","expires_at":-1}\n',
         b'{"version":1,"environment_id":"rotdev","token":"t","expires_at":4102444800,"x":1}\n',
         b'{"environment_id":"rotdev","token":"t","expires_at":4102444800}\n',
+        b'{"version":1,"environment_id":"rotdev","token":"t","expires_at":4102444800,'
+        b'"token":"u"}\n',
+        b'{"version":1,"environment_id":"rotdev","token":"t","expires_at":18446744073709551616}\n',
+        b"[" * 5000 + b"]" * 5000 + b"\n",
+        '{"version":1,"environment_id":"rotdev","token":"t","expires_at":4102444800}\n'.encode(
+            "utf-16"
+        ),
     ]
     for line in invalid:
         with pytest.raises(r.CredentialFrameError, match=f"^{r.INVALID}$"):

@@ -330,3 +330,37 @@ def test_a_signalled_local_exec_leaves_no_placeholders(signum: int, tmp_path: Pa
     process.send_signal(signum)
     process.communicate(timeout=30)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_deny_read_of_a_home_path_means_the_executors_home(tmp_path: Path) -> None:
+    """`--deny-read ~/secret` against a server hides the file under the *server's* home,
+    whatever the caller's home is (checked: the command cannot read it there)."""
+    from tests.servers import start_server
+
+    server_home, client_home = tmp_path / "server-home", tmp_path / "client-home"
+    server_home.mkdir()
+    client_home.mkdir()
+    (server_home / "secret").write_text("SERVER-SECRET\n")
+    with start_server("codexexec", env={"HOME": str(server_home)}) as server:
+        done = subprocess.run(
+            codexexec_command(
+                "exec",
+                "--env",
+                server.url,
+                "--sandbox",
+                "workspace-write",
+                "--approval",
+                "never",
+                "--deny-read",
+                "~/secret",
+                "--",
+                "cat",
+                str(server_home / "secret"),
+            ),
+            capture_output=True,
+            timeout=60,
+            cwd="/tmp",
+            env={**os.environ, "HOME": str(client_home)},
+        )
+    assert b"SERVER-SECRET" not in done.stdout
+    assert done.returncode != 0 and b"Permission denied" in done.stderr

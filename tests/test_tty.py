@@ -150,13 +150,30 @@ async def test_resize_pty_on_the_wire(codexexec_server: RunningServer) -> None:
     await wire.close()
 
 
-@pytest.mark.parametrize("sandbox", ["workspace-write", "danger-full-access"])
-def test_closing_the_terminal_ends_the_command(sandbox: str) -> None:
-    """Like ssh: when the terminal goes away (hangup), the remote command is stopped — an
-    interactive shell too, which ignores SIGINT and SIGTERM — and the CLI exits (#18)."""
+@pytest.mark.parametrize(
+    ("where", "sandbox"),
+    [("local", "workspace-write"), ("local", "danger-full-access"), ("server", "workspace-write")],
+)
+def test_closing_the_terminal_ends_the_command(
+    where: str, sandbox: str, codexexec_server: RunningServer
+) -> None:
+    """Like ssh: when the terminal goes away (hangup), the command is stopped — an
+    interactive shell too, which ignores SIGINT and SIGTERM — and the CLI exits (#18).
+    On a server the shell's next prompt cannot be shown either: that ends it at once."""
+    target = "local" if where == "local" else codexexec_server.url
     process, master = start_at_terminal(
         codexexec_command(
-            "exec", "--tty", "--sandbox", sandbox, "--", "env", "PS1=prompt> ", "sh", "-i"
+            "exec",
+            "--env",
+            target,
+            "--tty",
+            "--sandbox",
+            sandbox,
+            "--",
+            "env",
+            "PS1=prompt> ",
+            "sh",
+            "-i",
         ),
         controlling=True,
     )

@@ -255,13 +255,13 @@ def test_handshake_gate_pauses_on_the_budget_and_resumes_on_a_fake_clock() -> No
 
     gate = HandshakeGate(budget=8, cooldown=10.0, max_pending=32)
     assert gate.check(100.0, None, 0) is None
-    assert gate.check(100.0, "active", 0) == Refusal("stream_active", charged=False)
-    assert gate.check(100.0, None, 32) == Refusal("too_many_pending_validations", charged=False)
+    assert gate.check(100.0, "active", 0) == Refusal("stream_active")
+    assert gate.check(100.0, None, 32) == Refusal("too_many_pending_validations")
     assert [gate.charge(100.0 + i) for i in range(8)] == [False] * 7 + [True]
     paused_at = 107.0
     assert gate.failures == 0 and gate.paused(paused_at)
     # Even a handshake that would pass everything else is refused, without a charge.
-    assert gate.check(paused_at + 9.99, None, 0) == Refusal("cooldown", charged=False)
+    assert gate.check(paused_at + 9.99, None, 0) == Refusal("cooldown")
     assert gate.failures == 0
     assert not gate.paused(paused_at + 10.0)
     assert gate.check(paused_at + 10.0, None, 0) is None
@@ -395,3 +395,18 @@ async def test_output_reaches_an_in_process_peer_as_is_and_others_as_json() -> N
         "chunk": b"\x00\xffdata",
     }
     local.close()
+
+
+def test_every_fs_method_has_its_params_and_its_handler() -> None:
+    """The server decodes `fs/*` params from one table and dispatches from another: they
+    must name the same methods."""
+    from codexexec.protocol.fs_messages import METHOD_PARAMS
+    from codexexec.sandbox.floor import SandboxSettings
+    from codexexec.server.audit import NO_AUDIT
+    from codexexec.server.fs.methods import FileSystemMethods
+
+    files = FileSystemMethods(lambda *_: None, SandboxSettings(), NO_AUDIT)
+    try:
+        assert set(files.handlers()) == set(METHOD_PARAMS)
+    finally:
+        files.close()

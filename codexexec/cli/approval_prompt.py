@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from codexexec.client.approval import Decision, DenialPrompt
-from codexexec.sandbox.denial import NETWORK_HINT
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -56,7 +55,8 @@ def denial_line(prompt: DenialPrompt) -> str:
 
 # What to do about a denial, where there is something to say.
 _HINTS = {
-    "network_disabled": NETWORK_HINT,
+    "network_disabled": "the network is off in this sandbox; --network on or --network proxy "
+    "allows it",
     "network_blocked": "under --network proxy only the proxy reaches out: --allow-local for "
     "loopback, --allow-domain HOST for other hosts",
     "protected_path": "the sandbox keeps this name (.git, .codex, …) read-only and in place",
@@ -128,6 +128,8 @@ async def read_answer(
     where a blocking read would hold on until Enter."""
     loop = asyncio.get_running_loop()
     fd = sys.stdin.fileno()
+    if not os.isatty(fd):
+        return None  # only a person at a terminal answers; anything else is the default
     interrupted.clear()
     while True:
         sys.stderr.write(question)

@@ -11,10 +11,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Mapping
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from codexexec.file_lock import lock_attempts
 from codexexec.state_dir import ensure_private_dir, state_dir
 
 RECORD_FILE = "detached.jsonl"
@@ -54,16 +57,38 @@ def save(records: list[Detached], environ: Mapping[str, str] | None = None) -> N
     path = _path(environ)
     ensure_private_dir(path.parent)
     kept = records[-MAX_RECORDS:]
-    temporary = path.with_suffix(".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.writelines(json.dumps(record.to_json()) + "\n" for record in kept)
-    os.replace(temporary, path)
+    # A name of its own per writer (mkstemp: 0600), so two at once never share one.
+    fd, temporary = tempfile.mkstemp(prefix=".detached-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(record.to_json()) + "\n" for record in kept)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 def remember(record: Detached, environ: Mapping[str, str] | None = None) -> None:
-    save([*load(environ), record], environ)
+    with _locked(environ):
+        save([*load(environ), record], environ)
 
 
 def forget(handles: set[str], environ: Mapping[str, str] | None = None) -> None:
-    save([r for r in load(environ) if r.handle not in handles], environ)
+    with _locked(environ):
+        save([r for r in load(environ) if r.handle not in handles], environ)
+
+
+@contextlib.contextmanager
+def _locked(environ: Mapping[str, str] | None) -> Iterator[None]:
+    """One reader-and-writer of the record at a time (two `exec --detach` at once lose
+    nothing); TimeoutError, an OSError, after 5 s."""
+    path = _path(environ)
+    ensure_private_dir(path.parent)
+    fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        for _ in lock_attempts(fd, 5.0):
+            time.sleep(0.02)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

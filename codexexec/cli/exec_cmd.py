@@ -171,6 +171,9 @@ def exec_command(
         if env is None:
             fail("--registry needs --env ID (the environment's id at that registry)", 2)
         env = f"{env}@{registry}"
+    if detach and (timeout is not None or idle_timeout is not None):
+        fail("--timeout and --idle-timeout end a command this CLI follows; not with --detach", 2)
+    sandbox_flag = sandbox
     sandbox, approval, network = _with_defaults(sandbox, approval, network)
     if approval is None:
         approval = Approval.on_failure if sys.stdin.isatty() and not json_mode else Approval.never
@@ -181,7 +184,7 @@ def exec_command(
     profile_json = None
     if profile is not None:
         profile_json = _read_profile(profile)
-        if sandbox is SandboxMode.danger_full_access:
+        if sandbox_flag is SandboxMode.danger_full_access:  # a default gives way to it
             fail("--profile replaces --sandbox; give one of them", 2)
     if (deny_read or deny_write) and sandbox is SandboxMode.danger_full_access:
         fail("--deny-read and --deny-write need a sandbox (read-only or workspace-write)", 2)
@@ -189,7 +192,7 @@ def exec_command(
         from codexexec.sandbox.policy import PolicyError, deny_entries
 
         try:
-            deny_entries((), deny_write, lambda path: path)
+            deny_entries((), deny_write, lambda path: path, lambda rest: rest)
         except PolicyError as exc:
             fail(str(exc), 2)
     proxy_flags = bool(allow_domain or deny_domain or ask_domains or allow_local)
@@ -219,7 +222,9 @@ def exec_command(
         json_mode=json_mode,
         sandbox=sandbox.value,
         writable_roots=writable_root,
-        ask=approval is Approval.on_failure,
+        # Only a person at a terminal may approve: piped input is the command's data, and
+        # must never answer "run it again without the sandbox".
+        ask=approval is Approval.on_failure and sys.stdin.isatty() and not json_mode,
         network=network is NetworkMode.on,
         network_proxy=network_proxy,
         deny_read=tuple(deny_read),

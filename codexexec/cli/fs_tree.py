@@ -77,7 +77,7 @@ def plan_get(
     for path, kind in entries:
         relative = os.path.relpath(path, remote_root)
         local_path = os.path.normpath(os.path.join(local_root, relative))
-        if relative.startswith("..") or not local_path.startswith(local_root + os.sep):
+        if not local_path.startswith(local_root + os.sep):
             raise OutsideTree(f"{path}: outside {remote_root}; refusing to copy it")
         if kind == "directory":
             directories.append(local_path)

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import time
 from dataclasses import dataclass
@@ -69,7 +70,8 @@ async def _ps(env: str | None, json_mode: bool) -> int:
     rows = [row for group in sessions.values() for row in await _ask(group)]
     gone = {row.handle for row in rows if row.state == "gone"}
     if gone:
-        detached.forget(gone)
+        with contextlib.suppress(OSError):  # shown as gone anyway; forgotten next time
+            detached.forget(gone)
     now = time.time()
     if json_mode:
         for row in rows:
@@ -108,23 +110,26 @@ async def _ask(entries: list[tuple[Detached, ProcessHandle]]) -> list[Row]:
                 try:
                     status = await client.read(handle.process_id, max_bytes=1)
                 except ExecServerError as exc:
-                    rows.append(_row(record, "gone", why=str(exc)))
+                    rows.append(_row(record, _state_after(exc), why=str(exc)))
                     continue
                 state = "exited" if status.exited or status.closed else "running"
                 rows.append(_row(record, state, status.exit_code))
             return rows
     except ExecServerError as exc:
-        # A server that answers and does not know the session: it has ended for good.
-        state = "unreachable" if _unreachable(str(exc)) else "gone"
-        return [_row(record, state, why=str(exc)) for record, _ in entries]
+        return [_row(record, _state_after(exc), why=str(exc)) for record, _ in entries]
 
 
 def _row(record: Detached, state: str, code: int | None = None, why: str = "") -> Row:
     return Row(record.handle, record.argv, record.started, state, code, why)
 
 
-def _unreachable(text: str) -> bool:
-    return any(word in text for word in ("connect", "timed out", "unreachable", "refused"))
+def _state_after(error: Exception) -> str:
+    """Gone only when the server itself says it no longer knows the session or the process
+    (Codex's words); any other failure may pass, and the record is kept."""
+    text = str(error)
+    return (
+        "gone" if "unknown session id" in text or "unknown process id" in text else ("unreachable")
+    )
 
 
 def _print_table(rows: list[Row], now: float) -> None:

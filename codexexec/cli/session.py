@@ -133,6 +133,7 @@ async def run_exec(env: str | None, options: ExecOptions) -> int:
 
         loop = asyncio.get_running_loop()
         started: list[Attempt] = []
+        output_failed: list[OSError] = []
         deadlines = Deadlines.begin(options.timeout, options.idle_timeout, loop.time())
         fired: list[Fired] = []
         watching: list[asyncio.Task[None]] = []
@@ -141,7 +142,7 @@ async def run_exec(env: str | None, options: ExecOptions) -> int:
             while (wait := deadlines.wait(loop.time())) is not None:
                 await asyncio.sleep(wait)
                 due = deadlines.due(loop.time())
-                if due is not None:
+                if due is not None and stopper.process is not None:
                     fired.append(due)
                     stopper.stop(f"codexexec: {describe(due, deadlines)}")
                     return
@@ -149,7 +150,15 @@ async def run_exec(env: str | None, options: ExecOptions) -> int:
         def on_event(event: ProcessEvent) -> None:
             if isinstance(event, Output):
                 deadlines.output(loop.time())
-            renderer(event)
+            if output_failed:
+                return
+            try:
+                renderer(event)
+            except OSError as exc:
+                # Nobody can see the command any more (a hung-up terminal, a full disk):
+                # end it, as ssh's hangup does, then say why.
+                output_failed.append(exc)
+                stopper.terminate_now()
 
         def on_start(attempt: Attempt) -> None:
             started.append(attempt)
@@ -180,6 +189,8 @@ async def run_exec(env: str | None, options: ExecOptions) -> int:
 
         async def ask(prompt: DenialPrompt) -> Decision:
             stopper.process = None  # that attempt has ended: Ctrl-C now answers the question
+            for task in watching:  # the limits are the command's, not the person's
+                task.cancel()
             with terminal.suspended():
                 decision = await ask_in_terminal(prompt, stopper.interrupted)
             if decision != "deny" and not options.json_mode:
@@ -219,6 +230,8 @@ async def run_exec(env: str | None, options: ExecOptions) -> int:
         finally:
             for task in (*forwarding, *watching):
                 task.cancel()
+        if output_failed:
+            raise output_failed[0]  # one line and exit 125 (cli main)
         decisions = client.network_decisions(attempts[0].process.process_id)
         code = _report_attempts(
             client.description, options, renderer, attempts, decisions, fired[0] if fired else None

@@ -81,6 +81,11 @@ class StopForwarding:
         else:
             self._terminate(process)
 
+    def terminate_now(self) -> None:
+        """End the command without the grace period (its output can no longer be shown)."""
+        if self.process is not None:
+            self._terminate(self.process)
+
     def _terminate(self, process: RemoteProcess) -> None:
         self._spawn(process.terminate())
 

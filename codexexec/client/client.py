@@ -410,7 +410,7 @@ class ExecServerClient(AsyncClosing):
             }
         if sandbox is not None:
             try:
-                extra = deny_entries(deny_read, deny_write, self._cwd_uri)
+                extra = deny_entries(deny_read, deny_write, self._cwd_uri, self._home_uri)
             except PolicyError as exc:
                 raise ExecServerError(str(exc)) from None
             roots = [self._cwd_uri(r) for r in writable_roots]
@@ -448,6 +448,18 @@ class ExecServerClient(AsyncClosing):
             raise ExecServerError(
                 f"working directory `{cwd}` must be an absolute path on the executor host"
             ) from None
+
+    def _home_uri(self, rest: str) -> str:
+        """``~/rest`` on the executor: under the home its environment info names."""
+        home = self.environment_info.get("userHomeDir")
+        if not isinstance(home, str):
+            raise ExecServerError(
+                "`~/` needs the executor's home directory, and the executor did not say it"
+            )
+        try:
+            return str(PathUri.parse(home).join(rest))
+        except InvalidPathUri as exc:
+            raise ExecServerError(f"`~/{rest}` on the executor: {exc}") from None
 
     def _path_convention(self) -> PathConvention:
         """How the executor writes paths (its environment info says which OS it runs)."""

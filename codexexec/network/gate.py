@@ -273,9 +273,11 @@ async def open_tunnel(
     endpoint.write((head + "\r\n").encode())
     try:
         response = await endpoint.read_until(b"\r\n\r\n", MAX_UPSTREAM_RESPONSE_HEAD)
-    except Exception:
-        endpoint.close()
-        raise UpstreamRefused("the upstream proxy closed without answering") from None
+    except BaseException as exc:
+        endpoint.close()  # also when the caller's deadline cancelled the wait
+        if isinstance(exc, Exception):
+            raise UpstreamRefused("the upstream proxy closed without answering") from None
+        raise
     status_line = response.split(b"\r\n", 1)[0].decode("latin-1")
     parts = status_line.split(" ", 2)
     if len(parts) < 2 or not parts[1].startswith("2"):

@@ -372,7 +372,7 @@ async def copy_body(
     src: Endpoint, dst: Endpoint, framing: Framing, length: int, idle: float
 ) -> None:
     """Copy one message body with the given framing (the decisions are ``BodyReader``'s);
-    raises BodyError on a malformed body, IncompleteRead when the peer stops short."""
+    raises BodyError on a malformed or short body."""
     reader = BodyReader(framing, length)
     while (need := reader.need()) is not None:
         if need.kind == "line":

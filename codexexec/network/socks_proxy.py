@@ -25,8 +25,6 @@ from codexexec.network.limits import MAX_UDP_DESTINATIONS, MAX_UDP_QUEUE, Limits
 from codexexec.network.policy import Decision
 from codexexec.network.socks5 import (
     CMD_CONNECT,
-    CMD_UDP_ASSOCIATE,
-    REP_COMMAND_NOT_SUPPORTED,
     REP_CONNECTION_REFUSED,
     REP_GENERAL_FAILURE,
     REP_HOST_UNREACHABLE,
@@ -72,18 +70,11 @@ class SocksProxyHandler:
                 return
             if handshake is None:
                 return
-            command, host, port, token = (
-                handshake.command,
-                handshake.host,
-                handshake.port,
-                handshake.token,
-            )
-            if command == CMD_CONNECT:
-                await self._connect(client, host, port, token)
-            elif command == CMD_UDP_ASSOCIATE:
-                await self._udp_associate(client, host, port, token)
+            # The handshake admits only these two (BIND gets its refusal there).
+            if handshake.command == CMD_CONNECT:
+                await self._connect(client, handshake.host, handshake.port, handshake.token)
             else:
-                client.write(reply(REP_COMMAND_NOT_SUPPORTED))
+                await self._udp_associate(client, handshake.host, handshake.port, handshake.token)
         finally:
             client.close()
 

@@ -120,10 +120,15 @@ def decode_json(raw: bytes | str) -> Any:
         if data.count(b"[") + data.count(b"{") >= MAX_JSON_NESTING_DEPTH:
             _check_nesting(data)
         raise MalformedMessage(str(exc)) from None
-    # A level takes two bytes and a value at least two, so short messages skip the walk.
-    if len(data) >= 2 * MAX_JSON_NESTING_DEPTH:
+    # A value takes at least two bytes, and a level a bracket: a message short enough, or
+    # with few brackets (counted at C speed), cannot exceed either limit and skips the walk.
+    if len(data) > MAX_JSON_VALUES_PER_MESSAGE or (
+        data.count(b"[") + data.count(b"{") >= MAX_JSON_NESTING_DEPTH
+    ):
         too_deep, too_many = _exceeds_limits(value)
-        if too_deep:
+        if too_deep or too_many:
+            # Codex checks the nesting first: a message both too deep and too big gets
+            # the depth error (the scan raises it only when it applies).
             _check_nesting(data)
         if too_many:
             raise MalformedMessage(
@@ -163,20 +168,21 @@ def _check_nesting(data: bytes) -> None:
 
 
 def _exceeds_limits(value: Any) -> tuple[bool, bool]:
-    """(nested MAX_JSON_NESTING_DEPTH deep, more than MAX_JSON_VALUES_PER_MESSAGE values)."""
-    remaining = MAX_JSON_VALUES_PER_MESSAGE
+    """(nested MAX_JSON_NESTING_DEPTH deep, more than MAX_JSON_VALUES_PER_MESSAGE values).
+    Only containers are walked; scalars are counted by their container's length, so a
+    message of many strings costs no more than its few objects."""
+    remaining = MAX_JSON_VALUES_PER_MESSAGE - 1  # the top-level value
     too_deep = False
-    stack: list[tuple[Any, int]] = [(value, 1)]
+    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, dict | list) else []
     while stack:
         item, depth = stack.pop()
-        remaining -= 1
+        if depth >= MAX_JSON_NESTING_DEPTH:
+            too_deep = True
+        children = item.values() if isinstance(item, dict) else item
+        remaining -= len(children)
         if remaining < 0:
             return too_deep, True
-        if isinstance(item, dict | list):
-            if depth >= MAX_JSON_NESTING_DEPTH:
-                too_deep = True
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
     return too_deep, False
 
 

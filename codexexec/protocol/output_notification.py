@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import pybase64
 
+from codexexec.protocol.base64_codec import base64_bytes
+
 _PREFIX = b'{"method":"process/output","params":{"processId":'
 _SEQ = b',"seq":'
 _STREAM = b',"stream":"'
@@ -53,7 +55,7 @@ def encode(quoted_id: bytes, seq: int, stream: str, data: bytes | memoryview) ->
             _STREAM,
             stream.encode(),
             _CHUNK,
-            pybase64.b64encode(data),
+            base64_bytes(data),
             _SUFFIX,
         )
     )

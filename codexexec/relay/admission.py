@@ -24,8 +24,9 @@ from codexexec.relay.limits import (
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
+    """A handshake Reset before message 1 is read, never charged to the budget."""
+
     reason: str  # a diagnostic, never sent: every Reset carries the one generic reason
-    charged: bool
 
 
 class HandshakeGate:
@@ -48,11 +49,11 @@ class HandshakeGate:
     def check(self, now: float, table_refusal: str | None, pending: int) -> Refusal | None:
         """None when message 1 may be read; else why the handshake is Reset (uncharged)."""
         if self.paused(now):
-            return Refusal("cooldown", charged=False)
+            return Refusal("cooldown")
         if table_refusal is not None:
-            return Refusal(f"stream_{table_refusal}", charged=False)
+            return Refusal(f"stream_{table_refusal}")
         if pending >= self._max_pending:
-            return Refusal("too_many_pending_validations", charged=False)
+            return Refusal("too_many_pending_validations")
         return None
 
     def charge(self, now: float) -> bool:

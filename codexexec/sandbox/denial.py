@@ -48,7 +48,6 @@ NO_NETWORK_FAILURES = (
     "temporary failure in name resolution",
     "no address associated with hostname",
 )
-NETWORK_HINT = "the network is off in this sandbox; --network on or --network proxy allows it"
 QUICK_REJECT_EXIT_CODES = frozenset({2, 126, 127})
 SIGSYS_EXIT_CODE = 128 + 31
 SNIPPET_CHARS = 512

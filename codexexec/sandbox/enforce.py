@@ -102,6 +102,7 @@ def prepare_command(
     if plan is None:
         return None
     plan.share_pids = settings.pid_namespace == "inherit"
+    network_off = not plan.network_enabled and plan.routing is None
     if sys.platform.startswith("linux"):
         from codexexec.sandbox.linux.backend import SANDBOX_TYPE, SandboxUnavailable, prepare
 
@@ -119,7 +120,7 @@ def prepare_command(
             prepared.created_paths,
             passes_arg0=False,
             lifeline=prepared.lifeline,
-            network_off=not plan.network_enabled and plan.routing is None,
+            network_off=network_off,
             takes_terminal=prepared.takes_terminal,
         )
     if sys.platform == "darwin":
@@ -134,7 +135,7 @@ def prepare_command(
             SEATBELT,
             "seatbelt",
             passes_arg0=True,
-            network_off=not plan.network_enabled and plan.routing is None,
+            network_off=network_off,
         )
     raise SandboxRefused("sandbox intent cannot be enforced on this executor", invalid=False)
 

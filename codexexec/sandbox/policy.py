@@ -9,7 +9,6 @@ types are errors.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -222,26 +221,32 @@ _GLOB_CHARS = frozenset("*?[")
 
 
 def deny_entries(
-    read: Sequence[str], write: Sequence[str], to_uri: Callable[[str], str]
+    read: Sequence[str],
+    write: Sequence[str],
+    to_uri: Callable[[str], str],
+    home_uri: Callable[[str], str],
 ) -> list[dict[str, Any]]:
-    """Entries for ``--deny-read`` (no access at all: a path — ``~/`` is the caller's home —
-    or a glob the executor expands) and ``--deny-write`` (read-only: paths only, as a
-    profile cannot make a glob read-only). ``to_uri`` turns a path into the executor's URI."""
+    """Entries for ``--deny-read`` (no access at all: a path or a glob the executor expands)
+    and ``--deny-write`` (read-only: paths only, as a profile cannot make a glob read-only).
+    ``to_uri`` turns a path into the executor's URI; ``home_uri`` does so for the rest of a
+    ``~/`` path, under the *executor's* home (the caller's may not exist there)."""
+
+    def uri(item: str) -> str:
+        return home_uri(item[2:]) if item.startswith("~/") else to_uri(item)
+
     entries: list[dict[str, Any]] = []
     for item in read:
         if _GLOB_CHARS & set(item):
             entries.append({"path": {"type": "glob_pattern", "pattern": item}, "access": "deny"})
         else:
-            path = os.path.expanduser(item) if item.startswith("~/") else item
-            entries.append({"path": {"type": "path", "path": to_uri(path)}, "access": "deny"})
+            entries.append({"path": {"type": "path", "path": uri(item)}, "access": "deny"})
     for item in write:
         if _GLOB_CHARS & set(item):
             raise PolicyError(
                 f"--deny-write takes a path, not `{item}`: a pattern can only hide files "
                 "altogether (--deny-read)"
             )
-        path = os.path.expanduser(item) if item.startswith("~/") else item
-        entries.append({"path": {"type": "path", "path": to_uri(path)}, "access": "read"})
+        entries.append({"path": {"type": "path", "path": uri(item)}, "access": "read"})
     return entries
 
 

@@ -292,7 +292,7 @@ class ConnectionHandler:
                 on_disposed=(lambda: self._network.release(token)) if token else None,
             )
             session.processes[params.process_id] = process
-            undo.callback(session.processes.pop, params.process_id, None)
+            undo.callback(_forget_if_same, session.processes, params.process_id, process)
             try:
                 child = spawn.spawn(
                     sandboxed.argv if sandboxed else params.argv,
@@ -471,6 +471,12 @@ class ConnectionHandler:
             raise RpcError(INVALID_PARAMS, f"process `{params.process_id}` has no terminal")
         resized = process is not None and process.resize(params.size.rows, params.size.cols)
         return {"resized": resized}
+
+
+def _forget_if_same(processes: dict[str, ManagedProcess], key: str, process: Any) -> None:
+    """Undo a registration, unless another start has taken the id meanwhile."""
+    if processes.get(key) is process:
+        del processes[key]
 
 
 def _network_open(sandbox: Any) -> bool:

@@ -112,7 +112,7 @@ class NoiseStreams:
             len(self._pending),
         )
         if refusal is not None:
-            await self._refuse(stream_id, refusal.reason, charge=refusal.charged)
+            await self._refuse(stream_id, refusal.reason, charge=False)
             return
         bundle = self._bundle
         prologue = build_prologue(bundle.environment_id, bundle.executor_registration_id, stream_id)

@@ -28,6 +28,7 @@ from codexexec.remote.auth.base import AuthError, CredentialUnavailable
 FRAME_VERSION = 1
 MAX_FRAME_BYTES = 16 * 1024  # the whole line, newline included (docs/codex-0.169-observed.md §32)
 INITIAL_WAIT_SECONDS = 30.0
+MAX_EXPIRES_AT = 2**64 - 1  # a u64 of seconds, as Codex 0.169.0 reads it (§32)
 
 INVALID = "invalid exec-server executor credential frame"
 TOO_LARGE = "exec-server executor credential frame exceeds the size limit"
@@ -60,8 +61,10 @@ def parse_frame(line: bytes, environment_id: str, now: float) -> CredentialFrame
     if len(line) > MAX_FRAME_BYTES:
         raise CredentialFrameError(TOO_LARGE)
     try:
-        value: Any = json.loads(line)
-    except ValueError:
+        # UTF-8 only (json.loads of bytes would take UTF-16 and -32 too); deep nesting is
+        # as invalid as any other bad frame.
+        value: Any = json.loads(line.decode("utf-8"), object_pairs_hook=_no_repeats)
+    except (ValueError, RecursionError):
         raise CredentialFrameError(INVALID) from None
     if not isinstance(value, dict) or set(value) != _FIELDS:
         raise CredentialFrameError(INVALID)
@@ -74,7 +77,7 @@ def parse_frame(line: bytes, environment_id: str, now: float) -> CredentialFrame
         or not isinstance(token, str)
         or not _header_safe(token)
         or not _is_int(expires_at)
-        or expires_at < 0
+        or not 0 <= expires_at <= MAX_EXPIRES_AT
     ):
         raise CredentialFrameError(INVALID)
     if frame_env != environment_id:
@@ -82,6 +85,14 @@ def parse_frame(line: bytes, environment_id: str, now: float) -> CredentialFrame
     if expires_at <= now:
         raise CredentialFrameError(EXPIRED)
     return CredentialFrame(token, expires_at)
+
+
+def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A field given twice is invalid, as in Codex."""
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        raise ValueError("a repeated field")
+    return value
 
 
 def _is_int(value: object) -> bool:
