@@ -719,7 +719,7 @@ async def test_a_slow_harness_is_cut_off_without_stalling_the_executor(tmp_path:
 async def test_outbox_bounds_and_drain() -> None:
     from codexexec.bounded_queue import BoundedQueue
 
-    box = BoundedQueue(max_frames=2, max_bytes=10)
+    box = BoundedQueue(max_items=2, max_bytes=10)
     assert box.try_put(b"x" * 50)  # one oversized item always fits an empty outbox
     assert not box.try_put(b"y")
     assert await box.get() == b"x" * 50

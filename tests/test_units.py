@@ -410,3 +410,28 @@ def test_every_fs_method_has_its_params_and_its_handler() -> None:
         assert set(files.handlers()) == set(METHOD_PARAMS)
     finally:
         files.close()
+
+
+async def test_a_pushing_producer_is_held_back_until_the_queue_falls_to_its_resume_mark() -> None:
+    """Output callbacks cannot wait: they push, then pause while held back, and are let
+    go once the queue has drained to its low-water mark, not at every message taken."""
+    from codexexec.bounded_queue import BoundedQueue
+
+    box: BoundedQueue[bytes] = BoundedQueue(100, 10, resume_bytes=4)
+    resumed: list[str] = []
+    for _ in range(4):
+        box.push(b"abc")  # 12 bytes: past the bound, yet queued
+    assert box.held_back() and box.queued_bytes == 12
+    box.when_writable(lambda: resumed.append("go"))
+    await box.get()
+    await box.get()
+    assert box.held_back() and resumed == []  # 6 bytes: below the bound, above the mark
+    await box.get()
+    assert not box.held_back() and resumed == ["go"]
+    box.when_writable(lambda: resumed.append("at once"))
+    assert resumed == ["go", "at once"]
+    box.push(b"x" * 20)
+    late: list[str] = []
+    box.when_writable(lambda: late.append("released"))
+    box.close(drain=False)  # closing lets every waiting producer go
+    assert late == ["released"] and await box.get() is None

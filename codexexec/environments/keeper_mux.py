@@ -4,8 +4,8 @@ Each client speaks the exec-server protocol to the keeper as it would to the ser
 * its `initialize` is answered with the result of the keeper's one real initialize,
   so every client shares that session (its id is in every handle); its `initialized`
   is swallowed;
-* its requests go out under the keeper's own ids (RpcPeer numbers them) and the
-  answers come back under the client's ids; an answer for a client that is gone is
+* its requests go out under the keeper's own ids and the answers come back under the
+  client's ids (each side is an RpcPeer); an answer for a client that is gone is
   dropped;
 * every server notification goes to every initialized client (a client ignores
   processes it does not know);
@@ -21,10 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
-from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 from codexexec.protocol import jsonrpc
@@ -32,27 +29,22 @@ from codexexec.protocol.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_REQUEST,
     UNKNOWN_ID,
-    ErrorResponse,
-    MalformedMessage,
     Notification,
     Request,
-    RequestId,
-    Response,
     RpcError,
 )
-from codexexec.protocol.output_notification import OutputMessage
-from codexexec.rpc.lifecycle import Lifecycle
-from codexexec.rpc.peer import RpcPeer
+from codexexec.rpc.lifecycle import INITIALIZED_TOO_EARLY, Lifecycle
+from codexexec.rpc.peer import CloseConnection, RpcPeer
 from codexexec.transport.base import MessageTransport, TransportClosed
 
 log = logging.getLogger(__name__)
 
 MAX_CLIENTS = 32
 MAX_IN_FLIGHT_PER_CLIENT = 64
-# Above this the keeper stops reading the server until the client catches up...
-CATCH_UP_BYTES = 4 * 1024 * 1024
-# ...for this long at most; past either bound the client is dropped. (One larger
-# message, e.g. a big answer, may still go to a client with nothing queued.)
+# Once a client's outbox is congested (rpc/outbox.py: above 4 MiB) the keeper stops
+# reading the server until the client catches up, for this long at most; past it, or
+# past the byte bound, the client is dropped. (One larger message, e.g. a big answer,
+# may still go to a client with nothing queued.)
 CATCH_UP_SECONDS = 5.0
 MAX_QUEUED_BYTES_PER_CLIENT = 16 * 1024 * 1024
 # How long a client may take to answer a server request (a person may be asked).
@@ -130,131 +122,85 @@ class Multiplexer:
             )
         return self.session
 
-    async def forward(self, request: Request) -> bytes:
-        """The server's answer to a client's request, encoded under the client's id."""
+    async def forward(self, request: Request) -> Any:
+        """The server's answer to a client's request (its RpcPeer puts the client's id
+        on it)."""
         assert self.server is not None
         try:
-            result = await self.server.call(request.method, request.params)
-        except RpcError as exc:
-            return jsonrpc.encode_error(request.id, exc.code, exc.message, exc.data)
+            return await self.server.call(request.method, request.params)
         except (TransportClosed, ConnectionError):
-            reason = await self.ended
-            return jsonrpc.encode_error(request.id, INTERNAL_ERROR, reason)
-        return jsonrpc.encode_response(request.id, result)
+            raise RpcError(INTERNAL_ERROR, await self.ended) from None
 
 
 class KeeperClient:
-    """One connection to the keeper: its requests, its queue, its answers to the server."""
+    """One connection to the keeper, spoken over its own RpcPeer: its requests go to the
+    server, its outbox carries the server's notifications, it answers the server's
+    requests when asked."""
 
     def __init__(self, mux: Multiplexer, transport: MessageTransport) -> None:
         self._mux = mux
-        self._transport = transport
-        self._queue: deque[bytes] = deque()
-        self._queued_bytes = 0
-        self._wake = asyncio.Event()
-        self._empty = asyncio.Event()
-        self._empty.set()
-        self._caught_up = asyncio.Event()
-        self._caught_up.set()
-        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT_PER_CLIENT)
-        self._requests: set[asyncio.Task[None]] = set()
-        self._asked: dict[RequestId, asyncio.Future[Any]] = {}
-        self._ask_ids = itertools.count(1)
         self._lifecycle = Lifecycle()
+        self.peer = RpcPeer(
+            transport,
+            on_request=self._on_request,
+            on_notification=self._on_notification,
+            concurrency=MAX_IN_FLIGHT_PER_CLIENT,
+        )
         self._closing: asyncio.Task[None] | None = None
         self.gone = False
 
     @property
     def initialized(self) -> bool:
-        return self._lifecycle.initialized
+        return self._lifecycle.initialized and not self.gone
 
     # -- outgoing -------------------------------------------------------------------
 
     def post(self, message: bytes) -> None:
         if self.gone:
             return
-        if self._queued_bytes and self._queued_bytes + len(message) > MAX_QUEUED_BYTES_PER_CLIENT:
-            log.warning("a client fell %d bytes behind; disconnected", self._queued_bytes)
+        behind = self.peer.outbox.queued_bytes
+        if behind and behind + len(message) > MAX_QUEUED_BYTES_PER_CLIENT:
+            log.warning("a client fell %d bytes behind; disconnected", behind)
             self._drop()
             return
-        self._queue.append(message)
-        self._queued_bytes += len(message)
-        self._empty.clear()
-        if self._queued_bytes > CATCH_UP_BYTES:
-            self._caught_up.clear()
-        self._wake.set()
-
-    async def _write_loop(self) -> None:
-        try:
-            while True:
-                while not self._queue:
-                    self._empty.set()
-                    self._wake.clear()
-                    await self._wake.wait()
-                message = self._queue[0]
-                await self._transport.send(message)
-                if self.gone:  # dropped meanwhile: the queue was cleared
-                    return
-                self._queue.popleft()
-                self._queued_bytes -= len(message)
-                if self._queued_bytes <= CATCH_UP_BYTES:
-                    self._caught_up.set()
-        except (TransportClosed, ConnectionError):
-            self._drop()
+        self.peer.outbox.post(message)
 
     def _drop(self) -> None:
         """Forget this client: nothing more is queued, its transport is closed."""
         if self.gone:
             return
         self.gone = True
-        self._lifecycle.initialized = False
-        self._queue.clear()
-        self._queued_bytes = 0
-        self._empty.set()
-        self._caught_up.set()
-        for future in self._asked.values():
-            if not future.done():
-                future.set_exception(RpcError(INTERNAL_ERROR, "the client asked has gone"))
+        self.peer.outbox.close()
         # Closing ends the reader too (a slow client is dropped from a writer's call).
-        self._closing = asyncio.create_task(self._transport.close())
+        self._closing = asyncio.create_task(self.peer.transport.close())
 
     async def catch_up(self) -> None:
-        """Wait until this client is less than 4 MiB behind; drop it after 5 s."""
+        """Wait until this client is no more than 4 MiB behind; drop it after 5 s."""
         try:
             async with asyncio.timeout(CATCH_UP_SECONDS):
-                await self._caught_up.wait()
+                await self.peer.outbox.drained()
         except TimeoutError:
-            log.warning("a client stayed %d bytes behind; disconnected", self._queued_bytes)
+            log.warning(
+                "a client stayed %d bytes behind; disconnected", self.peer.outbox.queued_bytes
+            )
             self._drop()
 
     async def ask(self, request: Request) -> Any:
         """Ask this client the server's ``request``; its answer is the server's answer."""
-        ask_id = f"keeper-{next(self._ask_ids)}"
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._asked[ask_id] = future
         try:
-            self.post(jsonrpc.encode_request(ask_id, request.method, request.params))
-            if self.gone:
-                raise RpcError(INTERNAL_ERROR, "the client asked has gone")
-            async with asyncio.timeout(ANSWER_TIMEOUT_SECONDS):
-                return await future
+            return await self.peer.call(request.method, request.params, ANSWER_TIMEOUT_SECONDS)
         except TimeoutError:
             raise RpcError(INTERNAL_ERROR, "the client did not answer in time") from None
-        finally:
-            self._asked.pop(ask_id, None)
+        except (TransportClosed, ConnectionError):
+            raise RpcError(INTERNAL_ERROR, "the client asked has gone") from None
 
     # -- incoming -------------------------------------------------------------------
 
     async def run(self) -> None:
-        writer = asyncio.create_task(self._write_loop())
         try:
-            while not self.gone and (raw := await self._transport.receive()) is not None:
-                await self._handle(raw)
+            await self.peer.run()
         finally:
             self._drop()
-            for task in (*self._requests, writer):
-                task.cancel()
-            await asyncio.gather(*self._requests, writer, return_exceptions=True)
             if self._closing is not None:
                 await self._closing
 
@@ -262,76 +208,24 @@ class KeeperClient:
         """Flush what is queued (briefly), then disconnect."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(FLUSH_ON_CLOSE_SECONDS):
-                await self._empty.wait()
+                await self.peer.outbox.flush()
         self._drop()
 
-    async def _handle(self, raw: bytes | str | OutputMessage) -> None:
-        try:
-            if isinstance(raw, OutputMessage):  # only a server sends output, never a client
-                raise MalformedMessage("a client cannot send process output")
-            value = jsonrpc.decode_json(raw)
-            if isinstance(value, list):
-                raise MalformedMessage("the keeper does not relay batches")
-            message = jsonrpc.classify(value)
-        except MalformedMessage as exc:
-            self._error(UNKNOWN_ID, INVALID_REQUEST, f"failed to parse JSON-RPC message: {exc}")
-            return
-        if isinstance(message, (Response, ErrorResponse)):
-            self._answered(message)
-        elif isinstance(message, Notification):
-            await self._notified(message)
-        elif message.method == "initialize":
-            self._initialize(message)
-        elif not self.initialized:
-            try:
-                self._lifecycle.check(message.method)
-            except RpcError as exc:
-                self._error(message.id, exc.code, exc.message)
-        else:
-            await self._slots.acquire()
-            task = asyncio.create_task(self._relay(message))
-            self._requests.add(task)
-            task.add_done_callback(self._finished(task))
-
-    def _finished(self, task: asyncio.Task[None]) -> Callable[[object], None]:
-        def done(_: object) -> None:
-            self._requests.discard(task)
-            self._slots.release()
-
-        return done
-
-    async def _relay(self, request: Request) -> None:
-        self.post(await self._mux.forward(request))
-
-    def _initialize(self, request: Request) -> None:
-        try:
+    async def _on_request(self, request: Request) -> Any:
+        if request.method == "initialize":
             self._lifecycle.check_initialize()
-            result = self._mux.initialize(request)
-        except RpcError as exc:
-            self._error(request.id, exc.code, exc.message)
+            session = self._mux.initialize(request)
+            self._lifecycle.initialize_answered()
+            return session
+        self._lifecycle.check(request.method)
+        return await self._mux.forward(request)
+
+    async def _on_notification(self, notification: Notification) -> None:
+        if notification.method == "initialized":
+            # The keeper's own session with the server was initialized long ago.
+            if not self._lifecycle.on_initialized():
+                raise CloseConnection(INITIALIZED_TOO_EARLY)
             return
-        self._lifecycle.initialize_answered()
-        self.post(jsonrpc.encode_response(request.id, result))
-
-    async def _notified(self, notification: Notification) -> None:
-        if notification.method != "initialized":
-            assert self._mux.server is not None
-            with contextlib.suppress(TransportClosed, ConnectionError):
-                await self._mux.server.notify(notification.method, notification.params)
-        elif self._lifecycle.on_initialized():
-            pass  # the keeper's own session with the server was initialized long ago
-        else:
-            log.info("a client sent `initialized` before `initialize`; disconnected")
-            self._drop()
-
-    def _answered(self, message: Response | ErrorResponse) -> None:
-        future = self._asked.get(message.id)
-        if future is None or future.done():
-            return
-        if isinstance(message, Response):
-            future.set_result(message.result)
-        else:
-            future.set_exception(RpcError(message.code, message.message, message.data))
-
-    def _error(self, request_id: RequestId, code: int, message: str) -> None:
-        self.post(jsonrpc.encode_error(request_id, code, message))
+        assert self._mux.server is not None
+        with contextlib.suppress(TransportClosed, ConnectionError):
+            await self._mux.server.notify(notification.method, notification.params)

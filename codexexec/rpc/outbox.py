@@ -10,99 +10,85 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Callable
 
+from codexexec.bounded_queue import BoundedQueue
 from codexexec.protocol.output_notification import OutputMessage
 from codexexec.transport.base import MessageTransport, TransportClosed
 
 log = logging.getLogger(__name__)
 
-# Above this many queued bytes, producers hold back until the peer catches up.
+# Above this many queued bytes, producers hold back until the peer catches up...
 HIGH_WATER_BYTES = 4 * 1024 * 1024
+# ...to this many.
 LOW_WATER_BYTES = 1024 * 1024
+# Messages are bounded by bytes; the count only stops a flood of tiny ones.
+MAX_MESSAGES = 65536
 
 
 class Outbox:
     def __init__(self, transport: MessageTransport) -> None:
         self._transport = transport
-        self._queue: deque[bytes | OutputMessage] = deque()
+        self._queue: BoundedQueue[bytes | OutputMessage] = BoundedQueue(
+            MAX_MESSAGES, HIGH_WATER_BYTES, resume_bytes=LOW_WATER_BYTES
+        )
         # An in-process peer takes output as it is (``send_output``); others get bytes.
         self._send_output = getattr(transport, "send_output", None)
-        self._queued_bytes = 0
-        self._wake = asyncio.Event()
-        self._drained = asyncio.Event()
-        self._drained.set()
+        # Set while nothing posted is still waiting to reach the transport.
         self._empty = asyncio.Event()
         self._empty.set()
-        self._drain_callbacks: list[Callable[[], None]] = []
-        self.closed = False
         self._writer = asyncio.create_task(self._write_loop())
 
+    @property
+    def closed(self) -> bool:
+        return self._queue.closed
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queue.queued_bytes
+
     def congested(self) -> bool:
-        return self._queued_bytes > HIGH_WATER_BYTES
+        return self._queue.held_back()
 
     def post(self, message: bytes | OutputMessage) -> None:
-        if self.closed:
-            return
-        self._queue.append(message)
-        self._queued_bytes += len(message)
-        self._empty.clear()
-        if self._queued_bytes > HIGH_WATER_BYTES:
-            self._drained.clear()
-        self._wake.set()
+        if not self._queue.closed:
+            self._empty.clear()
+            self._queue.push(message)
 
     async def put(self, message: bytes) -> None:
-        while self.congested() and not self.closed:
-            await self._drained.wait()
-        if self.closed:
+        if not await self._queue.put(message):
             raise TransportClosed("connection closed")
-        self.post(message)
+        self._empty.clear()
 
     def when_drained(self, callback: Callable[[], None]) -> None:
-        if self.closed or not self.congested():
-            callback()
-        else:
-            self._drain_callbacks.append(callback)
+        self._queue.when_writable(callback)
+
+    async def drained(self) -> None:
+        """Until producers may go on (at once when not congested)."""
+        await self._queue.wait_writable()
 
     async def _write_loop(self) -> None:
         try:
-            while True:
-                while not self._queue:
-                    self._wake.clear()
-                    await self._wake.wait()
-                message = self._queue.popleft()
+            while (message := await self._queue.get()) is not None:
                 if not isinstance(message, OutputMessage):
                     await self._transport.send(message)
                 elif self._send_output is not None:
                     await self._send_output(message)
                 else:
                     await self._transport.send(message.encode())
-                self._queued_bytes -= len(message)
-                if not self._queue:
+                if not len(self._queue):
                     self._empty.set()
-                if self._queued_bytes <= LOW_WATER_BYTES and not self._drained.is_set():
-                    self._release()
         except (TransportClosed, ConnectionError) as exc:
             log.debug("outbox to %s stopped: %s", self._transport.peer, exc)
         finally:
             self.close()
 
-    def _release(self) -> None:
-        self._drained.set()
-        callbacks, self._drain_callbacks = self._drain_callbacks, []
-        for callback in callbacks:
-            callback()
-
     def close(self) -> None:
         """Stop sending; queued messages are dropped and waiting producers released."""
-        if self.closed:
+        if self._queue.closed:
             return
-        self.closed = True
-        self._queue.clear()
-        self._queued_bytes = 0
+        self._queue.close(drain=False)
         self._empty.set()
-        self._release()
         if asyncio.current_task() is not self._writer:
             self._writer.cancel()
 
