@@ -122,7 +122,7 @@ async def test_the_keeper_refuses_before_initialize_and_a_resume_of_another_sess
     client = Client("c", tasks, mux)
     with pytest.raises(RpcError, match="client must call initialize before using exec methods"):
         await client.peer.call("process/read", {"processId": "a"}, 5)
-    with pytest.raises(RpcError, match="unknown session id s-9 .*holds s-1"):
+    with pytest.raises(RpcError, match=r"unknown session id s-9 .*holds s-1"):
         await client.peer.call("initialize", {"resumeSessionId": "s-9"}, 5)
     await client.attach()
     with pytest.raises(RpcError, match="initialize may only be sent once per connection"):

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from codexexec.network import (
     Decision,
     NetworkPolicy,
-    PolicyError,
+    NetworkPolicyError,
     PolicyFileError,
     check_resolved,
     evaluate,
@@ -144,7 +144,7 @@ def test_star_allows_everything_public_but_not_in_denylist() -> None:
     assert verdict(policy, "anything.example")[0] == "allow"
     assert verdict(policy, "8.8.8.8")[0] == "allow"
     assert verdict(policy, "localhost") == ("deny", "not_allowed_local")
-    with pytest.raises(PolicyError, match="denylist"):
+    with pytest.raises(NetworkPolicyError, match="denylist"):
         NetworkPolicy(denied_domains=["*"])
 
 
@@ -169,7 +169,7 @@ def test_idn_patterns_match_punycode_hosts() -> None:
     "bad", ["a..b", "**", ".*", "x.**.com", "*.[::1]", "bad label.com", "*.é*.com"]
 )
 def test_bad_patterns(bad: str) -> None:
-    with pytest.raises(PolicyError):
+    with pytest.raises(NetworkPolicyError):
         NetworkPolicy(allowed_domains=[bad])
 
 
@@ -234,11 +234,11 @@ def test_evaluate_total(host: str, port: int, method: str | None) -> None:
 
 
 def test_policy_type_checks() -> None:
-    with pytest.raises(PolicyError, match="mode"):
+    with pytest.raises(NetworkPolicyError, match="mode"):
         NetworkPolicy(mode="partial")  # type: ignore[arg-type]
-    with pytest.raises(PolicyError, match="sequences"):
+    with pytest.raises(NetworkPolicyError, match="sequences"):
         NetworkPolicy(allowed_domains="example.com")
-    with pytest.raises(PolicyError, match="boolean"):
+    with pytest.raises(NetworkPolicyError, match="boolean"):
         NetworkPolicy(allow_local=1)  # type: ignore[arg-type]
 
 

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from codexexec.noise import mlkem768
+from codexexec.noise.errors import NoiseError
 from codexexec.noise.hybrid_ik import (
     MAX_HANDSHAKE_PAYLOAD_LEN,
     MESSAGE1_OVERHEAD,
@@ -45,10 +46,9 @@ from codexexec.noise.transport import (
     MAX_RECORD_PLAINTEXT_LEN,
     CipherState,
     NoiseDecryptError,
-    NoiseError,
     NoiseTransport,
     NonceExhaustedError,
-    TransportError,
+    RecordError,
 )
 
 VECTORS = Path("/work/shared/reference/vectors")
@@ -413,7 +413,7 @@ def test_replayed_record_rejected() -> None:
     with pytest.raises(NoiseDecryptError, match="replayed"):
         responder_result.transport.decrypt(record)
     assert responder_result.transport.failed
-    with pytest.raises(TransportError, match="already failed"):
+    with pytest.raises(RecordError, match="already failed"):
         responder_result.transport.decrypt(initiator_result.transport.encrypt(b"next"))
 
 
@@ -423,7 +423,7 @@ def test_reordered_records_rejected() -> None:
     second = initiator_result.transport.encrypt(b"second")
     with pytest.raises(NoiseDecryptError):
         responder_result.transport.decrypt(second)
-    with pytest.raises(TransportError):
+    with pytest.raises(RecordError):
         responder_result.transport.decrypt(first)
 
 
@@ -469,15 +469,15 @@ def test_transport_size_limits() -> None:
     big = os.urandom(MAX_RECORD_PLAINTEXT_LEN)
     assert MAX_RECORD_PLAINTEXT_LEN == 61440
     assert receiver.decrypt(sender.encrypt(big)) == big
-    with pytest.raises(TransportError, match="too large"):
+    with pytest.raises(RecordError, match="too large"):
         sender.encrypt(big + b"x")
-    with pytest.raises(TransportError, match="too short"):
+    with pytest.raises(RecordError, match="too short"):
         receiver.decrypt(bytes(15))
-    with pytest.raises(TransportError, match="too large"):
+    with pytest.raises(RecordError, match="too large"):
         receiver.decrypt(bytes(65536))
     # A validly encrypted record whose plaintext exceeds 60 KiB is refused after decryption.
     oversized = CipherState(KEY, nonce=1).encrypt_with_ad(b"", bytes(MAX_RECORD_PLAINTEXT_LEN + 1))
-    with pytest.raises(TransportError, match="exceeds maximum"):
+    with pytest.raises(RecordError, match="exceeds maximum"):
         receiver.decrypt(oversized)
 
 

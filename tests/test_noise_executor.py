@@ -23,10 +23,11 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import ClientConnection
 
 from codexexec.client import ExecServerClient, ExecServerError, Exited, Output
+from codexexec.noise.errors import NoiseError
 from codexexec.noise.hybrid_ik import HybridIKInitiator, build_prologue
 from codexexec.noise.keys import NoiseChannelPublicKey, StaticIdentity
 from codexexec.noise.profiles import ClassicParty, HybridParty
-from codexexec.noise.transport import NoiseError, NoiseTransport
+from codexexec.noise.transport import NoiseTransport
 from codexexec.relay.frames import (
     RelayMessageFrame,
     encode,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from codexexec.sandbox.policy import PolicyError
+from codexexec.sandbox.policy import SandboxPolicyError
 from codexexec.sandbox.profile_file import choose, profile_json
 from tests.servers import RunningServer, codexexec_command
 
@@ -67,7 +67,7 @@ def test_the_toml_becomes_codexs_profile() -> None:
 def test_profiles_that_mean_nothing_are_refused(text: str, message: str) -> None:
     import tomllib
 
-    with pytest.raises(PolicyError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(SandboxPolicyError, match=message.replace("(", r"\(").replace(")", r"\)")):
         name, table = choose(tomllib.loads(text), "p.toml")
         profile_json(table, str, "/home/u", f"permissions.{name}")
 

@@ -12,7 +12,7 @@ from codexexec.sandbox.denial import classify, is_likely_sandbox_denied, offendi
 from codexexec.sandbox.linux.bwrap import bwrap_argv
 from codexexec.sandbox.plan import SandboxPlan, WritableRoot, resolve_plan
 from codexexec.sandbox.policy import (
-    PolicyError,
+    SandboxPolicyError,
     legacy_profile,
     parse_context,
     sandbox_context_json,
@@ -234,7 +234,7 @@ def test_read_entry_inside_a_writable_root_is_a_carve_out(repo: Path) -> None:
     ],
 )
 def test_malformed_intent(raw: dict[str, object], message: str) -> None:
-    with pytest.raises(PolicyError, match=message):
+    with pytest.raises(SandboxPolicyError, match=message):
         parse_context(raw)
 
 

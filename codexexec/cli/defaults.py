@@ -13,6 +13,8 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 
+from codexexec.cli.errors import CliError
+
 CONFIG_FILE = "config.toml"
 CHOICES: dict[str, tuple[str, ...]] = {
     "sandbox": ("read-only", "workspace-write", "danger-full-access"),
@@ -21,7 +23,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
-class DefaultsError(ValueError):
+class DefaultsError(CliError, ValueError):
     """The file cannot be used; the text names the file and the setting."""
 
 

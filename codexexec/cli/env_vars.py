@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from codexexec.cli.errors import CliError
 
-class EnvVarError(ValueError):
+
+class EnvVarError(CliError, ValueError):
     """A setting that cannot be passed on; the text names it and why."""
 
 

@@ -12,6 +12,10 @@ EXIT_NOT_EXECUTABLE = 126
 EXIT_NOT_FOUND = 127
 
 
+class CliError(Exception):
+    """The root of every error cli/ raises (reported by ``fail``, never as a traceback)."""
+
+
 def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
     sys.stderr.write(f"codexexec: error: {message}\n")
     sys.stderr.flush()

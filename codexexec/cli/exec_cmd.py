@@ -189,11 +189,11 @@ def exec_command(
     if (deny_read or deny_write) and sandbox is SandboxMode.danger_full_access:
         fail("--deny-read and --deny-write need a sandbox (read-only or workspace-write)", 2)
     if deny_write:
-        from codexexec.sandbox.policy import PolicyError, deny_entries
+        from codexexec.sandbox.policy import SandboxPolicyError, deny_entries
 
         try:
             deny_entries((), deny_write, lambda path: path, lambda rest: rest)
-        except PolicyError as exc:
+        except SandboxPolicyError as exc:
             fail(str(exc), 2)
     proxy_flags = bool(allow_domain or deny_domain or ask_domains or allow_local)
     if proxy_flags and network is not NetworkMode.proxy:
@@ -301,7 +301,7 @@ def _read_profile(path: str) -> dict[str, Any]:
 
     from codexexec.cli.errors import fail
     from codexexec.protocol.path_uri import PathUri
-    from codexexec.sandbox.policy import PolicyError
+    from codexexec.sandbox.policy import SandboxPolicyError
     from codexexec.sandbox.profile_file import choose, profile_json
 
     try:
@@ -318,5 +318,5 @@ def _read_profile(path: str) -> dict[str, Any]:
         fail(f"cannot read the profile {path}: {exc.strerror or exc}", 2)
     except tomllib.TOMLDecodeError as exc:
         fail(f"the profile {path} is not valid TOML: {exc}", 2)
-    except PolicyError as exc:
+    except SandboxPolicyError as exc:
         fail(f"the profile {path}: {exc}", 2)

@@ -14,7 +14,7 @@ import os
 import stat
 import sys
 
-from codexexec.cli.errors import fail
+from codexexec.cli.errors import CliError, fail
 from codexexec.cli.fs_session import (
     METADATA_IN_FLIGHT,
     FsTarget,
@@ -63,7 +63,7 @@ async def run_get_tree(target: FsTarget, local: str | None, *, quiet: bool) -> i
     return 0
 
 
-class OutsideTree(ValueError):
+class OutsideTree(CliError, ValueError):
     """A remote entry that would land outside the local destination."""
 
 

@@ -215,11 +215,11 @@ def serve(
 
     baseline = None
     if network_policy is not None:
-        from codexexec.network.policy import PolicyError, parse_policy_file
+        from codexexec.network.policy import NetworkPolicyError, parse_policy_file
 
         try:
             baseline = parse_policy_file(network_policy)
-        except PolicyError as exc:
+        except NetworkPolicyError as exc:
             fail(str(exc), 2)
     sandbox_settings = _sandbox_settings(
         sandbox_floor, sandbox_floor_mode, linux_sandbox_pid_namespace

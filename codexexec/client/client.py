@@ -34,7 +34,7 @@ from codexexec.protocol.path_uri import InvalidPathUri, PathConvention, PathUri
 from codexexec.rpc.peer import RpcPeer
 from codexexec.sandbox.policy import (
     LegacyMode,
-    PolicyError,
+    SandboxPolicyError,
     deny_entries,
     legacy_profile,
     sandbox_context_json,
@@ -411,7 +411,7 @@ class ExecServerClient(AsyncClosing):
         if sandbox is not None:
             try:
                 extra = deny_entries(deny_read, deny_write, self._cwd_uri, self._home_uri)
-            except PolicyError as exc:
+            except SandboxPolicyError as exc:
                 raise ExecServerError(str(exc)) from None
             roots = [self._cwd_uri(r) for r in writable_roots]
             chosen = (

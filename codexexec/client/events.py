@@ -13,6 +13,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from codexexec.client.errors import ExecServerError
+
 MAX_BUFFERED_EVENTS = 50_000
 # While someone iterates, the reader waits above this (backpressure to the child).
 MAX_BUFFERED_BYTES = 8 * 1024 * 1024
@@ -68,11 +70,11 @@ class ReadResponse:
     denial: dict[str, Any] | None = None
 
 
-class SeqGap(Exception):
+class SeqGap(ExecServerError):
     """The buffer skips ahead of the reader's cursor: something must be re-read."""
 
     def __init__(self, next_seq: int) -> None:
-        super().__init__(next_seq)
+        super().__init__(f"the output skips ahead to seq {next_seq}")
         self.next_seq = next_seq
 
 

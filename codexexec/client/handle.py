@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from codexexec.client.errors import ExecServerError
 
-class InvalidHandle(ValueError):
+
+class InvalidHandle(ExecServerError, ValueError):
     pass
 
 

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from codexexec.environments.errors import EnvironmentsError
+
 ENVIRONMENTS_FILE = "environments.toml"
 LOCAL_ENVIRONMENT_ID = "local"
 MAX_ENVIRONMENT_ID_LEN = 64
@@ -58,7 +60,7 @@ _ENV_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 Dialect = Literal["codex", "codexexec"]
 
 
-class EnvironmentConfigError(Exception):
+class EnvironmentConfigError(EnvironmentsError):
     """The file or one entry is invalid; the message is Codex's where Codex has one."""
 
 
@@ -197,7 +199,7 @@ def load_config(path: Path | None = None, *, dialect: Dialect = "codexexec") -> 
     return parse_config(document, config_dir=path.parent, path=path)
 
 
-class _ShapeError(Exception):
+class _ShapeError(EnvironmentsError):
     """What serde reports while deserializing (unknown or missing fields, wrong types),
     worded as Codex 0.169.0 prints it, with the location on the same line."""
 

@@ -30,6 +30,7 @@ from codexexec.environments.config import (
     StdioSpec,
     WebSocketSpec,
 )
+from codexexec.environments.errors import EnvironmentsError
 from codexexec.transport.base import MessageTransport
 
 Step = Literal["connect", "auth", "handshake", "initialize"]
@@ -38,7 +39,7 @@ _STATUS = re.compile(r"\((\d{3})\)")
 _T = TypeVar("_T")
 
 
-class EnvironmentUnavailable(OpenFailed):
+class EnvironmentUnavailable(OpenFailed, EnvironmentsError):
     """An attempt failed: ``environment `devbox`: connect: <cause>``."""
 
     def __init__(self, environment: str, step: Step, cause: str, *, retryable: bool) -> None:

@@ -18,13 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from codexexec.environments.config import HOME_ENV, StdioSpec
+from codexexec.environments.errors import EnvironmentsError
 
 # sun_path holds 108 bytes on Linux and 104 on macOS; stay clear of both.
 MAX_SOCKET_PATH = 100
 LAST_WORDS_BYTES = 1024
 
 
-class RuntimeDirError(OSError):
+class RuntimeDirError(EnvironmentsError, OSError):
     pass
 
 

@@ -27,7 +27,7 @@ from codexexec.network.env import proxy_environment
 from codexexec.network.policy import (
     Decision,
     NetworkPolicy,
-    PolicyError,
+    NetworkPolicyError,
     PolicyFileError,
     check_resolved,
     evaluate,
@@ -53,7 +53,7 @@ __all__ = [
     "Decision",
     "ManagedProxy",
     "NetworkPolicy",
-    "PolicyError",
+    "NetworkPolicyError",
     "PolicyFileError",
     "check_resolved",
     "evaluate",

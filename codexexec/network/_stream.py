@@ -18,13 +18,15 @@ import time
 from collections.abc import Callable
 from typing import cast
 
+from codexexec.network.errors import NetworkError
+
 READ_CHUNK = 256 * 1024
 SPLICE_RECV_SIZE = 1024 * 1024
 WRITE_HIGH_WATER = 512 * 1024
 WRITE_LOW_WATER = 128 * 1024
 
 
-class IncompleteRead(EOFError):
+class IncompleteRead(NetworkError, EOFError):
     """The peer closed (or reset) before the expected bytes arrived."""
 
     def __init__(self, partial: bytes) -> None:
@@ -32,7 +34,7 @@ class IncompleteRead(EOFError):
         self.partial = partial
 
 
-class TooLarge(ValueError):
+class TooLarge(NetworkError, ValueError):
     """A delimited read exceeded its size cap."""
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from codexexec.network._stream import Endpoint
+from codexexec.network.errors import NetworkError
 from codexexec.network.limits import ASK_TIMEOUT, CONNECT_TIMEOUT, DNS_TIMEOUT, MAX_PENDING_ASKS
 from codexexec.network.policy import (
     Decision,
@@ -44,7 +45,7 @@ MAX_ADDRESSES = 16
 FailureKind = Literal["dns_failed", "dns_timeout", "refused", "unreachable", "timeout", "error"]
 
 
-class UpstreamError(Exception):
+class UpstreamError(NetworkError):
     """The destination was permitted but could not be reached."""
 
     def __init__(self, kind: FailureKind, detail: str) -> None:
@@ -256,7 +257,7 @@ def _is_address(text: str) -> bool:
 MAX_UPSTREAM_RESPONSE_HEAD = 8192
 
 
-class UpstreamRefused(OSError):
+class UpstreamRefused(NetworkError, OSError):
     """The upstream proxy would not open the tunnel; the text is its status line."""
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from codexexec.network._stream import READ_CHUNK
+from codexexec.network.errors import NetworkError
 from codexexec.network.limits import MAX_CHUNK_LINE, MAX_TRAILER_BYTES
 
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,15}")
@@ -19,7 +20,7 @@ _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,15}")
 Framing = Literal["none", "length", "chunked", "close"]
 
 
-class BodyError(ValueError):
+class BodyError(NetworkError, ValueError):
     """The body does not follow its framing (a malformed chunk, a short read, too large)."""
 
 

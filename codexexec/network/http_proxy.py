@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from codexexec.network._stream import Endpoint, IncompleteRead, TooLarge, splice
+from codexexec.network.errors import NetworkError
 from codexexec.network.gate import Gate, UpstreamError
 from codexexec.network.http_body import BodyReader, Framing
 from codexexec.network.limits import (
@@ -79,13 +80,13 @@ MAX_INTERIM_RESPONSES = 8
 Headers = list[tuple[str, str]]
 
 
-class BadRequest(Exception):
+class BadRequest(NetworkError):
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
 
 
-class BadResponse(Exception):
+class BadResponse(NetworkError):
     """The upstream's response cannot be parsed or framed."""
 
 

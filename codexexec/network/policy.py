@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from codexexec.network.errors import NetworkError
 from codexexec.network.upstream import UpstreamProxy, UpstreamProxyError, parse_upstream
 
 Mode = Literal["full", "limited"]
@@ -88,15 +89,15 @@ _NON_PUBLIC_V6 = tuple(
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
-class PolicyError(ValueError):
+class NetworkPolicyError(NetworkError, ValueError):
     """A policy (or one of its patterns) is malformed; the message says which and why."""
 
 
-class InvalidHost(ValueError):
+class InvalidHost(NetworkError, ValueError):
     """A host name or address that cannot be a destination."""
 
 
-class PolicyFileError(PolicyError):
+class PolicyFileError(NetworkPolicyError):
     """A policy file is unreadable or invalid; names the file and, when known, the line."""
 
     def __init__(self, path: str, line: int | None, message: str) -> None:
@@ -217,19 +218,19 @@ class _Pattern:
 
 def _compile_pattern(raw: str, *, deny: bool) -> _Pattern:
     if not isinstance(raw, str):
-        raise PolicyError(f"domain pattern must be a string, not {type(raw).__name__}")
+        raise NetworkPolicyError(f"domain pattern must be a string, not {type(raw).__name__}")
     text = raw.strip().lower().rstrip(".")
     if text == "*":
         if deny:
-            raise PolicyError("`*` is not allowed in the denylist")
+            raise NetworkPolicyError("`*` is not allowed in the denylist")
         return _Pattern("*", re.compile(r".+", re.DOTALL))
     if "*" not in text:
         try:
             return _Pattern(normalize_host(text), None)
         except InvalidHost as exc:
-            raise PolicyError(f"invalid domain pattern `{raw}`: {exc}") from None
+            raise NetworkPolicyError(f"invalid domain pattern `{raw}`: {exc}") from None
     if ":" in text or "[" in text:
-        raise PolicyError(f"invalid domain pattern `{raw}`: no wildcards in IP literals")
+        raise NetworkPolicyError(f"invalid domain pattern `{raw}`: no wildcards in IP literals")
     labels = text.split(".")
     prefix = ""
     if labels[0] == "**":
@@ -237,23 +238,27 @@ def _compile_pattern(raw: str, *, deny: bool) -> _Pattern:
     elif labels[0] == "*":
         prefix, labels = r"(?:[^.]+\.)+", labels[1:]
     if not labels:
-        raise PolicyError(f"invalid domain pattern `{raw}`: nothing after the wildcard")
+        raise NetworkPolicyError(f"invalid domain pattern `{raw}`: nothing after the wildcard")
     parts: list[str] = []
     for label in labels:
         if "**" in label:
-            raise PolicyError(f"invalid domain pattern `{raw}`: `**` only as the first label")
+            raise NetworkPolicyError(
+                f"invalid domain pattern `{raw}`: `**` only as the first label"
+            )
         if "*" in label:
             pieces = label.split("*")
             if not all(p.isascii() and _WILD_PART.fullmatch(p) for p in pieces):
-                raise PolicyError(f"invalid domain pattern `{raw}`: bad label `{label}`")
+                raise NetworkPolicyError(f"invalid domain pattern `{raw}`: bad label `{label}`")
             parts.append("[^.]*".join(re.escape(p) for p in pieces))
             continue
         try:
             encoded = label.encode("idna").decode("ascii") if not label.isascii() else label
         except UnicodeError:
-            raise PolicyError(f"invalid domain pattern `{raw}`: bad label `{label}`") from None
+            raise NetworkPolicyError(
+                f"invalid domain pattern `{raw}`: bad label `{label}`"
+            ) from None
         if not _LABEL.fullmatch(encoded):
-            raise PolicyError(f"invalid domain pattern `{raw}`: bad label `{label}`")
+            raise NetworkPolicyError(f"invalid domain pattern `{raw}`: bad label `{label}`")
         parts.append(re.escape(encoded))
     return _Pattern(text, re.compile(prefix + r"\.".join(parts)))
 
@@ -279,14 +284,14 @@ class NetworkPolicy:
 
     def __post_init__(self) -> None:
         if isinstance(self.allowed_domains, str) or isinstance(self.denied_domains, str):
-            raise PolicyError("domain lists must be sequences of patterns, not a string")
+            raise NetworkPolicyError("domain lists must be sequences of patterns, not a string")
         object.__setattr__(self, "allowed_domains", tuple(self.allowed_domains))
         object.__setattr__(self, "denied_domains", tuple(self.denied_domains))
         if self.mode not in ("full", "limited"):
-            raise PolicyError(f"unknown network mode `{self.mode}` (full or limited)")
+            raise NetworkPolicyError(f"unknown network mode `{self.mode}` (full or limited)")
         for name in ("allow_local", "ask_unknown", "allow_udp"):
             if not isinstance(getattr(self, name), bool):
-                raise PolicyError(f"`{name}` must be a boolean")
+                raise NetworkPolicyError(f"`{name}` must be a boolean")
         allow = tuple(_compile_pattern(p, deny=False) for p in self.allowed_domains)
         deny = tuple(_compile_pattern(p, deny=True) for p in self.denied_domains)
         object.__setattr__(self, "_allow", allow)
@@ -553,7 +558,7 @@ def parse_policy_text(text: str, source: str = "<policy>") -> NetworkPolicy:
             raise fail(where, f'domain `{pattern}`: expected "allow" or "deny", not {verdict!r}')
         try:
             _compile_pattern(pattern, deny=verdict == "deny")
-        except PolicyError as exc:
+        except NetworkPolicyError as exc:
             raise fail(where, str(exc)) from None
         (allowed if verdict == "allow" else denied).append(pattern)
     upstream = None

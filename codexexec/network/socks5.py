@@ -10,6 +10,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
+from codexexec.network.errors import NetworkError
 from codexexec.network.policy import InvalidHost, normalize_host
 
 VERSION = 5
@@ -34,7 +35,7 @@ REP_COMMAND_NOT_SUPPORTED = 0x07
 REP_ADDRESS_TYPE_NOT_SUPPORTED = 0x08
 
 
-class SocksError(Exception):
+class SocksError(NetworkError):
     def __init__(self, reply: int, message: str) -> None:
         super().__init__(message)
         self.reply = reply

@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
+from codexexec.network.errors import NetworkError
 
-class UpstreamProxyError(ValueError):
+
+class UpstreamProxyError(NetworkError, ValueError):
     """An `upstream_proxy` value that is not ``http://[USER:PASS@]HOST:PORT``."""
 
 

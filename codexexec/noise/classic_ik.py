@@ -36,7 +36,7 @@ from codexexec.noise.transport import (
     TAG_LEN,
     NoiseDecryptError,
     NonceExhaustedError,
-    TransportError,
+    RecordError,
 )
 from codexexec.protocol.registry import CLASSIC_NOISE_PROFILE, NOISE_SUITES
 
@@ -122,9 +122,9 @@ class ClassicTransport:
 
     def encrypt(self, plaintext: bytes) -> bytes:
         if self._failed:
-            raise TransportError("Noise transport already failed")
+            raise RecordError("Noise transport already failed")
         if len(plaintext) > MAX_RECORD_PLAINTEXT_LEN:
-            raise TransportError("transport plaintext is too large")
+            raise RecordError("transport plaintext is too large")
         try:
             return bytes(self._connection.encrypt(bytes(plaintext)))
         except NoiseMaxNonceError:
@@ -133,10 +133,10 @@ class ClassicTransport:
 
     def decrypt(self, ciphertext: bytes) -> bytes:
         if self._failed:
-            raise TransportError("Noise transport already failed")
+            raise RecordError("Noise transport already failed")
         if not TAG_LEN <= len(ciphertext) <= MAX_NOISE_MESSAGE_LEN:
             self._failed = True
-            raise TransportError("transport ciphertext has an invalid length")
+            raise RecordError("transport ciphertext has an invalid length")
         try:
             plaintext = bytes(self._connection.decrypt(bytes(ciphertext)))
         except _LIBRARY_ERRORS:
@@ -144,7 +144,7 @@ class ClassicTransport:
             raise NoiseDecryptError("transport record failed to authenticate") from None
         if len(plaintext) > MAX_RECORD_PLAINTEXT_LEN:
             self._failed = True
-            raise TransportError("transport plaintext record exceeds maximum length")
+            raise RecordError("transport plaintext record exceeds maximum length")
         return plaintext
 
 

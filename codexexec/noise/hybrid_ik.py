@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import mlkem
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from codexexec.noise import mlkem768
+from codexexec.noise.errors import NoiseError
 from codexexec.noise.keys import (
     MLKEM768_PUBLIC_KEY_LEN,
     X25519_KEY_LEN,
@@ -42,7 +43,6 @@ from codexexec.noise.transport import (
     TAG_LEN,
     CipherState,
     NoiseDecryptError,
-    NoiseError,
     NoiseTransport,
 )
 

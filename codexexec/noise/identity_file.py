@@ -13,12 +13,13 @@ import json
 import os
 import stat
 
+from codexexec.noise.errors import NoiseError
 from codexexec.noise.keys import MLKEM768_SEED_LEN, X25519_KEY_LEN, NoiseKeyError, StaticIdentity
 
 _VERSION = 1
 
 
-class IdentityFileError(Exception):
+class IdentityFileError(NoiseError):
     """The identity file cannot be used; the message names the file and the fix."""
 
 

@@ -19,6 +19,8 @@ from typing import Any, NoReturn
 from cryptography.hazmat.primitives.asymmetric import mlkem
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
+from codexexec.noise.errors import NoiseError
+
 __all__ = [
     "MLKEM768_PUBLIC_KEY_LEN",
     "NOISE_CHANNEL_SUITE",
@@ -38,7 +40,7 @@ _FIELDS = ("suite", "x25519_public_key", "mlkem768_public_key")
 _REDACTED = "<redacted>"
 
 
-class NoiseKeyError(ValueError):
+class NoiseKeyError(NoiseError, ValueError):
     """A public key is malformed or uses an unsupported suite."""
 
 

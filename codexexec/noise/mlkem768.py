@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 
+from codexexec.noise.errors import NoiseError
+
 __all__ = [
     "CIPHERTEXT_LEN",
     "DECAPSULATION_KEY_LEN",
@@ -40,7 +42,7 @@ SEED_LEN = 64  # d || z
 Poly = list[int]
 
 
-class MLKEMError(ValueError):
+class MLKEMError(NoiseError, ValueError):
     """Raised for malformed ML-KEM inputs."""
 
 

@@ -16,6 +16,8 @@ from typing import NoReturn
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from codexexec.noise.errors import NoiseError
+
 __all__ = [
     "KEY_LEN",
     "MAX_NOISE_MESSAGE_LEN",
@@ -24,10 +26,9 @@ __all__ = [
     "TAG_LEN",
     "CipherState",
     "NoiseDecryptError",
-    "NoiseError",
     "NoiseTransport",
     "NonceExhaustedError",
-    "TransportError",
+    "RecordError",
 ]
 
 KEY_LEN = 32
@@ -35,10 +36,6 @@ TAG_LEN = 16
 MAX_NONCE = 2**64 - 1  # reserved; the last usable nonce is MAX_NONCE - 1
 MAX_NOISE_MESSAGE_LEN = 65535
 MAX_RECORD_PLAINTEXT_LEN = 61440  # NOISE_RECORD_PLAINTEXT_LEN, 60 KiB
-
-
-class NoiseError(Exception):
-    """Base class for every Noise failure. Any such error is fatal for the stream."""
 
 
 class NoiseDecryptError(NoiseError):
@@ -49,7 +46,7 @@ class NonceExhaustedError(NoiseError):
     """The 64-bit nonce counter reached its reserved maximum."""
 
 
-class TransportError(NoiseError):
+class RecordError(NoiseError):
     """A transport record violated a size rule or the transport is no longer usable."""
 
 
@@ -145,18 +142,18 @@ class NoiseTransport:
 
     def encrypt(self, plaintext: bytes) -> bytes:
         if self._failed:
-            raise TransportError("Noise transport already failed")
+            raise RecordError("Noise transport already failed")
         if len(plaintext) > MAX_RECORD_PLAINTEXT_LEN:
-            raise TransportError("transport plaintext is too large")
+            raise RecordError("transport plaintext is too large")
         return self._send.encrypt_with_ad(b"", plaintext)
 
     def decrypt(self, ciphertext: bytes) -> bytes:
         if self._failed:
-            raise TransportError("Noise transport already failed")
+            raise RecordError("Noise transport already failed")
         if len(ciphertext) < TAG_LEN:
-            raise TransportError("transport ciphertext is too short")
+            raise RecordError("transport ciphertext is too short")
         if len(ciphertext) > MAX_NOISE_MESSAGE_LEN:
-            raise TransportError("transport ciphertext is too large")
+            raise RecordError("transport ciphertext is too large")
         try:
             plaintext = self._recv.decrypt_with_ad(b"", ciphertext)
         except NoiseError:
@@ -164,5 +161,5 @@ class NoiseTransport:
             raise
         if len(plaintext) > MAX_RECORD_PLAINTEXT_LEN:
             self._failed = True
-            raise TransportError("transport plaintext record exceeds maximum length")
+            raise RecordError("transport plaintext record exceeds maximum length")
         return plaintext

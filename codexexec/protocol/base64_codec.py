@@ -12,10 +12,12 @@ import binascii
 import msgspec
 import pybase64
 
+from codexexec.protocol.errors import ProtocolError
+
 _ALPHABET = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
 
 
-class Base64Error(ValueError):
+class Base64Error(ProtocolError, ValueError):
     """Text that is not standard padded base64; ``str()`` is Codex's message."""
 
 

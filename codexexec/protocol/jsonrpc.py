@@ -15,6 +15,7 @@ from typing import Any, Final
 import msgspec
 
 from codexexec.protocol import output_notification
+from codexexec.protocol.errors import ProtocolError
 from codexexec.protocol.limits import MAX_JSON_NESTING_DEPTH, MAX_JSON_VALUES_PER_MESSAGE
 
 RequestId = int | str
@@ -30,7 +31,7 @@ SESSION_ALREADY_ATTACHED: Final = -32010
 UNKNOWN_ID: Final = -1
 
 
-class RpcError(Exception):
+class RpcError(ProtocolError):
     """A JSON-RPC error answer; raised by handlers, surfaced to callers."""
 
     def __init__(self, code: int, message: str, data: Any = None) -> None:
@@ -43,7 +44,7 @@ class RpcError(Exception):
         return f"RpcError({self.code}, {self.message!r})"
 
 
-class MalformedMessage(Exception):
+class MalformedMessage(ProtocolError):
     """Input that is not a JSON-RPC message; answered with id -1, connection kept."""
 
 

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin, get_t
 
 import msgspec
 
+from codexexec.protocol.errors import ProtocolError
 from codexexec.protocol.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, RpcError
 
 P = TypeVar("P")
@@ -141,7 +142,7 @@ class EnvironmentConfigReadParams(_Params):
     requirements_paths: list[list[str]]
 
 
-class ParamsError(ValueError):
+class ParamsError(ProtocolError, ValueError):
     """Params that do not decode; the message reads like Codex's (serde) wording."""
 
 

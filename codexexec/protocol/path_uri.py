@@ -40,10 +40,12 @@ from dataclasses import dataclass
 from typing import Final, TypeAlias
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
+from codexexec.protocol.errors import ProtocolError
+
 __all__ = ["InvalidPathUri", "PathConvention", "PathUri", "encode_segment"]
 
 
-class InvalidPathUri(ValueError):
+class InvalidPathUri(ProtocolError, ValueError):
     """Text is not a valid PathUri, or a path conversion/operation is not possible."""
 
 

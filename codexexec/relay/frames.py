@@ -28,6 +28,7 @@ from typing import Final, Literal, cast
 
 from google.protobuf.message import DecodeError
 
+from codexexec.relay.errors import RelayError
 from codexexec.relay.limits import (
     MAX_RESET_REASON_BYTES,
     MAX_SEQ,
@@ -79,7 +80,7 @@ class FrameErrorKind(enum.Enum):
     INVALID_HANDSHAKE = "invalid_handshake"
 
 
-class FrameError(Exception):
+class FrameError(RelayError):
     """A websocket message that is not an acceptable relay frame.
 
     The receiver logs and drops such a message and keeps the socket (Codex 0.169.0 behaviour,

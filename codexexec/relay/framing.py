@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import struct
 
+from codexexec.relay.errors import RelayError
+
 RECORD_BYTES = 60 * 1024
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
-class FramingError(ValueError):
+class FramingError(RelayError, ValueError):
     """The record stream is corrupt; the stream must be reset."""
 
 

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
+from codexexec.relay.errors import RelayError
 from codexexec.relay.frames import (
     RelayMessageFrame,
     encode_data,
@@ -81,7 +82,7 @@ class StreamErrorKind(enum.Enum):
     SEQ_EXHAUSTED = "seq_exhausted"
 
 
-class StreamError(Exception):
+class StreamError(RelayError):
     """A sequencing failure that ends one stream (with a Reset), never the socket."""
 
     def __init__(self, kind: StreamErrorKind, message: str) -> None:
@@ -274,7 +275,7 @@ _REFUSAL_TEXT: Final = {
 }
 
 
-class StreamRefused(Exception):
+class StreamRefused(RelayError):
     """``StreamTable.open`` refused a stream id."""
 
     def __init__(self, kind: RefusalKind) -> None:

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from codexexec.remote.errors import RemoteError
+
 if TYPE_CHECKING:
     import aiohttp
     from aiohttp import StreamReader
@@ -24,7 +26,7 @@ _TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 _TRACESTATE = re.compile(r"[\x21-\x7e ]{1,512}")
 
 
-class Unreachable(Exception):
+class Unreachable(RemoteError):
     """No HTTP answer (connection refused, DNS, TLS, timeout); the text names only the kind."""
 
 

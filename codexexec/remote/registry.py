@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from codexexec.protocol.registry import LEGACY_PROFILE, NOISE_PROFILE
+from codexexec.remote.errors import RemoteError
 
 if TYPE_CHECKING:
     from codexexec.noise.profiles import NoiseParty
@@ -50,7 +51,7 @@ BODY_OMITTED = "response body omitted"
 log = logging.getLogger(__name__)
 
 
-class RegistryError(Exception):
+class RegistryError(RemoteError):
     """The registry refused or could not be reached; the message says which and why.
 
     ``code`` is the registry's machine-readable error code when it sent one;

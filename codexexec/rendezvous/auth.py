@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Literal
 
 from codexexec.remote.auth.api_keys import API_KEY_PREFIX, API_KEY_REFUSED, looks_like_api_key
+from codexexec.rendezvous.errors import RendezvousError
 from codexexec.state_dir import ensure_private_dir
 
 Role = Literal["executor", "harness"]
@@ -43,12 +44,12 @@ DEV_TOKEN_PREFIX = "cxr_"
 DEV_TOKEN_FILENAME = "rendezvous-tokens"
 
 
-class TokenFileError(ValueError):
+class TokenFileError(RendezvousError, ValueError):
     """The token file cannot be used; the message names a line, never a token."""
 
 
 @dataclass(frozen=True)
-class RequestRefused(Exception):
+class RequestRefused(RendezvousError):
     """A refused request: HTTP status plus a Codex-style ``{"error":{code,message}}`` body."""
 
     status: int

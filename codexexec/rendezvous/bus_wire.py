@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
+from codexexec.rendezvous.errors import RendezvousError
+
 PREFIX = "codexexec"
 SUBJECT_EVENTS = f"{PREFIX}.events"
 SUBJECT_ALIVE = f"{PREFIX}.alive"
@@ -35,7 +37,7 @@ _NUMBERS = struct.Struct("!II")
 LINK_OVERHEAD = _HEAD.size + MAX_LINK_ID_BYTES + _NUMBERS.size
 
 
-class BusWireError(ValueError):
+class BusWireError(RendezvousError, ValueError):
     """A message on the bus that is not one of ours (dropped, and counted)."""
 
 
@@ -141,12 +143,12 @@ def text_field(body: dict[str, Any], name: str) -> str:
     return value
 
 
-class BusUnavailable(RuntimeError):
+class BusUnavailable(RendezvousError, RuntimeError):
     """Another node could not be asked (bus down, or the node did not answer); the service
     answers 503 ``bus_unavailable``, and a caller may try again."""
 
 
-class BusRefused(Exception):
+class BusRefused(RendezvousError):
     """The executor's node refused a link, with the error a harness socket gets."""
 
     def __init__(self, status: int, code: str, message: str) -> None:

@@ -27,6 +27,7 @@ from codexexec.rendezvous.auth import (
     TokenTable,
 )
 from codexexec.rendezvous.bus_wire import BusRefused, BusUnavailable
+from codexexec.rendezvous.errors import RendezvousError
 from codexexec.rendezvous.events import event
 from codexexec.rendezvous.links import RemoteExecutor
 from codexexec.rendezvous.metrics import CONTENT_TYPE, RendezvousMetrics
@@ -56,7 +57,7 @@ _ENVIRONMENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,255}")
 _HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
-class ApiError(Exception):
+class ApiError(RendezvousError):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status = status

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
+from codexexec.rendezvous.errors import RendezvousError
+
 RelayRole = Literal["environment", "harness"]
 RELAY_ROLES: tuple[RelayRole, ...] = ("environment", "harness")
 RELAY_PATH = "/relay"
@@ -36,7 +38,7 @@ _OPTIONAL_FIELDS = ("sub",)
 _MAX_FIELD = 512
 
 
-class SignatureError(Exception):
+class SignatureError(RendezvousError):
     """A relay URL that must not open a websocket; carries the HTTP answer."""
 
     def __init__(self, status: int, code: str, message: str) -> None:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from codexexec.rendezvous.errors import RendezvousError
 from codexexec.rendezvous.signing import KEY_BYTES
 
 MEMORY = ":memory:"
@@ -74,12 +75,12 @@ def auth_digest(authorization: str) -> str:
     return hashlib.sha256(authorization.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-class StoreUnavailable(RuntimeError):
+class StoreUnavailable(RendezvousError, RuntimeError):
     """The store cannot be reached or used right now; the message says why (never a
     password). The service answers 503, and a caller may try again."""
 
 
-class AuthorizationLimit(Exception):
+class AuthorizationLimit(RendezvousError):
     """The environment already holds as many unexpired authorizations as it may."""
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from codexexec.protocol import jsonrpc
+from codexexec.protocol.errors import ProtocolError
 from codexexec.protocol.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_REQUEST,
@@ -39,7 +40,7 @@ RequestHandler = Callable[[Request], Awaitable[Any]]
 NotificationHandler = Callable[[Notification], Awaitable[None]]
 
 
-class CloseConnection(Exception):
+class CloseConnection(ProtocolError):
     """Raised by a handler when the protocol says the connection must end."""
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from codexexec.protocol.path_uri import PathUri
 from codexexec.sandbox import mount_points
+from codexexec.sandbox.errors import SandboxError
 from codexexec.sandbox.floor import (
     SandboxSettings,
     allowed_writes,
@@ -19,10 +20,10 @@ from codexexec.sandbox.floor import (
     floor_sandbox,
 )
 from codexexec.sandbox.plan import NetworkRouting, SandboxPlan, resolve_plan
-from codexexec.sandbox.policy import PolicyError, parse_context
+from codexexec.sandbox.policy import SandboxPolicyError, parse_context
 
 
-class SandboxRefused(Exception):
+class SandboxRefused(SandboxError):
     """The intent is invalid (``invalid``) or cannot be enforced here; nothing was spawned."""
 
     def __init__(self, message: str, *, invalid: bool) -> None:
@@ -97,7 +98,7 @@ def prepare_command(
         plan = _plan(sandbox, cwd, routing)
         if settings.floor is not None:
             plan = _at_floor(plan, sandbox, cwd, routing, settings)
-    except PolicyError as exc:
+    except SandboxPolicyError as exc:
         raise SandboxRefused(f"invalid sandbox intent: {exc}", invalid=True) from None
     if plan is None:
         return None

@@ -18,6 +18,8 @@ import os
 import re
 from dataclasses import dataclass
 
+from codexexec.sandbox.errors import SandboxError
+
 # Codex refuses a pattern with more matches than this.
 MAX_MATCHES = 8192
 # Entries looked at per pattern before giving up (a pattern over a huge tree).
@@ -25,7 +27,7 @@ MAX_SCANNED = 200_000
 _GLOB_CHARS = frozenset("*?[")
 
 
-class GlobError(ValueError):
+class GlobError(SandboxError, ValueError):
     """A pattern that cannot be expanded; the text says why."""
 
 

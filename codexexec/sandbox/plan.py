@@ -17,8 +17,8 @@ from codexexec.sandbox.policy import (
     FileSystemEntry,
     GlobEntry,
     PathEntry,
-    PolicyError,
     SandboxContext,
+    SandboxPolicyError,
     SpecialEntry,
 )
 
@@ -106,7 +106,7 @@ def _native(uri: str, what: str) -> str:
     try:
         return PathUri.parse(uri).to_host_native_path()
     except InvalidPathUri as exc:
-        raise PolicyError(
+        raise SandboxPolicyError(
             f"{what} URI `{uri}` is not valid on this exec-server host: {exc}"
         ) from None
 
@@ -130,10 +130,12 @@ class _Resolver:
     def roots_for_project(self, subpath: str | None) -> list[str]:
         roots = self.workspace_roots or ([self.sandbox_cwd] if self.sandbox_cwd else [])
         if not roots:
-            raise PolicyError("file system sandbox context with dynamic permissions requires cwd")
+            raise SandboxPolicyError(
+                "file system sandbox context with dynamic permissions requires cwd"
+            )
         for root in roots:
             if not os.path.isdir(root):
-                raise PolicyError(f"workspace root `{root}` does not exist on this executor")
+                raise SandboxPolicyError(f"workspace root `{root}` does not exist on this executor")
         return [os.path.join(root, subpath) if subpath else root for root in roots]
 
     def resolve(self, entry: FileSystemEntry) -> list[str]:
@@ -145,7 +147,7 @@ class _Resolver:
             if not os.path.lexists(native):
                 if entry.skip_if_missing or entry.access == "deny":
                     return []
-                raise PolicyError(f"sandbox path `{native}` does not exist on this executor")
+                raise SandboxPolicyError(f"sandbox path `{native}` does not exist on this executor")
             return [native]
         return self._special(path)
 
@@ -165,7 +167,7 @@ class _Resolver:
         try:
             return [path for each in patterns for path in globs.expand(each, depth)]
         except globs.GlobError as error:
-            raise PolicyError(str(error)) from None
+            raise SandboxPolicyError(str(error)) from None
 
     def _special(self, special: SpecialEntry) -> list[str]:
         kind = special.kind
@@ -261,7 +263,7 @@ def _protect(root: WritableRoot) -> None:
         candidate = os.path.join(root.path, name)
         if os.path.islink(candidate):
             # A symlink could point a read-only mount anywhere; refuse rather than guess.
-            raise PolicyError(
+            raise SandboxPolicyError(
                 f"cannot enforce sandbox read-only path `{candidate}`: it is a symlink"
             )
         if not os.path.exists(candidate):
@@ -283,14 +285,14 @@ def _user_home(context: SandboxContext) -> str | None:
     if context.user_home_dir:
         try:
             return os.path.realpath(_native(context.user_home_dir, "user home"))
-        except PolicyError:
+        except SandboxPolicyError:
             return None
     home = os.path.expanduser("~")
     return os.path.realpath(home) if os.path.isabs(home) else None
 
 
 def resolve_plan(context: SandboxContext, command_cwd: str) -> SandboxPlan:
-    """Bind ``context`` to this host's paths; raises PolicyError when it cannot."""
+    """Bind ``context`` to this host's paths; raises SandboxPolicyError when it cannot."""
     profile = context.permissions
     resolver = _Resolver(context, command_cwd)
     network_enabled = profile.network == "enabled"

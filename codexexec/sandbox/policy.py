@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from codexexec.sandbox.errors import SandboxError
+
 Access = Literal["read", "write", "deny"]
 NetworkPolicy = Literal["restricted", "enabled"]
 
@@ -26,7 +28,7 @@ SPECIAL_KINDS = (
 )
 
 
-class PolicyError(ValueError):
+class SandboxPolicyError(SandboxError, ValueError):
     """The intent is malformed; the message says which part and why."""
 
 
@@ -87,13 +89,13 @@ class SandboxContext:
 
 def _require(obj: Any, key: str, where: str) -> Any:
     if not isinstance(obj, dict) or key not in obj:
-        raise PolicyError(f"{where}: missing field `{key}`")
+        raise SandboxPolicyError(f"{where}: missing field `{key}`")
     return obj[key]
 
 
 def _string(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value:
-        raise PolicyError(f"{where}: expected a non-empty string")
+        raise SandboxPolicyError(f"{where}: expected a non-empty string")
     return value
 
 
@@ -110,9 +112,11 @@ def _entry_path(raw: Any, where: str) -> EntryPath:
         if subpath is not None:
             subpath = _string(subpath, f"{where}.value.subpath")
             if subpath.startswith("/") or ".." in subpath.split("/"):
-                raise PolicyError(f"{where}.value.subpath: `{subpath}` must stay inside the root")
+                raise SandboxPolicyError(
+                    f"{where}.value.subpath: `{subpath}` must stay inside the root"
+                )
         return SpecialEntry(special, subpath)
-    raise PolicyError(f"{where}: unknown path type `{kind}`")
+    raise SandboxPolicyError(f"{where}: unknown path type `{kind}`")
 
 
 def _entry(raw: Any, where: str) -> FileSystemEntry:
@@ -120,7 +124,7 @@ def _entry(raw: Any, where: str) -> FileSystemEntry:
     if access == "none":  # the older spelling of deny
         access = "deny"
     if access not in ("read", "write", "deny"):
-        raise PolicyError(f"{where}.access: unknown access `{access}` (read, write or deny)")
+        raise SandboxPolicyError(f"{where}.access: unknown access `{access}` (read, write or deny)")
     skip = raw.get("missing_path_behavior") == "skip"
     return FileSystemEntry(_entry_path(_require(raw, "path", where), f"{where}.path"), access, skip)
 
@@ -131,27 +135,27 @@ def parse_profile(raw: Any) -> PermissionProfile:
         return PermissionProfile("disabled", network="enabled")
     network = raw.get("network", "restricted")
     if network not in ("restricted", "enabled"):
-        raise PolicyError(f"permissions.network: unknown network policy `{network}`")
+        raise SandboxPolicyError(f"permissions.network: unknown network policy `{network}`")
     if kind == "external":
         return PermissionProfile("external", network=network)
     if kind != "managed":
-        raise PolicyError(f"permissions: unknown profile type `{kind}`")
+        raise SandboxPolicyError(f"permissions: unknown profile type `{kind}`")
     fs = _require(raw, "file_system", "permissions")
     fs_kind = _require(fs, "type", "permissions.file_system")
     if fs_kind == "unrestricted":
         return PermissionProfile("managed", "unrestricted", (), network)
     if fs_kind != "restricted":
-        raise PolicyError(f"permissions.file_system: unknown type `{fs_kind}`")
+        raise SandboxPolicyError(f"permissions.file_system: unknown type `{fs_kind}`")
     entries_raw = fs.get("entries", [])
     if not isinstance(entries_raw, list):
-        raise PolicyError("permissions.file_system.entries: expected an array")
+        raise SandboxPolicyError("permissions.file_system.entries: expected an array")
     entries = tuple(
         _entry(item, f"permissions.file_system.entries[{i}]") for i, item in enumerate(entries_raw)
     )
     depth = fs.get("glob_scan_max_depth")
     if depth is not None and (not isinstance(depth, int) or isinstance(depth, bool) or depth < 1):
         shown = f"integer `{depth}`" if isinstance(depth, int) else repr(depth)
-        raise PolicyError(  # Codex's words for 0
+        raise SandboxPolicyError(  # Codex's words for 0
             f"permissions.file_system.glob_scan_max_depth: invalid value: {shown}, "
             "expected a nonzero usize"
         )
@@ -161,14 +165,14 @@ def parse_profile(raw: Any) -> PermissionProfile:
 def parse_context(raw: Any) -> SandboxContext:
     """Parse the `sandbox` object of process/start (FileSystemSandboxContext)."""
     if not isinstance(raw, dict):
-        raise PolicyError("sandbox: expected an object")
+        raise SandboxPolicyError("sandbox: expected an object")
     profile = parse_profile(_require(raw, "permissions", "sandbox"))
     roots = raw.get("workspaceRoots") or []
     temps = raw.get("temporaryDirectories") or []
     if not isinstance(roots, list) or not all(isinstance(r, str) for r in roots):
-        raise PolicyError("sandbox.workspaceRoots: expected an array of file URIs")
+        raise SandboxPolicyError("sandbox.workspaceRoots: expected an array of file URIs")
     if not isinstance(temps, list) or not all(isinstance(t, str) for t in temps):
-        raise PolicyError("sandbox.temporaryDirectories: expected an array of file URIs")
+        raise SandboxPolicyError("sandbox.temporaryDirectories: expected an array of file URIs")
     cwd = raw.get("cwd")
     home = raw.get("userHomeDir")
     return SandboxContext(
@@ -242,7 +246,7 @@ def deny_entries(
             entries.append({"path": {"type": "path", "path": uri(item)}, "access": "deny"})
     for item in write:
         if _GLOB_CHARS & set(item):
-            raise PolicyError(
+            raise SandboxPolicyError(
                 f"--deny-write takes a path, not `{item}`: a pattern can only hide files "
                 "altogether (--deny-read)"
             )

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from codexexec.sandbox.policy import PolicyError
+from codexexec.sandbox.policy import SandboxPolicyError
 
 _ACCESS = {"read": "read", "write": "write", "deny": "deny", "none": "deny"}
 _SPECIALS = {":root": "root", ":minimal": "minimal", ":tmpdir": "tmpdir", ":slash_tmp": "slash_tmp"}
@@ -46,17 +46,17 @@ def choose(document: dict[str, Any], source: str) -> tuple[str, dict[str, Any]]:
     """The profile a file means: ``default_permissions``, or its only one."""
     profiles = document.get("permissions")
     if not isinstance(profiles, dict) or not profiles:
-        raise PolicyError(f"{source} has no [permissions.NAME] table")
+        raise SandboxPolicyError(f"{source} has no [permissions.NAME] table")
     name = document.get("default_permissions")
     if name is None:
         if len(profiles) != 1:
-            raise PolicyError(
+            raise SandboxPolicyError(
                 f"{source} defines several permission profiles "
                 f"({', '.join(sorted(profiles))}); name one with default_permissions"
             )
         name = next(iter(profiles))
     if not isinstance(name, str) or not isinstance(profiles.get(name), dict):
-        raise PolicyError(f"{source}: default_permissions names no profile `{name}`")
+        raise SandboxPolicyError(f"{source}: default_permissions names no profile `{name}`")
     return name, profiles[name]
 
 
@@ -65,10 +65,12 @@ def profile_json(table: dict[str, Any], to_uri: Any, home: str, where: str) -> d
     path into the executor's file URI."""
     base_name = table.get("extends", ":read-only")
     if base_name not in _BASES:
-        raise PolicyError(f"{where}.extends: unknown base `{base_name}` ({', '.join(_BASES)})")
+        raise SandboxPolicyError(
+            f"{where}.extends: unknown base `{base_name}` ({', '.join(_BASES)})"
+        )
     network = table.get("network", {})
     if not isinstance(network, dict) or not isinstance(network.get("enabled", False), bool):
-        raise PolicyError(f"{where}.network.enabled: expected true or false")
+        raise SandboxPolicyError(f"{where}.network.enabled: expected true or false")
     network_policy = "enabled" if network.get("enabled") else "restricted"
     base = _BASES[base_name]
     if base is None:
@@ -76,13 +78,13 @@ def profile_json(table: dict[str, Any], to_uri: Any, home: str, where: str) -> d
     entries: list[dict[str, Any]] = [_special(kind, access) for kind, access in base]
     roots = table.get("workspace_roots", {})
     if not isinstance(roots, dict):
-        raise PolicyError(f"{where}.workspace_roots: expected a table of PATH = true")
+        raise SandboxPolicyError(f"{where}.workspace_roots: expected a table of PATH = true")
     for path, enabled in roots.items():
         if enabled is True and base_name == ":workspace":
             entries.append(_path(_expand(path, home, where), "write", to_uri))
     filesystem = table.get("filesystem", {})
     if not isinstance(filesystem, dict):
-        raise PolicyError(f"{where}.filesystem: expected a table")
+        raise SandboxPolicyError(f"{where}.filesystem: expected a table")
     file_system: dict[str, Any] = {"type": "restricted"}
     for key, value in filesystem.items():
         if key == "glob_scan_max_depth":
@@ -92,7 +94,7 @@ def profile_json(table: dict[str, Any], to_uri: Any, home: str, where: str) -> d
         elif key in _SPECIALS:
             entries.append(_special(_SPECIALS[key], _access(value, f"{where}.filesystem.{key}")))
         elif key.startswith(":"):
-            raise PolicyError(f"{where}.filesystem: unknown special path `{key}`")
+            raise SandboxPolicyError(f"{where}.filesystem: unknown special path `{key}`")
         else:
             access = _access(value, f"{where}.filesystem.{key}")
             if _GLOB & set(key):
@@ -105,14 +107,14 @@ def profile_json(table: dict[str, Any], to_uri: Any, home: str, where: str) -> d
 
 def _workspace_entries(table: Any, where: str) -> list[dict[str, Any]]:
     if not isinstance(table, dict):
-        raise PolicyError(f"{where}: expected a table of relative paths")
+        raise SandboxPolicyError(f"{where}: expected a table of relative paths")
     entries = []
     for key, value in table.items():
         access = _access(value, f"{where}.{key}")
         if _GLOB & set(key):
             entries.append(_glob(key, access))
         elif key.startswith("/") or ".." in key.split("/"):
-            raise PolicyError(f"{where}: `{key}` must stay inside the workspace root")
+            raise SandboxPolicyError(f"{where}: `{key}` must stay inside the workspace root")
         else:
             entry = _special("project_roots", access)
             if key not in (".", ""):
@@ -123,14 +125,16 @@ def _workspace_entries(table: Any, where: str) -> list[dict[str, Any]]:
 
 def _access(value: Any, where: str) -> str:
     if value not in _ACCESS:
-        raise PolicyError(f"{where}: expected read, write or deny, not {value!r}")
+        raise SandboxPolicyError(f"{where}: expected read, write or deny, not {value!r}")
     return _ACCESS[value]
 
 
 def _expand(path: str, home: str, where: str) -> str:
     expanded = os.path.join(home, path[2:]) if path.startswith("~/") else path
     if not os.path.isabs(expanded):
-        raise PolicyError(f"{where}: `{path}` must be an absolute path, ~/path or a :special")
+        raise SandboxPolicyError(
+            f"{where}: `{path}` must be an absolute path, ~/path or a :special"
+        )
     return os.path.normpath(expanded)
 
 

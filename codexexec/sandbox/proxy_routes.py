@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from codexexec.network.env import ALL_PROXY_KEYS, HTTP_PROXY_KEYS
+from codexexec.sandbox.errors import SandboxError
 
 # Every variable the executor points at its proxy (compared case-insensitively).
 PROXY_ENV_KEYS = tuple(dict.fromkeys(k.upper() for k in (*HTTP_PROXY_KEYS, *ALL_PROXY_KEYS)))
@@ -21,7 +22,7 @@ LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 _DEFAULT_PORTS = {"https": 443, "socks5": 1080, "socks5h": 1080, "socks4": 1080, "socks4a": 1080}
 
 
-class ProxyRouteError(ValueError):
+class ProxyRouteError(SandboxError, ValueError):
     pass
 
 

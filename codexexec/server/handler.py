@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from codexexec.network.host_bridge import HostBridges
-from codexexec.network.policy import PolicyError as NetworkPolicyError
+from codexexec.network.policy import NetworkPolicyError
 from codexexec.protocol import messages as m
 from codexexec.protocol.base64_codec import (
     Base64Error,

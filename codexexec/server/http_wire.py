@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from urllib.parse import quote, unquote, urljoin
 
 from codexexec.protocol import messages as m
+from codexexec.server.errors import ServerError
 
 MAX_REDIRECTS = 10
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -47,15 +48,15 @@ BODY_ERROR = "error decoding response body"
 MAX_DELTA_BYTES = 1024 * 1024
 
 
-class SendFailed(Exception):
+class SendFailed(ServerError):
     """The request could not be completed; ``str()`` follows "http/request failed: "."""
 
 
-class BodyFailed(Exception):
+class BodyFailed(ServerError):
     """The response body broke off, timed out or was too large."""
 
 
-class InvalidRequest(ValueError):
+class InvalidRequest(ServerError, ValueError):
     """Bad params: answered -32602 with this message."""
 
 
@@ -65,7 +66,7 @@ class UnsupportedScheme(InvalidRequest):
         self.scheme = scheme
 
 
-class RedirectError(ValueError):
+class RedirectError(ServerError, ValueError):
     """A redirect that cannot be followed: answered "http/request failed: <message>"."""
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from codexexec.network.env import proxy_environment
-from codexexec.network.policy import Decision, NetworkPolicy, PolicyError
+from codexexec.network.policy import Decision, NetworkPolicy, NetworkPolicyError
 from codexexec.protocol.jsonrpc import encode_notification
 from codexexec.sandbox.proxy_routes import ManagedNetwork
 
@@ -58,7 +58,7 @@ def policy_from_request(raw: Any, baseline: NetworkPolicy | None) -> NetworkPoli
     local destinations need both to allow them.
     """
     if not isinstance(raw, dict):
-        raise PolicyError("networkProxy must be an object")
+        raise NetworkPolicyError("networkProxy must be an object")
     allowed, denied = _domains(raw, "allowedDomains"), _domains(raw, "deniedDomains")
     allow_local = bool(raw.get("allowLocal", False))
     if baseline is not None:
@@ -77,7 +77,7 @@ def policy_from_request(raw: Any, baseline: NetworkPolicy | None) -> NetworkPoli
 def _domains(raw: dict[str, Any], name: str) -> list[Any]:
     value = raw.get(name) or []
     if not isinstance(value, list):
-        raise PolicyError(f"{name} must be a list of domain patterns")
+        raise NetworkPolicyError(f"{name} must be a list of domain patterns")
     return list(value)
 
 

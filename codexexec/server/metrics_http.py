@@ -9,11 +9,12 @@ from contextlib import asynccontextmanager
 
 from aiohttp import web
 
+from codexexec.server.errors import ServerError
 from codexexec.server.metrics import CONTENT_TYPE
 from codexexec.transport.ws_auth import Policy, authorize
 
 
-class MetricsListenError(ValueError):
+class MetricsListenError(ServerError, ValueError):
     pass
 
 

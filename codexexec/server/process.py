@@ -26,6 +26,7 @@ from codexexec.protocol.output_notification import OutputMessage
 from codexexec.sandbox.denial import DenialReport, classify
 from codexexec.sandbox.enforce import remove_created_paths
 from codexexec.server import spawn
+from codexexec.server.errors import ServerError
 from codexexec.server.output import OutputLog
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class Publisher(Protocol):
     def when_drained(self, callback: Callable[[], None]) -> None: ...
 
 
-class StdinClosed(Exception):
+class StdinClosed(ServerError):
     """The child's stdin can no longer be written."""
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
+from codexexec.transport.errors import TransportError
+
 if TYPE_CHECKING:
     from codexexec.protocol.output_notification import OutputMessage
 
 
-class TransportClosed(ConnectionError):
+class TransportClosed(TransportError, ConnectionError):
     """The peer is gone; nothing more can be sent or received."""
 
 

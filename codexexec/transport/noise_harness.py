@@ -20,9 +20,9 @@ from collections import OrderedDict
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from codexexec.noise.errors import NoiseError
 from codexexec.noise.hybrid_ik import REGISTRY_AUTHENTICATION_REJECTED, build_prologue
 from codexexec.noise.profiles import PROFILES, Finished, Initiator, NoiseParty, new_party
-from codexexec.noise.transport import NoiseError
 from codexexec.protocol.registry import NOISE_PROFILE
 from codexexec.relay.frames import FrameError, encode, handshake_frame, parse, resume_frame
 from codexexec.remote.registry import Credential, RegistryError, connect_harness_noise

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from codexexec.noise.transport import NoiseError
+from codexexec.noise.errors import NoiseError
 from codexexec.relay.frames import FrameError, encode, parse, resume_frame
 from codexexec.relay.framing import FramingError, MessageAssembler, records
 from codexexec.relay.limits import (

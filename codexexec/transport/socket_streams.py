@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from codexexec.noise.transport import NoiseError
+from codexexec.noise.errors import NoiseError
 from codexexec.relay.frames import RelayMessageFrame
 from codexexec.relay.framing import FramingError
 from codexexec.relay.streams import Action, RelayStream, StreamTable, Verdict

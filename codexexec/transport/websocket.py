@@ -28,6 +28,7 @@ from codexexec.protocol.limits import (
     WEBSOCKET_PING_TIMEOUT_SECONDS,
 )
 from codexexec.transport.base import TransportClosed
+from codexexec.transport.errors import TransportError
 from codexexec.transport.ws_auth import Policy, authorize
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class ListenAddress:
     port: int
 
 
-class ListenUrlError(ValueError):
+class ListenUrlError(TransportError, ValueError):
     pass
 
 
@@ -152,7 +153,7 @@ def bound_url(server: Server) -> str:
     raise RuntimeError("websocket server has no listening socket")
 
 
-class ConnectError(ConnectionError):
+class ConnectError(TransportError, ConnectionError):
     """The server could not be reached or refused the connection; the text says why."""
 
 

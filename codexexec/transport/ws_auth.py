@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from codexexec.transport.errors import TransportError
+
 Mode = Literal["capability-token", "signed-bearer-token"]
 MODES: tuple[Mode, ...] = ("capability-token", "signed-bearer-token")
 DEFAULT_MAX_CLOCK_SKEW_SECONDS = 30
@@ -44,7 +46,7 @@ JWT_ISSUER_MISMATCH = "websocket jwt issuer mismatch"
 JWT_AUDIENCE_MISMATCH = "websocket jwt audience mismatch"
 
 
-class WsAuthError(ValueError):
+class WsAuthError(TransportError, ValueError):
     """The websocket auth flags or files cannot be used; the text is Codex's. ``usage``:
     a value the flag does not take (Codex's argument parser refuses it: exit 2)."""
 

@@ -17,13 +17,15 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from codexexec.remote.errors import RemoteError
+
 SCHEME = "AgentAssertion"
 MAX_ASSERTION_CHARS = 4096
 _TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 _FIELDS = ("agent_runtime_id", "signature", "task_id", "timestamp")
 
 
-class MalformedAssertion(ValueError):
+class MalformedAssertion(RemoteError, ValueError):
     """Why an assertion is malformed (safe to show: it never quotes the assertion)."""
 
 

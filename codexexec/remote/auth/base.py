@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from codexexec.remote.errors import RemoteError
 
-class AuthError(Exception):
+
+class AuthError(RemoteError):
     """A credential cannot be used; the message names the fix and never holds a secret."""
 
 

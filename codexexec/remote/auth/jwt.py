@@ -11,8 +11,10 @@ import binascii
 import json
 from typing import Any
 
+from codexexec.remote.errors import RemoteError
 
-class JwtError(ValueError):
+
+class JwtError(RemoteError, ValueError):
     """Why a token is not a usable JWT (never quotes the token)."""
 
 

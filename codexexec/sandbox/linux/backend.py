@@ -13,6 +13,7 @@ from functools import cache
 import msgspec
 
 from codexexec.sandbox import mount_points
+from codexexec.sandbox.errors import SandboxError
 from codexexec.sandbox.linux import bwrap as bw
 from codexexec.sandbox.plan import NetworkRouting, SandboxPlan
 
@@ -20,7 +21,7 @@ SANDBOX_TYPE = "linuxSeccomp"
 FORCE_BACKEND_ENV = "CODEXEXEC_LINUX_SANDBOX"  # "bwrap" or "landlock", for tests and ops
 
 
-class SandboxUnavailable(RuntimeError):
+class SandboxUnavailable(SandboxError, RuntimeError):
     """No backend on this host can enforce the plan; the message says what is missing."""
 
 

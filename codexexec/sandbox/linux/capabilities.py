@@ -13,6 +13,8 @@ import ctypes
 import errno
 import os
 
+from codexexec.sandbox.errors import SandboxError
+
 _PR_CAPBSET_READ = 23
 _PR_CAPBSET_DROP = 24
 _PR_GET_SECUREBITS = 27
@@ -29,7 +31,7 @@ _LAST_CAP_LIMIT = 64
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-class CapabilityError(OSError):
+class CapabilityError(SandboxError, OSError):
     """A capability could not be dropped; the command must not run."""
 
 

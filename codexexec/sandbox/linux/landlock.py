@@ -15,12 +15,13 @@ import os
 import stat
 from collections.abc import Iterable
 
+from codexexec.sandbox.errors import SandboxError
 from codexexec.sandbox.linux.prctl import set_no_new_privs
 
 __all__ = ["LandlockError", "LandlockUnavailable", "apply_landlock", "landlock_abi"]
 
 
-class LandlockError(OSError):
+class LandlockError(SandboxError, OSError):
     """A Landlock syscall failed; the message names the call and the errno text."""
 
 

@@ -27,6 +27,7 @@ import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from codexexec.sandbox.errors import SandboxError
 from codexexec.sandbox.linux.prctl import set_no_new_privs
 
 __all__ = [
@@ -39,7 +40,7 @@ __all__ = [
 ]
 
 
-class SeccompError(OSError):
+class SeccompError(SandboxError, OSError):
     """A libseccomp or prctl call failed; the message names the call and the errno text."""
 
 

@@ -13,12 +13,13 @@ import socket
 import struct
 
 from codexexec.protocol.limits import MAX_MESSAGE_BYTES
+from codexexec.server.errors import ServerError
 
 _LENGTH = struct.Struct(">I")
 _MAX_READ = 1024 * 1024
 
 
-class HelperProtocolError(Exception):
+class HelperProtocolError(ServerError):
     """The peer closed mid-frame or announced a frame over the limit."""
 
 

@@ -42,7 +42,7 @@ from codexexec.sandbox.floor import (
     refusal,
 )
 from codexexec.sandbox.plan import SandboxPlan, resolve_plan
-from codexexec.sandbox.policy import PolicyError, parse_context
+from codexexec.sandbox.policy import SandboxPolicyError, parse_context
 
 WORKER = [sys.executable, "-m", "codexexec.server.fs.worker"]
 # The helper's working directory: always readable to it (it holds the helper's own code)
@@ -98,14 +98,14 @@ def confinement(sandbox: Any, *, reads_only: bool) -> Confinement | None:
         raise RpcError(INVALID_PARAMS, "missing field `permissions`")
     try:
         context = parse_context(sandbox)
-    except PolicyError as exc:
+    except SandboxPolicyError as exc:
         raise RpcError(INVALID_PARAMS, f"invalid sandbox intent: {exc}") from None
     profile = context.permissions
     if profile.type != "managed" or profile.file_system != "restricted":
         return None
     try:
         plan = resolve_plan(context, _WORKER_CWD)
-    except PolicyError as exc:
+    except SandboxPolicyError as exc:
         raise RpcError(INVALID_PARAMS, str(exc)) from None
     if plan.full_write or (reads_only and plan.full_read and not plan.denied):
         return None

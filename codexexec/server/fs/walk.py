@@ -27,6 +27,7 @@ from codexexec.protocol.limits import (
     FS_WALK_RESPONSE_BUDGET_BYTES,
 )
 from codexexec.protocol.path_uri import encode_segment
+from codexexec.server.errors import ServerError
 from codexexec.server.fs.uris import path_uri
 from codexexec.server.os_errors import os_error_text
 
@@ -58,7 +59,7 @@ class WalkLimits:
             )
 
 
-class _Stop(Exception):
+class _Stop(ServerError):
     """A limit was reached: the walk ends, truncated."""
 
 
