@@ -174,6 +174,15 @@ async def online_executor(
     return registration, executor
 
 
+def validation(registration: dict[str, Any], key: Any, bundle: dict[str, Any]) -> dict[str, Any]:
+    """The executor's /validate body for a harness that connected with ``key``."""
+    return {
+        "executor_registration_id": registration["executor_registration_id"],
+        "harness_public_key": key,
+        "harness_key_authorization": bundle["harness_key_authorization"],
+    }
+
+
 async def wait_for(predicate: Any, timeout: float = 5.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not predicate():
@@ -279,11 +288,7 @@ async def test_validate_accepts_a_key_with_other_key_order(service: Service) -> 
     key = noise_key(7)
     bundle = await service.connect("env-1", key)
     reordered = {name: key[name] for name in reversed(list(key))}
-    body = {
-        "executor_registration_id": registration["executor_registration_id"],
-        "harness_public_key": reordered,
-        "harness_key_authorization": bundle["harness_key_authorization"],
-    }
+    body = validation(registration, reordered, bundle)
     assert await service.validate(body) == (200, {"valid": True})
     await executor.close()
 
@@ -293,11 +298,7 @@ async def test_authorization_expires(service: Service) -> None:
     key = noise_key(7)
     bundle = await service.connect("env-1", key)
     service.clock.now += RendezvousOptions().authorization_ttl + 1
-    body = {
-        "executor_registration_id": registration["executor_registration_id"],
-        "harness_public_key": key,
-        "harness_key_authorization": bundle["harness_key_authorization"],
-    }
+    body = validation(registration, key, bundle)
     assert await service.validate(body) == (200, {"valid": False})
     await executor.close()
 
@@ -307,11 +308,7 @@ async def test_authorization_dies_with_its_registration(service: Service) -> Non
     key = noise_key(7)
     bundle = await service.connect("env-1", key)
     await service.register("env-1")  # re-registration: the old bundle is stale
-    body = {
-        "executor_registration_id": registration["executor_registration_id"],
-        "harness_public_key": key,
-        "harness_key_authorization": bundle["harness_key_authorization"],
-    }
+    body = validation(registration, key, bundle)
     assert await service.validate(body) == (200, {"valid": False})
     await executor.close()
 
@@ -804,13 +801,7 @@ async def test_secrets_never_appear_in_logs(
     registration, executor = await online_executor(service)
     key = noise_key(7)
     bundle = await service.connect("env-1", key)
-    await service.validate(
-        {
-            "executor_registration_id": registration["executor_registration_id"],
-            "harness_public_key": key,
-            "harness_key_authorization": bundle["harness_key_authorization"],
-        }
-    )
+    await service.validate(validation(registration, key, bundle))
     harness = await open_ws(bundle["url"])
     await harness.send(encode(data_frame(S1, 0, b"secret payload bytes")))
     await recv_frame(executor)

@@ -28,6 +28,7 @@ from codexexec.client.client import DEFAULT_CLIENT_NAME, ExecServerClient
 from codexexec.client.errors import ExecServerError, StartInterrupted
 from codexexec.client.notices import tell_connection
 from codexexec.protocol.jsonrpc import SESSION_ALREADY_ATTACHED
+from codexexec.tasks import TaskSet
 from codexexec.transport.base import MessageTransport
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ class RecoveringClient(ExecServerClient):
         # Why the session is lost for good; None while it is usable or recovering.
         self.failure: str | None = None
         self.recoveries = 0
-        self._cleanups: set[asyncio.Task[None]] = set()
+        self._cleanups = TaskSet()
 
     def enable_recovery(
         self,
@@ -160,9 +161,7 @@ class RecoveringClient(ExecServerClient):
                 await self._usable()
                 await self._call_once("process/terminate", {"processId": process_id})
 
-        task = asyncio.create_task(terminate(), name=f"terminate-cut-start-{process_id}")
-        self._cleanups.add(task)
-        task.add_done_callback(self._cleanups.discard)
+        self._cleanups.spawn(terminate())
 
     async def _usable(self) -> None:
         """Wait out a recovery in progress (starting it if the drop is news)."""

@@ -18,7 +18,6 @@ import functools
 import os
 import signal
 import socket
-from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +27,7 @@ from codexexec.protocol.jsonrpc import INTERNAL_ERROR, RpcError
 from codexexec.sandbox.enforce import SandboxedCommand
 from codexexec.server.fs.helper_protocol import HelperProtocolError, frame, receive_reply
 from codexexec.server.fs.sandboxed import Confinement, prepare_helper
+from codexexec.tasks import TaskSet
 
 # Helpers one connection may keep: operations beyond this wait for a free helper.
 MAX_HELPERS_PER_CONNECTION = 4
@@ -35,13 +35,7 @@ MAX_HELPERS_PER_CONNECTION = 4
 HELPER_IDLE_SECONDS = 30.0
 _MAX_STDERR_BYTES = 64 * 1024
 # Reaps and releases under way: the event loop keeps only weak references to tasks.
-_background: set[asyncio.Task[None]] = set()
-
-
-def _in_background(work: Coroutine[Any, Any, None]) -> None:
-    task = asyncio.get_running_loop().create_task(work)
-    _background.add(task)
-    task.add_done_callback(_background.discard)
+_background = TaskSet()
 
 
 def _failed(reason: str) -> RpcError:
@@ -116,7 +110,7 @@ class _Helper:
         # the helper is reaped, when no thread can be using it any more.
         with contextlib.suppress(OSError):
             self.channel.shutdown(socket.SHUT_RDWR)
-        _in_background(self._reap())
+        _background.spawn(self._reap())
 
     async def _reap(self) -> None:
         await self.process.wait()
@@ -242,7 +236,7 @@ class SandboxedHelpers:
                 del self._idle[helper.key]
             helper.idle_timer = None
             helper.stop()
-            _in_background(self._release_slot())
+            _background.spawn(self._release_slot())
 
     async def _release_slot(self) -> None:
         async with self._freed:
