@@ -47,7 +47,7 @@ def context(mode: str, cwd: Path, **kw: Any) -> dict[str, Any]:
 
 
 async def run(
-    wire: Wire, argv: list[str], cwd: Path, sandbox: Any
+    wire: Wire, argv: list[str], cwd: Path, sandbox: Any, env: dict[str, str] | None = None
 ) -> tuple[dict[str, Any], bytes, dict[str, Any]]:
     process_id = f"s-{uuid.uuid4().hex[:8]}"
     started = await wire.result(
@@ -56,7 +56,7 @@ async def run(
             "processId": process_id,
             "argv": argv,
             "cwd": uri(cwd),
-            "env": {"PATH": "/usr/bin:/bin"},
+            "env": {"PATH": "/usr/bin:/bin", **(env or {})},
             "tty": False,
             "sandbox": sandbox,
         },
@@ -384,6 +384,32 @@ async def test_landlock_fallback(workspace: Path) -> None:
         assert "sandbox intent cannot be enforced on this executor" in reply["error"]["message"]
         assert "need bubblewrap" in reply["error"]["message"]
         await wire.close()
+
+
+@pytest.mark.parametrize("backend", ["bwrap", "landlock"])
+async def test_loader_variables_reach_the_command_but_not_its_launchers(
+    workspace: Path, tmp_path: Path, backend: str
+) -> None:
+    """bwrap and the Landlock stage run on the host before confinement, so a loader
+    variable in the command's env must not steer them (LD_DEBUG_OUTPUT would have them
+    write a file outside the sandbox); the command itself still gets every variable."""
+    with start_server("codexexec", env={"CODEXEXEC_LINUX_SANDBOX": backend}) as running:
+        wire = await connected(running.url)
+        trace = tmp_path / "trace"
+        env = {
+            "LD_DEBUG": "libs",
+            "LD_DEBUG_OUTPUT": str(trace),
+            "LD_LIBRARY_PATH": "/nonexistent/lib",
+            "TMPDIR": "/tmp/mine",
+        }
+        script = 'echo "$LD_DEBUG_OUTPUT|$LD_LIBRARY_PATH|$TMPDIR" >&2'
+        started, output, exited = await run(
+            wire, ["sh", "-c", script], workspace, context("read-only", workspace), env
+        )
+        await wire.close()
+    assert started["sandboxType"] == "linuxSeccomp" and exited["exitCode"] == 0
+    assert f"{trace}|/nonexistent/lib|/tmp/mine".encode() in output
+    assert list(tmp_path.glob("trace*")) == []
 
 
 def test_spawn_overhead_is_small() -> None:

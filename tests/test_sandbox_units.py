@@ -345,3 +345,28 @@ def test_bwrap_argv_restricted_read_and_network_on(tmp_path: Path) -> None:
         argv.index("--perms") : argv.index("--perms") + 6
     ]
     assert os.path.isdir(tmp_path)
+
+
+def test_loader_variables_are_held_back_from_the_launchers() -> None:
+    from codexexec.sandbox import loader_env
+
+    launcher, held = loader_env.split(
+        {
+            "PATH": "/bin",
+            "HOME": "/root",
+            "LD_PRELOAD": "/w/evil.so",
+            "LD_AUDIT": "/w/a.so",
+            "GLIBC_TUNABLES": "glibc.malloc.check=3",
+            "MALLOC_ARENA_MAX": "2",
+            "GCONV_PATH": "/w",
+            "LDFLAGS": "-L/opt",  # not the loader's: stays
+        }
+    )
+    assert launcher == {"PATH": "/bin", "HOME": "/root", "LDFLAGS": "-L/opt"}
+    assert set(held) == {
+        "LD_PRELOAD",
+        "LD_AUDIT",
+        "GLIBC_TUNABLES",
+        "MALLOC_ARENA_MAX",
+        "GCONV_PATH",
+    }

@@ -46,6 +46,8 @@ class SandboxedCommand:
     network_off: bool = False
     # With a terminal: the command takes it inside the sandbox (``terminal_taker``).
     takes_terminal: bool = False
+    # What to start ``argv`` with instead of the command's environment (loader_env.py).
+    env: dict[str, str] | None = None
 
     def release(self) -> None:
         """Close fds only the child needed, once it has started."""
@@ -87,6 +89,7 @@ def prepare_command(
     settings: SandboxSettings = SandboxSettings(),
     *,
     tty: bool = False,
+    env: dict[str, str] | None = None,
 ) -> SandboxedCommand | None:
     """Wrap ``argv`` for the sandbox intent; None when the intent asks for no sandbox (and
     the executor's floor allows none).
@@ -108,7 +111,7 @@ def prepare_command(
         from codexexec.sandbox.linux.backend import SANDBOX_TYPE, SandboxUnavailable, prepare
 
         try:
-            prepared = prepare(plan, argv, arg0=arg0, tty=tty)
+            prepared = prepare(plan, argv, arg0=arg0, tty=tty, env=env)
         except SandboxUnavailable as exc:
             raise SandboxRefused(
                 f"sandbox intent cannot be enforced on this executor: {exc}", invalid=False
@@ -123,6 +126,7 @@ def prepare_command(
             lifeline=prepared.lifeline,
             network_off=network_off,
             takes_terminal=prepared.takes_terminal,
+            env=prepared.env,
         )
     if sys.platform == "darwin":
         from codexexec.sandbox.macos.seatbelt import SANDBOX_TYPE as SEATBELT

@@ -268,7 +268,7 @@ class ConnectionHandler:
             if prepared is not None:
                 undo.callback(self._network.release, prepared.token)
             routing = await self._network_routing(params, env, prepared)
-            sandboxed = _sandboxed_command(params, cwd, routing, self._sandbox)
+            sandboxed = _sandboxed_command(params, cwd, routing, self._sandbox, env)
             if sandboxed is not None:
                 undo.callback(sandboxed.discard)
                 try:
@@ -297,7 +297,7 @@ class ConnectionHandler:
                 child = spawn.spawn(
                     sandboxed.argv if sandboxed else params.argv,
                     cwd=cwd,
-                    env=env,
+                    env=sandboxed.env if sandboxed and sandboxed.env is not None else env,
                     tty=params.tty,
                     pipe_stdin=params.pipe_stdin,
                     arg0=params.arg0 if sandboxed is None or sandboxed.passes_arg0 else None,
@@ -488,13 +488,24 @@ def _network_open(sandbox: Any) -> bool:
 
 
 def _sandboxed_command(
-    params: m.StartParams, cwd: str, routing: NetworkRouting | None, settings: SandboxSettings
+    params: m.StartParams,
+    cwd: str,
+    routing: NetworkRouting | None,
+    settings: SandboxSettings,
+    env: dict[str, str],
 ) -> SandboxedCommand | None:
     if params.sandbox is None and routing is None and settings.floor is None:
         return None
     try:
         return prepare_command(
-            params.sandbox, params.argv, cwd, params.arg0, routing, settings, tty=params.tty
+            params.sandbox,
+            params.argv,
+            cwd,
+            params.arg0,
+            routing,
+            settings,
+            tty=params.tty,
+            env=env,
         )
     except SandboxRefused as exc:
         raise RpcError(INVALID_PARAMS, str(exc)) from None

@@ -261,6 +261,20 @@ def _reached(ctx: Ctx) -> str | None:
     return f"the host listener received {got[0]!r}" if got else None
 
 
+@contextlib.contextmanager
+def _loader_env(ctx: Ctx) -> Iterator[None]:
+    """The command's env names a file for the dynamic loader's debug output, outside
+    every writable root: a launcher that runs on the host with that env writes it."""
+    ctx.env["LD_DEBUG"] = "libs"
+    ctx.env["LD_DEBUG_OUTPUT"] = str(ctx.outside / f"loader-{ctx.token}")
+    yield
+
+
+def _loader_wrote(ctx: Ctx) -> str | None:
+    written = sorted(ctx.outside.glob(f"loader-{ctx.token}*"))
+    return f"{written[0]} was written on the host" if written else None
+
+
 def _secret_in_output(ctx: Ctx) -> str | None:
     for name, value in ctx.secrets.items():
         if value.encode() in ctx.output:
@@ -705,6 +719,13 @@ def _probe_list() -> list[Probe]:
                     "includeOnly": [],
                 }
             },
+        ),
+        Probe(
+            "loader_env",
+            "start the sandbox's launchers with LD_DEBUG_OUTPUT (the LD_PRELOAD family)",
+            "true",
+            _loader_wrote,
+            setup=_loader_env,
         ),
         Probe(
             "executor_fds",

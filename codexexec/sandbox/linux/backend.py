@@ -12,7 +12,7 @@ from functools import cache
 
 import msgspec
 
-from codexexec.sandbox import mount_points
+from codexexec.sandbox import loader_env, mount_points
 from codexexec.sandbox.errors import SandboxError
 from codexexec.sandbox.linux import bwrap as bw
 from codexexec.sandbox.plan import NetworkRouting, SandboxPlan
@@ -38,13 +38,18 @@ class PreparedCommand:
     # The command makes the terminal its own inside the sandbox (setsid --ctty), so the
     # executor must start bwrap in a session without one (see ``terminal_taker``).
     takes_terminal: bool = False
+    # The environment to start the launcher with (None: the caller's own, unchanged).
+    env: dict[str, str] | None = None
 
 
-def _bridge_spec(routing: NetworkRouting, arg0: str | None) -> dict[str, object]:
+def _bridge_spec(
+    routing: NetworkRouting, arg0: str | None, env: dict[str, str]
+) -> dict[str, object]:
     return {
         "routes": [{"port": port, "uds": path} for port, path in routing.routes],
         "allow_local_binding": routing.allow_local_binding,
         "argv0": arg0,
+        "env": env,
     }
 
 
@@ -98,34 +103,55 @@ def terminal_taker(plan: SandboxPlan) -> str | None:
 
 
 def prepare(
-    plan: SandboxPlan, command: list[str], *, arg0: str | None, tty: bool = False
+    plan: SandboxPlan,
+    command: list[str],
+    *,
+    arg0: str | None,
+    tty: bool = False,
+    env: dict[str, str] | None = None,
 ) -> PreparedCommand:
+    """The launcher's argv (and fds) for ``command``. With ``env`` (the command's), the
+    launcher is to be started with ``PreparedCommand.env`` instead: the variables that
+    steer a loader reach the command only once it is confined (loader_env.py)."""
+    launcher_env, held = loader_env.split(env) if env is not None else (None, {})
     forced = os.environ.get(FORCE_BACKEND_ENV, "")
     mode = seccomp_mode_name(plan)
     bwrap = bw.find_bwrap(plan.command_cwd) if forced in ("", "bwrap") else None
-    problem = bw.probe_bwrap(bwrap) if bwrap else bw.missing_bwrap_reason(plan.command_cwd)
+    if bwrap:
+        problem = bw.probe_bwrap(bwrap)
+    elif forced in ("", "bwrap"):
+        problem = bw.missing_bwrap_reason()
+    else:
+        problem = f"bubblewrap is not used ({FORCE_BACKEND_ENV}={forced})"
     if bwrap and problem is None:
         if plan.routing is not None:
             # The in-namespace stage bridges the proxy ports and applies seccomp itself.
-            spec = msgspec.json.encode(_bridge_spec(plan.routing, arg0)).decode()
+            spec = msgspec.json.encode(_bridge_spec(plan.routing, arg0, held)).decode()
             inner = [*_isolated_script("netns_bridge.py"), spec, "--"]
             argv = bw.bwrap_argv(bwrap, plan, [*inner, *command], arg0=None, seccomp_fd=None)
-            return PreparedCommand(argv, "bubblewrap", (), _held_mount_points(plan))
+            return PreparedCommand(
+                argv, "bubblewrap", (), _held_mount_points(plan), env=launcher_env
+            )
         setsid = terminal_taker(plan) if tty and arg0 is None else None
         if setsid is not None:
             command = [setsid, "--ctty", "--", *command]
         fd = _memfd_with(_bpf(mode))
-        argv = bw.bwrap_argv(bwrap, plan, command, arg0=arg0, seccomp_fd=fd)
+        argv = bw.bwrap_argv(bwrap, plan, command, arg0=arg0, seccomp_fd=fd, setenv=held)
         return PreparedCommand(
-            argv, "bubblewrap", (fd,), _held_mount_points(plan), takes_terminal=bool(setsid)
+            argv,
+            "bubblewrap",
+            (fd,),
+            _held_mount_points(plan),
+            takes_terminal=bool(setsid),
+            env=launcher_env,
         )
     if forced in ("", "landlock"):
         reason = landlock_refusal(plan)
         if reason is None:
-            lifeline, held = os.pipe2(os.O_CLOEXEC)
-            spec = msgspec.json.encode(landlock_spec(plan, mode, arg0, lifeline)).decode()
+            lifeline, kept = os.pipe2(os.O_CLOEXEC)
+            spec = msgspec.json.encode(landlock_spec(plan, mode, arg0, lifeline, held)).decode()
             argv = [*_isolated_script("confine.py"), spec, "--", *command]
-            return PreparedCommand(argv, "landlock", (lifeline,), lifeline=held)
+            return PreparedCommand(argv, "landlock", (lifeline,), lifeline=kept, env=launcher_env)
         problem = f"{problem}; Landlock fallback: {reason}"
     raise SandboxUnavailable(problem)
 
@@ -165,7 +191,7 @@ def landlock_refusal(plan: SandboxPlan) -> str | None:
 
 
 def landlock_spec(
-    plan: SandboxPlan, mode: str, arg0: str | None, lifeline: int
+    plan: SandboxPlan, mode: str, arg0: str | None, lifeline: int, env: dict[str, str]
 ) -> dict[str, object]:
     if plan.routing is not None:
         ports: list[int] | None = plan.routing.ports  # straight to the proxy on host loopback
@@ -178,4 +204,5 @@ def landlock_spec(
         "seccomp": mode,
         "argv0": arg0,
         "lifeline": lifeline,
+        "env": env,
     }

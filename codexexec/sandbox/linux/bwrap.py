@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from functools import cache
 
 from codexexec.sandbox.linux.bundled_bwrap import bundled_bwrap
@@ -44,7 +45,7 @@ def find_bwrap(command_cwd: str | None = None) -> str | None:
     return real
 
 
-def missing_bwrap_reason(command_cwd: str | None = None) -> str:
+def missing_bwrap_reason() -> str:
     """Why ``find_bwrap`` found none, in words a user can act on."""
     found = shutil.which("bwrap")
     if found is None:
@@ -101,7 +102,13 @@ def _unreadable_file() -> str:
 
 
 def bwrap_argv(
-    bwrap: str, plan: SandboxPlan, command: list[str], *, arg0: str | None, seccomp_fd: int | None
+    bwrap: str,
+    plan: SandboxPlan,
+    command: list[str],
+    *,
+    arg0: str | None,
+    seccomp_fd: int | None,
+    setenv: Mapping[str, str] | None = None,
 ) -> list[str]:
     args = [bwrap, "--die-with-parent"]
     if plan.full_write:
@@ -149,4 +156,7 @@ def bwrap_argv(
         args += ["--add-seccomp-fd", str(seccomp_fd)]
     if arg0:
         args += ["--argv0", arg0]
+    # What bwrap itself must not be started with (loader_env.py), for the command alone.
+    for name, value in (setenv or {}).items():
+        args += ["--setenv", name, value]
     return [*args, "--", *command]

@@ -69,7 +69,7 @@ def _run_command(spec: dict[str, Any], command: list[str], supervisor: int) -> N
         os._exit(126)
     from codexexec.sandbox.linux import stage
 
-    stage.become(command, spec.get("argv0"))
+    stage.become(command, spec)
 
 
 def _descendants(root: int) -> list[int]:

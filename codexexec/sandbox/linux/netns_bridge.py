@@ -107,7 +107,7 @@ def main(argv: list[str]) -> None:
         os._exit(126)
     from codexexec.sandbox.linux import stage
 
-    stage.become(command, spec.get("argv0"))
+    stage.become(command, spec)
 
 
 if __name__ == "__main__":

@@ -22,11 +22,14 @@ def parse(name: str, argv: list[str]) -> tuple[dict[str, Any], list[str]]:
     return spec, argv[2:]
 
 
-def become(command: list[str], argv0: str | None) -> NoReturn:
-    """exec the command with the signal dispositions a shell would give it; exit 127/126
-    with the reason when it cannot be run."""
+def become(command: list[str], spec: dict[str, Any]) -> NoReturn:
+    """exec the command with the signal dispositions a shell would give it and the
+    variables its launchers were started without (``env``); exit 127/126 with the reason
+    when it cannot be run."""
     for signum in _PYTHON_IGNORED:
         signal.signal(signum, signal.SIG_DFL)
+    os.environ.update(spec.get("env") or {})
+    argv0: str | None = spec.get("argv0")
     program = command[0]
     try:
         os.execvp(program, [argv0 or program, *command[1:]])
