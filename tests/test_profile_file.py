@@ -3,12 +3,13 @@ enforced alike by codexexec's executor and the real Codex 0.169.0's (checked on 
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from codexexec.sandbox.policy import SandboxPolicyError
+from codexexec.sandbox.policy import SandboxPolicyError, under_home
 from codexexec.sandbox.profile_file import choose, profile_json
 from tests.servers import RunningServer, codexexec_command
 
@@ -32,7 +33,7 @@ def test_the_toml_becomes_codexs_profile() -> None:
     import tomllib
 
     name, table = choose(tomllib.loads(PROFILE), "p.toml")
-    profile = profile_json(table, lambda p: "file://" + p, "/home/u", f"permissions.{name}")
+    profile = profile_json(table, lambda p: "file://" + p, f"permissions.{name}")
     assert profile["network"] == "restricted"
     file_system = profile["file_system"]
     assert file_system["glob_scan_max_depth"] == 3
@@ -45,13 +46,18 @@ def test_the_toml_becomes_codexs_profile() -> None:
         ("project_roots", "write"),
         ("slash_tmp", "write"),
         ("tmpdir", "write"),
-        (None, "deny"),  # ~/.ssh, a path under the caller's home
+        (None, "deny"),  # ~/.ssh: the client puts it under the executor's home
         ("project_roots", "write"),
         ("**/*.env", "deny"),
         ("project_roots", "read"),
     ]
     assert file_system["entries"][-1]["path"]["value"]["subpath"] == "keep.txt"
-    assert file_system["entries"][4]["path"] == {"type": "path", "path": "file:///home/u/.ssh"}
+    assert file_system["entries"][4]["path"] == {"type": "path", "path": "~/.ssh"}
+    resolved = under_home(profile, lambda rest: f"file:///home/executor/{rest}")
+    assert resolved["file_system"]["entries"][4]["path"] == {
+        "type": "path",
+        "path": "file:///home/executor/.ssh",
+    }
 
 
 @pytest.mark.parametrize(
@@ -69,7 +75,7 @@ def test_profiles_that_mean_nothing_are_refused(text: str, message: str) -> None
 
     with pytest.raises(SandboxPolicyError, match=message.replace("(", r"\(").replace(")", r"\)")):
         name, table = choose(tomllib.loads(text), "p.toml")
-        profile_json(table, str, "/home/u", f"permissions.{name}")
+        profile_json(table, str, f"permissions.{name}")
 
 
 def test_a_profile_file_runs_alike_on_both_executors(server: RunningServer, tmp_path: Path) -> None:
@@ -102,3 +108,61 @@ def test_a_bad_profile_file_is_one_line(tmp_path: Path) -> None:
     )
     assert done.returncode == 2 and done.stderr.decode().count("\n") == 1
     assert "is not valid TOML" in done.stderr.decode()
+
+
+@pytest.mark.parametrize("kind", ["codexexec", "codex"])
+def test_a_home_path_in_a_profile_is_the_executors_home(kind: str, tmp_path: Path) -> None:
+    """`~/` in a profile means the executor's home, not the caller's (they differ on any
+    remote executor)."""
+    from tests.servers import start_server
+
+    executor_home, caller_home = tmp_path / "executor-home", tmp_path / "caller-home"
+    executor_home.mkdir()
+    caller_home.mkdir()
+    (executor_home / "secret.txt").write_text("SECRET\n")
+    (tmp_path / "p.toml").write_text(
+        '[permissions.p]\nextends = ":read-only"\n[permissions.p.filesystem]\n'
+        '"~/secret.txt" = "deny"\n'
+    )
+    with start_server(kind, env={"HOME": str(executor_home)}) as server:
+        done = subprocess.run(
+            codexexec_command(
+                *("exec", "--env", server.url, "--cd", str(tmp_path), "--approval", "never"),
+                *("--profile", str(tmp_path / "p.toml")),
+                *("--", "cat", str(executor_home / "secret.txt")),
+            ),
+            capture_output=True,
+            timeout=60,
+            env={**os.environ, "HOME": str(caller_home)},
+        )
+    assert b"SECRET" not in done.stdout, done.stderr
+    assert b"Permission denied" in done.stderr
+
+
+def test_network_on_or_off_overrides_the_profiles_network(tmp_path: Path) -> None:
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    (tmp_path / "p.toml").write_text(
+        '[permissions.p]\nextends = ":read-only"\n[permissions.p.network]\nenabled = true\n'
+    )
+    connect = f"import socket; socket.create_connection(('127.0.0.1', {port}), 5)"
+
+    def run(*flags: str) -> int:
+        return subprocess.run(
+            codexexec_command(
+                *("exec", "--approval", "never", "--profile", str(tmp_path / "p.toml"), *flags),
+                *("--", "python3", "-c", connect),
+            ),
+            capture_output=True,
+            timeout=60,
+            cwd=tmp_path,
+        ).returncode
+
+    try:
+        assert run() == 0  # the profile's own setting: network enabled
+        assert run("--network", "off") != 0
+        assert run("--network", "on") == 0
+    finally:
+        listener.close()

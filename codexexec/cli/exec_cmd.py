@@ -83,7 +83,8 @@ def exec_command(
         "--profile",
         metavar="FILE",
         help="A permission profile in Codex's [permissions] TOML shape, in place of "
-        "--sandbox's (default_permissions picks one when the file has several).",
+        "--sandbox's (default_permissions picks one when the file has several); "
+        "--network on or off overrides its network setting.",
     ),
     deny_write: list[str] = typer.Option(
         [],
@@ -173,7 +174,7 @@ def exec_command(
         env = f"{env}@{registry}"
     if detach and (timeout is not None or idle_timeout is not None):
         fail("--timeout and --idle-timeout end a command this CLI follows; not with --detach", 2)
-    sandbox_flag = sandbox
+    sandbox_flag, network_flag = sandbox, network
     sandbox, approval, network = _with_defaults(sandbox, approval, network)
     if approval is None:
         approval = Approval.on_failure if sys.stdin.isatty() and not json_mode else Approval.never
@@ -186,6 +187,9 @@ def exec_command(
         profile_json = _read_profile(profile)
         if sandbox_flag is SandboxMode.danger_full_access:  # a default gives way to it
             fail("--profile replaces --sandbox; give one of them", 2)
+        # An explicit --network on or off wins over the profile's own network setting.
+        if network_flag in (NetworkMode.on, NetworkMode.off):
+            profile_json["network"] = "enabled" if network_flag is NetworkMode.on else "restricted"
     if (deny_read or deny_write) and sandbox is SandboxMode.danger_full_access:
         fail("--deny-read and --deny-write need a sandbox (read-only or workspace-write)", 2)
     if deny_write:
@@ -296,7 +300,6 @@ def _variables(files: list[str], flags: list[str]) -> dict[str, str]:
 
 def _read_profile(path: str) -> dict[str, Any]:
     """`--profile FILE` as PermissionProfile JSON; one line and exit 2 when it is not one."""
-    import os
     import tomllib
 
     from codexexec.cli.errors import fail
@@ -309,10 +312,7 @@ def _read_profile(path: str) -> dict[str, Any]:
             document = tomllib.load(handle)
         name, table = choose(document, path)
         return profile_json(
-            table,
-            lambda native: str(PathUri.from_host_native_path(native)),
-            os.path.expanduser("~"),
-            f"permissions.{name}",
+            table, lambda native: str(PathUri.from_host_native_path(native)), f"permissions.{name}"
         )
     except OSError as exc:
         fail(f"cannot read the profile {path}: {exc.strerror or exc}", 2)

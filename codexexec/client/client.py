@@ -38,6 +38,7 @@ from codexexec.sandbox.policy import (
     deny_entries,
     legacy_profile,
     sandbox_context_json,
+    under_home,
     with_entries,
 )
 from codexexec.transport.base import MessageTransport, TransportClosed
@@ -417,7 +418,7 @@ class ExecServerClient(AsyncClosing):
             chosen = (
                 legacy_profile(sandbox, roots, network, extra)
                 if profile is None
-                else with_entries(profile, roots, extra)
+                else with_entries(under_home(profile, self._home_uri), roots, extra)
             )
             if chosen is not None:
                 params["sandbox"] = sandbox_context_json(chosen, cwd_uri, [cwd_uri])

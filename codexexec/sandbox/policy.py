@@ -254,6 +254,21 @@ def deny_entries(
     return entries
 
 
+def under_home(profile: Mapping[str, Any], home_uri: Callable[[str], str]) -> dict[str, Any]:
+    """``profile`` with each `~/rest` path entry (profile_file.py leaves them so) made
+    ``home_uri(rest)``, under the executor's home."""
+    file_system = profile.get("file_system")
+    if not isinstance(file_system, dict) or not isinstance(file_system.get("entries"), list):
+        return dict(profile)
+    entries = []
+    for entry in file_system["entries"]:
+        path = entry.get("path") if isinstance(entry, dict) else None
+        if isinstance(path, dict) and str(path.get("path", "")).startswith("~/"):
+            entry = {**entry, "path": {**path, "path": home_uri(path["path"][2:])}}
+        entries.append(entry)
+    return {**profile, "file_system": {**file_system, "entries": entries}}
+
+
 def with_entries(
     profile: Mapping[str, Any], writable_root_uris: Sequence[str], extra: Sequence[dict[str, Any]]
 ) -> dict[str, Any]:

@@ -16,8 +16,9 @@ turned into the PermissionProfile the executor enforces (the harness side; pure)
     [permissions.dev.network]
     enabled = true
 
-A path starting with `~/` is taken under ``home`` (the caller's); a glob is sent as a
-pattern for the executor to expand.
+A path starting with `~/` stays `~/…` here: the client puts it under the executor's home
+(``policy.under_home``), which the caller's may not be. A glob is sent as a pattern for the
+executor to expand.
 """
 
 from __future__ import annotations
@@ -60,9 +61,9 @@ def choose(document: dict[str, Any], source: str) -> tuple[str, dict[str, Any]]:
     return name, profiles[name]
 
 
-def profile_json(table: dict[str, Any], to_uri: Any, home: str, where: str) -> dict[str, Any]:
+def profile_json(table: dict[str, Any], to_uri: Any, where: str) -> dict[str, Any]:
     """The PermissionProfile JSON for one profile table; ``to_uri`` turns an absolute host
-    path into the executor's file URI."""
+    path into the executor's file URI (`~/` paths are left for the client)."""
     base_name = table.get("extends", ":read-only")
     if base_name not in _BASES:
         raise SandboxPolicyError(
@@ -81,7 +82,7 @@ def profile_json(table: dict[str, Any], to_uri: Any, home: str, where: str) -> d
         raise SandboxPolicyError(f"{where}.workspace_roots: expected a table of PATH = true")
     for path, enabled in roots.items():
         if enabled is True and base_name == ":workspace":
-            entries.append(_path(_expand(path, home, where), "write", to_uri))
+            entries.append(_path(_expand(path, where), "write", to_uri))
     filesystem = table.get("filesystem", {})
     if not isinstance(filesystem, dict):
         raise SandboxPolicyError(f"{where}.filesystem: expected a table")
@@ -100,7 +101,7 @@ def profile_json(table: dict[str, Any], to_uri: Any, home: str, where: str) -> d
             if _GLOB & set(key):
                 entries.append(_glob(key, access))
             else:
-                entries.append(_path(_expand(key, home, where), access, to_uri))
+                entries.append(_path(_expand(key, where), access, to_uri))
     file_system["entries"] = entries
     return {"type": "managed", "file_system": file_system, "network": network_policy}
 
@@ -129,13 +130,14 @@ def _access(value: Any, where: str) -> str:
     return _ACCESS[value]
 
 
-def _expand(path: str, home: str, where: str) -> str:
-    expanded = os.path.join(home, path[2:]) if path.startswith("~/") else path
-    if not os.path.isabs(expanded):
+def _expand(path: str, where: str) -> str:
+    if path.startswith("~/"):
+        return "~/" + os.path.normpath(path[2:])
+    if not os.path.isabs(path):
         raise SandboxPolicyError(
             f"{where}: `{path}` must be an absolute path, ~/path or a :special"
         )
-    return os.path.normpath(expanded)
+    return os.path.normpath(path)
 
 
 def _special(kind: str, access: str) -> dict[str, Any]:
@@ -143,7 +145,8 @@ def _special(kind: str, access: str) -> dict[str, Any]:
 
 
 def _path(path: str, access: str, to_uri: Any) -> dict[str, Any]:
-    return {"path": {"type": "path", "path": to_uri(path)}, "access": access}
+    value = path if path.startswith("~/") else to_uri(path)
+    return {"path": {"type": "path", "path": value}, "access": access}
 
 
 def _glob(pattern: str, access: str) -> dict[str, Any]:
