@@ -435,3 +435,15 @@ async def test_a_pushing_producer_is_held_back_until_the_queue_falls_to_its_resu
     box.when_writable(lambda: late.append("released"))
     box.close(drain=False)  # closing lets every waiting producer go
     assert late == ["released"] and await box.get() is None
+
+
+def test_shown_urls_never_carry_credentials_queries_or_fragments() -> None:
+    from codexexec.shown_urls import origin, without_secrets
+
+    secret = "https://user:pw@example.com:8443/v1/x?token=abc#frag"
+    assert origin(secret) == "https://example.com:8443"
+    assert without_secrets(secret) == "https://example.com:8443/v1/x"
+    assert origin("nats://tok@[::1]:4222") == "nats://[::1]:4222"
+    assert origin("/relative?sig=1") == "(relative URL)"
+    assert without_secrets("http://h:99999/p") == "http://h/p"  # a bad port is left out
+    assert without_secrets("http://[::1") == "<unparseable>"

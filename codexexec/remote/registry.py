@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from codexexec.protocol.registry import LEGACY_PROFILE, NOISE_PROFILE
 from codexexec.remote.errors import RemoteError
+from codexexec.shown_urls import origin
 
 if TYPE_CHECKING:
     from codexexec.noise.profiles import NoiseParty
@@ -137,7 +138,7 @@ async def _post(
         )
     except Unreachable as exc:
         raise RegistryError(
-            f"cannot reach the environment registry at {_origin(base_url)}: {exc}"
+            f"cannot reach the environment registry at {origin(base_url)}: {exc}"
         ) from None
     payload = _json(reply.text)
     if not 200 <= reply.status < 300:
@@ -203,7 +204,7 @@ def _error_message(reply: HttpReply, error: Any, authentication: bool) -> str:
     if message is not None:
         return _one_line(message)
     if 300 <= reply.status < 400:
-        target = _origin(reply.location) if reply.location else "nowhere"
+        target = origin(reply.location) if reply.location else "nowhere"
         return f"redirect to {target} not followed (credentials are never forwarded)"
     text = reply.text.strip()
     if not text:
@@ -221,18 +222,6 @@ def _error_field(error: Any, name: str) -> str | None:
 def _one_line(text: str) -> str:
     flat = " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
     return flat[:MAX_ERROR_MESSAGE_CHARS]
-
-
-def _origin(url: str) -> str:
-    """scheme://host[:port] of a URL: never its user info, path or query."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    try:
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        port = ""
-    return f"{parts.scheme}://{parts.hostname or ''}{port}" if parts.scheme else "(relative URL)"
 
 
 def _json(text: str) -> Any:

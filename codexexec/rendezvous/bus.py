@@ -27,7 +27,6 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import nats
 from nats.aio.client import Client
@@ -57,6 +56,7 @@ from codexexec.rendezvous.events import event
 from codexexec.rendezvous.links import Link, RemoteExecutor, RemoteHarness
 from codexexec.rendezvous.membership import Membership
 from codexexec.rendezvous.options import CLOSE_REPLACED
+from codexexec.shown_urls import origin
 
 if TYPE_CHECKING:
     from codexexec.rendezvous.peers import ExecutorPeer
@@ -75,7 +75,7 @@ class NatsBus:
     def __init__(self, url: str, relay: Relay, observe: Callable[[str, float], None]) -> None:
         self.url = url
         # What logs and errors show: a NATS URL may carry user:password or a token.
-        self.shown_url = _without_credentials(url)
+        self.shown_url = origin(url)
         self.relay = relay
         self.node = relay.node_id
         self.options = relay.options
@@ -488,12 +488,3 @@ async def _respond(msg: Msg, data: bytes) -> bool:
     except (NatsError, OSError, RuntimeError):
         return False
     return True
-
-
-def _without_credentials(url: str) -> str:
-    parts = urlsplit(url)
-    try:
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        port = ""
-    return f"{parts.scheme}://{parts.hostname or ''}{port}"

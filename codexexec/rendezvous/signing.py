@@ -12,7 +12,7 @@ encode alike. The host is not covered: it is whatever address the caller used to
 registry. Verification is constant-time; a bad signature is refused before the expiry is
 looked at, so probing never learns whether an expiry would have been acceptable.
 
-Signed URLs are bearer capabilities: never log one (log :func:`redact_url` instead).
+Signed URLs are bearer capabilities: never log one (log ``shown_urls.origin`` of it).
 """
 
 from __future__ import annotations
@@ -71,12 +71,6 @@ def _mac_input(
 
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def redact_url(url: str) -> str:
-    """The URL with its query and fragment stripped (safe to log)."""
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
 class RelayUrlSigner:

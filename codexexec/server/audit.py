@@ -19,7 +19,6 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_KEEP = 5
@@ -85,17 +84,6 @@ class Auditor:
 
 
 NO_AUDIT = Auditor(None, "", "")
-
-
-def redacted_url(url: str) -> str:
-    """A URL without credentials, query or fragment (where tokens ride)."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        netloc = f"{host}:{parts.port}" if parts.port else host
-        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-    except ValueError:
-        return "<unparseable>"
 
 
 def elapsed_ms(started: float) -> float:

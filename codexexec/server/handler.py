@@ -44,7 +44,7 @@ from codexexec.sandbox.floor import SandboxSettings
 from codexexec.sandbox.plan import NetworkRouting
 from codexexec.sandbox.proxy_routes import ManagedNetwork, ProxyRouteError, check_routes
 from codexexec.server import spawn
-from codexexec.server.audit import NO_AUDIT, Auditor, elapsed_ms, redacted_url
+from codexexec.server.audit import NO_AUDIT, Auditor, elapsed_ms
 from codexexec.server.env_policy import build_child_env
 from codexexec.server.environment import environment_info
 from codexexec.server.environment_config import read_environment_config
@@ -58,6 +58,7 @@ from codexexec.server.output import ReadResult
 from codexexec.server.process import ManagedProcess, StdinClosed
 from codexexec.server.session import Session, SessionRegistry
 from codexexec.server.uri_params import host_path
+from codexexec.shown_urls import without_secrets
 from codexexec.transport.base import TransportClosed
 
 if TYPE_CHECKING:
@@ -357,7 +358,7 @@ class ConnectionHandler:
         process.on_exited = ended
 
     async def _http_request(self, params: m.HttpRequestParams) -> dict[str, Any] | ReplyThen:
-        record = {"method": params.method, "url": redacted_url(params.url)}
+        record = {"method": params.method, "url": without_secrets(params.url)}
         try:
             result = await self._http.request(params)
         except RpcError as exc:
