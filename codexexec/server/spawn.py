@@ -306,10 +306,7 @@ def _setsid() -> str | None:
 def _check_executable(program: str, cwd: str) -> None:
     """Raise the OSError exec would for ``program`` (a path, absolute or from ``cwd``)."""
     path = os.path.join(cwd, program)
-    if not os.path.exists(path):
-        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
-    if os.path.isdir(path) or not os.access(path, os.X_OK):
-        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), program)
+    _check_candidates([path], program)
     try:
         with open(path, "rb") as file:
             head = file.read(4)
@@ -341,6 +338,11 @@ def ensure_program_exists(program: str, env: dict[str, str], cwd: str) -> None:
     else:
         directories = env.get("PATH", os.defpath).split(os.pathsep)
         candidates = [os.path.join(cwd, d or ".", program) for d in directories]
+    _check_candidates(candidates, program)
+
+
+def _check_candidates(candidates: list[str], program: str) -> None:
+    """ENOENT when no candidate exists, EACCES when none that does can be executed."""
     found = [path for path in candidates if os.path.exists(path)]
     if not found:
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
