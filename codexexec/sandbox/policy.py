@@ -190,8 +190,17 @@ def parse_context(raw: Any) -> SandboxContext:
 LegacyMode = Literal["read-only", "workspace-write", "danger-full-access"]
 
 
-def _special(kind: str, access: Access) -> dict[str, Any]:
+def special_entry(kind: str, access: Access) -> dict[str, Any]:
     return {"path": {"type": "special", "value": {"kind": kind}}, "access": access}
+
+
+def path_entry(path: str, access: Access) -> dict[str, Any]:
+    """An entry on one path (a file URI; `~/…` until the client resolves it)."""
+    return {"path": {"type": "path", "path": path}, "access": access}
+
+
+def glob_entry(pattern: str, access: Access) -> dict[str, Any]:
+    return {"path": {"type": "glob_pattern", "pattern": pattern}, "access": access}
 
 
 def legacy_profile(
@@ -203,16 +212,14 @@ def legacy_profile(
     """Codex's legacy sandbox modes as PermissionProfile JSON; None means unsandboxed."""
     if mode == "danger-full-access":
         return None
-    entries = [_special("root", "read")]
+    entries = [special_entry("root", "read")]
     if mode == "workspace-write":
         entries += [
-            _special("project_roots", "write"),
-            _special("slash_tmp", "write"),
-            _special("tmpdir", "write"),
+            special_entry("project_roots", "write"),
+            special_entry("slash_tmp", "write"),
+            special_entry("tmpdir", "write"),
         ]
-        entries += [
-            {"path": {"type": "path", "path": uri}, "access": "write"} for uri in writable_root_uris
-        ]
+        entries += [path_entry(uri, "write") for uri in writable_root_uris]
     entries += extra_entries
     return {
         "type": "managed",
@@ -241,16 +248,16 @@ def deny_entries(
     entries: list[dict[str, Any]] = []
     for item in read:
         if _GLOB_CHARS & set(item):
-            entries.append({"path": {"type": "glob_pattern", "pattern": item}, "access": "deny"})
+            entries.append(glob_entry(item, "deny"))
         else:
-            entries.append({"path": {"type": "path", "path": uri(item)}, "access": "deny"})
+            entries.append(path_entry(uri(item), "deny"))
     for item in write:
         if _GLOB_CHARS & set(item):
             raise SandboxPolicyError(
                 f"--deny-write takes a path, not `{item}`: a pattern can only hide files "
                 "altogether (--deny-read)"
             )
-        entries.append({"path": {"type": "path", "path": uri(item)}, "access": "read"})
+        entries.append(path_entry(uri(item), "read"))
     return entries
 
 
@@ -277,7 +284,7 @@ def with_entries(
     file_system = dict(profile.get("file_system") or {})
     if file_system.get("type") != "restricted":
         return dict(profile)
-    writes = [{"path": {"type": "path", "path": u}, "access": "write"} for u in writable_root_uris]
+    writes = [path_entry(u, "write") for u in writable_root_uris]
     file_system["entries"] = [*file_system.get("entries", []), *writes, *extra]
     return {**profile, "file_system": file_system}
 

@@ -26,12 +26,18 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from codexexec.sandbox.policy import SandboxPolicyError
+from codexexec.sandbox.policy import (
+    Access,
+    SandboxPolicyError,
+    glob_entry,
+    path_entry,
+    special_entry,
+)
 
-_ACCESS = {"read": "read", "write": "write", "deny": "deny", "none": "deny"}
+_ACCESS: dict[str, Access] = {"read": "read", "write": "write", "deny": "deny", "none": "deny"}
 _SPECIALS = {":root": "root", ":minimal": "minimal", ":tmpdir": "tmpdir", ":slash_tmp": "slash_tmp"}
 _GLOB = frozenset("*?[")
-_BASES: dict[str, list[tuple[str, str]] | None] = {
+_BASES: dict[str, list[tuple[str, Access]] | None] = {
     ":read-only": [("root", "read")],
     ":workspace": [
         ("root", "read"),
@@ -76,7 +82,7 @@ def profile_json(table: dict[str, Any], to_uri: Any, where: str) -> dict[str, An
     base = _BASES[base_name]
     if base is None:
         return {"type": "managed", "file_system": {"type": "unrestricted"}, "network": "enabled"}
-    entries: list[dict[str, Any]] = [_special(kind, access) for kind, access in base]
+    entries: list[dict[str, Any]] = [special_entry(kind, access) for kind, access in base]
     roots = table.get("workspace_roots", {})
     if not isinstance(roots, dict):
         raise SandboxPolicyError(f"{where}.workspace_roots: expected a table of PATH = true")
@@ -93,13 +99,15 @@ def profile_json(table: dict[str, Any], to_uri: Any, where: str) -> dict[str, An
         elif key == ":workspace_roots":
             entries += _workspace_entries(value, f'{where}.filesystem.":workspace_roots"')
         elif key in _SPECIALS:
-            entries.append(_special(_SPECIALS[key], _access(value, f"{where}.filesystem.{key}")))
+            entries.append(
+                special_entry(_SPECIALS[key], _access(value, f"{where}.filesystem.{key}"))
+            )
         elif key.startswith(":"):
             raise SandboxPolicyError(f"{where}.filesystem: unknown special path `{key}`")
         else:
             access = _access(value, f"{where}.filesystem.{key}")
             if _GLOB & set(key):
-                entries.append(_glob(key, access))
+                entries.append(glob_entry(key, access))
             else:
                 entries.append(_path(_expand(key, where), access, to_uri))
     file_system["entries"] = entries
@@ -113,18 +121,18 @@ def _workspace_entries(table: Any, where: str) -> list[dict[str, Any]]:
     for key, value in table.items():
         access = _access(value, f"{where}.{key}")
         if _GLOB & set(key):
-            entries.append(_glob(key, access))
+            entries.append(glob_entry(key, access))
         elif key.startswith("/") or ".." in key.split("/"):
             raise SandboxPolicyError(f"{where}: `{key}` must stay inside the workspace root")
         else:
-            entry = _special("project_roots", access)
+            entry = special_entry("project_roots", access)
             if key not in (".", ""):
                 entry["path"]["value"]["subpath"] = key.strip("/")
             entries.append(entry)
     return entries
 
 
-def _access(value: Any, where: str) -> str:
+def _access(value: Any, where: str) -> Access:
     if value not in _ACCESS:
         raise SandboxPolicyError(f"{where}: expected read, write or deny, not {value!r}")
     return _ACCESS[value]
@@ -140,14 +148,5 @@ def _expand(path: str, where: str) -> str:
     return os.path.normpath(path)
 
 
-def _special(kind: str, access: str) -> dict[str, Any]:
-    return {"path": {"type": "special", "value": {"kind": kind}}, "access": access}
-
-
-def _path(path: str, access: str, to_uri: Any) -> dict[str, Any]:
-    value = path if path.startswith("~/") else to_uri(path)
-    return {"path": {"type": "path", "path": value}, "access": access}
-
-
-def _glob(pattern: str, access: str) -> dict[str, Any]:
-    return {"path": {"type": "glob_pattern", "pattern": pattern}, "access": access}
+def _path(path: str, access: Access, to_uri: Any) -> dict[str, Any]:
+    return path_entry(path if path.startswith("~/") else to_uri(path), access)
