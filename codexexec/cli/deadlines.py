@@ -3,15 +3,15 @@ too long. Pure: the caller passes the clock's readings in and does the waiting."
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
+
+import msgspec
 
 Fired = Literal["timeout", "idle-timeout"]
 EXIT_TIMED_OUT = 124  # what timeout(1) exits with
 
 
-@dataclass
-class Deadlines:
+class Deadlines(msgspec.Struct):
     """``timeout``: seconds of wall clock from ``started``; ``idle``: seconds without output."""
 
     timeout: float | None

@@ -18,8 +18,9 @@ import termios
 import time
 import tty as tty_mode
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from typing import Any, NoReturn
+
+import msgspec
 
 from codexexec.cli.approval_prompt import ask_in_terminal, ask_network_in_terminal, denial_line
 from codexexec.cli.deadlines import EXIT_TIMED_OUT, Deadlines, Fired, describe
@@ -82,8 +83,7 @@ async def _stream(process: RemoteProcess, renderer: EventRenderer, after_seq: in
         renderer(event)
 
 
-@dataclass(frozen=True, slots=True)
-class ExecOptions:
+class ExecOptions(msgspec.Struct, frozen=True):
     argv: list[str]
     cwd: str | None
     tty: bool

@@ -8,8 +8,9 @@ Codex's approval cache by command and working directory.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import msgspec
 
 from codexexec.client.client import ExecServerClient, NetworkProxyRequest
 from codexexec.client.events import Exited, ProcessEvent
@@ -19,8 +20,7 @@ from codexexec.sandbox.policy import LegacyMode
 Decision = Literal["once", "session", "deny"]
 
 
-@dataclass(frozen=True, slots=True)
-class DenialPrompt:
+class DenialPrompt(msgspec.Struct, frozen=True):
     argv: list[str]
     environment: str
     sandbox_type: str | None
@@ -28,18 +28,16 @@ class DenialPrompt:
     report: dict[str, Any] | None
 
 
-@dataclass(slots=True)
-class Attempt:
+class Attempt(msgspec.Struct):
     process: RemoteProcess
     sandboxed: bool
     exited: Exited | None = None
 
 
-@dataclass(slots=True)
-class ApprovalStore:
+class ApprovalStore(msgspec.Struct):
     """Commands approved to run unsandboxed for the rest of this session."""
 
-    approved: set[tuple[tuple[str, ...], str]] = field(default_factory=set)
+    approved: set[tuple[tuple[str, ...], str]] = msgspec.field(default_factory=set)
 
     def key(self, argv: list[str], cwd: str | None) -> tuple[tuple[str, ...], str]:
         return (tuple(argv), cwd or "")

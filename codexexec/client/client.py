@@ -19,8 +19,9 @@ import logging
 import os
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
+
+import msgspec
 
 from codexexec.client.closing import AsyncClosing
 from codexexec.client.environment_config import EnvironmentConfig, read_environment_config
@@ -57,8 +58,7 @@ NetworkAsk = Callable[[dict[str, Any]], Awaitable[str]]
 ALLOW_CLEARTEXT_RELAY_ENV = "CODEXEXEC_ALLOW_CLEARTEXT_RELAY"
 
 
-@dataclass(frozen=True, slots=True)
-class NetworkProxyRequest:
+class NetworkProxyRequest(msgspec.Struct, frozen=True):
     """Run a command behind the executor's managed proxy (codexexec's `networkProxy`)."""
 
     allowed_domains: tuple[str, ...] = ()

@@ -8,19 +8,18 @@ for layer in config.config:
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 
-@dataclass(frozen=True, slots=True)
-class ConfigLayer:
+
+class ConfigLayer(msgspec.Struct, frozen=True):
     source: str  # e.g. "user (/root/.codex/config.toml)"; for people, not for logic
     base_dir: str  # PathUri that relative paths in the layer resolve against
     toml: str  # only the selected keys
 
 
-@dataclass(frozen=True, slots=True)
-class EnvironmentConfig:
+class EnvironmentConfig(msgspec.Struct, frozen=True):
     user_home_dir: str | None
     codex_home_dir: str
     hostname: str | None

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from codexexec.client.errors import ExecServerError
 
@@ -24,15 +25,13 @@ MAX_BUFFERED_BYTES = 8 * 1024 * 1024
 MAX_UNCONSUMED_BYTES = 64 * 1024 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class Output:
+class Output(msgspec.Struct, frozen=True):
     seq: int
     stream: str
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Exited:
+class Exited(msgspec.Struct, frozen=True):
     seq: int | None
     exit_code: int | None
     sandbox_denied: bool
@@ -40,13 +39,11 @@ class Exited:
     denial: dict[str, Any] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Closed:
+class Closed(msgspec.Struct, frozen=True):
     seq: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class OutputGap:
+class OutputGap(msgspec.Struct, frozen=True):
     """Output between these seqs was dropped by the server's retention limit."""
 
     first_missing: int
@@ -56,8 +53,7 @@ class OutputGap:
 ProcessEvent = Output | Exited | Closed | OutputGap
 
 
-@dataclass(frozen=True, slots=True)
-class ReadResponse:
+class ReadResponse(msgspec.Struct, frozen=True):
     """A ``process/read`` result, chunks decoded."""
 
     chunks: list[Output]

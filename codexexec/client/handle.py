@@ -8,7 +8,7 @@ else to go on.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 from codexexec.client.errors import ExecServerError
 
@@ -17,8 +17,7 @@ class InvalidHandle(ExecServerError, ValueError):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class ProcessHandle:
+class ProcessHandle(msgspec.Struct, frozen=True):
     environment: str
     session_id: str
     process_id: str

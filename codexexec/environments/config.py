@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import msgspec
+
 from codexexec.environments.errors import EnvironmentsError
 
 ENVIRONMENTS_FILE = "environments.toml"
@@ -85,12 +87,11 @@ class WebSocketSpec:
         return self.url
 
 
-@dataclass(frozen=True, slots=True)
-class StdioSpec:
+class StdioSpec(msgspec.Struct, frozen=True):
     id: str
     program: str
     args: tuple[str, ...] = ()
-    env: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = msgspec.field(default_factory=dict)
     cwd: str | None = None
     initialize_timeout: float = DEFAULT_INITIALIZE_TIMEOUT
 
@@ -105,8 +106,7 @@ class StdioSpec:
         return shlex.join([self.program, *self.args])
 
 
-@dataclass(frozen=True, slots=True)
-class RegistrySpec:
+class RegistrySpec(msgspec.Struct, frozen=True):
     id: str
     registry: str
     environment_id: str
@@ -128,8 +128,7 @@ class RegistrySpec:
 EnvironmentSpec = WebSocketSpec | StdioSpec | RegistrySpec
 
 
-@dataclass(frozen=True, slots=True)
-class EnvironmentsConfig:
+class EnvironmentsConfig(msgspec.Struct, frozen=True):
     # None: no default environment (Codex's `default = "none"`).
     default: str | None = LOCAL_ENVIRONMENT_ID
     include_local: bool = True

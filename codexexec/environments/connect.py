@@ -13,8 +13,9 @@ import hashlib
 import os
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Literal, TypeVar
+
+import msgspec
 
 from codexexec.client.errors import ExecServerError
 from codexexec.client.recovering import (
@@ -49,11 +50,10 @@ class EnvironmentUnavailable(OpenFailed, EnvironmentsError):
         self.cause = cause
 
 
-@dataclass(slots=True)
-class Timings:
+class Timings(msgspec.Struct):
     """Seconds each step of the last successful attempt took."""
 
-    steps: dict[str, float] = field(default_factory=dict)
+    steps: dict[str, float] = msgspec.field(default_factory=dict)
 
     @property
     def total(self) -> float:

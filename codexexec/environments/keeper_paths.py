@@ -14,8 +14,9 @@ import os
 import stat
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 from codexexec.environments.config import HOME_ENV, StdioSpec
 from codexexec.environments.errors import EnvironmentsError
@@ -61,8 +62,7 @@ def fingerprint(spec: StdioSpec) -> str:
     return hashlib.sha256(material.encode()).hexdigest()[:20]
 
 
-@dataclass(frozen=True, slots=True)
-class KeeperPaths:
+class KeeperPaths(msgspec.Struct, frozen=True):
     directory: Path
     socket: Path
     lock: Path

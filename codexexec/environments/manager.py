@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import enum
 import logging
 from collections.abc import Collection
-from dataclasses import dataclass
+
+import msgspec
 
 from codexexec.client.client import LOCAL, ExecServerClient
 from codexexec.client.errors import ExecServerError
@@ -40,8 +40,7 @@ from codexexec.environments.kept import connect_kept
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class LocalSpec:
+class LocalSpec(msgspec.Struct, frozen=True):
     """The machine this process runs on: an exec-server inside this process."""
 
     id: str = LOCAL_ENVIRONMENT_ID
@@ -356,7 +355,7 @@ class EnvironmentManager:
 
             spec = spec_for_target(target, config)
             if token_file is not None and isinstance(spec, RegistrySpec):
-                spec = dataclasses.replace(spec, token_file=token_file)
+                spec = msgspec.structs.replace(spec, token_file=token_file)
             environment = Environment(spec, label=target)
             self._adhoc[target] = environment
             self._start(environment)

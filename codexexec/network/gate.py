@@ -18,8 +18,10 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
+
+from msgspec.structs import replace
 
 from codexexec.network._stream import Endpoint
 from codexexec.network.errors import NetworkError

@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import msgspec
+
 from codexexec.network.errors import NetworkError
 from codexexec.network.upstream import UpstreamProxy, UpstreamProxyError, parse_upstream
 
@@ -205,8 +207,7 @@ def _is_local_name_or_literal(host: str) -> bool:
 # Patterns
 
 
-@dataclass(frozen=True, slots=True)
-class _Pattern:
+class _Pattern(msgspec.Struct, frozen=True):
     text: str
     regex: re.Pattern[str] | None  # None: an exact host
 
@@ -328,8 +329,7 @@ _AUDIT_PROTOCOLS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(msgspec.Struct, frozen=True):
     """One policy decision about one destination.
 
     ``source`` is ``baseline_policy`` (the lists and local rules), ``mode_guard``

@@ -9,7 +9,6 @@ an error ``id`` and ``error``.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any, Final
 
 import msgspec
@@ -48,27 +47,23 @@ class MalformedMessage(ProtocolError):
     """Input that is not a JSON-RPC message; answered with id -1, connection kept."""
 
 
-@dataclass(slots=True)
-class Request:
+class Request(msgspec.Struct):
     id: RequestId
     method: str
     params: Any
 
 
-@dataclass(slots=True)
-class Notification:
+class Notification(msgspec.Struct):
     method: str
     params: Any
 
 
-@dataclass(slots=True)
-class Response:
+class Response(msgspec.Struct):
     id: RequestId
     result: Any
 
 
-@dataclass(slots=True)
-class ErrorResponse:
+class ErrorResponse(msgspec.Struct):
     id: RequestId
     code: int
     message: str

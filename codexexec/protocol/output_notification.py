@@ -11,8 +11,8 @@ order, an escaped id — returns None and takes the general JSON path, so nothin
 from __future__ import annotations
 
 import binascii
-from dataclasses import dataclass
 
+import msgspec
 import pybase64
 
 from codexexec.protocol.base64_codec import base64_bytes
@@ -24,8 +24,7 @@ _CHUNK = b'","chunk":"'
 _SUFFIX = b'"}}'
 
 
-@dataclass(frozen=True, slots=True)
-class OutputMessage:
+class OutputMessage(msgspec.Struct, frozen=True):
     """One `process/output` before it is written: an in-process peer takes it as it is (the
     embedded `local` environment: no base64, no JSON between two halves of one process);
     any other transport gets ``encode()``'s bytes."""

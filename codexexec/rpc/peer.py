@@ -13,8 +13,9 @@ import contextlib
 import itertools
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from codexexec.protocol import jsonrpc
 from codexexec.protocol.errors import ProtocolError
@@ -44,8 +45,7 @@ class CloseConnection(ProtocolError):
     """Raised by a handler when the protocol says the connection must end."""
 
 
-@dataclass(slots=True)
-class ReplyThen:
+class ReplyThen(msgspec.Struct):
     """A handler result plus work to do once the reply is queued ahead of anything else."""
 
     result: Any

@@ -9,8 +9,9 @@ offending path when the output names one, and a snippet.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
 from typing import Any
+
+import msgspec
 
 DENIAL_KEYWORDS = (
     "operation not permitted",
@@ -56,15 +57,14 @@ _PATH_MARKER = re.compile(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class DenialReport:
+class DenialReport(msgspec.Struct, frozen=True):
     reason: str
     backend: str
     path: str | None
     snippet: str
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return msgspec.structs.asdict(self)
 
 
 def _keyword(sections: tuple[str, ...], keywords: tuple[str, ...] = DENIAL_KEYWORDS) -> str | None:

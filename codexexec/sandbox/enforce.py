@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from codexexec.protocol.path_uri import PathUri
 from codexexec.sandbox import mount_points
@@ -31,13 +32,12 @@ class SandboxRefused(SandboxError):
         self.invalid = invalid
 
 
-@dataclass(slots=True)
-class SandboxedCommand:
+class SandboxedCommand(msgspec.Struct):
     argv: list[str]
     sandbox_type: str
     backend: str
     pass_fds: tuple[int, ...] = ()
-    created_paths: list[str] = field(default_factory=list)
+    created_paths: list[str] = msgspec.field(default_factory=list)
     passes_arg0: bool = True
     # Held by the executor while the command runs; closing it ends the command's whole
     # tree (the Landlock supervisor's lifeline), and so does the executor's death.

@@ -15,8 +15,9 @@ profile (cwd as the workspace root), or refused (``--sandbox-floor-mode refuse``
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any, Literal
+
+import msgspec
 
 from codexexec.protocol.path_uri import InvalidPathUri, PathUri
 from codexexec.sandbox.plan import SandboxPlan
@@ -27,8 +28,7 @@ FloorMode = Literal["raise", "refuse"]
 PidNamespace = Literal["isolate", "inherit"]
 
 
-@dataclass(frozen=True, slots=True)
-class SandboxSettings:
+class SandboxSettings(msgspec.Struct, frozen=True):
     floor: Floor | None = None
     floor_mode: FloorMode = "raise"
     # Codex's --linux-sandbox-pid-namespace: `inherit` lets a command signal the host's

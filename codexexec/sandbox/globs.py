@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+
+import msgspec
 
 from codexexec.sandbox.errors import SandboxError
 
@@ -77,8 +78,7 @@ def literal_base(pattern: str) -> str:
     return "/".join(base) or "/"
 
 
-@dataclass(frozen=True, slots=True)
-class _Entry:
+class _Entry(msgspec.Struct, frozen=True):
     path: str
     is_dir: bool
 

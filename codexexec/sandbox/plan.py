@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+
+import msgspec
 
 from codexexec.protocol.path_uri import InvalidPathUri, PathUri
 from codexexec.sandbox import globs
@@ -62,17 +63,15 @@ LINUX_PLATFORM_DEFAULTS = (
 )
 
 
-@dataclass(slots=True)
-class WritableRoot:
+class WritableRoot(msgspec.Struct):
     path: str
     # Existing paths inside the root that stay read-only (bind-mounted read-only).
-    read_only: list[str] = field(default_factory=list)
+    read_only: list[str] = msgspec.field(default_factory=list)
     # Protected names that do not exist yet: masked so they cannot be created.
-    missing_protected: list[str] = field(default_factory=list)
+    missing_protected: list[str] = msgspec.field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
-class NetworkRouting:
+class NetworkRouting(msgspec.Struct, frozen=True):
     """Managed network: reach only these loopback proxy ports, each via a host Unix socket."""
 
     routes: tuple[tuple[int, str], ...]  # (port, unix socket path)
@@ -84,8 +83,7 @@ class NetworkRouting:
         return [port for port, _ in self.routes]
 
 
-@dataclass(slots=True)
-class SandboxPlan:
+class SandboxPlan(msgspec.Struct):
     full_read: bool
     readable_roots: list[str]
     writable_roots: list[WritableRoot]

@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import msgspec
+
 from codexexec.sandbox.errors import SandboxError
 
 Access = Literal["read", "write", "deny"]
@@ -32,20 +34,17 @@ class SandboxPolicyError(SandboxError, ValueError):
     """The intent is malformed; the message says which part and why."""
 
 
-@dataclass(frozen=True, slots=True)
-class PathEntry:
+class PathEntry(msgspec.Struct, frozen=True):
     """An absolute path (a PathUri string on the wire)."""
 
     uri: str
 
 
-@dataclass(frozen=True, slots=True)
-class GlobEntry:
+class GlobEntry(msgspec.Struct, frozen=True):
     pattern: str
 
 
-@dataclass(frozen=True, slots=True)
-class SpecialEntry:
+class SpecialEntry(msgspec.Struct, frozen=True):
     kind: str
     subpath: str | None = None
 
@@ -53,15 +52,13 @@ class SpecialEntry:
 EntryPath = PathEntry | GlobEntry | SpecialEntry
 
 
-@dataclass(frozen=True, slots=True)
-class FileSystemEntry:
+class FileSystemEntry(msgspec.Struct, frozen=True):
     path: EntryPath
     access: Access
     skip_if_missing: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class PermissionProfile:
+class PermissionProfile(msgspec.Struct, frozen=True):
     type: Literal["managed", "disabled", "external"]
     file_system: Literal["restricted", "unrestricted"] = "unrestricted"
     entries: tuple[FileSystemEntry, ...] = ()

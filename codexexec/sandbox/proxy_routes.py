@@ -10,8 +10,9 @@ prepared from different snapshots, and the start fails closed.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+import msgspec
 
 from codexexec.network.env import ALL_PROXY_KEYS, HTTP_PROXY_KEYS
 from codexexec.sandbox.errors import SandboxError
@@ -26,8 +27,7 @@ class ProxyRouteError(SandboxError, ValueError):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class ManagedNetwork:
+class ManagedNetwork(msgspec.Struct, frozen=True):
     """The sandbox side of a prepared managed network (Codex's ManagedNetworkSandboxContext)."""
 
     loopback_ports: tuple[int, ...]

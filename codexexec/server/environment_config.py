@@ -21,8 +21,9 @@ from __future__ import annotations
 import os
 import socket
 import tomllib
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from codexexec.protocol import messages as m
 from codexexec.protocol.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, RpcError
@@ -37,8 +38,7 @@ REQUIREMENTS_FILE = "requirements.toml"
 MAX_CONFIG_FILE_BYTES = 4 * 1024 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class _Layer:
+class _Layer(msgspec.Struct, frozen=True):
     source: str
     base_dir: str
     table: dict[str, Any]

@@ -15,8 +15,9 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from codexexec.network.env import proxy_environment
 from codexexec.network.policy import Decision, NetworkPolicy, NetworkPolicyError
@@ -32,8 +33,7 @@ ASK_TIMEOUT_SECONDS = 30.0
 MAX_DECISIONS_PER_PROCESS = 64
 
 
-@dataclass(frozen=True, slots=True)
-class PreparedManagedNetwork:
+class PreparedManagedNetwork(msgspec.Struct, frozen=True):
     """Child environment and sandbox context, from one snapshot of the proxy's ports."""
 
     env: dict[str, str]
@@ -41,14 +41,13 @@ class PreparedManagedNetwork:
     token: str
 
 
-@dataclass(slots=True)
-class _Owner:
+class _Owner(msgspec.Struct):
     process_id: str
     policy: NetworkPolicy
     publish: Callable[[bytes], None]
     ask: Callable[[dict[str, Any]], Any] | None
     session_hosts: set[str]
-    decisions: list[dict[str, Any]] = field(default_factory=list)
+    decisions: list[dict[str, Any]] = msgspec.field(default_factory=list)
 
 
 def policy_from_request(raw: Any, baseline: NetworkPolicy | None) -> NetworkPolicy:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from dataclasses import dataclass
+
+import msgspec
 
 from codexexec.protocol.limits import (
     RETAINED_OUTPUT_BYTES_PER_PROCESS,
@@ -18,15 +19,13 @@ from codexexec.protocol.limits import (
 )
 
 
-@dataclass(slots=True)
-class Chunk:
+class Chunk(msgspec.Struct):
     seq: int
     stream: str
     data: bytes
 
 
-@dataclass(slots=True)
-class ReadResult:
+class ReadResult(msgspec.Struct):
     chunks: list[Chunk]
     next_seq: int
     exited: bool

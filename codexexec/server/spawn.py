@@ -24,7 +24,8 @@ import subprocess
 import sys
 import termios
 from collections.abc import Callable
-from dataclasses import dataclass
+
+import msgspec
 
 _PR_SET_PDEATHSIG = 1
 _F_SETPIPE_SZ = 1031
@@ -34,8 +35,7 @@ _DEFAULT_PTY_ROWS, _DEFAULT_PTY_COLS = 24, 80
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-@dataclass(slots=True)
-class Child:
+class Child(msgspec.Struct):
     popen: subprocess.Popen[bytes]
     # Output fds by stream name: {"stdout", "stderr"} for pipes, {"pty"} for a terminal.
     outputs: dict[str, int]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from dataclasses import dataclass, field
 from functools import cache
 
 import msgspec
@@ -25,13 +24,12 @@ class SandboxUnavailable(SandboxError, RuntimeError):
     """No backend on this host can enforce the plan; the message says what is missing."""
 
 
-@dataclass(slots=True)
-class PreparedCommand:
+class PreparedCommand(msgspec.Struct):
     argv: list[str]
     backend: str
     pass_fds: tuple[int, ...] = ()
     # Mount points bwrap creates on the host for masks; removed again after exit.
-    created_paths: list[str] = field(default_factory=list)
+    created_paths: list[str] = msgspec.field(default_factory=list)
     # The executor's end of the Landlock supervisor's lifeline: closing it kills the
     # command and everything it started (confine.py).
     lifeline: int | None = None

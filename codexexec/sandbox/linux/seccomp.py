@@ -25,7 +25,8 @@ import os
 import socket
 import stat
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+
+import msgspec
 
 from codexexec.sandbox.errors import SandboxError
 from codexexec.sandbox.linux.prctl import set_no_new_privs
@@ -222,8 +223,7 @@ class _ArgCmp(ctypes.Structure):
     ]
 
 
-@dataclass(frozen=True, slots=True)
-class _Rule:
+class _Rule(msgspec.Struct, frozen=True):
     """Fail ``syscall`` with ``errno`` when every (argument, mask, value) condition holds."""
 
     syscall: str

@@ -14,7 +14,6 @@ Codex adds its own helper executables.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import struct
 import sys
@@ -65,7 +64,7 @@ class Confinement:
         appears, is replaced or changes gives a new key. A protected name that is missing
         gets masked; once a helper's own mount point stands there it counts as missing
         still, so that helper keeps serving."""
-        plan = dataclasses.asdict(self.plan)
+        plan = msgspec.to_builtins(self.plan)
         for root in plan["writable_roots"]:
             protected = sorted({*root.pop("read_only"), *root.pop("missing_protected")})
             root["protected"] = [[path, _identity(path)] for path in protected]
