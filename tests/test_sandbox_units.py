@@ -370,3 +370,28 @@ def test_loader_variables_are_held_back_from_the_launchers() -> None:
         "MALLOC_ARENA_MAX",
         "GCONV_PATH",
     }
+
+
+def test_the_unconfined_stages_need_nothing_beyond_the_standard_library() -> None:
+    """confine.py, netns_bridge.py and the warden run as `python -I -S FILE`: without
+    site-packages, so nothing they import may need msgspec or any other installed package."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    modules = [
+        "codexexec.sandbox.linux.confine",
+        "codexexec.sandbox.linux.netns_bridge",
+        "codexexec.sandbox.linux.seccomp",
+        "codexexec.sandbox.linux.landlock",
+        "codexexec.sandbox.linux.capabilities",
+        "codexexec.server.warden",
+    ]
+    code = f"import sys; sys.path.insert(0, {str(root)!r}); " + "; ".join(
+        f"import {name}" for name in modules
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr

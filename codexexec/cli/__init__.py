@@ -1,27 +1,16 @@
 """The `codexexec` command line. Each command lives in its own thin module.
 
-Only Typer is imported at start-up; a command imports what it needs when it runs,
-so `codexexec --help` and argument errors stay fast.
+Only Typer is imported at start-up, and only the command named on the command line is
+loaded and built (all of them for top-level help and shell completion); a command imports
+what it needs when it runs, so `codexexec --help` and argument errors stay fast.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import typer
-
-from codexexec.cli import (
-    env_cmd,
-    exec_cmd,
-    fs_cmd,
-    login_cmd,
-    ps_cmd,
-    read_cmd,
-    register_cmd,
-    rendezvous_cmd,
-    sandbox_check_cmd,
-    serve_cmd,
-)
 
 EXAMPLES = """\b
 Examples:
@@ -45,20 +34,21 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-app = typer.Typer(
-    name="codexexec",
-    help="Run commands on a Codex-compatible exec-server, or be one.",
-    epilog=EXAMPLES,
-    no_args_is_help=True,
-    add_completion=True,
-    pretty_exceptions_enable=False,
-    # Plain help, as git and docker print it: no markup to lose, and no rich to import.
-    rich_markup_mode=None,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+# name -> (module in codexexec.cli, the function, extra settings of `app.command`).
+_COMMANDS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "serve": ("serve_cmd", "serve", {}),
+    "exec": ("exec_cmd", "exec_command", {"context_settings": {"allow_interspersed_args": False}}),
+    "read": ("read_cmd", "read", {}),
+    "ps": ("ps_cmd", "ps", {}),
+    "kill": ("ps_cmd", "kill", {}),
+    "sandbox-check": ("sandbox_check_cmd", "sandbox_check", {}),
+    "rendezvous": ("rendezvous_cmd", "rendezvous", {}),
+    "register": ("register_cmd", "register", {}),
+}
+# name -> module whose `app` is a group of subcommands.
+_GROUPS = {"env": "env_cmd", "fs": "fs_cmd", "login": "login_cmd"}
 
 
-@app.callback()
 def _root(
     version: bool = typer.Option(
         False, "--version", "-V", callback=_version, is_eager=True, help="Print the version."
@@ -67,19 +57,41 @@ def _root(
     """Run commands on a Codex-compatible exec-server, or be one."""
 
 
-app.command("serve")(serve_cmd.serve)
-app.command("exec", context_settings={"allow_interspersed_args": False}, epilog=exec_cmd.EXAMPLES)(
-    exec_cmd.exec_command
-)
-app.command("read")(read_cmd.read)
-app.command("ps")(ps_cmd.ps)
-app.command("kill")(ps_cmd.kill)
-app.command("sandbox-check")(sandbox_check_cmd.sandbox_check)
-app.command("rendezvous")(rendezvous_cmd.rendezvous)
-app.command("register")(register_cmd.register)
-app.add_typer(env_cmd.app, name="env")
-app.add_typer(fs_cmd.app, name="fs")
-app.add_typer(login_cmd.app, name="login")
+def build_app(only: str | None = None) -> typer.Typer:
+    """The command tree: every command, or just ``only`` (what this run invokes)."""
+    app = typer.Typer(
+        name="codexexec",
+        help="Run commands on a Codex-compatible exec-server, or be one.",
+        epilog=EXAMPLES,
+        no_args_is_help=True,
+        add_completion=True,
+        pretty_exceptions_enable=False,
+        # Plain help, as git and docker print it: no markup to lose, and no rich to import.
+        rich_markup_mode=None,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    app.callback()(_root)
+    for name, (module_name, function, settings) in _COMMANDS.items():
+        if only in (None, name):
+            module = importlib.import_module(f"codexexec.cli.{module_name}")
+            epilog = getattr(module, "EXAMPLES", None) if name == "exec" else None
+            app.command(name, epilog=epilog, **settings)(getattr(module, function))
+    for name, module_name in _GROUPS.items():
+        if only in (None, name):
+            module = importlib.import_module(f"codexexec.cli.{module_name}")
+            app.add_typer(module.app, name=name)
+    return app
+
+
+def _invoked(argv: list[str]) -> str | None:
+    """The command this run names, when it names one; None for everything else (top-level
+    help, errors, and shell completion, which needs every name)."""
+    import os
+
+    if "_CODEXEXEC_COMPLETE" in os.environ:
+        return None
+    first = next((arg for arg in argv if not arg.startswith("-")), None)
+    return first if first in _COMMANDS or first in _GROUPS else None
 
 
 def main() -> None:
@@ -88,7 +100,7 @@ def main() -> None:
     import sys
 
     try:
-        command = typer.main.get_command(app)
+        command = typer.main.get_command(build_app(_invoked(sys.argv[1:])))
         _name_values(command)
         command.main(prog_name="codexexec")
         code: int | str | None = 0
@@ -110,7 +122,26 @@ def main() -> None:
         sys.stdout.flush()
     except OSError as exc:
         code = _local_io_failed(exc) if code in (0, None) else code
-    raise SystemExit(code)
+    _exit_now(code)
+
+
+def _exit_now(code: int | str | None) -> None:
+    """End the process as SystemExit would, but without tearing down every module and
+    object one by one (≈10 ms of each command): the work is done and flushed, and what
+    was registered to run at exit (log handlers, worker threads) still runs."""
+    import atexit
+    import contextlib
+    import os
+    import sys
+
+    if isinstance(code, str):
+        sys.stderr.write(f"{code}\n")
+        code = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(0 if code is None else code)
 
 
 # What an option's value is, in help (typer would print TEXT, INTEGER RANGE, …).

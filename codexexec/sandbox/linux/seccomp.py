@@ -25,8 +25,7 @@ import os
 import socket
 import stat
 from collections.abc import Iterable, Sequence
-
-import msgspec
+from dataclasses import dataclass
 
 from codexexec.sandbox.errors import SandboxError
 from codexexec.sandbox.linux.prctl import set_no_new_privs
@@ -223,7 +222,10 @@ class _ArgCmp(ctypes.Structure):
     ]
 
 
-class _Rule(msgspec.Struct, frozen=True):
+# A dataclass, not a msgspec Struct: the Landlock stage imports this module in a Python
+# started without site-packages (backend.py).
+@dataclass(frozen=True, slots=True)
+class _Rule:
     """Fail ``syscall`` with ``errno`` when every (argument, mask, value) condition holds."""
 
     syscall: str
