@@ -25,14 +25,12 @@ FORBIDDEN = (
     "codexexec.server.metrics",
 )
 
+# The CLI ends with os._exit after its atexit functions: report from one of those.
 PROBE = """
-import json, runpy, sys
+import atexit, json, runpy, sys
+atexit.register(lambda: print(json.dumps(sorted(sys.modules)), file=sys.__stderr__))
 sys.argv = ["codexexec", *sys.argv[1:]]
-try:
-    runpy.run_module("codexexec", run_name="__main__")
-except SystemExit:
-    pass
-print(json.dumps(sorted(sys.modules)), file=sys.__stderr__)
+runpy.run_module("codexexec", run_name="__main__")
 """
 
 
@@ -54,6 +52,16 @@ def forbidden_in(modules: set[str]) -> list[str]:
 def test_a_local_exec_loads_nothing_it_does_not_use() -> None:
     assert forbidden_in(loaded_by("exec", "--sandbox", "danger-full-access", "--", "true")) == []
     assert forbidden_in(loaded_by("exec", "--", "true")) == []
+
+
+def test_exec_on_a_websocket_server_loads_no_server_side() -> None:
+    from tests.servers import start_server
+
+    with start_server("codexexec") as server:
+        loaded = loaded_by("exec", "--env", server.url, "--", "true")
+    server_side = ("codexexec.server", "codexexec.transport.ws_listen", "websockets.asyncio.server")
+    assert sorted(m for m in loaded if m.startswith(server_side)) == []
+    assert "codexexec.transport.websocket" in loaded
 
 
 def test_help_loads_no_command_machinery() -> None:

@@ -172,8 +172,8 @@ def serve(
     from codexexec.server.app import ExecServer
     from codexexec.server.listener import run_server, validate_listen_url
     from codexexec.server.secrets import forget_secrets_in_environment
-    from codexexec.transport.websocket import CONNECTION_TOKEN_ENV, ListenUrlError
     from codexexec.transport.ws_auth import WsAuthArgs, WsAuthError, configure, load_policy
+    from codexexec.transport.ws_listen import CONNECTION_TOKEN_ENV, ListenUrlError
 
     try:
         validate_listen_url(listen)
@@ -194,8 +194,8 @@ def serve(
     except WsAuthError as exc:
         fail(str(exc), 2 if exc.usage else 1)
     if remote is None and listen not in ("stdio", "stdio://") and not insecure_no_auth:
-        from codexexec.transport.websocket import parse_ws_listen_url
         from codexexec.transport.ws_auth import unauthenticated_refusal
+        from codexexec.transport.ws_listen import parse_ws_listen_url
 
         address = parse_ws_listen_url(listen)
         refusal = unauthenticated_refusal(

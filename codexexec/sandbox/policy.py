@@ -10,7 +10,6 @@ types are errors.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import msgspec
@@ -74,14 +73,13 @@ class PermissionProfile(msgspec.Struct, frozen=True):
         return self.file_system == "restricted" or self.network == "restricted"
 
 
-@dataclass(frozen=True, slots=True)
-class SandboxContext:
+class SandboxContext(msgspec.Struct, frozen=True):
     permissions: PermissionProfile
     cwd: str | None = None
     workspace_roots: tuple[str, ...] = ()
     user_home_dir: str | None = None
     temporary_directories: tuple[str, ...] = ()
-    raw: dict[str, Any] = field(default_factory=dict, compare=False)
+    raw: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 def _require(obj: Any, key: str, where: str) -> Any:

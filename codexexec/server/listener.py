@@ -11,14 +11,14 @@ import sys
 from collections.abc import AsyncIterator, Callable
 
 from codexexec.server.app import ExecServer
-from codexexec.transport.websocket import (
+from codexexec.transport.websocket import WebSocketTransport
+from codexexec.transport.ws_auth import Policy, capability_token
+from codexexec.transport.ws_listen import (
     CONNECTION_TOKEN_ENV,
-    WebSocketTransport,
     bound_url,
     listen,
     parse_ws_listen_url,
 )
-from codexexec.transport.ws_auth import Policy, capability_token
 
 log = logging.getLogger(__name__)
 
