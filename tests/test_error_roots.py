@@ -16,6 +16,7 @@ ROOTS = {
     "cli": "codexexec.cli.errors:CliError",
     "client": "codexexec.client.errors:ExecServerError",
     "environments": "codexexec.environments.errors:EnvironmentsError",
+    "http1": "codexexec.http1.errors:Http1Error",
     "network": "codexexec.network.errors:NetworkError",
     "noise": "codexexec.noise.errors:NoiseError",
     "protocol": "codexexec.protocol.errors:ProtocolError",

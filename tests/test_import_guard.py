@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 FORBIDDEN = (
     "aiohttp",
@@ -62,6 +63,45 @@ def test_exec_on_a_websocket_server_loads_no_server_side() -> None:
     server_side = ("codexexec.server", "codexexec.transport.ws_listen", "websockets.asyncio.server")
     assert sorted(m for m in loaded if m.startswith(server_side)) == []
     assert "codexexec.transport.websocket" in loaded
+
+
+def test_exec_through_a_registry_loads_neither_aiohttp_nor_the_classic_noise_library(
+    tmp_path: Path,
+) -> None:
+    """A harness's one `exec` through a registry: its registry calls are plain HTTP/1.1
+    (remote/http.py) and the default Noise profile needs no `noise` library."""
+    from tests.test_relay_e2e import Rendezvous, env, start_executor, stop
+
+    rendezvous = Rendezvous(tmp_path)
+    executor = start_executor("serve", "--remote", rendezvous.url, "--environment-id", "devbox")
+    try:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                PROBE,
+                "exec",
+                "--env",
+                f"devbox@{rendezvous.url}",
+                "--",
+                "true",
+            ],
+            capture_output=True,
+            timeout=60,
+            cwd="/tmp",
+            stdin=subprocess.DEVNULL,
+            env=env(),
+        )
+    finally:
+        stop(executor)
+        rendezvous.kill()
+    assert done.returncode == 0, done.stderr
+    loaded = set(json.loads(done.stderr.decode().strip().splitlines()[-1]))
+    assert "codexexec.transport.noise_harness" in loaded  # it did go through Noise
+    heavy = ("aiohttp", "noise", "codexexec.noise.classic_ik", "codexexec.server")
+    assert (
+        sorted(m for m in loaded if m in heavy or m.startswith(tuple(f"{h}." for h in heavy))) == []
+    )
 
 
 def test_help_loads_no_command_machinery() -> None:

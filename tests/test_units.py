@@ -270,7 +270,7 @@ def test_handshake_gate_pauses_on_the_budget_and_resumes_on_a_fake_clock() -> No
 
 def drain_body(framing: str, length: int, wire: bytes, **split: int) -> tuple[bytes, bytes]:
     """Feed ``wire`` to a BodyReader as a socket would deliver it: (forwarded, left over)."""
-    from codexexec.network.http_body import BodyReader
+    from codexexec.http1.body import BodyReader
 
     reader = BodyReader(framing, length)  # type: ignore[arg-type]
     out, rest = b"", wire
@@ -290,7 +290,7 @@ def drain_body(framing: str, length: int, wire: bytes, **split: int) -> tuple[by
 def test_http_body_reader_frames_bodies_without_sockets() -> None:
     import pytest
 
-    from codexexec.network.http_body import BodyError
+    from codexexec.http1.body import BodyError
 
     chunked = b"4\r\nWiki\r\n5;ext=1\r\npedia\r\n0\r\nX-Trailer: 1\r\n\r\nNEXT"
     assert drain_body("chunked", 0, chunked) == (chunked[:-4], b"NEXT")

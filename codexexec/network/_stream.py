@@ -18,9 +18,9 @@ import time
 from collections.abc import Callable
 from typing import cast
 
+from codexexec.http1.body import READ_CHUNK
 from codexexec.network.errors import NetworkError
 
-READ_CHUNK = 256 * 1024
 SPLICE_RECV_SIZE = 1024 * 1024
 WRITE_HIGH_WATER = 512 * 1024
 WRITE_LOW_WATER = 128 * 1024

@@ -27,13 +27,23 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from codexexec.http1.body import BodyReader, Framing
+from codexexec.http1.message import (
+    TOKEN,
+    Headers,
+    MessageError,
+    content_length,
+    parse_fields,
+    parse_response_head,
+    response_framing,
+    tokens,
+    values,
+)
 from codexexec.network._stream import Endpoint, IncompleteRead, TooLarge, splice
 from codexexec.network.errors import NetworkError
 from codexexec.network.gate import Gate, UpstreamError
-from codexexec.network.http_body import BodyReader, Framing
 from codexexec.network.limits import (
     LINGER_TIMEOUT,
-    MAX_HEADER_COUNT,
     MAX_LINGER_BYTES,
     Limits,
 )
@@ -43,12 +53,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _PORT = re.compile(r"[0-9]{1,5}")
-_CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
-_STATUS_LINE = re.compile(r"HTTP/1\.[01] ([1-5][0-9][0-9])(?: (.*))?")
 _BAD_TARGET_CHARS = re.compile(r"[\x00-\x20\x7f]")
-_BAD_VALUE_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 # Never forwarded in either direction (RFC 9110 §7.6.1), plus any name listed in
 # Connection and every Proxy-* field. Framing fields are rebuilt from the parsed framing.
@@ -76,8 +82,6 @@ REASONS = {
 }
 
 MAX_INTERIM_RESPONSES = 8
-
-Headers = list[tuple[str, str]]
 
 
 class BadRequest(NetworkError):
@@ -186,23 +190,6 @@ def _split_target(target: str) -> tuple[str, str]:
     return authority, path
 
 
-def _parse_fields(lines: list[str]) -> Headers:
-    if len(lines) > MAX_HEADER_COUNT:
-        raise BadRequest("too many header fields", 431)
-    headers: Headers = []
-    for line in lines:
-        if line[:1] in (" ", "\t"):
-            raise BadRequest("obsolete line folding")
-        name, sep, value = line.partition(":")
-        if not sep or not _TOKEN.fullmatch(name):
-            raise BadRequest("malformed header field")
-        value = value.strip(" \t")
-        if _BAD_VALUE_CHARS.search(value):
-            raise BadRequest("control character in a header value")
-        headers.append((name, value))
-    return headers
-
-
 def _token_from(headers: Headers) -> str | None:
     """The attribution token: ``Proxy-Authorization: Basic base64(token:)``."""
     for name, value in headers:
@@ -239,7 +226,7 @@ def parse_request_head(head: bytes) -> Request | None:
     if len(parts) != 3:
         raise BadRequest("malformed request line")
     method, target, version = parts
-    if not _TOKEN.fullmatch(method):
+    if not TOKEN.fullmatch(method):
         raise BadRequest("malformed method")
     if version not in ("HTTP/1.1", "HTTP/1.0"):
         raise BadRequest("unsupported HTTP version")
@@ -247,7 +234,10 @@ def parse_request_head(head: bytes) -> Request | None:
         raise BadRequest("malformed request target")
     if any(b"\r" in line or b"\n" in line for line in raw_lines):
         raise BadRequest("bare CR or LF in the request head")
-    headers = _parse_fields([line.decode("latin-1") for line in raw_lines[1:]])
+    try:
+        headers = parse_fields([line.decode("latin-1") for line in raw_lines[1:]])
+    except MessageError as exc:
+        raise BadRequest(str(exc), 431 if exc.too_many else 400) from None
     if method == "CONNECT":
         host, port = parse_authority(target, None)
         path = ""
@@ -257,31 +247,11 @@ def parse_request_head(head: bytes) -> Request | None:
     return Request(method, version, headers, host, port, path, _token_from(headers))
 
 
-def _values(headers: Headers, name: str) -> list[str]:
-    return [value for key, value in headers if key.lower() == name]
-
-
-def _tokens(headers: Headers, name: str) -> list[str]:
-    return [t.strip().lower() for v in _values(headers, name) for t in v.split(",") if t.strip()]
-
-
-def _content_length(headers: Headers) -> int | None:
-    values = {v.strip() for raw in _values(headers, "content-length") for v in raw.split(",")}
-    if not values:
-        return None
-    if len(values) != 1:
-        raise ValueError("conflicting Content-Length values")
-    (text,) = values
-    if not _CONTENT_LENGTH.fullmatch(text):
-        raise ValueError("invalid Content-Length")
-    return int(text)
-
-
 def request_framing(request: Request) -> tuple[Framing, int]:
-    codings = _tokens(request.headers, "transfer-encoding")
+    codings = tokens(request.headers, "transfer-encoding")
     try:
-        length = _content_length(request.headers)
-    except ValueError as exc:
+        length = content_length(request.headers)
+    except MessageError as exc:
         raise BadRequest(str(exc)) from None
     if codings:
         if length is not None:
@@ -294,35 +264,8 @@ def request_framing(request: Request) -> tuple[Framing, int]:
     return "none", 0
 
 
-def parse_response_head(head: bytes) -> tuple[int, str, Headers]:
-    lines = head[:-4].split(b"\r\n")
-    match = _STATUS_LINE.fullmatch(lines[0].decode("latin-1"))
-    if match is None:
-        raise BadResponse("malformed status line")
-    try:
-        headers = _parse_fields([line.decode("latin-1") for line in lines[1:]])
-    except BadRequest as exc:
-        raise BadResponse(str(exc)) from None
-    return int(match.group(1)), match.group(2) or "", headers
-
-
-def response_framing(method: str, status: int, headers: Headers) -> tuple[Framing, int]:
-    if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
-        return "none", 0
-    codings = _tokens(headers, "transfer-encoding")
-    if codings:
-        return ("chunked", 0) if codings[-1] == "chunked" else ("close", 0)
-    try:
-        length = _content_length(headers)
-    except ValueError as exc:
-        raise BadResponse(str(exc)) from None
-    if length is None:
-        return "close", 0
-    return ("length", length) if length else ("none", 0)
-
-
 def _forwardable(headers: Headers, *, keep_transfer_encoding: bool) -> Headers:
-    listed = set(_tokens(headers, "connection"))
+    listed = set(tokens(headers, "connection"))
     kept: Headers = []
     for name, value in headers:
         lower = name.lower()
@@ -476,7 +419,7 @@ class HttpProxyHandler:
         if upstream is None:
             return False
         idle = self._limits.idle_timeout
-        keep = request.version == "HTTP/1.1" and "close" not in _tokens(
+        keep = request.version == "HTTP/1.1" and "close" not in tokens(
             request.headers, "connection"
         )
         upload = asyncio.create_task(copy_body(client, upstream, framing, length, idle))
@@ -507,7 +450,7 @@ class HttpProxyHandler:
                 forwarded.append(("Content-Length", str(body_length)))
             elif body == "none" and request.method == "HEAD":
                 forwarded.extend(
-                    ("Content-Length", v) for v in _values(headers, "content-length")[:1]
+                    ("Content-Length", v) for v in values(headers, "content-length")[:1]
                 )
             elif body == "none" and status not in (204, 304):
                 forwarded.append(("Content-Length", "0"))

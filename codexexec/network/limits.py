@@ -9,9 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MAX_HEADER_BYTES = 64 * 1024  # a request or response head, request line included
-MAX_HEADER_COUNT = 256
-MAX_CHUNK_LINE = 4096  # chunk-size line incl. extensions
-MAX_TRAILER_BYTES = 64 * 1024
 HEADER_TIMEOUT = 10.0  # whole head (or SOCKS handshake) must arrive within this: slowloris
 KEEPALIVE_TIMEOUT = 60.0  # wait for the next request on a kept-alive connection
 IDLE_TIMEOUT = 300.0  # tunnels and bodies with no traffic either way are cut

@@ -8,20 +8,18 @@ Both bind the same prologue and carry the same payloads; only the keys and ciphe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from codexexec.noise.classic_ik import (
-    CLASSIC_PROFILE,
-    ClassicIdentity,
-    ClassicIKInitiator,
-    ClassicIKResponder,
-    decode_classic_public_key,
-)
 from codexexec.noise.hybrid_ik import HybridIKInitiator, HybridIKResponder
 from codexexec.noise.keys import NoiseChannelPublicKey, StaticIdentity
-from codexexec.protocol.registry import NOISE_PROFILE
+from codexexec.protocol.registry import CLASSIC_NOISE_PROFILE, NOISE_PROFILE
 
-PROFILES = (NOISE_PROFILE, CLASSIC_PROFILE)
+if TYPE_CHECKING:
+    # The classic profile's module (and the noise library under it) loads only when that
+    # profile is used: the default one needs neither.
+    from codexexec.noise.classic_ik import ClassicIdentity
+
+PROFILES = (NOISE_PROFILE, CLASSIC_NOISE_PROFILE)
 
 
 class RecordCipher(Protocol):
@@ -86,22 +84,28 @@ class HybridParty:
 @dataclass(frozen=True, repr=False)
 class ClassicParty:
     identity: ClassicIdentity
-    profile: str = CLASSIC_PROFILE
+    profile: str = CLASSIC_NOISE_PROFILE
 
     def public_key_json(self) -> dict[str, str]:
         return self.identity.public_key_json()
 
     def responder(self, prologue: bytes) -> Responder:
+        from codexexec.noise.classic_ik import ClassicIKResponder
+
         return ClassicIKResponder(self.identity, prologue)
 
     def initiator(self, executor_public_key: Any, prologue: bytes) -> Initiator:
+        from codexexec.noise.classic_ik import ClassicIKInitiator, decode_classic_public_key
+
         key = decode_classic_public_key(executor_public_key)
         return ClassicIKInitiator(self.identity, key, prologue)
 
 
 def new_party(profile: str) -> NoiseParty:
     """A fresh identity for ``profile`` (one of PROFILES)."""
-    if profile == CLASSIC_PROFILE:
+    if profile == CLASSIC_NOISE_PROFILE:
+        from codexexec.noise.classic_ik import ClassicIdentity
+
         return ClassicParty(ClassicIdentity.generate())
     if profile == NOISE_PROFILE:
         return HybridParty(StaticIdentity.generate())

@@ -2,50 +2,55 @@
 
 Compact JSON (the bytes Codex's serde output has), no redirects followed (a credential
 never travels to a host it was not meant for), one total deadline, a bounded response,
-and no automatic ``User-Agent`` or ``Accept-Encoding`` (Codex 0.169 sends neither).
+and the fields Codex 0.169 sends: `Host`, `Content-Type`, `Accept: */*`,
+`Content-Length` and the caller's own — no `User-Agent` or `Accept-Encoding`.
+
+HTTP/1.1 straight over asyncio streams, framed by http1/: a harness that runs one command
+through a registry would otherwise spend more time importing an HTTP library than
+talking to the registry. An :class:`HttpClient` keeps connections for reuse (an
+executor's /validate calls, one per stream); a kept connection the server has closed
+meanwhile is replaced once, transparently.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import json
 import os
 import re
+import socket
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
+from urllib.parse import urlsplit
 
+from codexexec.http1.body import BodyError, BodyReader
+from codexexec.http1.message import (
+    MessageError,
+    parse_response_head,
+    response_framing,
+    tokens,
+)
 from codexexec.remote.errors import RemoteError
 
-if TYPE_CHECKING:
-    import aiohttp
-    from aiohttp import StreamReader
-
 MAX_RESPONSE_BYTES = 1 << 20
+MAX_HEAD_BYTES = 64 * 1024
+MAX_INTERIM_RESPONSES = 8
+# Kept connections per origin; more are closed once their answer is read.
+MAX_IDLE_PER_ORIGIN = 16
 TRACEPARENT_ENV, TRACESTATE_ENV = "TRACEPARENT", "TRACESTATE"
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 _TRACESTATE = re.compile(r"[\x21-\x7e ]{1,512}")
+_FIELD_VALUE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")
+
+Origin = tuple[str, str, int]  # scheme, host, port
 
 
 class Unreachable(RemoteError):
     """No HTTP answer (connection refused, DNS, TLS, timeout); the text names only the kind."""
-
-
-def _unreachable_reason(exc: aiohttp.ClientError) -> str:
-    """Why there was no answer, in words (never the URL, which may carry a credential)."""
-    import aiohttp
-
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return "the host name does not resolve"
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
-        return "TLS failed (certificate or handshake)"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        errno = exc.os_error.errno if exc.os_error is not None else None
-        return os.strerror(errno).lower() if errno else "cannot connect"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "the server closed the connection without answering"
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return "the answer was cut short"
-    return type(exc).__name__
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +67,87 @@ class HttpReply:
         return f"{self.status} {self.reason}".strip()
 
 
-def new_session() -> aiohttp.ClientSession:
-    """A session for registry requests: no User-Agent or compression headers of its own."""
-    import aiohttp
+class _Stale(Exception):
+    """A kept connection ended before its answer began: try once more on a new one."""
 
-    return aiohttp.ClientSession(skip_auto_headers=("User-Agent", "Accept-Encoding"))
+
+class _Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    def usable(self) -> bool:
+        return not self.writer.is_closing() and not self.reader.at_eof()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class HttpClient:
+    """Registry requests with connections kept per origin."""
+
+    def __init__(self) -> None:
+        self._idle: dict[Origin, list[_Connection]] = {}
+
+    async def post(
+        self, url: str, data: bytes, headers: Mapping[str, str], timeout: float
+    ) -> HttpReply:
+        origin, target, host_field = _split(url)
+        head = _request_head(target, host_field, headers, len(data))
+        try:
+            async with asyncio.timeout(timeout):
+                kept = self._take(origin)
+                if kept is not None:
+                    with contextlib.suppress(_Stale):
+                        return await self._exchange(origin, kept, head + data)
+                fresh = await _connect(origin)
+                try:
+                    return await self._exchange(origin, fresh, head + data)
+                except _Stale:
+                    raise Unreachable(
+                        "the server closed the connection without answering"
+                    ) from None
+        except TimeoutError:
+            raise Unreachable("no answer in time") from None
+
+    async def close(self) -> None:
+        for connections in self._idle.values():
+            for connection in connections:
+                connection.close()
+        self._idle.clear()
+
+    async def __aenter__(self) -> HttpClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    def _take(self, origin: Origin) -> _Connection | None:
+        kept = self._idle.get(origin, [])
+        while kept:
+            connection = kept.pop()
+            if connection.usable():
+                return connection
+            connection.close()
+        return None
+
+    def _keep(self, origin: Origin, connection: _Connection) -> None:
+        kept = self._idle.setdefault(origin, [])
+        if len(kept) < MAX_IDLE_PER_ORIGIN:
+            kept.append(connection)
+        else:
+            connection.close()
+
+    async def _exchange(self, origin: Origin, connection: _Connection, request: bytes) -> HttpReply:
+        reusable = False
+        try:
+            reply, reusable = await _exchange(connection, request)
+        finally:
+            if reusable:
+                self._keep(origin, connection)
+            else:
+                connection.close()
+        return reply
 
 
 async def post_json(
@@ -74,48 +155,138 @@ async def post_json(
     body: Mapping[str, Any],
     headers: Mapping[str, str],
     timeout: float,
-    session: aiohttp.ClientSession | None = None,
+    session: HttpClient | None = None,
 ) -> HttpReply:
-    """POST ``body``; ``session``: a kept one whose connections are reused (an executor's
-    /validate calls, one per stream), else one for this request alone."""
-    import aiohttp
-
-    if session is None:
-        async with new_session() as own:
-            return await post_json(url, body, headers, timeout, own)
+    """POST ``body``; ``session``: a kept client whose connections are reused, else one for
+    this request alone."""
     data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    if session is not None:
+        return await session.post(url, data, headers, timeout)
+    async with HttpClient() as own:
+        return await own.post(url, data, headers, timeout)
+
+
+def _split(url: str) -> tuple[Origin, str, str]:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Unreachable("not an http(s) URL")
     try:
-        async with session.post(
-            url,
-            data=data,
-            headers={"Content-Type": "application/json", **headers},
-            allow_redirects=False,
-            timeout=aiohttp.ClientTimeout(total=timeout),
-        ) as response:
-            raw = await _read_bounded(response.content)
-            return HttpReply(
-                response.status,
-                response.reason or "",
-                response.headers.get("Content-Type", ""),
-                raw.decode("utf-8", "replace"),
-                response.headers.get("Location"),
-            )
-    except aiohttp.ClientError as exc:
-        raise Unreachable(_unreachable_reason(exc)) from None
-    except TimeoutError:
-        raise Unreachable("no answer in time") from None
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise Unreachable("the URL's port is invalid") from None
+    host = parts.hostname
+    shown = f"[{host}]" if ":" in host else host
+    default = port == (443 if parts.scheme == "https" else 80)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return (parts.scheme, host, port), target, shown if default else f"{shown}:{port}"
 
 
-async def _read_bounded(content: StreamReader) -> bytes:
-    """The body up to MAX_RESPONSE_BYTES: one ``read(n)`` returns only what has arrived so far,
-    so an answer split across packets or chunks would be cut short."""
-    raw = bytearray()
-    while len(raw) < MAX_RESPONSE_BYTES:
-        chunk = await content.read(MAX_RESPONSE_BYTES - len(raw))
-        if not chunk:
-            break
-        raw += chunk
-    return bytes(raw)
+def _request_head(target: str, host: str, headers: Mapping[str, str], length: int) -> bytes:
+    fields = {"Host": host, "Content-Type": "application/json", **headers}
+    fields.setdefault("Accept", "*/*")
+    fields["Content-Length"] = str(length)
+    lines = [f"POST {target} HTTP/1.1"]
+    for name, value in fields.items():
+        if not _FIELD_VALUE.fullmatch(value) or not _FIELD_VALUE.fullmatch(name):
+            raise RemoteError(f"the `{name}` header holds a control character")
+        lines.append(f"{name}: {value}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    return ssl.create_default_context()
+
+
+async def _connect(origin: Origin) -> _Connection:
+    scheme, host, port = origin
+    try:
+        reader, writer = await asyncio.open_connection(
+            host,
+            port,
+            ssl=_tls() if scheme == "https" else None,
+            limit=MAX_HEAD_BYTES,
+        )
+    except socket.gaierror:
+        raise Unreachable("the host name does not resolve") from None
+    except ssl.SSLError:
+        raise Unreachable("TLS failed (certificate or handshake)") from None
+    except OSError as exc:
+        reason = os.strerror(exc.errno).lower() if exc.errno else "cannot connect"
+        raise Unreachable(reason) from None
+    return _Connection(reader, writer)
+
+
+async def _exchange(connection: _Connection, request: bytes) -> tuple[HttpReply, bool]:
+    """Send ``request`` and read its answer: (the reply, whether the connection may be kept).
+    Raises _Stale when the connection ended before any of the answer arrived."""
+    reader = connection.reader
+    try:
+        connection.writer.write(request)
+        await connection.writer.drain()
+        for _ in range(MAX_INTERIM_RESPONSES + 1):
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError as exc:
+                if not exc.partial:
+                    raise _Stale from None
+                raise Unreachable("the answer was cut short") from None
+            status, reason, headers = parse_response_head(head)
+            if not 100 <= status < 200:
+                break
+        else:
+            raise Unreachable("the answer was not valid HTTP/1.1") from None
+        framing, length = response_framing("POST", status, headers)
+        body = await _read_body(reader, BodyReader(framing, length))
+    except (ConnectionResetError, BrokenPipeError):
+        raise _Stale from None
+    except ssl.SSLError:
+        raise Unreachable("TLS failed (certificate or handshake)") from None
+    except (MessageError, BodyError, asyncio.LimitOverrunError, ValueError):
+        raise Unreachable("the answer was not valid HTTP/1.1") from None
+    except OSError as exc:
+        raise Unreachable(os.strerror(exc.errno).lower() if exc.errno else "I/O failed") from None
+    reply = HttpReply(
+        status,
+        reason,
+        next((v for k, v in headers if k.lower() == "content-type"), ""),
+        body[:MAX_RESPONSE_BYTES].decode("utf-8", "replace"),
+        next((v for k, v in headers if k.lower() == "location"), None),
+    )
+    keep = (
+        framing != "close"
+        and len(body) <= MAX_RESPONSE_BYTES
+        and "close" not in tokens(headers, "connection")
+    )
+    return reply, keep
+
+
+async def _read_body(reader: asyncio.StreamReader, framing: BodyReader) -> bytes:
+    """The body's bytes; past MAX_RESPONSE_BYTES reading stops (one byte more tells the
+    caller there was more)."""
+    body = bytearray()
+    while (need := framing.need()) is not None and len(body) <= MAX_RESPONSE_BYTES:
+        payload = framing.in_payload
+        try:
+            if need.kind == "line":
+                data = await reader.readuntil(b"\r\n")
+                if len(data) > need.limit:
+                    raise BodyError("chunk line too long")
+            elif need.kind == "exactly":
+                data = await reader.readexactly(need.limit)
+            else:
+                data = await reader.read(need.limit)
+        except asyncio.IncompleteReadError:
+            raise Unreachable("the answer was cut short") from None
+        try:
+            chunk = framing.feed(data)
+        except BodyError:
+            if not data:
+                raise Unreachable("the answer was cut short") from None
+            raise
+        if payload:
+            body += chunk
+    return bytes(body)
 
 
 def trace_context_headers(environ: Mapping[str, str] | None = None) -> dict[str, str]:

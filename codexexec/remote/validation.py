@@ -19,9 +19,8 @@ from codexexec.protocol.registry import STREAM_ID_HEADER
 from codexexec.remote.registry import RegistryError, check_environment_id, credential_headers
 
 if TYPE_CHECKING:
-    import aiohttp
-
     from codexexec.remote.auth.base import AuthProvider
+    from codexexec.remote.http import HttpClient
 
 
 class Validation(enum.Enum):
@@ -43,7 +42,7 @@ async def validate_harness_key(
     harness_public_key: dict[str, str],
     authorization: str,
     stream_id: str,
-    session: aiohttp.ClientSession | None = None,
+    session: HttpClient | None = None,
 ) -> Validation:
     """One /validate round trip. Network failures count as REGISTRY_HTTP; the caller bounds
     the wait (10 s, docs/relay-protocol.md §1.4) and treats the timeout as a failure too."""
@@ -63,13 +62,7 @@ async def validate_harness_key(
         "harness_key_authorization": authorization,
     }
     try:
-        try:
-            reply = await post_json(url, body, headers, VALIDATION_TIMEOUT_SECONDS, session)
-        except Unreachable:
-            if session is None:
-                raise
-            # A kept connection the registry closed meanwhile: once more on a new one.
-            reply = await post_json(url, body, headers, VALIDATION_TIMEOUT_SECONDS)
+        reply = await post_json(url, body, headers, VALIDATION_TIMEOUT_SECONDS, session)
     except Unreachable:
         return Validation.REGISTRY_HTTP
     status, text = reply.status, reply.text

@@ -2,7 +2,7 @@
 says what to read next (a line, so many bytes exactly, or whatever arrives), takes what was
 read, and returns the bytes to forward. The proxy's loop does the reading and writing, so
 every framing decision — chunk sizes, their CRLFs, the trailer's bound — is here and
-tested without sockets.
+tested without sockets. The registry client decodes with it too (``in_payload``).
 """
 
 from __future__ import annotations
@@ -11,16 +11,19 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from codexexec.network._stream import READ_CHUNK
-from codexexec.network.errors import NetworkError
-from codexexec.network.limits import MAX_CHUNK_LINE, MAX_TRAILER_BYTES
+from codexexec.http1.errors import Http1Error
+
+# What one read asks for at most.
+READ_CHUNK = 256 * 1024
+MAX_CHUNK_LINE = 4096  # chunk-size line incl. extensions
+MAX_TRAILER_BYTES = 64 * 1024
 
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,15}")
 
 Framing = Literal["none", "length", "chunked", "close"]
 
 
-class BodyError(NetworkError, ValueError):
+class BodyError(Http1Error, ValueError):
     """The body does not follow its framing (a malformed chunk, a short read, too large)."""
 
 
@@ -42,6 +45,11 @@ class BodyReader:
         self._trailer_bytes = 0
         if framing == "none" or (framing == "length" and length == 0):
             self._state = "done"
+
+    @property
+    def in_payload(self) -> bool:
+        """What ``feed`` returns next is the body's own bytes (not chunk framing)."""
+        return self._state == "data"
 
     def need(self) -> Need | None:
         """What to read next; None once the body is complete."""
