@@ -67,7 +67,7 @@ class HttpReply:
         return f"{self.status} {self.reason}".strip()
 
 
-class _Stale(Exception):
+class _Stale(RemoteError):
     """A kept connection ended before its answer began: try once more on a new one."""
 
 
