@@ -9,7 +9,6 @@ uses when a flag is not given — a flag always wins::
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -28,6 +27,8 @@ class DefaultsError(CliError, ValueError):
 
 
 def parse_defaults(text: str, source: str) -> dict[str, str]:
+    import tomllib  # here: without a config file nothing is parsed
+
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -244,15 +244,21 @@ def exec_command(
     if sys.stderr.isatty():
         notices.waiting.set(lambda text: print(f"codexexec: {text}…", file=sys.stderr))
     notices.connection.set(lambda text: print(f"codexexec: {text}", file=sys.stderr, flush=True))
-    from codexexec.cli.orphans import adopt_orphans, reap_orphans
+    # Only this machine's sandbox leaves bubblewrap orphans behind (orphans.py).
+    in_process = env in (None, "local")
+    if in_process:
+        from codexexec.cli.orphans import adopt_orphans
 
-    adopt_orphans()
+        adopt_orphans()
     try:
         code = asyncio.run(run_exec(env, options))
     except KeyboardInterrupt:
         code = 130
     finally:
-        reap_orphans()
+        if in_process:
+            from codexexec.cli.orphans import reap_orphans
+
+            reap_orphans()
     raise SystemExit(code)
 
 

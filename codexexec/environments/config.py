@@ -22,7 +22,6 @@ import math
 import os
 import re
 import sys
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,6 +186,8 @@ def load_config(path: Path | None = None, *, dialect: Dialect = "codexexec") -> 
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise _protocol_error(f"failed to read environment config `{path}`: {exc}") from None
+    import tomllib  # here: most commands never read a config file
+
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
