@@ -8,7 +8,10 @@ from urllib.parse import urlsplit
 
 def origin(url: str) -> str:
     """scheme://host[:port]: nothing else of the URL."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable>"
     if not parts.scheme:
         return "(relative URL)"
     return f"{parts.scheme}://{_host_port(parts.hostname, url)}"

@@ -189,3 +189,47 @@ async def test_a_header_value_cannot_smuggle_a_line(server: Server) -> None:
     with pytest.raises(RemoteError, match="control character"):
         await post_json(url(server), {}, {"Authorization": "Bearer t\r\nX-Evil: 1"}, 5)
     assert server.requests == []
+
+
+async def test_a_post_whose_answer_began_is_never_sent_again(server: Server) -> None:
+    """Resending is only for a kept connection that ended before any of its answer: once
+    a byte came, the server may have acted on the request."""
+    async with HttpClient() as client:
+        assert (await client.post(url(server), b"{}", {}, 5)).status == 200
+        server.answer = lambda n: b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial"
+        server.one_per_connection = True  # then the connection ends, mid-body
+        with pytest.raises(Unreachable, match="cut short"):
+            await client.post(url(server), b"{}", {}, 5)
+    assert len(server.requests) == 2
+
+
+async def test_bytes_left_on_a_kept_connection_are_never_read_as_the_next_answer(
+    server: Server,
+) -> None:
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    stray = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    server.answer = lambda n: ok + stray if n == 1 else ok
+    async with HttpClient() as client:
+        assert (await client.post(url(server), b"{}", {}, 5)).status == 200
+        await asyncio.sleep(0.1)  # the stray answer arrives while the connection is idle
+        assert (await client.post(url(server), b"{}", {}, 5)).status == 200
+    assert server.connections == 2 and len(server.requests) == 2
+
+
+async def test_an_http_1_0_answer_does_not_keep_its_connection(server: Server) -> None:
+    server.answer = lambda n: b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    async with HttpClient() as client:
+        for _ in range(2):
+            assert (await client.post(url(server), b"{}", {}, 5)).text == "ok"
+    assert server.connections == 2
+
+
+async def test_what_cannot_be_sent_or_shown_is_a_clear_failure(server: Server) -> None:
+    with pytest.raises(Unreachable, match="cannot carry"):
+        await post_json(url(server), {}, {"Authorization": "Bearer \u2603"}, 5)
+    with pytest.raises(Unreachable, match=r"^the host name is not valid$"):
+        await post_json("http://a..b/x", {}, {}, 5)
+    # A reason phrase with a terminal escape in it is refused, not printed to a terminal.
+    server.answer = lambda n: b"HTTP/1.1 401 \x1b]0;pwned\x07\r\nContent-Length: 0\r\n\r\n"
+    with pytest.raises(Unreachable, match=r"not valid HTTP/1\.1"):
+        await post_json(url(server), {}, {}, 5)

@@ -244,8 +244,12 @@ def exec_command(
     if sys.stderr.isatty():
         notices.waiting.set(lambda text: print(f"codexexec: {text}…", file=sys.stderr))
     notices.connection.set(lambda text: print(f"codexexec: {text}", file=sys.stderr, flush=True))
-    # Only this machine's sandbox leaves bubblewrap orphans behind (orphans.py).
-    in_process = env in (None, "local")
+    # bubblewrap orphans (orphans.py) come from a sandbox on this machine: the in-process
+    # server's, or that of a stdio environment's server, which is our child. A websocket or
+    # registry target starts no process here.
+    from codexexec.cli.targets import is_literal
+
+    in_process = env is None or env == "local" or not is_literal(env)
     if in_process:
         from codexexec.cli.orphans import adopt_orphans
 

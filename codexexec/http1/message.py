@@ -15,6 +15,8 @@ TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
 _STATUS_LINE = re.compile(r"HTTP/1\.[01] ([1-5][0-9][0-9])(?: (.*))?")
 _BAD_VALUE_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# A reason phrase ends up in messages a terminal shows: no C0 or C1 control at all.
+_BAD_REASON_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 
 
 class MessageError(Http1Error, ValueError):
@@ -69,8 +71,11 @@ def parse_response_head(head: bytes) -> tuple[int, str, Headers]:
     match = _STATUS_LINE.fullmatch(lines[0].decode("latin-1"))
     if match is None:
         raise MessageError("malformed status line")
+    reason = match.group(2) or ""
+    if _BAD_REASON_CHARS.search(reason):
+        raise MessageError("control character in the reason phrase")
     headers = parse_fields([line.decode("latin-1") for line in lines[1:]])
-    return int(match.group(1)), match.group(2) or "", headers
+    return int(match.group(1)), reason, headers
 
 
 def response_framing(method: str, status: int, headers: Headers) -> tuple[Framing, int]:

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 from codexexec.http1.body import BodyError, BodyReader
 from codexexec.http1.message import (
+    TOKEN,
     MessageError,
     parse_response_head,
     response_framing,
@@ -41,6 +42,8 @@ MAX_HEAD_BYTES = 64 * 1024
 MAX_INTERIM_RESPONSES = 8
 # Kept connections per origin; more are closed once their answer is read.
 MAX_IDLE_PER_ORIGIN = 16
+# Connections one client has open at once (aiohttp's default limit was 100).
+MAX_CONNECTIONS = 64
 TRACEPARENT_ENV, TRACESTATE_ENV = "TRACEPARENT", "TRACESTATE"
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 _TRACESTATE = re.compile(r"[\x21-\x7e ]{1,512}")
@@ -68,7 +71,8 @@ class HttpReply:
 
 
 class _Stale(RemoteError):
-    """A kept connection ended before its answer began: try once more on a new one."""
+    """A connection ended before one byte of its answer came: on a kept connection (which
+    the server may have closed while it sat idle) the request is sent once more."""
 
 
 class _Connection:
@@ -77,7 +81,11 @@ class _Connection:
         self.writer = writer
 
     def usable(self) -> bool:
-        return not self.writer.is_closing() and not self.reader.at_eof()
+        """Open, and holding nothing unasked for: bytes a server sent on an idle connection
+        (a 408 before it hangs up, a body longer than it said) must never be read as the
+        answer to the next request. StreamReader has no public view of its buffer."""
+        buffered = getattr(self.reader, "_buffer", b"")
+        return not self.writer.is_closing() and not self.reader.at_eof() and not buffered
 
     def close(self) -> None:
         self.writer.close()
@@ -88,6 +96,8 @@ class HttpClient:
 
     def __init__(self) -> None:
         self._idle: dict[Origin, list[_Connection]] = {}
+        self._open = asyncio.Semaphore(MAX_CONNECTIONS)
+        self._closed = False
 
     async def post(
         self, url: str, data: bytes, headers: Mapping[str, str], timeout: float
@@ -95,7 +105,7 @@ class HttpClient:
         origin, target, host_field = _split(url)
         head = _request_head(target, host_field, headers, len(data))
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(timeout), self._open:
                 kept = self._take(origin)
                 if kept is not None:
                     with contextlib.suppress(_Stale):
@@ -111,6 +121,7 @@ class HttpClient:
             raise Unreachable("no answer in time") from None
 
     async def close(self) -> None:
+        self._closed = True
         for connections in self._idle.values():
             for connection in connections:
                 connection.close()
@@ -133,7 +144,7 @@ class HttpClient:
 
     def _keep(self, origin: Origin, connection: _Connection) -> None:
         kept = self._idle.setdefault(origin, [])
-        if len(kept) < MAX_IDLE_PER_ORIGIN:
+        if not self._closed and len(kept) < MAX_IDLE_PER_ORIGIN:
             kept.append(connection)
         else:
             connection.close()
@@ -187,10 +198,13 @@ def _request_head(target: str, host: str, headers: Mapping[str, str], length: in
     fields["Content-Length"] = str(length)
     lines = [f"POST {target} HTTP/1.1"]
     for name, value in fields.items():
-        if not _FIELD_VALUE.fullmatch(value) or not _FIELD_VALUE.fullmatch(name):
-            raise RemoteError(f"the `{name}` header holds a control character")
+        if not _FIELD_VALUE.fullmatch(value) or not TOKEN.fullmatch(name):
+            raise Unreachable(f"the `{name}` header cannot be sent (a control character)")
         lines.append(f"{name}: {value}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    try:
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    except UnicodeEncodeError:
+        raise Unreachable("a header holds a character HTTP/1.1 cannot carry") from None
 
 
 @functools.cache
@@ -209,6 +223,8 @@ async def _connect(origin: Origin) -> _Connection:
         )
     except socket.gaierror:
         raise Unreachable("the host name does not resolve") from None
+    except UnicodeError:  # a name IDNA cannot encode (`a..b`)
+        raise Unreachable("the host name is not valid") from None
     except ssl.SSLError:
         raise Unreachable("TLS failed (certificate or handshake)") from None
     except OSError as exc:
@@ -221,6 +237,7 @@ async def _exchange(connection: _Connection, request: bytes) -> tuple[HttpReply,
     """Send ``request`` and read its answer: (the reply, whether the connection may be kept).
     Raises _Stale when the connection ended before any of the answer arrived."""
     reader = connection.reader
+    answered = False  # a byte of the answer came: never send the request again
     try:
         connection.writer.write(request)
         await connection.writer.drain()
@@ -228,9 +245,10 @@ async def _exchange(connection: _Connection, request: bytes) -> tuple[HttpReply,
             try:
                 head = await reader.readuntil(b"\r\n\r\n")
             except asyncio.IncompleteReadError as exc:
-                if not exc.partial:
+                if not exc.partial and not answered:
                     raise _Stale from None
                 raise Unreachable("the answer was cut short") from None
+            answered = True
             status, reason, headers = parse_response_head(head)
             if not 100 <= status < 200:
                 break
@@ -239,6 +257,8 @@ async def _exchange(connection: _Connection, request: bytes) -> tuple[HttpReply,
         framing, length = response_framing("POST", status, headers)
         body = await _read_body(reader, BodyReader(framing, length))
     except (ConnectionResetError, BrokenPipeError):
+        if answered:
+            raise Unreachable("the answer was cut short") from None
         raise _Stale from None
     except ssl.SSLError:
         raise Unreachable("TLS failed (certificate or handshake)") from None
@@ -254,7 +274,8 @@ async def _exchange(connection: _Connection, request: bytes) -> tuple[HttpReply,
         next((v for k, v in headers if k.lower() == "location"), None),
     )
     keep = (
-        framing != "close"
+        head.startswith(b"HTTP/1.1 ")  # an HTTP/1.0 server closes unless told otherwise
+        and framing != "close"
         and len(body) <= MAX_RESPONSE_BYTES
         and "close" not in tokens(headers, "connection")
     )
