@@ -8,8 +8,9 @@ tested without sockets. The registry client decodes with it too (``in_payload``)
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Literal
+
+import msgspec
 
 from codexexec.http1.errors import Http1Error
 
@@ -27,8 +28,7 @@ class BodyError(Http1Error, ValueError):
     """The body does not follow its framing (a malformed chunk, a short read, too large)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Need:
+class Need(msgspec.Struct, frozen=True):
     """``line``: up to and including CRLF, at most ``limit`` bytes; ``exactly``: ``limit``
     bytes; ``some``: 1..``limit`` bytes, b"" at the end of the connection."""
 

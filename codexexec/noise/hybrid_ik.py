@@ -23,9 +23,9 @@ import hmac
 import os
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import NoReturn
 
+import msgspec
 from cryptography.hazmat.primitives.asymmetric import mlkem
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
@@ -86,8 +86,7 @@ class HandshakeError(NoiseError):
     """The hybrid IK handshake failed (bad message, wrong key, prologue mismatch, ...)."""
 
 
-@dataclass(frozen=True)
-class HashFunction:
+class HashFunction(msgspec.Struct, frozen=True):
     """A Noise hash function: its Noise name and its ``hashlib`` constructor name."""
 
     noise_name: str
@@ -201,8 +200,7 @@ class SymmetricState:
         return CipherState(temp_k1[:32]), CipherState(temp_k2[:32])
 
 
-@dataclass(frozen=True, repr=False)
-class HandshakeResult:
+class HandshakeResult(msgspec.Struct, frozen=True):
     """Outcome of a completed handshake for one side."""
 
     transport: NoiseTransport

@@ -13,9 +13,9 @@ import binascii
 import json
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, NoReturn
 
+import msgspec
 from cryptography.hazmat.primitives.asymmetric import mlkem
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
@@ -58,8 +58,7 @@ def _b64decode_strict(text: str) -> bytes | None:
     return raw
 
 
-@dataclass(frozen=True, slots=True, repr=False)
-class StaticPublicKey:
+class StaticPublicKey(msgspec.Struct, frozen=True):
     """Decoded static public key: raw X25519 (32 bytes) and ML-KEM-768 (1184 bytes)."""
 
     x25519: bytes
@@ -84,8 +83,7 @@ class StaticPublicKey:
         )
 
 
-@dataclass(frozen=True, slots=True, repr=False)
-class NoiseChannelPublicKey:
+class NoiseChannelPublicKey(msgspec.Struct, frozen=True):
     """The JSON public-key object exactly as it travels to and from the registry."""
 
     suite: str

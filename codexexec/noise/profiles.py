@@ -7,8 +7,9 @@ Both bind the same prologue and carry the same payloads; only the keys and ciphe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
+
+import msgspec
 
 from codexexec.noise.hybrid_ik import HybridIKInitiator, HybridIKResponder
 from codexexec.noise.keys import NoiseChannelPublicKey, StaticIdentity
@@ -65,10 +66,12 @@ class NoiseParty(Protocol):
     def initiator(self, executor_public_key: Any, prologue: bytes) -> Initiator: ...
 
 
-@dataclass(frozen=True, repr=False)
-class HybridParty:
+class HybridParty(msgspec.Struct, frozen=True):
     identity: StaticIdentity
     profile: str = NOISE_PROFILE
+
+    def __repr__(self) -> str:  # the identity holds private keys
+        return f"HybridParty(profile={self.profile!r})"
 
     def public_key_json(self) -> dict[str, str]:
         return self.identity.channel_public_key().to_json_obj()
@@ -81,10 +84,12 @@ class HybridParty:
         return HybridIKInitiator(self.identity, key, prologue)
 
 
-@dataclass(frozen=True, repr=False)
-class ClassicParty:
+class ClassicParty(msgspec.Struct, frozen=True):
     identity: ClassicIdentity
     profile: str = CLASSIC_NOISE_PROFILE
+
+    def __repr__(self) -> str:  # the identity holds private keys
+        return f"ClassicParty(profile={self.profile!r})"
 
     def public_key_json(self) -> dict[str, str]:
         return self.identity.public_key_json()

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
+
+import msgspec
 
 from codexexec.relay.errors import RelayError
 from codexexec.relay.frames import (
@@ -296,8 +297,7 @@ class Action(enum.Enum):
     IGNORED = "ignored"  # nothing to do
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict(Generic[C]):
+class Verdict(msgspec.Struct, Generic[C], frozen=True):
     """The outcome of one received frame.
 
     ``stream`` is the stream the frame concerned when it is (or was, for RESET/CLOSED) active.

@@ -23,9 +23,10 @@ import re
 import socket
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
+
+import msgspec
 
 from codexexec.http1.body import BodyError, BodyReader
 from codexexec.http1.message import (
@@ -56,8 +57,7 @@ class Unreachable(RemoteError):
     """No HTTP answer (connection refused, DNS, TLS, timeout); the text names only the kind."""
 
 
-@dataclass(frozen=True, slots=True)
-class HttpReply:
+class HttpReply(msgspec.Struct, frozen=True):
     status: int
     reason: str
     content_type: str

@@ -23,8 +23,9 @@ import asyncio
 import logging
 import random
 import re
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
+
+import msgspec
 
 from codexexec.protocol.registry import LEGACY_PROFILE, NOISE_PROFILE
 from codexexec.remote.errors import RemoteError
@@ -73,8 +74,7 @@ class RegistryError(RemoteError):
         self.status = status
 
 
-@dataclass(frozen=True, slots=True)
-class RelayBundle:
+class RelayBundle(msgspec.Struct, frozen=True):
     environment_id: str
     url: str
     security_profile: str
