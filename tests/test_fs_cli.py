@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.servers import RunningServer, codexexec_command
-from tests.test_relay_e2e import Rendezvous, cx, start_executor, stop
+from tests.test_relay_e2e import Rendezvous, cx, start_executor, start_forwarder, stop
 
 MiB = 1024 * 1024
 
@@ -161,15 +161,7 @@ def test_fs_ls_and_get_through_the_relay(rendezvous: Rendezvous, tree: Path) -> 
 def test_fs_ls_through_the_relay_in_front_of_the_real_codex(
     rendezvous: Rendezvous, codex_server: RunningServer, tree: Path
 ) -> None:
-    forwarder = start_executor(
-        "register",
-        "--remote",
-        rendezvous.url,
-        "--environment-id",
-        "codexbox",
-        "--forward",
-        codex_server.url,
-    )
+    forwarder = start_forwarder(rendezvous, "codexbox", codex_server.url)
     try:
         listed = cx("fs", "ls", "--json", "--registry", rendezvous.url, f"codexbox:{tree}")
         assert listed.returncode == 0, listed.stderr

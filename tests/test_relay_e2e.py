@@ -68,6 +68,21 @@ def start_executor(*args: str) -> subprocess.Popen[bytes]:
     return process
 
 
+def start_forwarder(
+    rendezvous: Rendezvous, environment_id: str, target: str
+) -> subprocess.Popen[bytes]:
+    """`codexexec register --forward`: relay streams of ``environment_id`` to ``target``."""
+    return start_executor(
+        "register",
+        "--remote",
+        rendezvous.url,
+        "--environment-id",
+        environment_id,
+        "--forward",
+        target,
+    )
+
+
 def cx(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         codexexec_command(*args), capture_output=True, env=env(), timeout=timeout, cwd="/tmp"
@@ -147,15 +162,7 @@ def test_exec_through_the_relay(rendezvous: Rendezvous) -> None:
 def test_register_forward_in_front_of_the_real_codex(
     rendezvous: Rendezvous, codex_server: RunningServer
 ) -> None:
-    forwarder = start_executor(
-        "register",
-        "--remote",
-        rendezvous.url,
-        "--environment-id",
-        "codexbox",
-        "--forward",
-        codex_server.url,
-    )
+    forwarder = start_forwarder(rendezvous, "codexbox", codex_server.url)
     try:
         result = cx(
             "exec",

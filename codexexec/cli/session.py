@@ -204,17 +204,8 @@ async def run_exec(env: str | None, options: ExecOptions) -> int:
                 attempts = await run_with_approval(
                     client,
                     options.argv,
-                    cwd=options.cwd,
-                    sandbox=options.sandbox,
-                    writable_roots=options.writable_roots,
-                    tty=options.tty,
+                    **_start_settings(options),
                     pipe_stdin=pipe_stdin,
-                    network=options.network,
-                    network_proxy=options.network_proxy,
-                    deny_read=options.deny_read,
-                    deny_write=options.deny_write,
-                    profile=options.profile,
-                    env=options.env,
                     on_event=on_event,
                     on_start=on_start,
                     ask=ask if options.ask else None,
@@ -301,21 +292,25 @@ def _report_attempts(
     return _finish(renderer, options.json_mode, **extra)
 
 
+def _start_settings(options: ExecOptions) -> dict[str, Any]:
+    """What `exec`'s options say about starting the process, attached or detached."""
+    return {
+        "cwd": options.cwd,
+        "tty": options.tty,
+        "sandbox": options.sandbox,
+        "writable_roots": options.writable_roots,
+        "network": options.network,
+        "network_proxy": options.network_proxy,
+        "deny_read": options.deny_read,
+        "deny_write": options.deny_write,
+        "profile": options.profile,
+        "env": options.env,
+    }
+
+
 async def _detach(client: ExecServerClient, env: str, options: ExecOptions) -> int:
     try:
-        process = await client.start(
-            options.argv,
-            cwd=options.cwd,
-            tty=options.tty,
-            sandbox=options.sandbox,
-            writable_roots=options.writable_roots,
-            network=options.network,
-            network_proxy=options.network_proxy,
-            deny_read=options.deny_read,
-            deny_write=options.deny_write,
-            profile=options.profile,
-            env=options.env,
-        )
+        process = await client.start(options.argv, **_start_settings(options))
     except ExecServerError as exc:
         message = f"cannot start `{options.argv[0]}` on {env}: {exc}"
         _start_failed(options, message, _spawn_failure_code(exc))
