@@ -402,14 +402,27 @@ async def test_loader_variables_reach_the_command_but_not_its_launchers(
             "LD_LIBRARY_PATH": "/nonexistent/lib",
             "TMPDIR": "/tmp/mine",
         }
-        script = 'echo "$LD_DEBUG_OUTPUT|$LD_LIBRARY_PATH|$TMPDIR" >&2'
-        started, output, exited = await run(
-            wire, ["sh", "-c", script], workspace, context("read-only", workspace), env
+        # While it runs, no command line on the host (which any local user can read in
+        # /proc/PID/cmdline) carries the held values: they travel in a memfd.
+        script = 'echo "$LD_DEBUG_OUTPUT|$LD_LIBRARY_PATH|$TMPDIR" >&2; sleep 1'
+        running = asyncio.ensure_future(
+            run(wire, ["sh", "-c", script], workspace, context("read-only", workspace), env)
         )
+        await asyncio.sleep(0.6)
+        shown = [p for p in Path("/proc").glob("[0-9]*/cmdline") if _holds(p, b"/nonexistent/lib")]
+        started, output, exited = await running
         await wire.close()
     assert started["sandboxType"] == "linuxSeccomp" and exited["exitCode"] == 0
     assert f"{trace}|/nonexistent/lib|/tmp/mine".encode() in output
     assert list(tmp_path.glob("trace*")) == []
+    assert shown == []
+
+
+def _holds(path: Path, needle: bytes) -> bool:
+    try:
+        return needle in path.read_bytes()
+    except OSError:
+        return False
 
 
 def test_spawn_overhead_is_small() -> None:

@@ -41,13 +41,13 @@ class PreparedCommand(msgspec.Struct):
 
 
 def _bridge_spec(
-    routing: NetworkRouting, arg0: str | None, env: dict[str, str]
+    routing: NetworkRouting, arg0: str | None, env_fd: int | None
 ) -> dict[str, object]:
     return {
         "routes": [{"port": port, "uds": path} for port, path in routing.routes],
         "allow_local_binding": routing.allow_local_binding,
         "argv0": arg0,
-        "env": env,
+        "env_fd": env_fd,
     }
 
 
@@ -67,8 +67,8 @@ def _bpf(mode_name: str) -> bytes:
     return export_bpf(SeccompMode(mode_name))
 
 
-def _memfd_with(data: bytes) -> int:
-    fd = os.memfd_create("codexexec-seccomp", os.MFD_CLOEXEC)
+def _memfd_with(data: bytes, name: str = "codexexec-seccomp") -> int:
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
     os.write(fd, data)
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
@@ -124,21 +124,23 @@ def prepare(
     if bwrap and problem is None:
         if plan.routing is not None:
             # The in-namespace stage bridges the proxy ports and applies seccomp itself.
-            spec = msgspec.json.encode(_bridge_spec(plan.routing, arg0, held)).decode()
+            env_fd = _held_for_stage(held)
+            spec = msgspec.json.encode(_bridge_spec(plan.routing, arg0, env_fd)).decode()
             inner = [*_isolated_script("netns_bridge.py"), spec, "--"]
             argv = bw.bwrap_argv(bwrap, plan, [*inner, *command], arg0=None, seccomp_fd=None)
             return PreparedCommand(
-                argv, "bubblewrap", (), _held_mount_points(plan), env=launcher_env
+                argv, "bubblewrap", _fds(env_fd), _held_mount_points(plan), env=launcher_env
             )
         setsid = terminal_taker(plan) if tty and arg0 is None else None
         if setsid is not None:
             command = [setsid, "--ctty", "--", *command]
         fd = _memfd_with(_bpf(mode))
-        argv = bw.bwrap_argv(bwrap, plan, command, arg0=arg0, seccomp_fd=fd, setenv=held)
+        args_fd = _memfd_with(bw.setenv_args(held), _ENV_MEMFD) if held else None
+        argv = bw.bwrap_argv(bwrap, plan, command, arg0=arg0, seccomp_fd=fd, args_fd=args_fd)
         return PreparedCommand(
             argv,
             "bubblewrap",
-            (fd,),
+            (fd, *_fds(args_fd)),
             _held_mount_points(plan),
             takes_terminal=bool(setsid),
             env=launcher_env,
@@ -147,11 +149,31 @@ def prepare(
         reason = landlock_refusal(plan)
         if reason is None:
             lifeline, kept = os.pipe2(os.O_CLOEXEC)
-            spec = msgspec.json.encode(landlock_spec(plan, mode, arg0, lifeline, held)).decode()
-            argv = [*_isolated_script("confine.py"), spec, "--", *command]
-            return PreparedCommand(argv, "landlock", (lifeline,), lifeline=kept, env=launcher_env)
+            env_fd = _held_for_stage(held)
+            landlock = msgspec.json.encode(landlock_spec(plan, mode, arg0, lifeline, env_fd))
+            return PreparedCommand(
+                [*_isolated_script("confine.py"), landlock.decode(), "--", *command],
+                "landlock",
+                (lifeline, *_fds(env_fd)),
+                lifeline=kept,
+                env=launcher_env,
+            )
         problem = f"{problem}; Landlock fallback: {reason}"
     raise SandboxUnavailable(problem)
+
+
+# The held variables travel in a memfd, not on a command line any local user can read in
+# /proc/PID/cmdline (and of any length).
+_ENV_MEMFD = "codexexec-env"
+
+
+def _held_for_stage(held: dict[str, str]) -> int | None:
+    """A memfd of the held variables as JSON, for a Python stage (stage.py) to read."""
+    return _memfd_with(msgspec.json.encode(held), _ENV_MEMFD) if held else None
+
+
+def _fds(fd: int | None) -> tuple[int, ...]:
+    return () if fd is None else (fd,)
 
 
 @cache
@@ -189,7 +211,7 @@ def landlock_refusal(plan: SandboxPlan) -> str | None:
 
 
 def landlock_spec(
-    plan: SandboxPlan, mode: str, arg0: str | None, lifeline: int, env: dict[str, str]
+    plan: SandboxPlan, mode: str, arg0: str | None, lifeline: int, env_fd: int | None
 ) -> dict[str, object]:
     if plan.routing is not None:
         ports: list[int] | None = plan.routing.ports  # straight to the proxy on host loopback
@@ -202,5 +224,5 @@ def landlock_spec(
         "seccomp": mode,
         "argv0": arg0,
         "lifeline": lifeline,
-        "env": env,
+        "env_fd": env_fd,
     }

@@ -108,7 +108,7 @@ def bwrap_argv(
     *,
     arg0: str | None,
     seccomp_fd: int | None,
-    setenv: Mapping[str, str] | None = None,
+    args_fd: int | None = None,
 ) -> list[str]:
     args = [bwrap, "--die-with-parent"]
     if plan.full_write:
@@ -156,7 +156,15 @@ def bwrap_argv(
         args += ["--add-seccomp-fd", str(seccomp_fd)]
     if arg0:
         args += ["--argv0", arg0]
-    # What bwrap itself must not be started with (loader_env.py), for the command alone.
-    for name, value in (setenv or {}).items():
-        args += ["--setenv", name, value]
+    if args_fd is not None:  # more arguments, read from a file (setenv_args)
+        args += ["--args", str(args_fd)]
     return [*args, "--", *command]
+
+
+def setenv_args(variables: Mapping[str, str]) -> bytes:
+    """``--setenv NAME VALUE`` for each variable, NUL-separated as ``--args FD`` reads them:
+    what bwrap itself must not be started with (loader_env.py), for the command alone."""
+    return b"".join(
+        b"--setenv\0" + name.encode() + b"\0" + value.encode() + b"\0"
+        for name, value in variables.items()
+    )

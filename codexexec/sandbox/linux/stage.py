@@ -22,13 +22,25 @@ def parse(name: str, argv: list[str]) -> tuple[dict[str, Any], list[str]]:
     return spec, argv[2:]
 
 
+def _held_env(fd: int | None) -> dict[str, str]:
+    """The variables the launcher held back, from the memfd the executor wrote them to."""
+    if fd is None:
+        return {}
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    os.close(fd)
+    held: dict[str, str] = json.loads(b"".join(chunks))
+    return held
+
+
 def become(command: list[str], spec: dict[str, Any]) -> NoReturn:
     """exec the command with the signal dispositions a shell would give it and the
-    variables its launchers were started without (``env``); exit 127/126 with the reason
+    variables its launchers were started without (``env_fd``); exit 127/126 with the reason
     when it cannot be run."""
     for signum in _PYTHON_IGNORED:
         signal.signal(signum, signal.SIG_DFL)
-    os.environ.update(spec.get("env") or {})
+    os.environ.update(_held_env(spec.get("env_fd")))
     argv0: str | None = spec.get("argv0")
     program = command[0]
     try:
