@@ -429,3 +429,21 @@ def test_spawn_overhead_is_small() -> None:
     """Not a benchmark (that lives in bench/): a guard against a pathological slowdown."""
     result = subprocess.run(["bwrap", "--ro-bind", "/", "/", "--", "true"], capture_output=True)
     assert result.returncode == 0
+
+
+@pytest.mark.parametrize("backend", ["bwrap", "landlock"])
+def test_a_held_variable_that_is_not_utf8_reaches_the_command_as_it_was(backend: str) -> None:
+    """The executor's own environment may hold bytes that are no text (`TMPDIR` here): held
+    back from the launcher, they still reach the command byte for byte."""
+    from tests.servers import codexexec_command
+
+    done = subprocess.run(
+        codexexec_command(
+            "exec", "--sandbox", "read-only", "--", "sh", "-c", 'printf %s "$TMPDIR"'
+        ),
+        capture_output=True,
+        timeout=60,
+        cwd="/tmp",
+        env={**os.environ, "TMPDIR": "/tmp/\udcff", "CODEXEXEC_LINUX_SANDBOX": backend},
+    )
+    assert (done.returncode, done.stdout) == (0, b"/tmp/\xff"), done.stderr

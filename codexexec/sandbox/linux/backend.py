@@ -4,6 +4,7 @@ Landlock + seccomp, else refuse (fail closed, never run unsandboxed silently).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -113,7 +114,6 @@ def prepare(
     steer a loader reach the command only once it is confined (loader_env.py)."""
     launcher_env, held = loader_env.split(env) if env is not None else (None, {})
     forced = os.environ.get(FORCE_BACKEND_ENV, "")
-    mode = seccomp_mode_name(plan)
     bwrap = bw.find_bwrap(plan.command_cwd) if forced in ("", "bwrap") else None
     if bwrap:
         problem = bw.probe_bwrap(bwrap)
@@ -121,55 +121,89 @@ def prepare(
         problem = bw.missing_bwrap_reason()
     else:
         problem = f"bubblewrap is not used ({FORCE_BACKEND_ENV}={forced})"
+    with contextlib.ExitStack() as opened:  # what is made here is closed unless handed over
+        prepared = _prepared(plan, command, arg0, tty, held, bwrap, problem, forced, opened)
+        if prepared is not None:
+            prepared.env = launcher_env
+            opened.pop_all()
+            return prepared
+    reason = landlock_refusal(plan) if forced in ("", "landlock") else None
+    raise SandboxUnavailable(f"{problem}; Landlock fallback: {reason}" if reason else problem)
+
+
+def _prepared(
+    plan: SandboxPlan,
+    command: list[str],
+    arg0: str | None,
+    tty: bool,
+    held: dict[str, str],
+    bwrap: str | None,
+    problem: str | None,
+    forced: str,
+    opened: contextlib.ExitStack,
+) -> PreparedCommand | None:
+    """The launch on the first backend that can enforce ``plan``; None when none can."""
+
+    def made(fd: int | None) -> tuple[int, ...]:
+        if fd is None:
+            return ()
+        opened.callback(os.close, fd)
+        return (fd,)
+
+    mode = seccomp_mode_name(plan)
     if bwrap and problem is None:
         if plan.routing is not None:
             # The in-namespace stage bridges the proxy ports and applies seccomp itself.
-            env_fd = _held_for_stage(held)
-            spec = msgspec.json.encode(_bridge_spec(plan.routing, arg0, env_fd)).decode()
-            inner = [*_isolated_script("netns_bridge.py"), spec, "--"]
-            argv = bw.bwrap_argv(bwrap, plan, [*inner, *command], arg0=None, seccomp_fd=None)
-            return PreparedCommand(
-                argv, "bubblewrap", _fds(env_fd), _held_mount_points(plan), env=launcher_env
-            )
+            env_fds = made(_held_for_stage(held))
+            spec = _bridge_spec(plan.routing, arg0, env_fds[0] if env_fds else None)
+            inner = [*_isolated_script("netns_bridge.py"), msgspec.json.encode(spec).decode()]
+            argv = bw.bwrap_argv(bwrap, plan, [*inner, "--", *command], arg0=None, seccomp_fd=None)
+            return PreparedCommand(argv, "bubblewrap", env_fds, _held_mount_points(plan))
         setsid = terminal_taker(plan) if tty and arg0 is None else None
         if setsid is not None:
             command = [setsid, "--ctty", "--", *command]
-        fd = _memfd_with(_bpf(mode))
-        args_fd = _memfd_with(bw.setenv_args(held), _ENV_MEMFD) if held else None
-        argv = bw.bwrap_argv(bwrap, plan, command, arg0=arg0, seccomp_fd=fd, args_fd=args_fd)
+        (seccomp_fd,) = made(_memfd_with(_bpf(mode)))
+        args_fds = made(_memfd_with(bw.setenv_args(held), _ENV_MEMFD) if held else None)
+        argv = bw.bwrap_argv(
+            bwrap,
+            plan,
+            command,
+            arg0=arg0,
+            seccomp_fd=seccomp_fd,
+            args_fd=args_fds[0] if args_fds else None,
+        )
         return PreparedCommand(
             argv,
             "bubblewrap",
-            (fd, *_fds(args_fd)),
+            (seccomp_fd, *args_fds),
             _held_mount_points(plan),
             takes_terminal=bool(setsid),
-            env=launcher_env,
         )
-    if forced in ("", "landlock"):
-        reason = landlock_refusal(plan)
-        if reason is None:
-            lifeline, kept = os.pipe2(os.O_CLOEXEC)
-            env_fd = _held_for_stage(held)
-            landlock = msgspec.json.encode(landlock_spec(plan, mode, arg0, lifeline, env_fd))
-            return PreparedCommand(
-                [*_isolated_script("confine.py"), landlock.decode(), "--", *command],
-                "landlock",
-                (lifeline, *_fds(env_fd)),
-                lifeline=kept,
-                env=launcher_env,
-            )
-        problem = f"{problem}; Landlock fallback: {reason}"
-    raise SandboxUnavailable(problem)
+    if forced in ("", "landlock") and landlock_refusal(plan) is None:
+        lifeline, kept = os.pipe2(os.O_CLOEXEC)
+        made(lifeline)
+        made(kept)
+        env_fds = made(_held_for_stage(held))
+        spec = landlock_spec(plan, mode, arg0, lifeline, env_fds[0] if env_fds else None)
+        return PreparedCommand(
+            [*_isolated_script("confine.py"), msgspec.json.encode(spec).decode(), "--", *command],
+            "landlock",
+            (lifeline, *env_fds),
+            lifeline=kept,
+        )
+    return None
 
 
 # The held variables travel in a memfd, not on a command line any local user can read in
-# /proc/PID/cmdline (and of any length).
+# /proc/PID/cmdline.
 _ENV_MEMFD = "codexexec-env"
 
 
 def _held_for_stage(held: dict[str, str]) -> int | None:
-    """A memfd of the held variables as JSON, for a Python stage (stage.py) to read."""
-    return _memfd_with(msgspec.json.encode(held), _ENV_MEMFD) if held else None
+    """A memfd of the held variables as NUL-terminated ``NAME=VALUE`` records, for a Python
+    stage (stage.py) to read; ``os.fsencode`` keeps a value that is not UTF-8 as it was."""
+    records = b"".join(os.fsencode(k) + b"=" + os.fsencode(v) + b"\0" for k, v in held.items())
+    return _memfd_with(records, _ENV_MEMFD) if held else None
 
 
 def _fds(fd: int | None) -> tuple[int, ...]:

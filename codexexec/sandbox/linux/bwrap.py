@@ -165,6 +165,6 @@ def setenv_args(variables: Mapping[str, str]) -> bytes:
     """``--setenv NAME VALUE`` for each variable, NUL-separated as ``--args FD`` reads them:
     what bwrap itself must not be started with (loader_env.py), for the command alone."""
     return b"".join(
-        b"--setenv\0" + name.encode() + b"\0" + value.encode() + b"\0"
+        b"--setenv\0" + os.fsencode(name) + b"\0" + os.fsencode(value) + b"\0"
         for name, value in variables.items()
     )

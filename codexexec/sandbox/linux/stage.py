@@ -19,28 +19,32 @@ def parse(name: str, argv: list[str]) -> tuple[dict[str, Any], list[str]]:
         sys.stderr.write(f"codexexec sandbox: usage: {name} SPEC -- ARGV...\n")
         os._exit(126)
     spec: dict[str, Any] = json.loads(argv[0])
+    # Read at once and closed: no process this stage forks keeps the descriptor.
+    spec["held_env"] = _held_env(spec.pop("env_fd", None))
     return spec, argv[2:]
 
 
-def _held_env(fd: int | None) -> dict[str, str]:
-    """The variables the launcher held back, from the memfd the executor wrote them to."""
+def _held_env(fd: int | None) -> list[tuple[bytes, bytes]]:
+    """The variables the launcher held back, from the memfd the executor wrote them to as
+    NUL-terminated ``NAME=VALUE`` records (bytes: a value need not be UTF-8)."""
     if fd is None:
-        return {}
+        return []
     chunks = []
     while chunk := os.read(fd, 1 << 16):
         chunks.append(chunk)
     os.close(fd)
-    held: dict[str, str] = json.loads(b"".join(chunks))
-    return held
+    records = b"".join(chunks).split(b"\0")
+    return [(name, value) for name, _, value in (r.partition(b"=") for r in records if r)]
 
 
 def become(command: list[str], spec: dict[str, Any]) -> NoReturn:
     """exec the command with the signal dispositions a shell would give it and the
-    variables its launchers were started without (``env_fd``); exit 127/126 with the reason
+    variables its launchers were started without (``held_env``); exit 127/126 with the reason
     when it cannot be run."""
     for signum in _PYTHON_IGNORED:
         signal.signal(signum, signal.SIG_DFL)
-    os.environ.update(_held_env(spec.get("env_fd")))
+    for name, value in spec.get("held_env", ()):
+        os.environb[name] = value
     argv0: str | None = spec.get("argv0")
     program = command[0]
     try:
