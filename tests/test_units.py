@@ -447,3 +447,44 @@ def test_shown_urls_never_carry_credentials_queries_or_fragments() -> None:
     assert origin("/relative?sig=1") == "(relative URL)"
     assert without_secrets("http://h:99999/p") == "http://h/p"  # a bad port is left out
     assert without_secrets("http://[::1") == "<unparseable>"
+
+
+async def test_a_large_reply_is_queued_while_output_keeps_coming() -> None:
+    """A reply bigger than the queue's bounds goes out once producers may go on, not when
+    the queue is empty: with output streaming it never is."""
+    import asyncio
+
+    from codexexec.rpc.outbox import HIGH_WATER_BYTES, Outbox
+
+    class SlowWire:
+        peer = "slow"
+
+        async def send(self, data: bytes) -> None:
+            await asyncio.sleep(0.001)
+
+        async def receive(self) -> None:
+            return None
+
+        async def close(self) -> None:
+            pass
+
+    outbox = Outbox(SlowWire())  # type: ignore[arg-type]
+    stop = asyncio.Event()
+
+    async def producer() -> None:  # as a process's output: post, hold back while congested
+        while not stop.is_set():
+            outbox.post(b"o" * 65536)
+            if outbox.congested():
+                resumed = asyncio.Event()
+                outbox.when_drained(resumed.set)
+                await resumed.wait()
+            await asyncio.sleep(0)
+
+    producers = [asyncio.ensure_future(producer()) for _ in range(4)]
+    try:
+        await asyncio.wait_for(outbox.put(b"r" * (HIGH_WATER_BYTES + 1)), 5)
+    finally:
+        stop.set()
+        for task in producers:
+            task.cancel()
+        outbox.close()

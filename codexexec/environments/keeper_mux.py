@@ -14,7 +14,8 @@ Each client speaks the exec-server protocol to the keeper as it would to the ser
 Bounded: clients, requests in flight per client (its reader waits), bytes queued per
 client. A client more than 4 MiB behind holds the keeper back from reading the server
 (whose own flow control then pauses the processes' output, as over a direct
-connection); one that stays behind for 5 s, or falls 16 MiB behind, is disconnected.
+connection) until it is back to 1 MiB; one that stays behind for 5 s, or has 16 MiB
+waiting, is disconnected.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ log = logging.getLogger(__name__)
 MAX_CLIENTS = 32
 MAX_IN_FLIGHT_PER_CLIENT = 64
 # Once a client's outbox is congested (rpc/outbox.py: above 4 MiB) the keeper stops
-# reading the server until the client catches up, for this long at most; past it, or
-# past the byte bound, the client is dropped. (One larger message, e.g. a big answer,
+# reading the server until the client is back to 1 MiB, for this long at most; past it,
+# or past the byte bound, the client is dropped. (One larger message, e.g. a big answer,
 # may still go to a client with nothing queued.)
 CATCH_UP_SECONDS = 5.0
 MAX_QUEUED_BYTES_PER_CLIENT = 16 * 1024 * 1024
@@ -175,7 +176,8 @@ class KeeperClient:
         self._closing = asyncio.create_task(self.peer.transport.close())
 
     async def catch_up(self) -> None:
-        """Wait until this client is no more than 4 MiB behind; drop it after 5 s."""
+        """Wait until this client's outbox is no longer congested (back to 1 MiB); drop it
+        after 5 s."""
         try:
             async with asyncio.timeout(CATCH_UP_SECONDS):
                 await self.peer.outbox.drained()

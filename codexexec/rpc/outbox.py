@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Callable
 
 from codexexec.bounded_queue import BoundedQueue
@@ -22,15 +23,15 @@ log = logging.getLogger(__name__)
 HIGH_WATER_BYTES = 4 * 1024 * 1024
 # ...to this many.
 LOW_WATER_BYTES = 1024 * 1024
-# Messages are bounded by bytes; the count only stops a flood of tiny ones.
-MAX_MESSAGES = 65536
 
 
 class Outbox:
     def __init__(self, transport: MessageTransport) -> None:
         self._transport = transport
+        # Every producer pushes (bytes bound the queue: each holds back past the high-water
+        # mark), so the count bound never applies.
         self._queue: BoundedQueue[bytes | OutputMessage] = BoundedQueue(
-            MAX_MESSAGES, HIGH_WATER_BYTES, resume_bytes=LOW_WATER_BYTES
+            sys.maxsize, HIGH_WATER_BYTES, resume_bytes=LOW_WATER_BYTES
         )
         # An in-process peer takes output as it is (``send_output``); others get bytes.
         self._send_output = getattr(transport, "send_output", None)
@@ -56,9 +57,14 @@ class Outbox:
             self._queue.push(message)
 
     async def put(self, message: bytes) -> None:
-        if not await self._queue.put(message):
+        """Queue ``message`` once producers are not held back, whatever its size: a large
+        reply must not wait for the queue to empty while output keeps coming."""
+        while self._queue.held_back() and not self._queue.closed:
+            await self._queue.wait_writable()
+        if self._queue.closed:
             raise TransportClosed("connection closed")
         self._empty.clear()
+        self._queue.push(message)
 
     def when_drained(self, callback: Callable[[], None]) -> None:
         self._queue.when_writable(callback)
