@@ -9,6 +9,7 @@ so session recovery knows when to stop.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import re
 from collections.abc import Awaitable, Callable
@@ -262,8 +263,6 @@ def _retry_delay(spec: EnvironmentSpec, session_id: str) -> RetryDelay:
 def _registry_backoff(session_id: str, attempt: int) -> float:
     """Codex's registry recovery delay: 0.5 s doubling to 5 s, plus a stable jitter."""
     base = min(0.5 * float(2 ** min(attempt, 4)), 5.0)
-    import hashlib  # only once a registry session needs recovering
-
     digest = hashlib.sha256(f"{session_id}:{attempt}".encode()).digest()
     return base + base / 2 * (int.from_bytes(digest[:4], "big") / 2**32)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import select
 import socket
@@ -192,8 +193,6 @@ def _start_keeper(order: KeeperOrder, label: str, paths: KeeperPaths, timeout: f
         keeper.kill()
         keeper.wait()
         raise EnvironmentUnavailable(label, "connect", _keeper_failed(paths), retryable=False)
-    import json  # only when a keeper is started
-
     report = json.loads(line)
     if not report.get("ready"):
         keeper.wait()
