@@ -66,6 +66,8 @@ def test_the_toml_becomes_codexs_profile() -> None:
         ("[permissions.a]\n[permissions.b]\n", "defines several permission profiles (a, b)"),
         ('[permissions.a]\nextends = ":everything"\n', "unknown base `:everything`"),
         ('[permissions.a.filesystem]\n"/x" = "rw"\n', "expected read, write or deny"),
+        ('[permissions.a.filesystem]\n"/x" = ["read"]\n', "expected read, write or deny"),
+        ('[permissions.a]\nextends = ["x"]\n', "unknown base"),
         ('[permissions.a.filesystem.":workspace_roots"]\n"../up" = "write"\n', "must stay inside"),
         ('[permissions.a.filesystem]\n"rel/x" = "read"\n', "must be an absolute path"),
     ],

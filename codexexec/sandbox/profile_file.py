@@ -71,7 +71,7 @@ def profile_json(table: dict[str, Any], to_uri: Any, where: str) -> dict[str, An
     """The PermissionProfile JSON for one profile table; ``to_uri`` turns an absolute host
     path into the executor's file URI (`~/` paths are left for the client)."""
     base_name = table.get("extends", ":read-only")
-    if base_name not in _BASES:
+    if not isinstance(base_name, str) or base_name not in _BASES:
         raise SandboxPolicyError(
             f"{where}.extends: unknown base `{base_name}` ({', '.join(_BASES)})"
         )
@@ -133,7 +133,7 @@ def _workspace_entries(table: Any, where: str) -> list[dict[str, Any]]:
 
 
 def _access(value: Any, where: str) -> Access:
-    if value not in _ACCESS:
+    if not isinstance(value, str) or value not in _ACCESS:
         raise SandboxPolicyError(f"{where}: expected read, write or deny, not {value!r}")
     return _ACCESS[value]
 
