@@ -81,6 +81,18 @@ def test_ctrl_c_reaches_the_command_not_the_sandbox(sandbox: str) -> None:
     assert "caught it" in screen
 
 
+def test_ctrl_c_reaches_the_command_behind_the_managed_network() -> None:
+    """With --network proxy a Python stage stands between bwrap and the command; the
+    command still takes the terminal."""
+    code, screen = at_a_terminal(
+        ["exec", "--tty", "--network", "proxy", "--", "python3", "-c", PYTHON_CATCHES],
+        [b"\x03"],
+        after=b"ready",
+    )
+    assert code == 7, screen
+    assert "caught it" in screen
+
+
 def test_ctrl_c_under_the_landlock_fallback() -> None:
     from codexexec.sandbox.linux.landlock import SCOPE_ABI, landlock_abi
 

@@ -152,16 +152,22 @@ def _prepared(
 
     mode = seccomp_mode_name(plan)
     if bwrap and problem is None:
+        setsid = terminal_taker(plan) if tty and arg0 is None else None
+        if setsid is not None:
+            command = [setsid, "--ctty", "--", *command]
         if plan.routing is not None:
             # The in-namespace stage bridges the proxy ports and applies seccomp itself.
             env_fds = made(_held_for_stage(held))
             spec = _bridge_spec(plan.routing, arg0, env_fds[0] if env_fds else None)
             inner = [*_isolated_script("netns_bridge.py"), msgspec.json.encode(spec).decode()]
             argv = bw.bwrap_argv(bwrap, plan, [*inner, "--", *command], arg0=None, seccomp_fd=None)
-            return PreparedCommand(argv, "bubblewrap", env_fds, _held_mount_points(plan))
-        setsid = terminal_taker(plan) if tty and arg0 is None else None
-        if setsid is not None:
-            command = [setsid, "--ctty", "--", *command]
+            return PreparedCommand(
+                argv,
+                "bubblewrap",
+                env_fds,
+                _held_mount_points(plan),
+                takes_terminal=bool(setsid),
+            )
         (seccomp_fd,) = made(_memfd_with(_bpf(mode)))
         args_fds = made(_memfd_with(bw.setenv_args(held), _ENV_MEMFD) if held else None)
         argv = bw.bwrap_argv(
