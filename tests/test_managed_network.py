@@ -137,3 +137,30 @@ async def test_bridge_carries_bulk_data(codexexec_server: RunningServer) -> None
     assert exited["exitCode"] == 0 and output.strip() == str(payload_size).encode()
     server.close()
     await wire.close()
+
+
+async def test_two_starts_of_one_id_at_once_start_one_process() -> None:
+    """With requests served concurrently, a second start of the same id that arrives while
+    the first prepares its network is refused, never registered over the first."""
+    from tests.servers import start_server
+
+    params = {
+        "processId": "same-id",
+        "argv": ["sleep", "2"],
+        "cwd": "file:///tmp",
+        "env": {"PATH": "/usr/bin:/bin"},
+        "tty": False,
+        "enforceManagedNetwork": True,
+        "managedNetwork": {"loopbackPorts": [free_port()], "allowLocalBinding": False},
+    }
+    with start_server("codexexec", extra_args=("--concurrent-requests", "4")) as server:
+        wire = await Wire.open(server.url)
+        await wire.initialize()
+        await wire.send({"id": 101, "method": "process/start", "params": params})
+        await wire.send({"id": 102, "method": "process/start", "params": params})
+        replies = [await wire.response(101), await wire.response(102)]
+        await wire.result("process/terminate", {"processId": "same-id"})
+        await wire.close()
+    assert sum("result" in reply for reply in replies) == 1, replies
+    (refused,) = [reply["error"] for reply in replies if "error" in reply]
+    assert refused["message"] == "process same-id already exists"

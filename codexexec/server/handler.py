@@ -257,8 +257,7 @@ class ConnectionHandler:
             raise RpcError(INVALID_PARAMS, "argv must not be empty")
         cwd = host_path(params.cwd, field="cwd")
         session = self._session()
-        if params.process_id in session.processes:
-            raise RpcError(INVALID_REQUEST, f"process {params.process_id} already exists")
+        _check_new(session, params.process_id)
         session.check_room()
         if not params.argv[0]:
             kind = "pty" if params.tty else "pipe"
@@ -292,6 +291,8 @@ class ConnectionHandler:
                 network_decisions=(lambda: self._network.decisions(token)) if token else list,
                 on_disposed=(lambda: self._network.release(token)) if token else None,
             )
+            # Again: another start of this id may have got here while we awaited.
+            _check_new(session, params.process_id)
             session.processes[params.process_id] = process
             undo.callback(_forget_if_same, session.processes, params.process_id, process)
             try:
@@ -486,6 +487,11 @@ def _network_open(sandbox: Any) -> bool:
         return True
     permissions = sandbox.get("permissions")
     return not isinstance(permissions, dict) or permissions.get("network") == "enabled"
+
+
+def _check_new(session: Session, process_id: str) -> None:
+    if process_id in session.processes:
+        raise RpcError(INVALID_REQUEST, f"process {process_id} already exists")
 
 
 def _sandboxed_command(
