@@ -3,35 +3,40 @@ fragment, where passwords, tokens and signed capabilities ride."""
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 
 def origin(url: str) -> str:
     """scheme://host[:port]: nothing else of the URL."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
+    parts = _split(url)
+    if parts is None:
         return "<unparseable>"
-    if not parts.scheme:
-        return "(relative URL)"
-    return f"{parts.scheme}://{_host_port(parts.hostname, url)}"
+    return _origin(parts)
 
 
 def without_secrets(url: str) -> str:
     """The origin and the path."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
+    parts = _split(url)
+    if parts is None:
         return "<unparseable>"
-    return f"{origin(url)}{parts.path}" if parts.scheme else parts.path
+    return f"{_origin(parts)}{parts.path}" if parts.scheme else parts.path
 
 
-def _host_port(hostname: str | None, url: str) -> str:
-    host = hostname or ""
+def _split(url: str) -> SplitResult | None:
+    try:
+        return urlsplit(url)
+    except ValueError:
+        return None
+
+
+def _origin(parts: SplitResult) -> str:
+    if not parts.scheme:
+        return "(relative URL)"
+    host = parts.hostname or ""
     if ":" in host:  # an IPv6 literal keeps its brackets
         host = f"[{host}]"
     try:
-        port = urlsplit(url).port
+        port = parts.port
     except ValueError:
         port = None
-    return f"{host}:{port}" if port else host
+    return f"{parts.scheme}://{host}:{port}" if port else f"{parts.scheme}://{host}"

@@ -13,6 +13,7 @@ import struct
 import subprocess
 import termios
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -173,6 +174,7 @@ def test_closing_the_terminal_ends_the_command(
     interactive shell too, which ignores SIGINT and SIGTERM — and the CLI exits (#18).
     On a server the shell's next prompt cannot be shown either: that ends it at once."""
     target = "local" if where == "local" else codexexec_server.url
+    marker = f"CX_TTY_TEST={uuid.uuid4().hex}"  # this test's shell, not any other `sh -i`
     process, master = start_at_terminal(
         codexexec_command(
             "exec",
@@ -184,6 +186,7 @@ def test_closing_the_terminal_ends_the_command(
             "--",
             "env",
             "PS1=prompt> ",
+            marker,
             "sh",
             "-i",
         ),
@@ -191,7 +194,7 @@ def test_closing_the_terminal_ends_the_command(
     )
     screen = converse(process, master, lambda seen: b"prompt> " in seen, 20)
     assert b"prompt> " in screen
-    shells_before = _shells()
+    assert _shells(marker), "the check would not see the shell"
     os.close(master)  # the terminal is gone
     try:
         process.wait(20)
@@ -200,20 +203,22 @@ def test_closing_the_terminal_ends_the_command(
         process.wait()
         pytest.fail("the CLI outlived its terminal")
     deadline = time.monotonic() + 10
-    while _shells() & shells_before and time.monotonic() < deadline:
+    while _shells(marker) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not (_shells() & shells_before), "the remote shell outlived the terminal"
+    assert not _shells(marker), "the remote shell outlived the terminal"
 
 
-def _shells() -> set[int]:
-    """Host pids of `sh -i` processes (checked on the host, not by exit codes)."""
+def _shells(marker: str) -> set[int]:
+    """Host pids of `sh -i` processes whose environment holds ``marker`` (checked on the
+    host, not by exit codes)."""
     found = set()
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             try:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if cmdline == b"sh\0-i\0":
+            if cmdline == b"sh\0-i\0" and marker.encode() in environ:
                 found.add(int(pid))
     return found

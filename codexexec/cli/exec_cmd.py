@@ -176,8 +176,9 @@ def exec_command(
         fail("--timeout and --idle-timeout end a command this CLI follows; not with --detach", 2)
     sandbox_flag, network_flag = sandbox, network
     sandbox, approval, network = _with_defaults(sandbox, approval, network)
+    interactive = sys.stdin.isatty() and not json_mode
     if approval is None:
-        approval = Approval.on_failure if sys.stdin.isatty() and not json_mode else Approval.never
+        approval = Approval.on_failure if interactive else Approval.never
     if network is None:
         network = (
             NetworkMode.off if sandbox is not SandboxMode.danger_full_access else NetworkMode.on
@@ -228,7 +229,7 @@ def exec_command(
         writable_roots=writable_root,
         # Only a person at a terminal may approve: piped input is the command's data, and
         # must never answer "run it again without the sandbox".
-        ask=approval is Approval.on_failure and sys.stdin.isatty() and not json_mode,
+        ask=approval is Approval.on_failure and interactive,
         network=network is NetworkMode.on,
         network_proxy=network_proxy,
         deny_read=tuple(deny_read),

@@ -54,7 +54,10 @@ async def _probe(
 async def _probes(backend: str) -> list[Finding]:
     workspace = tempfile.mkdtemp(prefix="codexexec-check-", dir="/var/tmp")
     os.mkdir(os.path.join(workspace, ".git"))
-    outside = os.path.join("/var", f"codexexec-check-{os.getpid()}")
+    # A place this user can write, outside every writable root: a write that fails there
+    # failed because of the sandbox, not for want of permission.
+    outside_dir = tempfile.mkdtemp(prefix="codexexec-check-outside-", dir="/var/tmp")
+    outside = os.path.join(outside_dir, "probe")
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
@@ -101,7 +104,9 @@ async def _probes(backend: str) -> list[Finding]:
                             )
                         )
                     elif should_block:
-                        ok = code != 0 and denied
+                        # Judged on the host too: the file a write probe aims at is absent.
+                        landed = _any_exists(outside, os.path.join(workspace, ".git", "probe"))
+                        ok = code != 0 and denied and not landed
                         findings.append(
                             Finding(
                                 name,
@@ -116,9 +121,12 @@ async def _probes(backend: str) -> list[Finding]:
     finally:
         listener.close()
         shutil.rmtree(workspace, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            os.unlink(outside)
+        shutil.rmtree(outside_dir, ignore_errors=True)
     return findings
+
+
+def _any_exists(*paths: str) -> bool:
+    return any(os.path.exists(path) for path in paths)
 
 
 def run_check() -> Report:

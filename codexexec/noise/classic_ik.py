@@ -40,7 +40,6 @@ from codexexec.noise.transport import (
 )
 from codexexec.protocol.registry import CLASSIC_NOISE_PROFILE, NOISE_SUITES
 
-CLASSIC_PROFILE = CLASSIC_NOISE_PROFILE
 CLASSIC_SUITE = NOISE_SUITES[CLASSIC_NOISE_PROFILE]
 _PROTOCOL_NAME = CLASSIC_SUITE.encode("ascii")
 _FIELDS = ("suite", "x25519_public_key")

@@ -38,7 +38,7 @@ class HandshakeGate:
         max_pending: int = MAX_PENDING_HANDSHAKE_VALIDATIONS,
     ) -> None:
         self._budget = budget
-        self._cooldown = cooldown
+        self.cooldown = cooldown
         self._max_pending = max_pending
         self.failures = 0
         self._paused_until = 0.0
@@ -62,5 +62,5 @@ class HandshakeGate:
         if self.failures < self._budget:
             return False
         self.failures = 0
-        self._paused_until = now + self._cooldown
+        self._paused_until = now + self.cooldown
         return True

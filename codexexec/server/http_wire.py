@@ -17,13 +17,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from urllib.parse import quote, unquote, urljoin
 
+from codexexec.http1.message import TOKEN
 from codexexec.protocol import messages as m
 from codexexec.server.errors import ServerError
 
 MAX_REDIRECTS = 10
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):")
 _PORT = re.compile(r"[0-9]*")
 _C0_AND_SPACE = "".join(chr(c) for c in range(0x21))
@@ -100,7 +100,7 @@ class HttpCall:
 
 
 def check_method(method: str) -> str:
-    if not _TOKEN.fullmatch(method):
+    if not TOKEN.fullmatch(method):
         raise InvalidRequest("http/request method is invalid: invalid HTTP method")
     return method
 
@@ -200,7 +200,7 @@ def request_headers(
     """
     resolved: list[tuple[str, str]] = []
     for header in headers:
-        if not _TOKEN.fullmatch(header.name):
+        if not TOKEN.fullmatch(header.name):
             raise InvalidRequest("http/request header name is invalid: invalid HTTP header name")
         value = header.value
         if header.value_env_var is not None:

@@ -176,13 +176,13 @@ def spawn(
     and Python can use vfork: ~0.1 ms instead of ~4 ms for a server of 40 MB.
     """
     args = [arg0 if arg0 else argv[0], *argv[1:]]
-    setup = _child_setup(tty, os.getpid())
     if tty and takes_terminal:
         # The sandboxed command makes the terminal its own (setsid --ctty inside): bwrap
         # gets a session of its own without one.
         child = _spawn_pty(argv[0], args, cwd, env, None, pass_fds, new_session=True)
         child.lifeline = lifeline
         return child
+    setup = _child_setup(tty, os.getpid())
     if tty:
         program = argv[0] if "/" in argv[0] else _find_for_terminal(argv[0], env)
         setsid = _setsid()

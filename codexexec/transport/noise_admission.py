@@ -63,7 +63,6 @@ class NoiseStreams:
         self._validate = validate
         self._clock = clock
         self._validation_timeout = validation_timeout
-        self._cooldown = cooldown
         self._gate = HandshakeGate(cooldown=cooldown)
         self._pending: dict[str, _Pending] = {}
         self._validation_ids = 0
@@ -200,6 +199,6 @@ class NoiseStreams:
             log.warning(
                 "pausing Noise relay handshakes for %.0f s after repeated failures "
                 "(registration %s)",
-                self._cooldown,
+                self._gate.cooldown,
                 self._bundle.executor_registration_id,
             )
