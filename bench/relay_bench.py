@@ -55,7 +55,8 @@ async def throughput(target: str, size: int) -> float:
         async for event in process.events():
             if isinstance(event, Output):
                 total += len(event.data)
-        assert total == size
+        if total != size:
+            raise RuntimeError(f"{target}: {total} of {size} output bytes arrived")
     return size / (time.perf_counter() - began) / 1e6
 
 

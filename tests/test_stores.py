@@ -110,18 +110,23 @@ async def test_the_authorization_limit_holds(
 ) -> None:
     store, clock, _ = opened
     registration = await store.register("env-1", "noise_hybrid_ik_v1", noise_key(1), "test")
-    for _ in range(3):
-        await store.issue_authorization(
-            "env-1", registration.registration_id, noise_key(2), 30, limit=3
-        )
+    args = ("env-1", registration.registration_id, noise_key(2))
+
+    async def issue() -> str:
+        return await store.issue_authorization(*args, 30, limit=3)
+
+    issued = [await issue() for _ in range(3)]
     with pytest.raises(AuthorizationLimit):
-        await store.issue_authorization(
-            "env-1", registration.registration_id, noise_key(2), 30, limit=3
-        )
+        await issue()
+    # A spent one no longer counts (a harness opening a connection per command is not
+    # refused after ``limit`` of them), but is still known as spent.
+    assert await store.consume_authorization(*args, issued[0]) == ValidationOutcome.VALID
+    await issue()
+    assert await store.consume_authorization(*args, issued[0]) == ValidationOutcome.USED
+    with pytest.raises(AuthorizationLimit):
+        await issue()
     clock.now += 31  # expired ones no longer count
-    await store.issue_authorization(
-        "env-1", registration.registration_id, noise_key(2), 30, limit=3
-    )
+    await issue()
 
 
 async def test_two_nodes_racing_for_one_authorization_only_one_wins(postgres: str) -> None:

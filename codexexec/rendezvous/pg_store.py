@@ -252,7 +252,8 @@ class PostgresStore:
             if limit is not None:
                 row = await (
                     await conn.execute(
-                        "SELECT COUNT(*) FROM authorizations WHERE environment_id = %s",
+                        "SELECT COUNT(*) FROM authorizations"
+                        " WHERE environment_id = %s AND used_at IS NULL",
                         (environment_id,),
                     )
                 ).fetchone()

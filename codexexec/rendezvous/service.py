@@ -15,7 +15,8 @@ HTTP (JSON, Codex's request/response shapes; errors are ``{"error":{"code","mess
   single-use and short-lived. 404 ``environment_not_found`` when nothing is registered, 409
   ``environment_offline`` when the registered executor is not connected (Codex's harness retries
   that code), 429 ``too_many_authorizations`` when the environment already holds
-  ``max_authorizations`` unexpired ones (a harness key over 4 KiB of JSON is refused).
+  ``max_authorizations`` outstanding (unspent, unexpired) ones (a harness key over 4 KiB of
+  JSON is refused).
 * ``POST /cloud/environment/{id}/validate`` - executor bearer. Body ``{executor_registration_id,
   harness_public_key, harness_key_authorization}``; answers ``{"valid": true|false}`` and spends the
   authorization whatever the answer.

@@ -275,7 +275,9 @@ class Store:
         """A fresh single-use authorization for this harness key; only its digest is kept.
 
         With ``limit``, AuthorizationLimit when the environment already has that many
-        unexpired ones (spent or not: each is a row until it expires).
+        outstanding (unexpired, unspent) ones. A spent one stays a row until it expires, so a
+        replay is logged as such, but no longer counts: a harness that opens a connection per
+        command would otherwise be refused after ``limit`` of them in one expiry period.
         """
         now = self._clock()
         authorization = "hka-" + secrets.token_urlsafe(32)
@@ -284,7 +286,8 @@ class Store:
             self._db.execute("DELETE FROM authorizations WHERE expires_at < ?", (now,))
             if limit is not None:
                 (held,) = self._db.execute(
-                    "SELECT COUNT(*) FROM authorizations WHERE environment_id = ?",
+                    "SELECT COUNT(*) FROM authorizations"
+                    " WHERE environment_id = ? AND used_at IS NULL",
                     (environment_id,),
                 ).fetchone()
                 if held >= limit:
