@@ -12,8 +12,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from codexexec.rendezvous.pg_store import SCHEMA_VERSION, PostgresStore
+from codexexec.rendezvous.pg_store import MIGRATIONS, SCHEMA_VERSION, PostgresStore
 from codexexec.rendezvous.store import (
+    OUTSTANDING_AUTHORIZATIONS,
     AuthorizationLimit,
     RegistryStore,
     Store,
@@ -157,6 +158,40 @@ async def test_the_schema_is_created_once_and_versioned(postgres: str) -> None:
         await store.aclose()
     with psycopg.connect(where) as conn:
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+
+
+async def test_an_older_schema_is_migrated_in_place(postgres: str) -> None:
+    where = _fresh_database(postgres)
+    with psycopg.connect(where) as conn:
+        conn.execute(MIGRATIONS[0])
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO schema_version VALUES (1)")
+        conn.execute("INSERT INTO environments VALUES ('env-kept', 1.0, NULL)")
+    store = await PostgresStore.open(where)
+    await store.aclose()
+    with psycopg.connect(where) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+        assert conn.execute("SELECT environment_id FROM environments").fetchall() == [("env-kept",)]
+        indexes = dict(
+            conn.execute(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'authorizations'"
+            ).fetchall()
+        )
+    assert "WHERE (used_at IS NULL)" in indexes["authorizations_outstanding"]
+    assert "authorizations_environment" not in indexes
+
+
+def test_the_embedded_store_counts_outstanding_authorizations_by_index(tmp_path: Path) -> None:
+    """Spent authorizations wait for their expiry as rows; the limit's count must not scan
+    them on every /connect."""
+    store = Store(tmp_path / "rv.sqlite3")
+    try:
+        [plan] = store._db.execute(
+            "EXPLAIN QUERY PLAN " + OUTSTANDING_AUTHORIZATIONS, ("env-1",)
+        ).fetchall()
+    finally:
+        store.close()
+    assert "USING INDEX authorizations_outstanding (environment_id=?)" in plan[3], plan
 
 
 async def test_an_unreachable_database_is_one_clear_error(postgres: str) -> None:

@@ -69,6 +69,13 @@ MIGRATIONS = (
     CREATE INDEX authorizations_expiry ON authorizations(expires_at);
     CREATE INDEX authorizations_environment ON authorizations(environment_id);
     """,
+    # The limit counts outstanding authorizations only; spent ones stay until they expire,
+    # and must not be scanned on every /connect.
+    """
+    CREATE INDEX authorizations_outstanding ON authorizations(environment_id)
+        WHERE used_at IS NULL;
+    DROP INDEX authorizations_environment;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # One lock id for schema migrations across nodes starting at once.

@@ -63,7 +63,15 @@ CREATE TABLE IF NOT EXISTS authorizations (
     used_at REAL
 );
 CREATE INDEX IF NOT EXISTS authorizations_expiry ON authorizations(expires_at);
+CREATE INDEX IF NOT EXISTS authorizations_outstanding ON authorizations(environment_id)
+    WHERE used_at IS NULL;
 """
+
+
+# Read through the partial index above, whatever number of spent ones wait to expire.
+OUTSTANDING_AUTHORIZATIONS = (
+    "SELECT COUNT(*) FROM authorizations WHERE environment_id = ? AND used_at IS NULL"
+)
 
 
 def canonical_json(value: Any) -> str:
@@ -285,11 +293,7 @@ class Store:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("DELETE FROM authorizations WHERE expires_at < ?", (now,))
             if limit is not None:
-                (held,) = self._db.execute(
-                    "SELECT COUNT(*) FROM authorizations"
-                    " WHERE environment_id = ? AND used_at IS NULL",
-                    (environment_id,),
-                ).fetchone()
+                (held,) = self._db.execute(OUTSTANDING_AUTHORIZATIONS, (environment_id,)).fetchone()
                 if held >= limit:
                     raise AuthorizationLimit
             self._db.execute(
