@@ -212,6 +212,8 @@ def test_deny_read_and_deny_write_flags(tmp_path: Path) -> None:
     (work / "sub" / "b.env").write_text("SECRET-B\n")
     (work / "keep.txt").write_text("keep\n")
     script = "cat a.env sub/b.env; echo x >> keep.txt; echo y >> sub/b.env; echo fine > new.txt"
+    temp = tmp_path / "temp"
+    temp.mkdir()
     done = subprocess.run(
         codexexec_command(
             *("exec", "--sandbox", "workspace-write", "--approval", "never"),
@@ -220,8 +222,12 @@ def test_deny_read_and_deny_write_flags(tmp_path: Path) -> None:
         ),
         capture_output=True,
         cwd=work,
+        env={**os.environ, "TMPDIR": str(temp)},
         timeout=60,
     )
+    # The mode-000 file that hid them is gone with the command (it was one directory left in
+    # the temporary directory per command).
+    assert list(temp.iterdir()) == []
     assert b"SECRET" not in done.stdout + done.stderr
     assert b"a.env: Permission denied" in done.stderr
     assert (work / "keep.txt").read_text() == "keep\n"

@@ -6,6 +6,7 @@ shallowest first, then read-only carve-outs and masks inside them, then namespac
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
@@ -94,6 +95,9 @@ def _unreadable_file() -> str:
     global _mask_file
     if _mask_file is None or not os.path.isfile(_mask_file):
         folder = tempfile.mkdtemp(prefix="codexexec-mask-")
+        # Gone when this process ends (its sandboxes' mounts hold the file, not its name):
+        # each `exec` with a deny entry otherwise left a directory in /tmp.
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
         path = os.path.join(folder, "denied")
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o000))
         os.chmod(path, 0o000)
