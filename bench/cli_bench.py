@@ -129,6 +129,16 @@ def main() -> None:
                 codex_env,
             ),
             ("`python -c pass` (the venv's interpreter)", [sys.executable, "-c", "pass"], env),
+            (
+                "`python -c 'import typer'` (the CLI's framework alone)",
+                [sys.executable, "-c", "import typer"],
+                env,
+            ),
+            (
+                "`python -c 'import typer, asyncio'`",
+                [sys.executable, "-c", "import typer, asyncio"],
+                env,
+            ),
         ]
         print("| command | median (ms) |")
         print("|---|---:|")
@@ -141,6 +151,13 @@ def main() -> None:
             f"\nexec -- true: {measured[rows[0][0]] / codex_true:.2f}× `codex sandbox` "
             f"(target ≤ 2.5×); danger-full-access: {measured[rows[1][0]] / codex_true:.2f}× "
             "(target ≤ 2×)"
+        )
+        # What no local exec can go below while it parses its options with typer and runs
+        # an event loop: the interpreter starting and importing those two, nothing else.
+        floor, both = measured[rows[9][0]], measured[rows[10][0]]
+        print(
+            f"floor: importing typer alone {floor / codex_true:.2f}× `codex sandbox`, "
+            f"typer and asyncio {both / codex_true:.2f}×"
         )
         ours = output_seconds([*cx, "exec", "--"], 3, env)
         theirs = output_seconds(codex_sandbox, 3, codex_env)

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from codexexec.client import ExecServerClient, Output  # noqa: E402
+from codexexec.client import ExecServerClient, Output, OutputGap  # noqa: E402
 
 TOKEN = "bench-token"
 
@@ -52,11 +52,16 @@ async def throughput(target: str, size: int) -> float:
         began = time.perf_counter()
         process = await client.start(["head", "-c", str(size), "/dev/zero"], cwd="/tmp")
         total = 0
+        gaps = []
         async for event in process.events():
             if isinstance(event, Output):
                 total += len(event.data)
+            elif isinstance(event, OutputGap):  # the server's retention dropped output
+                gaps.append(f"{event.first_missing}..{event.next_available - 1}")
         if total != size:
-            raise RuntimeError(f"{target}: {total} of {size} output bytes arrived")
+            raise RuntimeError(
+                f"{target}: {total} of {size} output bytes arrived; gaps at seqs {gaps}"
+            )
     return size / (time.perf_counter() - began) / 1e6
 
 
