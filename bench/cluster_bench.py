@@ -2,7 +2,8 @@
 side with a single node, all on loopback, with real codexexec executors (Noise).
 
 * round trip start→closed of `/bin/true` and stdout throughput, harness and executor on
-  different nodes, against both on the one node;
+  different nodes, against both on the one node, and how many cores each process keeps busy
+  while the output streams;
 * idle executor sockets held by one node and its memory per socket, with a load generator
   of lightweight fake executors (register, then hold the relay websocket open);
 * time from SIGKILL of the executor's node to the executor serving again through another
@@ -29,7 +30,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from relay_bench import TOKEN, round_trip, spawn, throughput, until_reachable  # noqa: E402
+from relay_bench import (  # noqa: E402
+    TOKEN,
+    cpu_seconds,
+    round_trip,
+    spawn,
+    throughput,
+    until_reachable,
+)
 
 from codexexec.client import ExecServerClient  # noqa: E402
 from tests.nats_server import private_nats  # noqa: E402
@@ -140,16 +148,44 @@ def main() -> None:
             processes.append(executor(single.url, "one-node"))
             processes.append(executor(a.url, "cross"))
             targets = {"one node": f"one-node@{single.url}", "across nodes": f"cross@{b.url}"}
+            # Who works while output streams, in cores: each process's CPU time over the wall
+            # time of the 256 MiB stream.
+            workers = {
+                "one node": {
+                    "node": single.process.pid,
+                    "executor": processes[0].pid,
+                    "harness": os.getpid(),
+                },
+                "across nodes": {
+                    "node A (executor's)": a.process.pid,
+                    "node B (harness's)": b.process.pid,
+                    "nats-server": bus.pid,
+                    "executor": processes[1].pid,
+                    "harness": os.getpid(),
+                },
+            }
             for target in targets.values():
                 asyncio.run(until_reachable(target))
             size = args.size_mib * 1024 * 1024
             print("| measure | one node | across nodes (3 nodes, PostgreSQL, NATS) | ratio |")
             print("|---|---:|---:|---:|")
+            busy: dict[str, str] = {}
             for label, measure, arg in (
                 ("round trip start→closed, /bin/true (median ms)", round_trip, args.count),
                 (f"stdout throughput, {args.size_mib} MiB (MB/s)", throughput, size),
             ):
-                one, across = (asyncio.run(measure(t, arg)) for t in targets.values())
+                values = []
+                for where, target in targets.items():
+                    pids = workers[where]
+                    cpu = {name: cpu_seconds([pid]) for name, pid in pids.items()}
+                    began = time.perf_counter()
+                    values.append(asyncio.run(measure(target, arg)))
+                    wall = time.perf_counter() - began
+                    if measure is throughput:
+                        cores = {n: (cpu_seconds([p]) - cpu[n]) / wall for n, p in pids.items()}
+                        busy[where] = ", ".join(f"{n} {c:.2f}" for n, c in cores.items())
+                        busy[where] += f"; {sum(cores.values()):.2f} of {os.cpu_count()} cores"
+                one, across = values
                 print(f"| {label} | {one:.2f} | {across:.2f} | {across / one:.2f}× |")
             for node, label in ((single, "one node, no bus"), (c, "cluster node (bus)")):
                 held, per_socket = asyncio.run(hold_idle_executors(node, args.idle))
@@ -157,6 +193,10 @@ def main() -> None:
                     f"| idle executor sockets held, {label} | {held} sockets, "
                     f"{per_socket:.1f} KiB each | | |"
                 )
+            print()
+            for where, text in busy.items():
+                print(f"cores busy while output streams, {where}: {text}")
+            print()
             balancer = TcpProxy(b.port)
             processes.append(executor(balancer.http_url(), "failover"))
             target = f"failover@{c.url}"

@@ -1,6 +1,8 @@
 """Relay benchmark: one client, the executor reached directly, through the rendezvous in
 cleartext, and through the rendezvous end-to-end encrypted (Noise), plus the real Codex
 0.169.0 executor through the same rendezvous (Noise), and the hybrid-IK handshake's cost.
+Then the CPU time spent per round trip and per stream: by the processes serving each target,
+and by this harness.
 
 .venv/bin/python bench/relay_bench.py [--count 200] [--size-mib 256]
 """
@@ -102,6 +104,16 @@ def handshake_ms(count: int) -> float:
     return statistics.median(samples) * 1000
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time these processes have used so far (/proc/PID/stat)."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def start_codex_executor(registry: str) -> subprocess.Popen[bytes] | None:
     """The real Codex executor registered with our rendezvous, if it is installed."""
     from tests.servers import start_codex_executor as start
@@ -154,30 +166,61 @@ def main() -> None:
         ]
         codex = start_codex_executor(registry)
         targets = [url, f"bench-clear@{registry}", f"bench@{registry}"]
+        # The processes that serve each target, for the CPU each spends per unit of work.
+        servers = [[direct.pid], [rendezvous.pid, executors[1].pid]]
+        servers.append([rendezvous.pid, executors[0].pid])
         if codex is not None:
             targets.append(f"bench-codex@{registry}")
+            servers.append([rendezvous.pid, codex.pid])
         for target in targets:
             asyncio.run(until_reachable(target))
         size = args.size_mib * 1024 * 1024
+        # (label, measure, its argument, the unit of work it repeats and how many times)
         measures = [
-            ("round trip start→closed, /bin/true (median ms)", round_trip, args.count),
-            (f"stdout throughput, {args.size_mib} MiB (MB/s)", throughput, size),
-            ("128 concurrent streams, one command each (ms)", streams, 128),
+            (
+                "round trip start→closed, /bin/true (median ms)",
+                round_trip,
+                args.count,
+                "round trip",
+                args.count + 10,  # round_trip's warm-up trips count too
+            ),
+            (f"stdout throughput, {args.size_mib} MiB (MB/s)", throughput, size, "", 0),
+            (
+                "128 concurrent streams, one command each (ms)",
+                streams,
+                128,
+                "stream opened and run",
+                128,
+            ),
         ]
-        header = (
-            "| measure | direct websocket | relay, cleartext | relay, Noise | Noise / cleartext |"
-        )
-        if codex is not None:
-            header += " Codex executor, Noise |"
-        print(header)
-        print("|---|---:|---:|---:|---:|" + ("---:|" if codex is not None else ""))
-        for label, measure, arg in measures:
-            values = [asyncio.run(measure(target, arg)) for target in targets]
+        cpu_rows = []
+        columns = ["direct websocket", "relay, cleartext", "relay, Noise"]
+        codex_column = ["Codex executor, Noise"] if codex is not None else []
+        print("| measure | " + " | ".join([*columns, "Noise / cleartext", *codex_column]) + " |")
+        print("|---|" + "---:|" * (len(columns) + 1 + len(codex_column)))
+        for label, measure, arg, unit, units in measures:
+            values, cells = [], []
+            for target, pids in zip(targets, servers, strict=True):
+                everyone = [*pids, os.getpid()]
+                began = [cpu_seconds([pid]) for pid in everyone]
+                values.append(asyncio.run(measure(target, arg)))
+                if units:
+                    spent = [cpu_seconds([pid]) - b for pid, b in zip(everyone, began, strict=True)]
+                    cells.append(" + ".join(f"{s / units * 1e6:.0f}" for s in spent))
             row = f"| {label} | {values[0]:.2f} | {values[1]:.2f} | {values[2]:.2f} | "
             row += f"{values[2] / values[1]:.2f}× |"
             if codex is not None:
                 row += f" {values[3]:.2f} |"
             print(row)
+            if units:
+                cpu_rows.append(f"| {unit} | " + " | ".join(cells) + " |")
+        print(
+            "\nCPU per unit of work, µs: the direct server, or the rendezvous + the executor; "
+            "+ this harness (/proc, 10 ms ticks)\n"
+        )
+        print("| per | " + " | ".join([*columns, *codex_column]) + " |")
+        print("|---|" + "---:|" * (len(columns) + len(codex_column)))
+        print("\n".join(cpu_rows))
         print(f"\nhybrid-IK handshake, both sides in process: {handshake_ms(200):.2f} ms (median)")
     finally:
         for process in (direct, rendezvous, *executors, *([codex] if codex else [])):

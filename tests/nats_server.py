@@ -47,6 +47,11 @@ class PrivateNats:
                 time.sleep(0.05)
         raise RuntimeError("nats-server did not start")
 
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, "not started"
+        return self._process.pid
+
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:
             self._process.kill()

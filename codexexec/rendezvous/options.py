@@ -39,9 +39,10 @@ class RendezvousOptions:
     close_timeout: float = 5.0
     max_body_bytes: int = 64 * 1024
     # What one harness-token holder can make the rendezvous keep: outstanding one-time
-    # authorizations per environment (issued, unspent, unexpired), and harness relay sockets
-    # per executor socket (its executor serves at most 128 streams, Codex's harness opens one
-    # socket per stream).
+    # authorizations per environment (issued, unspent, unexpired; a spent one stays a row
+    # until it expires, so those are bounded by how fast the executor admits handshakes),
+    # and harness relay sockets per executor socket (its executor serves at most 128
+    # streams, Codex's harness opens one socket per stream).
     max_authorizations: int = 1024
     max_harness_sockets: int = 256
     agent_keys: Path | None = None  # agents admitted by AgentAssertion (agent_auth.py)

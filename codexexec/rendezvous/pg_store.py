@@ -74,7 +74,6 @@ MIGRATIONS = (
     """
     CREATE INDEX authorizations_outstanding ON authorizations(environment_id)
         WHERE used_at IS NULL;
-    DROP INDEX authorizations_environment;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
