@@ -69,7 +69,8 @@ async def throughput(target: str, size: int) -> float:
 
 async def streams(target: str, count: int) -> float:
     """``count`` streams open at once, each running one command. Connections are opened 16 at
-    a time: an executor validates at most 32 Noise handshakes at once and resets the rest."""
+    a time: Codex's executor validates at most 32 Noise handshakes at once and resets the rest
+    (codexexec's lets them wait)."""
     began = time.perf_counter()
     opening = asyncio.Semaphore(16)
     all_open = asyncio.Barrier(count)

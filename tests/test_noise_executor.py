@@ -705,6 +705,22 @@ async def test_a_failing_credential_cannot_lock_the_others_out(stack: Stack) -> 
     assert reasons == [RESET_REASON] * 2 + ["rendezvous_handshakes_paused"] * 10
 
 
+async def test_a_burst_of_streams_is_served_not_reset(stack: Stack) -> None:
+    """A harness opening many streams at once: beyond the 32 /validate calls in flight, the
+    handshakes wait their turn instead of being Reset (0.169.0 Resets them), so every stream
+    is served, and none counts as a failed handshake that would pause the credential."""
+
+    async def one(index: int) -> bytes:
+        async with await ExecServerClient.connect(f"{ENV}@{stack.url}") as client:
+            process = await client.start(["echo", f"stream-{index}"], cwd="/tmp")
+            return b"".join([e.data async for e in process.events() if isinstance(e, Output)])
+
+    outputs = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(80))), 60)
+    assert outputs == [f"stream-{i}\n".encode() for i in range(80)]
+    stats = stack.core.stats
+    assert (stats.failed_handshakes, stats.paused_credentials) == (0, 0)
+
+
 async def test_an_executor_gone_as_the_harness_connects_is_reported_offline(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -253,10 +253,11 @@ def test_handshake_gate_pauses_on_the_budget_and_resumes_on_a_fake_clock() -> No
     cool-down; the socket's other refusals are uncharged; after the pause the count restarts."""
     from codexexec.relay.admission import HandshakeGate, Refusal
 
-    gate = HandshakeGate(budget=8, cooldown=10.0, max_pending=32)
+    gate = HandshakeGate(budget=8, cooldown=10.0)
     assert gate.check(100.0, None, 0) is None
     assert gate.check(100.0, "active", 0) == Refusal("stream_active")
-    assert gate.check(100.0, None, 32) == Refusal("too_many_pending_validations")
+    assert gate.check(100.0, None, 127) is None  # waiting for a /validate slot is fine
+    assert gate.check(100.0, None, 128) == Refusal("too_many_pending_handshakes")
     assert [gate.charge(100.0 + i) for i in range(8)] == [False] * 7 + [True]
     paused_at = 107.0
     assert gate.failures == 0 and gate.paused(paused_at)

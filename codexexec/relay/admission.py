@@ -4,9 +4,9 @@ its end are tested with a fake one; the transport (``transport/noise_admission.p
 the Noise read and the registry call and acts on the answers.
 
 Order of the checks before message 1 is read: the pause, the stream table's own refusal
-(already active, retired, or 128 active), then the validations in flight. Charged failures
-(a bad message 1, a failed or late validation, data before the handshake, a second
-handshake while one is pending) count against the budget; the budget's last one pauses
+(already active, retired, or 128 active), then the handshakes awaiting their answer.
+Charged failures (a bad message 1, a failed or late validation, data before the handshake,
+a second handshake while one is pending) count against the budget; the budget's last one pauses
 every new handshake for the cool-down, the socket and its streams going on, and the count
 starts again.
 """
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from codexexec.relay.limits import (
     HANDSHAKE_COOLDOWN_SECONDS,
     MAX_FAILED_HANDSHAKES,
-    MAX_PENDING_HANDSHAKE_VALIDATIONS,
+    MAX_PENDING_HANDSHAKES,
 )
 
 
@@ -35,7 +35,7 @@ class HandshakeGate:
         *,
         budget: int = MAX_FAILED_HANDSHAKES,
         cooldown: float = HANDSHAKE_COOLDOWN_SECONDS,
-        max_pending: int = MAX_PENDING_HANDSHAKE_VALIDATIONS,
+        max_pending: int = MAX_PENDING_HANDSHAKES,
     ) -> None:
         self._budget = budget
         self.cooldown = cooldown
@@ -53,7 +53,7 @@ class HandshakeGate:
         if table_refusal is not None:
             return Refusal(f"stream_{table_refusal}")
         if pending >= self._max_pending:
-            return Refusal("too_many_pending_validations")
+            return Refusal("too_many_pending_handshakes")
         return None
 
     def charge(self, now: float) -> bool:

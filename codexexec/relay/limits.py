@@ -58,8 +58,13 @@ MAX_ACTIVE_STREAMS: Final = 128
 # Reset, §3.3); codexexec keeps it (§8).
 MAX_RETIRED_STREAM_IDS: Final = 1024
 
-# Handshakes waiting for registry /validate at once. §5.
+# Registry /validate calls in flight at once per socket. §5.
 MAX_PENDING_HANDSHAKE_VALIDATIONS: Final = 32
+# Handshakes admitted and not yet answered per socket, validating or waiting for one of those
+# calls. 0.169.0 Resets the 33rd at once; codexexec lets it wait its turn (within the
+# validation deadline), so a harness opening many streams at once is served, up to a
+# socket's 128 streams (docs/relay-protocol.md §5).
+MAX_PENDING_HANDSHAKES: Final = 128
 
 # /validate deadline: Reset at exactly 10.0 s. §1.4.
 VALIDATION_TIMEOUT_SECONDS: Final = 10.0

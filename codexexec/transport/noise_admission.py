@@ -26,7 +26,11 @@ from codexexec.noise.hybrid_ik import (
 from codexexec.noise.profiles import NoiseParty, Responder
 from codexexec.relay.admission import HandshakeGate
 from codexexec.relay.frames import RelayMessageFrame, encode, handshake_frame
-from codexexec.relay.limits import HANDSHAKE_COOLDOWN_SECONDS, VALIDATION_TIMEOUT_SECONDS
+from codexexec.relay.limits import (
+    HANDSHAKE_COOLDOWN_SECONDS,
+    MAX_PENDING_HANDSHAKE_VALIDATIONS,
+    VALIDATION_TIMEOUT_SECONDS,
+)
 from codexexec.relay.streams import Action, Reset
 from codexexec.remote.registry import RelayBundle
 from codexexec.remote.validation import Validation
@@ -66,6 +70,8 @@ class NoiseStreams:
         self._gate = HandshakeGate(cooldown=cooldown)
         self._pending: dict[str, _Pending] = {}
         self._validation_ids = 0
+        # Handshakes beyond these wait for a /validate slot, not a Reset (relay/limits.py).
+        self._validations = asyncio.Semaphore(MAX_PENDING_HANDSHAKE_VALIDATIONS)
 
     async def receive(self, frame: RelayMessageFrame) -> None:
         stream_id = frame.stream_id
@@ -137,8 +143,11 @@ class NoiseStreams:
         harness_key: dict[str, str],
         authorization: str,
     ) -> None:
+        validating = False
         try:
-            async with asyncio.timeout(self._validation_timeout):
+            # The deadline runs from admission, the wait for a slot included.
+            async with asyncio.timeout(self._validation_timeout), self._validations:
+                validating = True
                 outcome = await self._validate(stream_id, harness_key, authorization)
             reason = outcome.value
         except TimeoutError:
@@ -153,6 +162,8 @@ class NoiseStreams:
         del self._pending[stream_id]
         if outcome is Validation.VALID:
             await self._open(stream_id, responder)
+        elif not validating:  # never reached the registry: this socket was busy, not the harness
+            await self._refuse(stream_id, "validation_queue_timeout", charge=False)
         elif outcome is Validation.EXECUTOR_UNAUTHORIZED:
             # Tell the harness (inside the channel) that credentials need refreshing, then end.
             message2, _ = responder.write_message2(REGISTRY_AUTHENTICATION_REJECTED)
