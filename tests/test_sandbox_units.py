@@ -348,7 +348,7 @@ def test_bwrap_argv_restricted_read_and_network_on(tmp_path: Path) -> None:
 
 
 def test_loader_variables_are_held_back_from_the_launchers() -> None:
-    from codexexec.sandbox import loader_env
+    from codexexec.sandbox.linux import loader_env
 
     launcher, held = loader_env.split(
         {
@@ -370,6 +370,14 @@ def test_loader_variables_are_held_back_from_the_launchers() -> None:
         "MALLOC_ARENA_MAX",
         "GCONV_PATH",
     }
+    # A NUL would split into extra bwrap arguments (`--bind / /…`) in --args: refused, and
+    # the value (maybe a secret) is not quoted.
+    from codexexec.sandbox.policy import SandboxPolicyError
+
+    for env in ({"LD_X": "v\0--bind\0/\0/x"}, {"LD_\0X": "v"}, {"A=B": "v"}, {"": "v"}):
+        with pytest.raises(SandboxPolicyError) as refused:
+            loader_env.split(env)
+        assert "--bind" not in str(refused.value)
 
 
 def test_the_unconfined_stages_need_nothing_beyond_the_standard_library() -> None:

@@ -46,7 +46,7 @@ class SandboxedCommand(msgspec.Struct):
     network_off: bool = False
     # With a terminal: the command takes it inside the sandbox (``terminal_taker``).
     takes_terminal: bool = False
-    # What to start ``argv`` with instead of the command's environment (loader_env.py).
+    # What to start ``argv`` with instead of the command's environment (linux/loader_env.py).
     env: dict[str, str] | None = None
 
     def release(self) -> None:
@@ -112,6 +112,8 @@ def prepare_command(
 
         try:
             prepared = prepare(plan, argv, arg0=arg0, tty=tty, env=env)
+        except SandboxPolicyError as exc:
+            raise SandboxRefused(f"invalid sandbox intent: {exc}", invalid=True) from None
         except SandboxUnavailable as exc:
             raise SandboxRefused(
                 f"sandbox intent cannot be enforced on this executor: {exc}", invalid=False

@@ -79,7 +79,6 @@ class SandboxContext(msgspec.Struct, frozen=True):
     workspace_roots: tuple[str, ...] = ()
     user_home_dir: str | None = None
     temporary_directories: tuple[str, ...] = ()
-    raw: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 def _require(obj: Any, key: str, where: str) -> Any:
@@ -176,7 +175,6 @@ def parse_context(raw: Any) -> SandboxContext:
         tuple(roots),
         home if isinstance(home, str) else None,
         tuple(temps),
-        raw,
     )
 
 

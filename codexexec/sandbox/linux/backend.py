@@ -8,13 +8,15 @@ import contextlib
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from functools import cache
 
 import msgspec
 
-from codexexec.sandbox import loader_env, mount_points
+from codexexec.sandbox import mount_points
 from codexexec.sandbox.errors import SandboxError
 from codexexec.sandbox.linux import bwrap as bw
+from codexexec.sandbox.linux import loader_env
 from codexexec.sandbox.plan import NetworkRouting, SandboxPlan
 
 SANDBOX_TYPE = "linuxSeccomp"
@@ -69,9 +71,16 @@ def _bpf(mode_name: str) -> bytes:
 
 
 def _memfd_with(data: bytes, name: str = "codexexec-seccomp") -> int:
-    fd = os.memfd_create(name, os.MFD_CLOEXEC)
-    os.write(fd, data)
-    os.lseek(fd, 0, os.SEEK_SET)
+    try:
+        fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    except OSError as exc:  # out of descriptors or memory: this command cannot start
+        raise SandboxUnavailable(f"cannot create the sandbox's {name}: {exc.strerror}") from None
+    try:
+        os.write(fd, data)
+        os.lseek(fd, 0, os.SEEK_SET)
+    except OSError as exc:
+        os.close(fd)
+        raise SandboxUnavailable(f"cannot write the sandbox's {name}: {exc.strerror}") from None
     return fd
 
 
@@ -121,83 +130,76 @@ def prepare(
         problem = bw.missing_bwrap_reason()
     else:
         problem = f"bubblewrap is not used ({FORCE_BACKEND_ENV}={forced})"
+    if bwrap is None or problem is not None:
+        if forced not in ("", "landlock"):
+            raise SandboxUnavailable(str(problem))
+        reason = landlock_refusal(plan)
+        if reason is not None:
+            raise SandboxUnavailable(f"{problem}; Landlock fallback: {reason}")
     with contextlib.ExitStack() as opened:  # what is made here is closed unless handed over
-        prepared = _prepared(plan, command, arg0, tty, held, bwrap, problem, forced, opened)
-        if prepared is not None:
-            prepared.env = launcher_env
-            opened.pop_all()
-            return prepared
-    reason = landlock_refusal(plan) if forced in ("", "landlock") else None
-    raise SandboxUnavailable(f"{problem}; Landlock fallback: {reason}" if reason else problem)
+
+        def made(fd: int) -> int:
+            opened.callback(os.close, fd)
+            return fd
+
+        if bwrap is not None and problem is None:
+            prepared = _with_bwrap(plan, command, arg0, tty, held, bwrap, made)
+        else:
+            prepared = _with_landlock(plan, command, arg0, held, made)
+        prepared.env = launcher_env
+        opened.pop_all()
+        return prepared
 
 
-def _prepared(
+def _with_bwrap(
     plan: SandboxPlan,
     command: list[str],
     arg0: str | None,
     tty: bool,
     held: dict[str, str],
-    bwrap: str | None,
-    problem: str | None,
-    forced: str,
-    opened: contextlib.ExitStack,
-) -> PreparedCommand | None:
-    """The launch on the first backend that can enforce ``plan``; None when none can."""
-
-    def made(fd: int | None) -> tuple[int, ...]:
-        if fd is None:
-            return ()
-        opened.callback(os.close, fd)
-        return (fd,)
-
-    mode = seccomp_mode_name(plan)
-    if bwrap and problem is None:
-        setsid = terminal_taker(plan) if tty and arg0 is None else None
-        if setsid is not None:
-            command = [setsid, "--ctty", "--", *command]
-        if plan.routing is not None:
-            # The in-namespace stage bridges the proxy ports and applies seccomp itself.
-            env_fds = made(_held_for_stage(held))
-            spec = _bridge_spec(plan.routing, arg0, env_fds[0] if env_fds else None)
-            inner = [*_isolated_script("netns_bridge.py"), msgspec.json.encode(spec).decode()]
-            argv = bw.bwrap_argv(bwrap, plan, [*inner, "--", *command], arg0=None, seccomp_fd=None)
-            return PreparedCommand(
-                argv,
-                "bubblewrap",
-                env_fds,
-                _held_mount_points(plan),
-                takes_terminal=bool(setsid),
-            )
-        (seccomp_fd,) = made(_memfd_with(_bpf(mode)))
-        args_fds = made(_memfd_with(bw.setenv_args(held), _ENV_MEMFD) if held else None)
+    bwrap: str,
+    made: Callable[[int], int],
+) -> PreparedCommand:
+    setsid = terminal_taker(plan) if tty and arg0 is None else None
+    if setsid is not None:
+        command = [setsid, "--ctty", "--", *command]
+    if plan.routing is not None:
+        # The in-namespace stage bridges the proxy ports and applies seccomp itself.
+        env_fd = made(_held_for_stage(held)) if held else None
+        spec = _bridge_spec(plan.routing, arg0, env_fd)
+        inner = [*_isolated_script("netns_bridge.py"), msgspec.json.encode(spec).decode()]
+        argv = bw.bwrap_argv(bwrap, plan, [*inner, "--", *command], arg0=None, seccomp_fd=None)
+        fds: tuple[int, ...] = () if env_fd is None else (env_fd,)
+    else:
+        seccomp_fd = made(_memfd_with(_bpf(seccomp_mode_name(plan))))
+        args_fd = made(_memfd_with(bw.setenv_args(held), _ENV_MEMFD)) if held else None
         argv = bw.bwrap_argv(
-            bwrap,
-            plan,
-            command,
-            arg0=arg0,
-            seccomp_fd=seccomp_fd,
-            args_fd=args_fds[0] if args_fds else None,
+            bwrap, plan, command, arg0=arg0, seccomp_fd=seccomp_fd, args_fd=args_fd
         )
-        return PreparedCommand(
-            argv,
-            "bubblewrap",
-            (seccomp_fd, *args_fds),
-            _held_mount_points(plan),
-            takes_terminal=bool(setsid),
-        )
-    if forced in ("", "landlock") and landlock_refusal(plan) is None:
-        lifeline, kept = os.pipe2(os.O_CLOEXEC)
-        made(lifeline)
-        made(kept)
-        env_fds = made(_held_for_stage(held))
-        spec = landlock_spec(plan, mode, arg0, lifeline, env_fds[0] if env_fds else None)
-        return PreparedCommand(
-            [*_isolated_script("confine.py"), msgspec.json.encode(spec).decode(), "--", *command],
-            "landlock",
-            (lifeline, *env_fds),
-            lifeline=kept,
-        )
-    return None
+        fds = (seccomp_fd,) if args_fd is None else (seccomp_fd, args_fd)
+    return PreparedCommand(
+        argv, "bubblewrap", fds, _held_mount_points(plan), takes_terminal=bool(setsid)
+    )
+
+
+def _with_landlock(
+    plan: SandboxPlan,
+    command: list[str],
+    arg0: str | None,
+    held: dict[str, str],
+    made: Callable[[int], int],
+) -> PreparedCommand:
+    lifeline, kept = os.pipe2(os.O_CLOEXEC)
+    made(lifeline)
+    made(kept)
+    env_fd = made(_held_for_stage(held)) if held else None
+    spec = landlock_spec(plan, seccomp_mode_name(plan), arg0, lifeline, env_fd)
+    return PreparedCommand(
+        [*_isolated_script("confine.py"), msgspec.json.encode(spec).decode(), "--", *command],
+        "landlock",
+        (lifeline,) if env_fd is None else (lifeline, env_fd),
+        lifeline=kept,
+    )
 
 
 # The held variables travel in a memfd, not on a command line any local user can read in
@@ -205,15 +207,11 @@ def _prepared(
 _ENV_MEMFD = "codexexec-env"
 
 
-def _held_for_stage(held: dict[str, str]) -> int | None:
+def _held_for_stage(held: dict[str, str]) -> int:
     """A memfd of the held variables as NUL-terminated ``NAME=VALUE`` records, for a Python
     stage (stage.py) to read; ``os.fsencode`` keeps a value that is not UTF-8 as it was."""
     records = b"".join(os.fsencode(k) + b"=" + os.fsencode(v) + b"\0" for k, v in held.items())
-    return _memfd_with(records, _ENV_MEMFD) if held else None
-
-
-def _fds(fd: int | None) -> tuple[int, ...]:
-    return () if fd is None else (fd,)
+    return _memfd_with(records, _ENV_MEMFD)
 
 
 @cache

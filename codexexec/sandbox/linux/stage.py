@@ -20,7 +20,11 @@ def parse(name: str, argv: list[str]) -> tuple[dict[str, Any], list[str]]:
         os._exit(126)
     spec: dict[str, Any] = json.loads(argv[0])
     # Read at once and closed: no process this stage forks keeps the descriptor.
-    spec["held_env"] = _held_env(spec.pop("env_fd", None))
+    try:
+        spec["held_env"] = _held_env(spec.pop("env_fd", None))
+    except OSError as exc:
+        sys.stderr.write(f"codexexec sandbox: cannot read the command's environment: {exc}\n")
+        os._exit(126)
     return spec, argv[2:]
 
 
@@ -43,8 +47,12 @@ def become(command: list[str], spec: dict[str, Any]) -> NoReturn:
     when it cannot be run."""
     for signum in _PYTHON_IGNORED:
         signal.signal(signum, signal.SIG_DFL)
-    for name, value in spec.get("held_env", ()):
-        os.environb[name] = value
+    try:
+        for name, value in spec.get("held_env", ()):
+            os.environb[name] = value
+    except (OSError, ValueError) as exc:  # never a traceback from an unconfined stage
+        sys.stderr.write(f"codexexec sandbox: cannot set the command's environment: {exc}\n")
+        os._exit(126)
     argv0: str | None = spec.get("argv0")
     program = command[0]
     try:
