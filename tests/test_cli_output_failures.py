@@ -4,6 +4,7 @@ exit, never a traceback."""
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -63,6 +64,43 @@ def test_stdout_on_a_full_disk(args: tuple[str, ...]) -> None:
 @pytest.mark.parametrize("target", ["/nonexistent-dir/x", "/etc/hostname/sub", "/dev/full"])
 def test_fs_get_into_a_place_that_cannot_be_written(target: str) -> None:
     assert_one_line(run("fs", "get", "local:/etc/hostname", target, stdout=subprocess.DEVNULL))
+
+
+def test_a_failed_copy_never_removes_what_it_was_writing_to(tmp_path: Path) -> None:
+    """A copy that fails part-way into a device or a symlink leaves the node and the link
+    where they were (fs get used to unlink its destination on failure: as root, /dev/full
+    itself); a copy over a regular file replaces it whole, keeping its mode."""
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * (4 << 20))  # more than any buffer: the write fails mid-copy
+    link = tmp_path / "link"
+    link.symlink_to("/dev/full")
+    for target in ("/dev/full", str(link)):
+        done = run("fs", "get", f"local:{big}", target, stdout=subprocess.DEVNULL)
+        assert_one_line(done)
+        assert f"`{target}`" in done.stderr.decode()
+    assert Path("/dev/full").is_char_device() and link.is_symlink()
+    kept = tmp_path / "kept"
+    kept.write_bytes(b"old")
+    kept.chmod(0o640)
+    done = run("fs", "get", f"local:{big}", str(kept), stdout=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    assert kept.read_bytes() == big.read_bytes() and (kept.stat().st_mode & 0o777) == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big", "kept", "link"]
+
+
+def test_started_with_stdout_closed_the_exit_code_stands() -> None:
+    """Descriptor 1 closed (`>&-`): Python has no sys.stdout at all; the command's own exit
+    code comes back, without a traceback."""
+    command = " ".join(
+        shlex.quote(a) for a in codexexec_command("exec", "--sandbox", "danger-full-access")
+    )
+    done = subprocess.run(
+        ["sh", "-c", f"{command} -- sh -c 'exit 3' >&-"],
+        stderr=subprocess.PIPE,
+        timeout=90,
+        cwd="/tmp",
+    )
+    assert done.returncode == 3 and b"Traceback" not in done.stderr, done.stderr
 
 
 def test_a_good_run_still_exits_zero(tmp_path: Path) -> None:

@@ -43,6 +43,8 @@ def loaded_by(*args: str) -> set[str]:
         cwd="/tmp",
         stdin=subprocess.DEVNULL,
     )
+    # A command that failed early would load less and pass any guard: it must succeed.
+    assert done.returncode == 0, (args, done.stderr.decode()[-2000:])
     return set(json.loads(done.stderr.decode().strip().splitlines()[-1]))
 
 
@@ -51,8 +53,10 @@ def forbidden_in(modules: set[str]) -> list[str]:
 
 
 def test_a_local_exec_loads_nothing_it_does_not_use() -> None:
-    assert forbidden_in(loaded_by("exec", "--sandbox", "danger-full-access", "--", "true")) == []
-    assert forbidden_in(loaded_by("exec", "--", "true")) == []
+    for args in (("exec", "--sandbox", "danger-full-access", "--", "true"), ("exec", "--", "true")):
+        loaded = loaded_by(*args)
+        assert forbidden_in(loaded) == [], args
+        assert "tomllib" not in loaded, args  # no config file here: nothing to parse
 
 
 def test_exec_on_a_websocket_server_loads_no_server_side() -> None:
@@ -112,6 +116,34 @@ def test_help_loads_no_command_machinery() -> None:
         heavy = {"rich", "asyncio", "codexexec.server", "codexexec.client", "codexexec.sandbox"}
         assert sorted(m for m in loaded if m.split(".")[0] in heavy or m in heavy) == [], args
         assert forbidden_in(loaded) == [], args
+
+
+def test_top_level_help_lists_every_command_whatever_follows_it() -> None:
+    """Only the invoked command is built; help asked for before a command is the top
+    level's, and lists them all."""
+    for args in (("--help",), ("--help", "exec"), ("-h", "ps")):
+        done = subprocess.run(
+            [sys.executable, "-m", "codexexec", *args], capture_output=True, text=True, timeout=60
+        )
+        section = done.stdout.split("Commands:", 1)[1].split("Examples:", 1)[0]
+        rows = [line for line in section.splitlines() if line[:2] == "  " and line[2:3].strip()]
+        listed = {row.split()[0] for row in rows}
+        assert done.returncode == 0 and listed == ALL_COMMANDS, (args, done.stdout)
+
+
+ALL_COMMANDS = {
+    "serve",
+    "exec",
+    "read",
+    "ps",
+    "kill",
+    "sandbox-check",
+    "rendezvous",
+    "register",
+    "env",
+    "fs",
+    "login",
+}
 
 
 def test_version_and_short_help() -> None:

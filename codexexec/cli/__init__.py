@@ -90,8 +90,12 @@ def _invoked(argv: list[str]) -> str | None:
 
     if "_CODEXEXEC_COMPLETE" in os.environ:
         return None
-    first = next((arg for arg in argv if not arg.startswith("-")), None)
-    return first if first in _COMMANDS or first in _GROUPS else None
+    for arg in argv:
+        if arg in ("-h", "--help", "--version"):  # before any command: the top level's
+            return None
+        if not arg.startswith("-"):
+            return arg if arg in _COMMANDS or arg in _GROUPS else None
+    return None
 
 
 def main() -> None:
@@ -119,7 +123,8 @@ def main() -> None:
         )
         code = 125
     try:
-        sys.stdout.flush()
+        if sys.stdout is not None:  # None: started with descriptor 1 closed
+            sys.stdout.flush()
     except OSError as exc:
         code = _local_io_failed(exc) if code in (0, None) else code
     _exit_now(code)
@@ -128,7 +133,8 @@ def main() -> None:
 def _exit_now(code: int | str | None) -> None:
     """End the process as SystemExit would, but without tearing down every module and
     object one by one (≈10 ms of each command): the work is done and flushed, and what
-    was registered to run at exit (log handlers, worker threads) still runs."""
+    was registered with atexit (log handlers, temporary files) still runs. Threads are not
+    joined: the CLI's own are daemons, and asyncio.run has shut its executor down."""
     import atexit
     import contextlib
     import os
@@ -139,9 +145,10 @@ def _exit_now(code: int | str | None) -> None:
         code = 1
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):
-            stream.flush()
-    os._exit(0 if code is None else code)
+        if stream is not None:
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+    os._exit(0 if code is None else code & 0xFF)  # as the shell sees it; os._exit takes no more
 
 
 # What an option's value is, in help (typer would print TEXT, INTEGER RANGE, …).
@@ -198,7 +205,7 @@ def _local_io_failed(exc: OSError) -> int:
         sys.stderr.write(f"codexexec: error: {where}: {reason}\n")
         sys.stderr.flush()
     # What stdout still buffers would fail again at exit, with a traceback of its own.
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError, AttributeError, ValueError):  # stdout may be gone
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, sys.stdout.fileno())
         os.close(null)

@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import stat
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -221,19 +223,73 @@ async def run_get(target: FsTarget, local: str | None, *, quiet: bool) -> int:
 async def download(
     client: ExecServerClient, remote: str, destination: str, advance: Callable[[int], None]
 ) -> None:
-    """Stream one remote file into ``destination``; nothing half-copied is left behind."""
-    sink = await asyncio.to_thread(open, destination, "wb")
+    """Stream one remote file into ``destination``; nothing half-copied is left behind.
+
+    A regular file (or a new name) is written beside it and renamed over it once complete,
+    so a failed copy leaves what was there untouched. Anything else — a symlink, a device,
+    a FIFO — is written through in place and never removed: deleting it on failure took a
+    link, or as root a device node such as /dev/full, with it."""
+    path = destination
     try:
-        async with await client.files.open(remote) as reader:
-            async for chunk in reader.chunks():
-                sink.write(chunk)
-                advance(len(chunk))
-    except BaseException:
-        sink.close()
-        with contextlib.suppress(OSError):
-            os.unlink(destination)
+        if await asyncio.to_thread(_replaceable, destination):
+            path = await asyncio.to_thread(_beside, destination)
+        sink = await asyncio.to_thread(open, path, "wb")
+        try:
+            async with await client.files.open(remote) as reader:
+                async for chunk in reader.chunks():
+                    sink.write(chunk)
+                    advance(len(chunk))
+        finally:
+            sink.close()
+        if path != destination:
+            await asyncio.to_thread(_put_in_place, path, destination)
+    except BaseException as exc:
+        if path != destination:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        if isinstance(exc, OSError) and exc.filename in (None, path):
+            # Named as the user named it: not "output", not the name of the copy beside it.
+            raise OSError(exc.errno, exc.strerror, destination) from None
         raise
-    sink.close()
+
+
+def _replaceable(destination: str) -> bool:
+    """Whether ``destination`` is a regular file or nothing (not a link, device or FIFO)."""
+    try:
+        return stat.S_ISREG(os.lstat(destination).st_mode)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False  # opening it will say what is wrong
+
+
+def _beside(destination: str) -> str:
+    """A new, empty file in ``destination``'s directory, readable by its owner only; or
+    ``destination`` itself when that directory takes no new file but the file exists (it
+    may still be writable, as it was before copies went beside it)."""
+    try:
+        fd, path = tempfile.mkstemp(
+            prefix=f".{os.path.basename(destination)}.", dir=os.path.dirname(destination) or "."
+        )
+    except PermissionError:
+        if os.path.lexists(destination):
+            return destination
+        raise
+    os.close(fd)
+    return path
+
+
+def _put_in_place(path: str, destination: str) -> None:
+    """Rename the finished copy over ``destination``, with the mode it had (or the one a
+    new file gets under the umask)."""
+    try:
+        mode = stat.S_IMODE(os.stat(destination).st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    os.chmod(path, mode)
+    os.replace(path, destination)
 
 
 def _blocks(source: BinaryIO) -> Iterator[bytes]:

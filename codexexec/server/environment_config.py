@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import socket
-import tomllib
 from typing import Any
 
 import msgspec
@@ -59,7 +58,7 @@ def read_environment_config(
         requirements = _optional_layer(
             os.path.join(system_dir, REQUIREMENTS_FILE), None, below_cloud=True
         )
-    except (OSError, tomllib.TOMLDecodeError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # TOMLDecodeError is a ValueError
         raise RpcError(INTERNAL_ERROR, f"failed to load executor-local config: {exc}") from None
     result: dict[str, Any] = {}
     home = os.path.expanduser("~")
@@ -99,6 +98,8 @@ def _optional_layer(path: str, kind: str | None, *, below_cloud: bool) -> list[_
         return []
     if len(data) > MAX_CONFIG_FILE_BYTES:
         raise ValueError(f"{path} is larger than {MAX_CONFIG_FILE_BYTES} bytes")
+    import tomllib  # only when a config file is read: every local exec loads this module
+
     table = tomllib.loads(data.decode("utf-8"))
     source = f"{kind} ({path})" if kind else path
     return [_Layer(source, os.path.dirname(path), table, below_cloud)]
