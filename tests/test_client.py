@@ -106,6 +106,10 @@ async def test_disconnect_fails_iteration_with_a_clear_error() -> None:
 async def test_connect_errors_are_clear() -> None:
     with pytest.raises(ExecServerError, match=re.escape("cannot connect to ws://127.0.0.1:9")):
         await ExecServerClient.connect("ws://127.0.0.1:9")
+    # Credentials written into the URL stay out of the message.
+    with pytest.raises(ExecServerError, match=re.escape("to ws://127.0.0.1:9/p:")) as failed:
+        await ExecServerClient.connect("ws://me:pw-secret@127.0.0.1:9/p?token=tok-secret")
+    assert "secret" not in str(failed.value)
     with pytest.raises(ExecServerError, match="unknown environment"):
         await ExecServerClient.connect("http://example.invalid")
 

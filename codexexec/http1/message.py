@@ -8,6 +8,8 @@ from codexexec.http1.body import Framing
 from codexexec.http1.errors import Http1Error
 
 MAX_HEADER_COUNT = 256
+# 1xx answers before the final one that a client reads past.
+MAX_INTERIM_RESPONSES = 8
 
 Headers = list[tuple[str, str]]
 
@@ -15,8 +17,6 @@ TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
 _STATUS_LINE = re.compile(r"HTTP/1\.[01] ([1-5][0-9][0-9])(?: (.*))?")
 _BAD_VALUE_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-# A reason phrase ends up in messages a terminal shows: no C0 or C1 control at all.
-_BAD_REASON_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 
 
 class MessageError(Http1Error, ValueError):
@@ -42,6 +42,11 @@ def parse_fields(lines: list[str]) -> Headers:
             raise MessageError("control character in a header value")
         headers.append((name, value))
     return headers
+
+
+def valid_field(name: str, value: str) -> bool:
+    """Whether ``name: value`` may be sent: a token name, a value without controls."""
+    return bool(TOKEN.fullmatch(name)) and not _BAD_VALUE_CHARS.search(value)
 
 
 def values(headers: Headers, name: str) -> list[str]:
@@ -72,10 +77,22 @@ def parse_response_head(head: bytes) -> tuple[int, str, Headers]:
     if match is None:
         raise MessageError("malformed status line")
     reason = match.group(2) or ""
-    if _BAD_REASON_CHARS.search(reason):
+    # RFC 9112 allows any octet from 0x80 up (a UTF-8 reason phrase is common): a proxy
+    # forwards it. Whoever shows one on a terminal cleans it (``shown_reason``).
+    if _BAD_VALUE_CHARS.search(reason):
         raise MessageError("control character in the reason phrase")
     headers = parse_fields([line.decode("latin-1") for line in lines[1:]])
     return int(match.group(1)), reason, headers
+
+
+def shown_reason(reason: str) -> str:
+    """A reason phrase (decoded as latin-1 off the wire) fit for a terminal: read as the
+    UTF-8 it usually is, without C1 controls (0x9b alone starts an escape sequence)."""
+    text = reason.encode("latin-1").decode("utf-8", "replace")
+    return _C1_CONTROLS.sub("", text)
+
+
+_C1_CONTROLS = re.compile("[\x80-\x9f]")
 
 
 def response_framing(method: str, status: int, headers: Headers) -> tuple[Framing, int]:

@@ -23,6 +23,7 @@ from typing import Literal
 
 from msgspec.structs import replace
 
+from codexexec.http1.message import MessageError, parse_response_head, shown_reason
 from codexexec.network._stream import Endpoint
 from codexexec.network.errors import NetworkError
 from codexexec.network.limits import ASK_TIMEOUT, CONNECT_TIMEOUT, DNS_TIMEOUT, MAX_PENDING_ASKS
@@ -281,9 +282,13 @@ async def open_tunnel(
         if isinstance(exc, Exception):
             raise UpstreamRefused("the upstream proxy closed without answering") from None
         raise
-    status_line = response.split(b"\r\n", 1)[0].decode("latin-1")
-    parts = status_line.split(" ", 2)
-    if len(parts) < 2 or not parts[1].startswith("2"):
+    try:
+        status, reason, _ = parse_response_head(response)
+    except MessageError:
         endpoint.close()
-        raise UpstreamRefused(f"the upstream proxy answered `{status_line}`")
+        raise UpstreamRefused("the upstream proxy's answer was not valid HTTP/1.1") from None
+    if not 200 <= status < 300:
+        endpoint.close()
+        shown = f"{status} {shown_reason(reason)}".strip()
+        raise UpstreamRefused(f"the upstream proxy answered `{shown}`")
     return endpoint

@@ -29,6 +29,7 @@ from typing import TypeVar
 
 from codexexec.http1.body import BodyReader, Framing
 from codexexec.http1.message import (
+    MAX_INTERIM_RESPONSES,
     TOKEN,
     Headers,
     MessageError,
@@ -80,8 +81,6 @@ REASONS = {
     503: "Service Unavailable",
     504: "Gateway Timeout",
 }
-
-MAX_INTERIM_RESPONSES = 8
 
 
 class BadRequest(NetworkError):

@@ -30,17 +30,19 @@ import msgspec
 
 from codexexec.http1.body import BodyError, BodyReader
 from codexexec.http1.message import (
-    TOKEN,
+    MAX_INTERIM_RESPONSES,
     MessageError,
     parse_response_head,
     response_framing,
+    shown_reason,
     tokens,
+    valid_field,
+    values,
 )
 from codexexec.remote.errors import RemoteError
 
 MAX_RESPONSE_BYTES = 1 << 20
 MAX_HEAD_BYTES = 64 * 1024
-MAX_INTERIM_RESPONSES = 8
 # Kept connections per origin; more are closed once their answer is read.
 MAX_IDLE_PER_ORIGIN = 16
 # Connections one client has open at once (aiohttp's default limit was 100).
@@ -48,7 +50,8 @@ MAX_CONNECTIONS = 64
 TRACEPARENT_ENV, TRACESTATE_ENV = "TRACEPARENT", "TRACESTATE"
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 _TRACESTATE = re.compile(r"[\x21-\x7e ]{1,512}")
-_FIELD_VALUE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")
+# What a request target may hold as is (RFC 3986's characters, percent escapes included).
+_TARGET = re.compile(r"[!-~]+")
 
 Origin = tuple[str, str, int]  # scheme, host, port
 
@@ -92,7 +95,12 @@ class _Connection:
 
 
 class HttpClient:
-    """Registry requests with connections kept per origin."""
+    """Registry requests with connections kept per origin.
+
+    A request on a kept connection that ends before one byte of its answer (the server
+    closed it while idle) is sent once more on a new one: keep a client only for requests
+    that may be repeated — `/validate`, its one user, spends an authorization at most once.
+    """
 
     def __init__(self) -> None:
         self._idle: dict[Origin, list[_Connection]] = {}
@@ -178,17 +186,25 @@ async def post_json(
 
 
 def _split(url: str) -> tuple[Origin, str, str]:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:  # e.g. an unclosed "[" of an IPv6 address
+        raise Unreachable("not an http(s) URL") from None
+    if parts.scheme not in ("http", "https") or not host:
         raise Unreachable("not an http(s) URL")
+    if "@" in parts.netloc:
+        # Sent as nothing, a user and password in the URL would fail as a bare 401.
+        raise Unreachable("the URL holds a user name or password; give credentials apart")
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         raise Unreachable("the URL's port is invalid") from None
-    host = parts.hostname
     shown = f"[{host}]" if ":" in host else host
     default = port == (443 if parts.scheme == "https" else 80)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if not _TARGET.fullmatch(target):
+        raise Unreachable("the URL's path holds a character a request line cannot carry")
     return (parts.scheme, host, port), target, shown if default else f"{shown}:{port}"
 
 
@@ -198,7 +214,7 @@ def _request_head(target: str, host: str, headers: Mapping[str, str], length: in
     fields["Content-Length"] = str(length)
     lines = [f"POST {target} HTTP/1.1"]
     for name, value in fields.items():
-        if not _FIELD_VALUE.fullmatch(value) or not TOKEN.fullmatch(name):
+        if not valid_field(name, value):
             raise Unreachable(f"the `{name}` header cannot be sent (a control character)")
         lines.append(f"{name}: {value}")
     try:
@@ -268,10 +284,10 @@ async def _exchange(connection: _Connection, request: bytes) -> tuple[HttpReply,
         raise Unreachable(os.strerror(exc.errno).lower() if exc.errno else "I/O failed") from None
     reply = HttpReply(
         status,
-        reason,
-        next((v for k, v in headers if k.lower() == "content-type"), ""),
+        shown_reason(reason),
+        next(iter(values(headers, "content-type")), ""),
         body[:MAX_RESPONSE_BYTES].decode("utf-8", "replace"),
-        next((v for k, v in headers if k.lower() == "location"), None),
+        next(iter(values(headers, "location")), None),
     )
     keep = (
         head.startswith(b"HTTP/1.1 ")  # an HTTP/1.0 server closes unless told otherwise

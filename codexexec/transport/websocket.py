@@ -5,7 +5,6 @@ The listening side is ``ws_listen.py``, which a client never loads.
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -17,13 +16,12 @@ from codexexec.protocol.limits import (
     WEBSOCKET_PING_INTERVAL_SECONDS,
     WEBSOCKET_PING_TIMEOUT_SECONDS,
 )
+from codexexec.shown_urls import without_secrets
 from codexexec.transport.base import TransportClosed
 from codexexec.transport.errors import TransportError
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
-
-log = logging.getLogger(__name__)
 
 
 # Both ends (ws_listen.py too): whole messages up to the protocol limit, no compression
@@ -73,6 +71,7 @@ async def connect_websocket(
     headers: dict[str, str] | Headers | Any = (
         {"Authorization": f"Bearer {token}"} if token else None
     )
+    shown = without_secrets(url)  # a user name, password or query may be a credential
     try:
         connection = await connect(
             url,
@@ -82,11 +81,11 @@ async def connect_websocket(
             **CONNECTION_OPTIONS,
         )
     except InvalidURI:
-        raise ConnectError(f"`{url}` is not a websocket URL (expected ws://HOST:PORT)") from None
+        raise ConnectError(f"`{shown}` is not a websocket URL (expected ws://HOST:PORT)") from None
     except InvalidHandshake as exc:
-        raise ConnectError(f"{url} refused the websocket connection: {exc}") from None
+        raise ConnectError(f"{shown} refused the websocket connection: {exc}") from None
     except TimeoutError:
-        raise ConnectError(f"timed out connecting to {url}") from None
+        raise ConnectError(f"timed out connecting to {shown}") from None
     except OSError as exc:
-        raise ConnectError(f"cannot connect to {url}: {exc.strerror or exc}") from None
-    return WebSocketTransport(connection, url)
+        raise ConnectError(f"cannot connect to {shown}: {exc.strerror or exc}") from None
+    return WebSocketTransport(connection, shown)
