@@ -177,12 +177,12 @@ def main() -> None:
                 values = []
                 for where, target in targets.items():
                     pids = workers[where]
-                    cpu = {name: cpu_seconds([pid]) for name, pid in pids.items()}
+                    cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
                     began = time.perf_counter()
                     values.append(asyncio.run(measure(target, arg)))
                     wall = time.perf_counter() - began
                     if measure is throughput:
-                        cores = {n: (cpu_seconds([p]) - cpu[n]) / wall for n, p in pids.items()}
+                        cores = {n: (cpu_seconds(p) - cpu[n]) / wall for n, p in pids.items()}
                         busy[where] = ", ".join(f"{n} {c:.2f}" for n, c in cores.items())
                         busy[where] += f"; {sum(cores.values()):.2f} of {os.cpu_count()} cores"
                 one, across = values

@@ -105,14 +105,14 @@ def handshake_ms(count: int) -> float:
     return statistics.median(samples) * 1000
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time these processes have used so far (/proc/PID/stat)."""
-    total = 0
-    for pid in pids:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time this process has used so far (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def start_codex_executor(registry: str) -> subprocess.Popen[bytes] | None:
@@ -153,23 +153,22 @@ def main() -> None:
         url = direct.stdout.readline().decode().strip()
         registry = rendezvous.stdout.readline().decode().strip()
         os.environ["CODEXEXEC_ALLOW_CLEARTEXT_RELAY"] = "1"
-        executors += [
-            spawn("serve", "--remote", registry, "--environment-id", "bench", env=env),
-            spawn(
-                "serve",
-                "--remote",
-                registry,
-                "--environment-id",
-                "bench-clear",
-                "--cleartext-relay",
-                env=env,
-            ),
-        ]
+        noise_executor = spawn("serve", "--remote", registry, "--environment-id", "bench", env=env)
+        clear_executor = spawn(
+            "serve",
+            "--remote",
+            registry,
+            "--environment-id",
+            "bench-clear",
+            "--cleartext-relay",
+            env=env,
+        )
+        executors += [noise_executor, clear_executor]
         codex = start_codex_executor(registry)
         targets = [url, f"bench-clear@{registry}", f"bench@{registry}"]
         # The processes that serve each target, for the CPU each spends per unit of work.
-        servers = [[direct.pid], [rendezvous.pid, executors[1].pid]]
-        servers.append([rendezvous.pid, executors[0].pid])
+        servers = [[direct.pid], [rendezvous.pid, clear_executor.pid]]
+        servers.append([rendezvous.pid, noise_executor.pid])
         if codex is not None:
             targets.append(f"bench-codex@{registry}")
             servers.append([rendezvous.pid, codex.pid])
@@ -203,10 +202,10 @@ def main() -> None:
             values, cells = [], []
             for target, pids in zip(targets, servers, strict=True):
                 everyone = [*pids, os.getpid()]
-                began = [cpu_seconds([pid]) for pid in everyone]
+                began = [cpu_seconds(pid) for pid in everyone]
                 values.append(asyncio.run(measure(target, arg)))
                 if units:
-                    spent = [cpu_seconds([pid]) - b for pid, b in zip(everyone, began, strict=True)]
+                    spent = [cpu_seconds(pid) - b for pid, b in zip(everyone, began, strict=True)]
                     cells.append(" + ".join(f"{s / units * 1e6:.0f}" for s in spent))
             row = f"| {label} | {values[0]:.2f} | {values[1]:.2f} | {values[2]:.2f} | "
             row += f"{values[2] / values[1]:.2f}× |"
@@ -217,7 +216,7 @@ def main() -> None:
                 cpu_rows.append(f"| {unit} | " + " | ".join(cells) + " |")
         print(
             "\nCPU per unit of work, µs: the direct server, or the rendezvous + the executor; "
-            "+ this harness (/proc, 10 ms ticks)\n"
+            f"+ this harness (/proc, {1000 // TICKS} ms ticks)\n"
         )
         print("| per | " + " | ".join([*columns, *codex_column]) + " |")
         print("|---|" + "---:|" * (len(columns) + len(codex_column)))

@@ -45,6 +45,7 @@ from codexexec.rendezvous.auth import TokenTable
 from codexexec.rendezvous.store import Store
 from codexexec.server.app import ExecServer
 from codexexec.transport.base import MessageTransport
+from codexexec.transport.noise_harness import connect_noise_harness
 from codexexec.transport.relay import RELAY_MALFORMED_PREFIX, open_relay_socket
 from codexexec.transport.relay_executor import ExecutorRelay
 
@@ -705,10 +706,27 @@ async def test_a_failing_credential_cannot_lock_the_others_out(stack: Stack) -> 
     assert reasons == [RESET_REASON] * 2 + ["rendezvous_handshakes_paused"] * 10
 
 
+class _SlowCredential:
+    """The executor's credential, given only after ``delay`` (or never, until ``opened``)."""
+
+    description = "a credential slow to give"
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.opened = asyncio.Event()
+
+    async def headers(self) -> dict[str, str]:
+        if self.delay < 0:
+            await self.opened.wait()
+        await asyncio.sleep(max(self.delay, 0))
+        return {"Authorization": f"Bearer {TOKEN}"}
+
+
 async def test_a_burst_of_streams_is_served_not_reset(stack: Stack) -> None:
     """A harness opening many streams at once: beyond the 32 /validate calls in flight, the
     handshakes wait their turn instead of being Reset (0.169.0 Resets them), so every stream
     is served, and none counts as a failed handshake that would pause the credential."""
+    stack.relay._token = _SlowCredential(0.05)  # type: ignore[assignment]  # 33+ pending, surely
 
     async def one(index: int) -> bytes:
         async with await ExecServerClient.connect(f"{ENV}@{stack.url}") as client:
@@ -719,6 +737,25 @@ async def test_a_burst_of_streams_is_served_not_reset(stack: Stack) -> None:
     assert outputs == [f"stream-{i}\n".encode() for i in range(80)]
     stats = stack.core.stats
     assert (stats.failed_handshakes, stats.paused_credentials) == (0, 0)
+
+
+async def test_handshakes_that_leave_while_waiting_give_their_slots_back(stack: Stack) -> None:
+    """40 handshakes whose /validate never answers (32 asking, 8 waiting), then their harness
+    goes: every slot is free again, so the next handshake is validated at once — with the
+    stuck calls still stuck, only their cancellation can have freed them."""
+    stuck = _SlowCredential(-1)
+    stack.relay._token = stuck  # type: ignore[assignment]
+    raws = [await open_raw(stack) for _ in range(40)]
+    await asyncio.sleep(0.3)  # all 40 reached the executor
+    for raw in raws:
+        await raw.ws.close()
+    await asyncio.sleep(0.3)
+    stack.relay._token = TOKEN
+    try:
+        transport = await asyncio.wait_for(connect_noise_harness(stack.url, ENV, TOKEN), 5)
+        await transport.close()
+    finally:
+        stuck.opened.set()
 
 
 async def test_an_executor_gone_as_the_harness_connects_is_reported_offline(

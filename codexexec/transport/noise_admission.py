@@ -143,11 +143,11 @@ class NoiseStreams:
         harness_key: dict[str, str],
         authorization: str,
     ) -> None:
-        validating = False
+        # The deadline runs from admission, the wait for a slot included; one that had to
+        # wait and then ran out was kept waiting by this socket, not failed by the harness.
+        queued = self._validations.locked()
         try:
-            # The deadline runs from admission, the wait for a slot included.
             async with asyncio.timeout(self._validation_timeout), self._validations:
-                validating = True
                 outcome = await self._validate(stream_id, harness_key, authorization)
             reason = outcome.value
         except TimeoutError:
@@ -162,7 +162,7 @@ class NoiseStreams:
         del self._pending[stream_id]
         if outcome is Validation.VALID:
             await self._open(stream_id, responder)
-        elif not validating:  # never reached the registry: this socket was busy, not the harness
+        elif outcome is None and queued and reason == "validation_timeout":
             await self._refuse(stream_id, "validation_queue_timeout", charge=False)
         elif outcome is Validation.EXECUTOR_UNAUTHORIZED:
             # Tell the harness (inside the channel) that credentials need refreshing, then end.
