@@ -103,6 +103,8 @@ def main() -> None:
     cannot be written) ends it with one line on stderr, never a traceback."""
     import sys
 
+    from codexexec.cli.errors import EXIT_FAILURE, CliError
+
     try:
         command = typer.main.get_command(build_app(_invoked(sys.argv[1:])))
         _name_values(command)
@@ -112,6 +114,9 @@ def main() -> None:
         code = stop.code
     except OSError as exc:
         code = _local_io_failed(exc)
+    except CliError as exc:  # one the command meant to report but did not catch itself
+        sys.stderr.write(f"codexexec: error: {exc}\n")
+        code = EXIT_FAILURE
     except Exception as exc:  # a bug: one line, the traceback only when asked for
         import os
 
