@@ -489,3 +489,13 @@ async def test_a_large_reply_is_queued_while_output_keeps_coming() -> None:
         for task in producers:
             task.cancel()
         outbox.close()
+
+
+def test_a_relay_bundle_shows_no_signature() -> None:
+    """Its URL is signed (whoever holds it may open the relay socket): a log line or a
+    traceback that prints the bundle shows the relay's origin only."""
+    from codexexec.remote.registry import RelayBundle
+
+    bundle = RelayBundle("env-1", "ws://relay:9/relay?role=harness&sig=SIG-SECRET", "p", "reg")
+    assert "SIG-SECRET" not in repr(bundle) and "ws://relay:9" in repr(bundle)
+    assert bundle.url.endswith("SIG-SECRET")  # the value itself is intact

@@ -76,9 +76,16 @@ class RegistryError(RemoteError):
 
 class RelayBundle(msgspec.Struct, frozen=True):
     environment_id: str
-    url: str
+    url: str  # signed: whoever holds it may open the relay socket
     security_profile: str
     executor_registration_id: str
+
+    def __repr__(self) -> str:  # in a log or traceback: the relay's origin, not its signature
+        return (
+            f"RelayBundle(environment_id={self.environment_id!r}, url={origin(self.url)!r}, "
+            f"security_profile={self.security_profile!r}, "
+            f"executor_registration_id={self.executor_registration_id!r})"
+        )
 
 
 def check_environment_id(environment_id: str) -> str:
