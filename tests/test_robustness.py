@@ -8,6 +8,7 @@ import contextlib
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -210,28 +211,36 @@ def _children_of(pid: int) -> list[int]:
 
 def _is_warden(pid: int) -> bool:
     with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-        return cmdline.read().endswith(b"warden.py\0")
+        return b"/warden.py\0" in cmdline.read()
     return False
 
 
-def test_the_warden_kills_only_the_groups_still_registered_when_its_pipe_ends() -> None:
+def test_the_warden_kills_only_the_groups_still_in_its_table_when_its_pipe_ends() -> None:
     """What keeps a killed executor from leaving orphans without a pre-exec hook per child
-    (codexexec/server/warden.py): a group deregistered before its leader was reaped is
-    never signalled, since its id may belong to someone else by then."""
+    (codexexec/server/warden.py): a group cleared from the table before its leader was
+    reaped is never signalled, since its id may belong to someone else by then."""
     marker = f"60.{uuid.uuid4().int % 10**6:06d}"
     kept, dropped = (subprocess.Popen(["sleep", marker], start_new_session=True) for _ in range(2))
+    table = os.memfd_create("warden-test")
+    os.write(table, struct.pack("<III", dropped.pid, kept.pid, 0))
     read_end, write_end = os.pipe()
     warden = subprocess.Popen(
-        [sys.executable, "-I", "-S", warden_script.__file__], stdin=read_end, start_new_session=True
+        [sys.executable, "-I", "-S", warden_script.__file__, str(table)],
+        stdin=read_end,
+        start_new_session=True,
+        pass_fds=(table,),
     )
     os.close(read_end)
-    os.write(write_end, f"+{kept.pid}\n+{dropped.pid}\n-{dropped.pid}\n".encode())
+    os.pwrite(table, struct.pack("<I", 0), 0)  # dropped: deregistered while it runs
+    time.sleep(0.2)
+    assert warden.poll() is None  # it waits for its pipe, whatever the table holds
     os.close(write_end)  # as when the executor dies
     assert warden.wait(10) == 0
     assert kept.wait(5) == -signal.SIGKILL
     assert dropped.poll() is None
     dropped.kill()
     dropped.wait()
+    os.close(table)
 
 
 def _pids_running(argument: str) -> list[int]:
