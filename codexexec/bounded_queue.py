@@ -108,6 +108,13 @@ class BoundedQueue(Generic[T]):
                 return None
             self._readable.clear()
             await self._readable.wait()
+        return self._pop()
+
+    def get_ready(self) -> T | None:
+        """The next item if one is queued now, else None (never waits)."""
+        return self._pop() if self._items else None
+
+    def _pop(self) -> T:
         data = self._items.popleft()
         self._bytes -= len(data)
         if not self._writable.is_set() and self._bytes <= self._resume_bytes:

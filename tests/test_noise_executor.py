@@ -141,6 +141,8 @@ class RawStream:
     authorization: str
     cipher: NoiseTransport | None = None
     next_seq: int = 0
+    pending: bytearray = field(default_factory=bytearray)  # decrypted, not yet returned
+    records: int = 0  # data frames received
 
     async def frame(self, timeout: float = 5.0) -> RelayMessageFrame:
         """The next frame of this stream (others on the socket are skipped)."""
@@ -169,22 +171,24 @@ class RawStream:
         await self.ws.send(encode_data(stream_header(self.stream_id), seq, ciphertext))
 
     async def request(self, message: dict[str, Any]) -> None:
-        for record in records(json.dumps(message).encode()):
+        for record in records([json.dumps(message).encode()]):
             await self.send_record(bytes(record))
 
     async def reply(self) -> dict[str, Any]:
-        """Decrypt data frames until one whole JSON-RPC message is in."""
+        """Decrypt data frames until one whole JSON-RPC message is in (a record may hold
+        more: they wait for the next call)."""
         assert self.cipher is not None
-        buffer = b""
         while True:
+            if len(self.pending) >= 4:
+                size = int.from_bytes(self.pending[:4], "big")
+                if len(self.pending) >= 4 + size:
+                    decoded: dict[str, Any] = json.loads(self.pending[4 : 4 + size])
+                    del self.pending[: 4 + size]
+                    return decoded
             frame = await self.frame()
             assert frame.WhichOneof("body") == "data", frame
-            buffer += self.cipher.decrypt(frame.data.payload)
-            if len(buffer) >= 4:
-                size = int.from_bytes(buffer[:4], "big")
-                if len(buffer) >= 4 + size:
-                    decoded: dict[str, Any] = json.loads(buffer[4 : 4 + size])
-                    return decoded
+            self.records += 1
+            self.pending += self.cipher.decrypt(frame.data.payload)
 
     async def expect_reset(self) -> None:
         frame = await self.frame()
@@ -291,6 +295,29 @@ async def test_commands_run_over_noise_and_the_relay_routes_only_ciphertext(
     assert kinds["harness", "data"] >= 3 and kinds["executor", "data"] >= 5
 
 
+async def test_an_exit_and_the_close_after_it_share_one_relay_frame(stack: Stack) -> None:
+    """Messages queued together go out in one record (docs/relay-protocol.md §3.2): a
+    command's exit and close cost one frame through the relay, not two."""
+    raw = await open_raw(stack)
+    await initialized(raw)
+    params = {
+        "processId": "p1",
+        "argv": ["/bin/true"],
+        "cwd": "file:///tmp",
+        "env": {},
+        "tty": False,
+        "arg0": None,
+    }
+    await raw.request({"id": 2, "method": "process/start", "params": params})
+    assert (await raw.reply())["id"] == 2
+    before = raw.records
+    exited, closed = await raw.reply(), await raw.reply()
+    assert (exited["method"], exited["params"]["exitCode"]) == ("process/exited", 0)
+    assert closed["method"] == "process/closed"
+    assert raw.records - before == 1
+    await raw.ws.close()
+
+
 async def test_a_persisted_identity_keeps_its_public_key(tmp_path: Path) -> None:
     from codexexec.noise.identity_file import IdentityFileError, load_or_create_identity
 
@@ -355,7 +382,7 @@ async def test_data_before_the_handshake_is_reset(stack: Stack) -> None:
 async def test_replayed_and_reordered_records(stack: Stack) -> None:
     raw = await open_raw(stack)
     await raw.finish_handshake()
-    message = records(b'{"id":1,"method":"initialize","params":{"clientName":"raw"}}')
+    message = records([b'{"id":1,"method":"initialize","params":{"clientName":"raw"}}'])
     first = await raw.send_record(bytes(next(iter(message))))
     await raw.send_ciphertext(first, seq=0)  # a replayed record: dropped, the stream lives
     assert "sessionId" in (await raw.reply())["result"]

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from codexexec.relay import frames as f
 from codexexec.relay.frames import FrameError, FrameErrorKind, RelayMessageFrame
+from codexexec.relay.framing import RECORD_BYTES, FramingError, MessageAssembler, records
 from codexexec.relay.limits import MAX_SEQ, MAX_WEBSOCKET_MESSAGE_BYTES, RESET_REASON
 from codexexec.relay.proto import relay_pb2
 from codexexec.relay.streams import Reset
@@ -596,3 +597,26 @@ def test_frame_error_repr_and_kind() -> None:
     assert error.kind is K.UNSUPPORTED_VERSION
     assert "UNSUPPORTED_VERSION" in repr(error)
     assert str(error) == "unsupported relay message frame version 3"
+
+
+# -- record framing (relay/framing.py) ---------------------------------------------------------
+
+
+@given(st.lists(st.binary(min_size=1, max_size=150_000), min_size=1, max_size=5))
+@settings(max_examples=60, deadline=None)
+def test_messages_sent_together_come_back_whole_and_in_order(messages: list[bytes]) -> None:
+    cut = records(messages)
+    assert all(0 < len(record) <= RECORD_BYTES for record in cut)
+    assembler = MessageAssembler()
+    assert [m for record in cut for m in assembler.feed(record)] == messages
+
+
+def test_small_messages_sent_together_share_one_record() -> None:
+    exited, closed = b'{"method":"process/exited"}', b'{"method":"process/closed"}'
+    (record,) = records([exited, closed])
+    assert MessageAssembler().feed(record) == [exited, closed]
+
+
+def test_an_empty_message_is_refused() -> None:
+    with pytest.raises(FramingError):
+        records([b"{}", b""])

@@ -1,5 +1,6 @@
 """Whole JSON-RPC messages over a relay stream: 4-byte big-endian length + message,
-cut into records of at most 60 KiB, one record per Data frame.
+cut into records of at most 60 KiB, one record per Data frame; messages sent together share
+records (docs/relay-protocol.md §3.2).
 
 The same framing the Noise data plane uses (docs/relay-protocol.md §3.2), so a message of any
 size up to 64 MiB crosses a relay whose websocket messages are capped at 256 KiB.
@@ -19,10 +20,15 @@ class FramingError(RelayError, ValueError):
     """The record stream is corrupt; the stream must be reset."""
 
 
-def records(message: bytes) -> list[bytes]:
-    if not 0 < len(message) <= MAX_MESSAGE_BYTES:
-        raise FramingError(f"message of {len(message)} bytes is outside 1..{MAX_MESSAGE_BYTES}")
-    data = struct.pack(">I", len(message)) + message
+def records(messages: list[bytes]) -> list[bytes]:
+    """The records that carry ``messages`` in order. Messages sent together share records
+    (a receiver accepts any record boundaries), so two small ones cost one frame."""
+    parts: list[bytes] = []
+    for message in messages:
+        if not 0 < len(message) <= MAX_MESSAGE_BYTES:
+            raise FramingError(f"message of {len(message)} bytes is outside 1..{MAX_MESSAGE_BYTES}")
+        parts += (struct.pack(">I", len(message)), message)
+    data = b"".join(parts)
     return [data[i : i + RECORD_BYTES] for i in range(0, len(data), RECORD_BYTES)]
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from codexexec.bounded_queue import BoundedQueue
 from codexexec.protocol.output_notification import OutputMessage
@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 HIGH_WATER_BYTES = 4 * 1024 * 1024
 # ...to this many.
 LOW_WATER_BYTES = 1024 * 1024
+# A batch for a transport that sends several messages at once stops taking more here: one
+# relay record's worth.
+BATCH_BYTES = 60 * 1024
 
 
 class Outbox:
@@ -35,6 +38,11 @@ class Outbox:
         )
         # An in-process peer takes output as it is (``send_output``); others get bytes.
         self._send_output = getattr(transport, "send_output", None)
+        # A relay stream sends what is queued together in shared records: an exit and the
+        # close after it then cost one relay frame, not two (docs/relay-protocol.md §3.2).
+        self._send_batch: Callable[[list[bytes]], Awaitable[None]] | None = getattr(
+            transport, "send_batch", None
+        )
         # Set while nothing posted is still waiting to reach the transport.
         self._empty = asyncio.Event()
         self._empty.set()
@@ -76,7 +84,9 @@ class Outbox:
     async def _write_loop(self) -> None:
         try:
             while (message := await self._queue.get()) is not None:
-                if not isinstance(message, OutputMessage):
+                if self._send_batch is not None:
+                    await self._send_batch(self._batch(message))
+                elif not isinstance(message, OutputMessage):
                     await self._transport.send(message)
                 elif self._send_output is not None:
                     await self._send_output(message)
@@ -88,6 +98,15 @@ class Outbox:
             log.debug("outbox to %s stopped: %s", self._transport.peer, exc)
         finally:
             self.close()
+
+    def _batch(self, first: bytes | OutputMessage) -> list[bytes]:
+        """``first`` and whatever else is queued already, up to about BATCH_BYTES."""
+        batch = [_encoded(first)]
+        size = len(batch[0])
+        while size < BATCH_BYTES and (more := self._queue.get_ready()) is not None:
+            batch.append(_encoded(more))
+            size += len(batch[-1])
+        return batch
 
     def close(self) -> None:
         """Stop sending; queued messages are dropped and waiting producers released."""
@@ -101,3 +120,7 @@ class Outbox:
     async def flush(self) -> None:
         """Wait until everything posted so far has been handed to the transport."""
         await self._empty.wait()
+
+
+def _encoded(message: bytes | OutputMessage) -> bytes:
+    return message.encode() if isinstance(message, OutputMessage) else message

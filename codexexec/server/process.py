@@ -64,6 +64,7 @@ class _OutputReader(asyncio.Protocol):
         self._process = process
         self._stream = stream
         self.transport: asyncio.ReadTransport | None = None
+        self._ended = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.ReadTransport)
@@ -73,7 +74,14 @@ class _OutputReader(asyncio.Protocol):
         self._process._on_output(self._stream, data, self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._process._on_stream_end()
+        self._end()
+
+    def _end(self) -> None:
+        if not self._ended:
+            self._ended = True
+            if self.transport is not None:
+                self.transport.close()
+            self._process._on_stream_end()
 
     def drain_ready(self, limit: int) -> None:
         """Read what the pipe already holds, so it is sequenced before the exit event."""
@@ -87,7 +95,10 @@ class _OutputReader(asyncio.Protocol):
             except (BlockingIOError, InterruptedError, OSError):
                 return
             if not data:
-                return  # EOF: the transport will see it too
+                # EOF, seen with the exit: the close is then sent with it, not a loop
+                # iteration later (over a relay both share one frame).
+                self._end()
+                return
             taken += len(data)
             self.data_received(data)
 

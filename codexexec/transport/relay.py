@@ -83,10 +83,14 @@ class VirtualStream:
         return await self._inbox.get()
 
     async def send(self, message: bytes) -> None:
+        await self.send_batch([message])
+
+    async def send_batch(self, messages: list[bytes]) -> None:
+        """Send ``messages`` in order, sharing records (and so relay frames)."""
         if self.closed:
             raise TransportClosed(f"{self.peer} is closed")
         try:
-            for record in records(message):
+            for record in records(messages):
                 if self._cipher is not None:
                     record = self._cipher.encrypt(record)
                 await self._send_frame(self.stream.outbound.encode_data(record))
@@ -203,8 +207,12 @@ class HarnessRelayTransport:
         return self._ready.pop(0)
 
     async def send(self, message: bytes) -> None:
+        await self.send_batch([message])
+
+    async def send_batch(self, messages: list[bytes]) -> None:
+        """Send ``messages`` in order, sharing records (and so relay frames)."""
         try:
-            for record in records(message):
+            for record in records(messages):
                 if self._cipher is not None:
                     record = self._cipher.encrypt(record)
                 await self._ws.send(self._outbound.encode_data(record))
