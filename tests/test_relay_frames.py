@@ -305,6 +305,35 @@ def test_fast_data_encoding_equals_protobuf_encoding(
     assert f.decode(got).data.payload == payload
 
 
+@given(
+    stream_id=stream_ids.filter(lambda s: len(s.encode()) <= 128),
+    seq=u32,
+    payload=st.binary(min_size=1, max_size=70_000),
+)
+@settings(max_examples=300)
+def test_every_data_frame_codex_sends_is_read_by_the_fast_path(
+    stream_id: str, seq: int, payload: bytes
+) -> None:
+    wire = f.encode_data(f.stream_header(stream_id), seq, payload)
+    if stream_id.strip(f._RUST_WHITESPACE) != stream_id:
+        assert f.data_fields(wire) is None  # not canonical: parse decides
+    else:
+        assert f.data_fields(wire) == (stream_id, seq, payload)
+    _fast_path_agrees(wire)
+
+
+def test_the_fast_path_leaves_everything_else_to_parse() -> None:
+    data = f.encode_data(f.stream_header(SID), 3, b"x")
+    traced = f.encode_data(f.stream_header(SID), 3, b"x", traceparent="00-ab")
+    assert f.data_fields(data) == (SID, 3, b"x")
+    assert f.data_fields(traced) is None  # a field after the body
+    assert f.data_fields(f.encode(f.reset_frame(SID))) is None
+    assert f.data_fields(f.encode(f.handshake_frame(SID, b"m1"))) is None
+    assert f.data_fields(data[:-1]) is None
+    assert f.data_fields(data + b"\x00") is None
+    assert f.data_fields(f.encode_data(f.stream_header(" " + SID), 3, b"x")) is None
+
+
 @given(stream_id=stream_ids, reason=st.text(min_size=1, max_size=300))
 def test_fast_reset_encoding_equals_protobuf_encoding(stream_id: str, reason: str) -> None:
     assert f.encode_reset(f.stream_header(stream_id), reason) == f.encode(
@@ -521,6 +550,16 @@ def _parse_only_frame_errors(wire: bytes) -> None:
     for strict in (True, False):
         with contextlib.suppress(FrameError):
             f.parse(wire, strict=strict)
+    _fast_path_agrees(wire)
+
+
+def _fast_path_agrees(wire: bytes) -> None:
+    """What ``data_fields`` reads, ``parse`` accepts (even strict) and reads the same."""
+    fields = f.data_fields(wire)
+    if fields is not None:
+        frame = f.parse(wire)
+        assert frame.WhichOneof("body") == "data"
+        assert fields == (frame.stream_id, frame.data.seq, frame.data.payload)
 
 
 @settings(max_examples=1500)
@@ -574,6 +613,7 @@ def test_single_bit_flip_is_rejected_or_changes_the_frame(
     assert f.parse(wire, strict=False) == frame
     flipped = bytearray(wire)
     flipped[position % len(wire)] ^= 1 << bit
+    _fast_path_agrees(bytes(flipped))
     try:
         decoded = f.parse(bytes(flipped), strict=False)
     except FrameError:

@@ -458,11 +458,8 @@ class StreamTable(Generic[C]):
         stream_id = frame.stream_id
         kind = frame.WhichOneof("body")
         if kind == "data":
-            stream = self._active.get(stream_id)
-            if stream is not None:
-                data = frame.data
-                return self._push(stream, data.seq, data.payload, opened=False)
-            return self._data_for_inactive(stream_id, frame)
+            data = frame.data
+            return self.receive_data(stream_id, data.seq, data.payload)
         if kind == "reset":
             stream = self._active.get(stream_id)
             if stream is None:
@@ -483,6 +480,13 @@ class StreamTable(Generic[C]):
         if kind == "handshake" and self.admission is Admission.EXPLICIT:
             return Verdict(Action.HANDSHAKE, stream_id, stream=self._active.get(stream_id))
         return Verdict(Action.IGNORED, stream_id, detail=f"{kind} is not used")
+
+    def receive_data(self, stream_id: str, seq: int, payload: bytes) -> Verdict[C]:
+        """``receive`` of a validated Data frame, given its fields (``frames.data_fields``)."""
+        stream = self._active.get(stream_id)
+        if stream is not None:
+            return self._push(stream, seq, payload, opened=False)
+        return self._data_for_inactive(stream_id, seq, payload)
 
     def _push(
         self, stream: RelayStream[C], seq: int, payload: bytes, *, opened: bool
@@ -506,7 +510,7 @@ class StreamTable(Generic[C]):
             return Verdict(Action.BUFFERED, stream_id, stream=stream, opened=opened)
         return Verdict(Action.DELIVER, stream_id, released, stream=stream, opened=opened)
 
-    def _data_for_inactive(self, stream_id: str, frame: RelayMessageFrame) -> Verdict[C]:
+    def _data_for_inactive(self, stream_id: str, seq: int, payload: bytes) -> Verdict[C]:
         if stream_id in self._retired:
             if self.reset_retired_data:
                 return Verdict(
@@ -526,8 +530,7 @@ class StreamTable(Generic[C]):
         opened = self._open_implicitly(stream_id)
         if isinstance(opened, Verdict):
             return opened
-        data = frame.data
-        return self._push(opened, data.seq, data.payload, opened=True)
+        return self._push(opened, seq, payload, opened=True)
 
     def _open_implicitly(self, stream_id: str) -> RelayStream[C] | Verdict[C]:
         try:

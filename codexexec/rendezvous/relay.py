@@ -9,7 +9,14 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from codexexec.relay.frames import FrameError, body_kind, encode_reset, parse, stream_header
+from codexexec.relay.frames import (
+    FrameError,
+    body_kind,
+    data_fields,
+    encode_reset,
+    parse,
+    stream_header,
+)
 from codexexec.rendezvous.events import event
 from codexexec.rendezvous.handshake_budget import HandshakeBudget
 from codexexec.rendezvous.links import RemoteHarness
@@ -183,6 +190,9 @@ class Relay:
     # frames
 
     def _decode(self, peer: Peer | RemoteHarness, data: bytes) -> tuple[str, str | None] | None:
+        fields = data_fields(data)
+        if fields is not None:
+            return fields[0], "data"
         try:
             frame = parse(data, strict=False)
         except FrameError as error:

@@ -73,20 +73,28 @@ class NoiseStreams:
         # Handshakes beyond these wait for a /validate slot, not a Reset (relay/limits.py).
         self._validations = asyncio.Semaphore(MAX_PENDING_HANDSHAKE_VALIDATIONS)
 
+    async def receive_data(self, stream_id: str, seq: int, payload: bytes) -> None:
+        if stream_id in self._pending:
+            await self._data_before_handshake(stream_id)
+        else:
+            await self._streams.apply(self._streams.table.receive_data(stream_id, seq, payload))
+
+    async def _data_before_handshake(self, stream_id: str) -> None:
+        # Early data would be an unauthenticated path.
+        self._cancel(stream_id)
+        await self._refuse(stream_id, "data_before_handshake", charge=True)
+
     async def receive(self, frame: RelayMessageFrame) -> None:
         stream_id = frame.stream_id
         kind = frame.WhichOneof("body")
         if stream_id in self._pending:
             if kind == "reset":  # the harness gave up: drop it, nothing is sent back
                 self._cancel(stream_id)
-            elif kind in ("data", "handshake"):
-                # Early data would be an unauthenticated path; a second message 1 is a replay.
+            elif kind == "data":
+                await self._data_before_handshake(stream_id)
+            elif kind == "handshake":  # a second message 1 is a replay
                 self._cancel(stream_id)
-                await self._refuse(
-                    stream_id,
-                    "data_before_handshake" if kind == "data" else "duplicate_pending_handshake",
-                    charge=True,
-                )
+                await self._refuse(stream_id, "duplicate_pending_handshake", charge=True)
             return
         verdict = self._streams.table.receive(frame)
         if verdict.action is Action.HANDSHAKE:

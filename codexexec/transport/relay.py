@@ -20,7 +20,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from codexexec.noise.errors import NoiseError
-from codexexec.relay.frames import FrameError, encode, parse, resume_frame
+from codexexec.relay.frames import FrameError, data_fields, encode, parse, resume_frame
 from codexexec.relay.framing import FramingError, MessageAssembler, records
 from codexexec.relay.limits import (
     MAX_WEBSOCKET_MESSAGE_BYTES,
@@ -180,23 +180,29 @@ class HarnessRelayTransport:
                 return None
             if isinstance(message, str):
                 continue
+            fields = data_fields(message)
+            if fields is None:
+                try:
+                    frame = parse(message, strict=False)
+                except FrameError:
+                    continue
+                if frame.stream_id != self._stream_id:
+                    continue
+                kind = frame.WhichOneof("body")
+                if kind == "reset":  # the peer's reason is unauthenticated: never shown
+                    self.close_reason = (
+                        "Noise relay stream reset" if self._cipher else "relay stream reset"
+                    )
+                    await self._ws.close()
+                    return None
+                if kind != "data":
+                    continue
+                fields = frame.stream_id, frame.data.seq, frame.data.payload
+            stream_id, seq, payload = fields
+            if stream_id != self._stream_id:
+                continue
             try:
-                frame = parse(message, strict=False)
-            except FrameError:
-                continue
-            if frame.stream_id != self._stream_id:
-                continue
-            kind = frame.WhichOneof("body")
-            if kind == "reset":  # the peer's reason is unauthenticated: never shown
-                self.close_reason = (
-                    "Noise relay stream reset" if self._cipher else "relay stream reset"
-                )
-                await self._ws.close()
-                return None
-            if kind != "data":
-                continue
-            try:
-                for record in self._inbound.push(frame.data.seq, frame.data.payload) or ():
+                for record in self._inbound.push(seq, payload) or ():
                     if self._cipher is not None:
                         record = self._cipher.decrypt(record)
                     self._ready.extend(self._assembler.feed(record))

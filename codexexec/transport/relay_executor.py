@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from codexexec.relay.frames import FrameError, parse
+from codexexec.relay.frames import FrameError, data_fields, parse
 from codexexec.relay.limits import (
     MAX_WEBSOCKET_MESSAGE_BYTES,
     PING_INTERVAL_SECONDS,
@@ -175,6 +175,10 @@ class ExecutorRelay:
             async for message in ws:
                 if isinstance(message, str):
                     continue  # the relay speaks binary protobuf frames only
+                fields = data_fields(message)
+                if fields is not None:
+                    await profile.receive_data(*fields)
+                    continue
                 try:
                     frame = parse(message)
                 except FrameError:

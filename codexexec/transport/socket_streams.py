@@ -95,6 +95,10 @@ class StreamProfile(Protocol):
 
     async def receive(self, frame: RelayMessageFrame) -> None: ...
 
+    async def receive_data(self, stream_id: str, seq: int, payload: bytes) -> None:
+        """``receive`` of a Data frame, given its fields (``frames.data_fields``)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -105,7 +109,12 @@ class CleartextStreams:
         self._streams = streams
 
     async def receive(self, frame: RelayMessageFrame) -> None:
-        verdict = self._streams.table.receive(frame)
+        await self._open_and_apply(self._streams.table.receive(frame))
+
+    async def receive_data(self, stream_id: str, seq: int, payload: bytes) -> None:
+        await self._open_and_apply(self._streams.table.receive_data(stream_id, seq, payload))
+
+    async def _open_and_apply(self, verdict: Verdict[None]) -> None:
         if verdict.stream is not None and verdict.opened:
             self._streams.open(verdict.stream)
         await self._streams.apply(verdict)
