@@ -120,6 +120,9 @@ async def open_relay_socket(url: str, environment_id: str) -> ClientConnection:
             ping_interval=PING_INTERVAL_SECONDS,
             ping_timeout=PONG_TIMEOUT_SECONDS,
             user_agent_header=None,
+            # Direct, as the registry's own requests are (remote/http.py); the proxy lookup
+            # websockets makes otherwise read the whole environment for every stream.
+            proxy=None,
         )
     except InvalidStatus as exc:
         status = exc.response.status_code

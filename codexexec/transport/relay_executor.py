@@ -112,6 +112,7 @@ class ExecutorRelay:
                     ping_interval=PING_INTERVAL_SECONDS,
                     ping_timeout=PONG_TIMEOUT_SECONDS,
                     user_agent_header=None,
+                    proxy=None,  # direct, like the registry's requests (remote/http.py)
                 ) as ws:
                     self._on_attempt("rendezvous_connect", "ok")
                     self.connections += 1
