@@ -556,6 +556,8 @@ def _parse_only_frame_errors(wire: bytes) -> None:
 def _fast_path_agrees(wire: bytes) -> None:
     """What ``data_fields`` reads, ``parse`` accepts (even strict) and reads the same."""
     fields = f.data_fields(wire)
+    # What the rendezvous routes by, also from a view into a bus message.
+    assert f.data_stream_id(memoryview(wire)) == (None if fields is None else fields[0])
     if fields is not None:
         frame = f.parse(wire)
         assert frame.WhichOneof("body") == "data"

@@ -48,6 +48,7 @@ __all__ = [
     "body_kind",
     "data_fields",
     "data_frame",
+    "data_stream_id",
     "decode",
     "encode",
     "encode_data",
@@ -314,7 +315,7 @@ def _malformed(detail: str) -> FrameError:
     return FrameError(FrameErrorKind.MALFORMED, f"invalid relay message frame: {detail}")
 
 
-def _read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+def _read_varint(buf: bytes | memoryview, pos: int, end: int) -> tuple[int, int]:
     if pos < end:
         first = buf[pos]
         if first < 0x80:
@@ -512,8 +513,23 @@ def data_fields(message: bytes) -> tuple[str, int, bytes] | None:
     which is Codex's (version 1, the stream id, the data body and nothing after it), and
     only frames ``parse`` would accept even with ``strict``, so both give the same answer.
     """
+    layout = _data_layout(message)
+    if layout is None:
+        return None
+    stream_id, seq, payload_at = layout
+    return stream_id, seq, message[payload_at:]
+
+
+def data_stream_id(message: bytes | memoryview) -> str | None:
+    """``data_fields``'s stream id alone, what a relay routes by: the payload is not copied."""
+    layout = _data_layout(message)
+    return None if layout is None else layout[0]
+
+
+def _data_layout(message: bytes | memoryview) -> tuple[str, int, int] | None:
+    """Stream id, seq and where the payload starts, for ``data_fields``."""
     end = len(message)
-    if end > MAX_WEBSOCKET_MESSAGE_BYTES or not message.startswith(_DATA_LEAD):
+    if end > MAX_WEBSOCKET_MESSAGE_BYTES or message[:3] != _DATA_LEAD:
         return None
     try:
         id_len, id_start = _read_varint(message, 3, end)
@@ -533,13 +549,13 @@ def data_fields(message: bytes) -> tuple[str, int, bytes] | None:
         size, pos = _read_varint(message, pos + 3, end)
         if size == 0 or pos + size != end:
             return None
-        stream_id = message[id_start:id_end].decode("utf-8")
+        stream_id = str(message[id_start:id_end], "utf-8")
     except (FrameError, UnicodeDecodeError):
         return None
     trimmed = stream_id.strip(_RUST_WHITESPACE)
     if not trimmed or len(trimmed) != len(stream_id):
         return None
-    return stream_id, seq, message[pos:]
+    return stream_id, seq, pos
 
 
 def parse(

@@ -53,7 +53,7 @@ class LinkMessage:
     link: str
     first: int
     second: int
-    payload: bytes
+    payload: bytes | memoryview  # a view into the bus message: a frame is not copied again
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +83,9 @@ def node_subject(node: str) -> str:
     return f"{PREFIX}.node.{node}"
 
 
-def encode_link(kind: LinkKind, link: str, first: int, second: int, payload: bytes) -> bytes:
+def encode_link(
+    kind: LinkKind, link: str, first: int, second: int, payload: bytes | memoryview
+) -> bytes:
     raw = link.encode("ascii")
     return b"".join((_HEAD.pack(kind, len(raw)), raw, _NUMBERS.pack(first, second), payload))
 
@@ -107,11 +109,11 @@ def decode_link(data: bytes) -> LinkMessage:
     except UnicodeDecodeError:
         raise BusWireError("link id is not ASCII") from None
     first, second = _NUMBERS.unpack_from(data, end)
-    return LinkMessage(LinkKind(kind), link, first, second, data[end + _NUMBERS.size :])
+    return LinkMessage(LinkKind(kind), link, first, second, memoryview(data)[end + _NUMBERS.size :])
 
 
 def decode_close(message: LinkMessage) -> Close:
-    body = decode_control(message.payload)
+    body = decode_control(bytes(message.payload))
     resets = body.get("resets", [])
     if not isinstance(resets, list) or not all(isinstance(s, str) for s in resets):
         raise BusWireError("close resets must be a list of stream ids")

@@ -71,14 +71,14 @@ class Link:
 
     # sending
 
-    async def offer(self, data: bytes) -> bool:
+    async def offer(self, data: bytes | memoryview) -> bool:
         """Send now if the window has room; False (nothing sent) otherwise."""
         if self.closed or not self._window.admits(len(data)):
             return False
         seq = self._window.sent(len(data))
         return await self.host.publish(self._to, encode_link(LinkKind.FRAME, self.id, seq, 0, data))
 
-    async def deliver(self, data: bytes) -> bool:
+    async def deliver(self, data: bytes | memoryview) -> bool:
         """Send once the window has room; False if the link ended first."""
         while not self.closed and not self._window.admits(len(data)):
             self._credit.clear()
@@ -170,7 +170,7 @@ class Link:
         """Whether ``_hand_on`` of a frame this size would not wait."""
         raise NotImplementedError
 
-    async def _hand_on(self, data: bytes) -> None:
+    async def _hand_on(self, data: bytes | memoryview) -> None:
         raise NotImplementedError
 
     async def _closed_by_peer(self, close: Close) -> None:
@@ -206,7 +206,7 @@ class RemoteHarness(Link):
     def _room_for(self, size: int) -> bool:
         return self.executor.outbox.has_room(size)
 
-    async def _hand_on(self, data: bytes) -> None:
+    async def _hand_on(self, data: bytes | memoryview) -> None:
         await self.relay.from_harness(self, data)
 
     async def _closed_by_peer(self, close: Close) -> None:
@@ -254,13 +254,13 @@ class RemoteExecutor(Link):
         self.harness = harness
         return not self.closed
 
-    async def forward(self, data: bytes) -> bool:
+    async def forward(self, data: bytes | memoryview) -> bool:
         return await self.deliver(data)
 
     def _room_for(self, size: int) -> bool:
         return self.harness is not None and self.harness.outbox.has_room(size)
 
-    async def _hand_on(self, data: bytes) -> None:
+    async def _hand_on(self, data: bytes | memoryview) -> None:
         if self.harness is not None:
             await self.harness.outbox.put(data)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from aiohttp import web
 
@@ -43,7 +43,10 @@ class Peer:
         self.environment_id = environment_id
         self.label = label
         opts = relay.options
-        self.outbox: BoundedQueue[bytes] = BoundedQueue(opts.outbox_frames, opts.outbox_bytes)
+        # Frames as received: from a link, a view into its bus message (not copied again).
+        self.outbox: BoundedQueue[bytes | memoryview] = BoundedQueue(
+            opts.outbox_frames, opts.outbox_bytes
+        )
         self.closing = False
         self._close_code = CLOSE_GOING_AWAY
         self._close_message = b""
@@ -60,7 +63,8 @@ class Peer:
                 data = await self.outbox.get()
                 if data is None:
                     break
-                await self.ws.send_bytes(data)
+                # aiohttp sends any bytes-like payload; its annotation names only bytes.
+                await self.ws.send_bytes(cast("bytes", data))
         except Exception as error:  # the socket broke under us: the reader will see it too
             event(logging.DEBUG, "relay.write_failed", peer=self.label, error=type(error).__name__)
         finally:
@@ -151,10 +155,10 @@ class HarnessPeer(Peer):
         self.executor = executor
         self.credential = credential
 
-    async def offer(self, data: bytes) -> bool:
+    async def offer(self, data: bytes | memoryview) -> bool:
         return self.outbox.try_put(data)
 
-    async def deliver(self, data: bytes) -> bool:
+    async def deliver(self, data: bytes | memoryview) -> bool:
         return await self.outbox.put(data)
 
     def executor_gone(self, streams: list[str]) -> None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from codexexec.relay.frames import (
     FrameError,
     body_kind,
-    data_fields,
+    data_stream_id,
     encode_reset,
     parse,
     stream_header,
@@ -189,10 +189,12 @@ class Relay:
 
     # frames
 
-    def _decode(self, peer: Peer | RemoteHarness, data: bytes) -> tuple[str, str | None] | None:
-        fields = data_fields(data)
-        if fields is not None:
-            return fields[0], "data"
+    def _decode(
+        self, peer: Peer | RemoteHarness, data: bytes | memoryview
+    ) -> tuple[str, str | None] | None:
+        stream_id = data_stream_id(data)
+        if stream_id is not None:
+            return stream_id, "data"
         try:
             frame = parse(data, strict=False)
         except FrameError as error:
@@ -217,7 +219,7 @@ class Relay:
         if await harness.offer(encode_reset(stream_header(stream_id), reason)):
             self.stats.resets_sent += 1
 
-    async def from_harness(self, harness: HarnessEnd, data: bytes) -> None:
+    async def from_harness(self, harness: HarnessEnd, data: bytes | memoryview) -> None:
         executor = harness.executor
         if not isinstance(executor, ExecutorPeer):
             # Held by another node, which decodes, routes and counts it.
