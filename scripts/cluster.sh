@@ -38,7 +38,7 @@ trap stop EXIT INT TERM
 "${as_db_user[@]}" "$bindir/initdb" -D "$work/pg" -A trust -U cx --no-locale -E UTF8 >/dev/null
 "${as_db_user[@]}" "$bindir/pg_ctl" -D "$work/pg" -l "$work/pg.log" -w \
   -o "-h 127.0.0.1 -p 8432 -k $work" start >/dev/null
-"$nats" -a 127.0.0.1 -p 8422 >"$work/nats.log" 2>&1 &
+GOMAXPROCS=1 "$nats" -a 127.0.0.1 -p 8422 >"$work/nats.log" 2>&1 &
 pids+=($!)
 
 args=(--db postgresql://cx@127.0.0.1:8432/postgres --bus nats://127.0.0.1:8422)

@@ -25,8 +25,11 @@ def _free_port() -> int:
 class PrivateNats:
     """A running server: ``url``, and ``stop``/``start`` (same port) for outage tests."""
 
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, cores: int | None = None) -> None:
         self._binary = binary
+        # GOMAXPROCS: a Go server sharing a small machine spends much of its CPU spinning
+        # for work when it may use every core (docs/cluster.md, "Operating it").
+        self._env = {**os.environ, "GOMAXPROCS": str(cores)} if cores else None
         self.port = _free_port()
         self.url = f"nats://127.0.0.1:{self.port}"
         self._process: subprocess.Popen[bytes] | None = None
@@ -34,6 +37,7 @@ class PrivateNats:
     def start(self) -> None:
         self._process = subprocess.Popen(
             [self._binary, "-a", "127.0.0.1", "-p", str(self.port)],
+            env=self._env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -59,7 +63,7 @@ class PrivateNats:
 
 
 @contextmanager
-def private_nats() -> Iterator[PrivateNats]:
+def private_nats(cores: int | None = None) -> Iterator[PrivateNats]:
     binary = shutil.which("nats-server") or (
         "/usr/sbin/nats-server" if os.path.exists("/usr/sbin/nats-server") else None
     )
@@ -67,7 +71,7 @@ def private_nats() -> Iterator[PrivateNats]:
         if os.environ.get("CI"):
             pytest.fail("nats-server is not installed (apt-get install nats-server)")
         pytest.skip("nats-server is not installed")
-    server = PrivateNats(binary)
+    server = PrivateNats(binary, cores)
     server.start()
     try:
         yield server

@@ -15,13 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import nats
 import pytest
+from nats.aio.msg import Msg
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from codexexec.relay.frames import body_kind, data_frame, decode, encode, resume_frame
 from codexexec.rendezvous import RendezvousOptions, RunningRendezvous, Store, start_rendezvous
 from codexexec.rendezvous.auth import TokenTable
+from codexexec.rendezvous.bus import _write_now
 from codexexec.rendezvous.bus_wire import LinkKind, encode_link, node_subject
 from codexexec.rendezvous.links import RemoteHarness
 from codexexec.rendezvous.options import (
@@ -146,6 +149,33 @@ async def test_frames_cross_nodes_byte_for_byte(cluster: Cluster) -> None:
     assert body_kind(reset) == "reset" and reset.stream_id == S1
     assert reset.reset.reason == RESET_HARNESS_GONE
     await executor.close()
+
+
+async def test_link_messages_go_straight_to_the_bus_and_keep_their_order() -> None:
+    """bus.py writes a link message to the NATS connection at once instead of through
+    nats-py's flusher task; this checks the installed nats-py still has the shape that relies
+    on, and that messages keep their order whichever way each one goes."""
+    with private_nats() as server:
+        nc = await nats.connect(server.url)
+        got: list[bytes] = []
+        all_in = asyncio.Event()
+
+        async def received(msg: Msg) -> None:
+            got.append(msg.data)
+            if len(got) == 3:
+                all_in.set()
+
+        await nc.subscribe("cx.order", cb=received)
+        await nc.flush()
+        await nc.publish("cx.order", b"first")  # queued for nats-py's flusher...
+        assert not _write_now(nc, "cx.order", b"second")  # ...so this one may not overtake it
+        await nc.publish("cx.order", b"second")
+        await nc.flush()
+        assert _write_now(nc, "cx.order", b"third")
+        await asyncio.wait_for(all_in.wait(), 5)
+        assert got == [b"first", b"second", b"third"]
+        assert not _write_now(nc, "cx order", b"x")  # not one subject
+        await nc.close()
 
 
 async def test_environment_offline_exactly_when_no_node_holds_the_executor(

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -176,7 +177,8 @@ class NatsBus:
         if nc is None or not nc.is_connected:
             return False
         try:
-            await nc.publish(subject, data)
+            if not _write_now(nc, subject, data):
+                await nc.publish(subject, data)
         except (NatsError, OSError, RuntimeError):  # uvloop: RuntimeError on a closed socket
             return False
         stats = self.relay.stats
@@ -479,6 +481,34 @@ class NatsBus:
 
 def _refusal(status: int, code: str, message: str) -> dict[str, Any]:
     return {"error": {"status": status, "code": code, "message": message}}
+
+
+_SUBJECT = re.compile(r"[!-~]{1,512}")  # printable ASCII, no space: one NATS subject
+
+
+def _write_now(nc: Client, subject: str, data: bytes) -> bool:
+    """Write a PUB for ``data`` to the connection at once, when nothing is queued ahead of
+    it; False to leave it to ``nc.publish``.
+
+    nats-py hands every publish to its flusher task, a loop iteration later: on two cores
+    that hop was 80 µs of each cross-node round trip (three frames). This reaches into
+    nats-py 2.x (its queue of unsent commands and its transport) and keeps to its order:
+    anything already queued goes first, through the public path. On any other shape of
+    client it declines.
+    """
+    pending = getattr(nc, "_pending", None)
+    transport = getattr(nc, "_transport", None)
+    if (
+        pending is None
+        or pending
+        or transport is None
+        or nc.is_draining
+        or len(data) > nc.max_payload
+        or not _SUBJECT.fullmatch(subject)
+    ):
+        return False
+    transport.writelines([b"PUB %s %d\r\n" % (subject.encode(), len(data)), data, b"\r\n"])
+    return True
 
 
 async def _respond(msg: Msg, data: bytes) -> bool:
