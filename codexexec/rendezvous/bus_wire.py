@@ -47,6 +47,9 @@ class LinkKind(IntEnum):
     CLOSE = 3  # numbers: close code, 0; payload: Close as JSON
 
 
+_LINK_KINDS = {kind.value: kind for kind in LinkKind}
+
+
 @dataclass(frozen=True, slots=True)
 class LinkMessage:
     kind: LinkKind
@@ -100,7 +103,8 @@ def decode_link(data: bytes) -> LinkMessage:
         raise BusWireError("short link message")
     kind, length = _HEAD.unpack_from(data)
     end = _HEAD.size + length
-    if kind not in LinkKind._value2member_map_ or length > MAX_LINK_ID_BYTES:
+    link_kind = _LINK_KINDS.get(kind)
+    if link_kind is None or length > MAX_LINK_ID_BYTES:
         raise BusWireError("not a link message")
     if len(data) < end + _NUMBERS.size:
         raise BusWireError("short link message")
@@ -109,7 +113,7 @@ def decode_link(data: bytes) -> LinkMessage:
     except UnicodeDecodeError:
         raise BusWireError("link id is not ASCII") from None
     first, second = _NUMBERS.unpack_from(data, end)
-    return LinkMessage(LinkKind(kind), link, first, second, memoryview(data)[end + _NUMBERS.size :])
+    return LinkMessage(link_kind, link, first, second, memoryview(data)[end + _NUMBERS.size :])
 
 
 def decode_close(message: LinkMessage) -> Close:
