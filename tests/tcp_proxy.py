@@ -28,6 +28,7 @@ class TcpProxy:
         self.replies_flow.set()
         self._writers: set[asyncio.StreamWriter] = set()
         self._clients: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
@@ -53,6 +54,10 @@ class TcpProxy:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
         if self.mode == "refuse":
             writer.close()
             return
@@ -98,6 +103,9 @@ class TcpProxy:
             self._server.close()
             for writer in list(self._writers):
                 writer.transport.abort()
+            # Let the connections' tasks end before the loop stops, not die pending.
+            if self._handlers:
+                await asyncio.wait(list(self._handlers), timeout=5)
 
         self._run(close())
         self._loop.call_soon_threadsafe(self._loop.stop)
