@@ -25,8 +25,16 @@ def _free_port() -> int:
 class PrivateNats:
     """A running server: ``url``, and ``stop``/``start`` (same port) for outage tests."""
 
-    def __init__(self, binary: str, cores: int | None = None) -> None:
+    def __init__(
+        self,
+        binary: str,
+        cores: int | None = None,
+        user: str | None = None,
+        password: str | None = None,
+    ) -> None:
         self._binary = binary
+        self._auth = ["--user", user, "--pass", password] if user and password else []
+        self._tls: list[str] = []
         # GOMAXPROCS: a Go server sharing a small machine spends much of its CPU spinning
         # for work when it may use every core (docs/cluster.md, "Operating it").
         self._env = {**os.environ, "GOMAXPROCS": str(cores)} if cores else None
@@ -36,7 +44,7 @@ class PrivateNats:
 
     def start(self) -> None:
         self._process = subprocess.Popen(
-            [self._binary, "-a", "127.0.0.1", "-p", str(self.port)],
+            [self._binary, "-a", "127.0.0.1", "-p", str(self.port), *self._auth, *self._tls],
             env=self._env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -51,6 +59,11 @@ class PrivateNats:
                 time.sleep(0.05)
         raise RuntimeError("nats-server did not start")
 
+    def require_tls(self, cert: str, key: str) -> None:
+        """Serve TLS only (from the next ``start``), with this certificate and key."""
+        self._tls = ["--tls", "--tlscert", cert, "--tlskey", key]
+        self.url = self.url.replace("nats://", "tls://")
+
     @property
     def pid(self) -> int:
         assert self._process is not None, "not started"
@@ -63,7 +76,9 @@ class PrivateNats:
 
 
 @contextmanager
-def private_nats(cores: int | None = None) -> Iterator[PrivateNats]:
+def private_nats(
+    cores: int | None = None, user: str | None = None, password: str | None = None
+) -> Iterator[PrivateNats]:
     binary = shutil.which("nats-server") or (
         "/usr/sbin/nats-server" if os.path.exists("/usr/sbin/nats-server") else None
     )
@@ -71,7 +86,7 @@ def private_nats(cores: int | None = None) -> Iterator[PrivateNats]:
         if os.environ.get("CI"):
             pytest.fail("nats-server is not installed (apt-get install nats-server)")
         pytest.skip("nats-server is not installed")
-    server = PrivateNats(binary, cores)
+    server = PrivateNats(binary, cores, user, password)
     server.start()
     try:
         yield server

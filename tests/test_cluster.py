@@ -15,17 +15,21 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import nats
 import pytest
-from nats.aio.msg import Msg
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from codexexec.relay.frames import body_kind, data_frame, decode, encode, resume_frame
-from codexexec.rendezvous import RendezvousOptions, RunningRendezvous, Store, start_rendezvous
+from codexexec.rendezvous import (
+    RendezvousOptions,
+    RunningRendezvous,
+    Store,
+    link_conn,
+    start_rendezvous,
+)
 from codexexec.rendezvous.auth import TokenTable
-from codexexec.rendezvous.bus import _write_now
-from codexexec.rendezvous.bus_wire import LinkKind, encode_link, node_subject
+from codexexec.rendezvous.bus_wire import BusUnavailable, LinkKind, encode_link, node_subject
+from codexexec.rendezvous.link_conn import LinkConnection
 from codexexec.rendezvous.links import RemoteHarness
 from codexexec.rendezvous.options import (
     CLOSE_EXECUTOR_GONE,
@@ -151,31 +155,159 @@ async def test_frames_cross_nodes_byte_for_byte(cluster: Cluster) -> None:
     await executor.close()
 
 
-async def test_link_messages_go_straight_to_the_bus_and_keep_their_order() -> None:
-    """bus.py writes a link message to the NATS connection at once instead of through
-    nats-py's flusher task; this checks the installed nats-py still has the shape that relies
-    on, and that messages keep their order whichever way each one goes."""
+async def test_the_link_connection_delivers_in_order_and_reconnects() -> None:
+    """link_conn.py against a real nats-server: messages to its subject arrive whole and in
+    order (large ones too), a lost connection is reported and comes back by itself."""
     with private_nats() as server:
-        nc = await nats.connect(server.url)
         got: list[bytes] = []
-        all_in = asyncio.Event()
+        lost: list[bool] = []
 
-        async def received(msg: Msg) -> None:
-            got.append(msg.data)
-            if len(got) == 3:
-                all_in.set()
+        async def deliver(payload: bytes) -> None:
+            got.append(payload)
 
-        await nc.subscribe("cx.order", cb=received)
-        await nc.flush()
-        await nc.publish("cx.order", b"first")  # queued for nats-py's flusher...
-        assert not _write_now(nc, "cx.order", b"second")  # ...so this one may not overtake it
-        await nc.publish("cx.order", b"second")
-        await nc.flush()
-        assert _write_now(nc, "cx.order", b"third")
-        await asyncio.wait_for(all_in.wait(), 5)
-        assert got == [b"first", b"second", b"third"]
-        assert not _write_now(nc, "cx order", b"x")  # not one subject
-        await nc.close()
+        conn = LinkConnection(server.url, "cx.links.a", "test", deliver, lambda: lost.append(True))
+        await conn.start()
+        sender = LinkConnection(server.url, "cx.links.b", "test-b", deliver, lambda: None)
+        await sender.start()
+        messages = [b"m%d" % i for i in range(200)] + [b"x" * 300_000]
+        for message in messages:
+            assert sender.publish("cx.links.a", message)
+        async with asyncio.timeout(10):
+            while len(got) < len(messages):
+                await asyncio.sleep(0.01)
+        assert got == messages
+        assert not sender.publish("cx.links.a", b"x" * (2 * 1024 * 1024))  # over max_payload
+        assert not sender.publish("cx.links.a\r\nPUB cx.links.a 1", b"x")  # not one subject
+        server.stop()
+        async with asyncio.timeout(10):
+            while not lost:
+                await asyncio.sleep(0.02)
+        assert not conn.connected and not conn.publish("cx.links.a", b"gone")
+        server.start()
+        async with asyncio.timeout(15):
+            while not (conn.connected and sender.connected):
+                await asyncio.sleep(0.05)
+        got.clear()
+        assert sender.publish("cx.links.a", b"again")
+        async with asyncio.timeout(10):
+            while not got:
+                await asyncio.sleep(0.01)
+        assert got == [b"again"]
+        await sender.close()
+        await conn.close()
+
+
+async def test_a_link_connection_refused_by_the_bus_says_why() -> None:
+    with private_nats(user="rv", password="right") as server:
+        url = server.url.replace("nats://", "nats://rv:wrong@")
+        conn = LinkConnection(url, "cx.links", "test", _ignore, lambda: None)
+        with pytest.raises(BusUnavailable) as refused:
+            await conn.start()
+        assert "Authorization Violation" in str(refused.value)
+        assert "wrong" not in str(refused.value)
+        good = LinkConnection(
+            server.url.replace("nats://", "nats://rv:right@"),
+            "cx.links",
+            "t",
+            _ignore,
+            lambda: None,
+        )
+        await good.start()
+        assert good.connected
+        await good.close()
+
+
+async def _ignore(payload: bytes) -> None:
+    pass
+
+
+def test_the_link_inbox_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flood on a node's link subject (more than any link's credit allows) is dropped, as
+    NATS drops for a slow consumer; the link that misses a frame ends (test above)."""
+    monkeypatch.setattr(link_conn, "PENDING_MESSAGES", 3)
+    conn = LinkConnection("nats://127.0.0.1:1", "cx.links", "t", _ignore, lambda: None)
+    for index in range(5):
+        conn._received(b"m%d" % index)
+    assert (len(conn._inbox), conn.dropped) == (3, 2)
+
+
+async def test_a_bus_that_requires_tls_carries_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--bus tls://…`: the link connection upgrades to TLS as nats-py does, and checks the
+    server's certificate (here from a private CA the process is told to trust)."""
+    ca = _write_tls_files(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+    with private_nats() as server:
+        server.stop()
+        server.require_tls(str(tmp_path / "server.pem"), str(tmp_path / "server.key"))
+        server.start()
+        got: list[bytes] = []
+
+        async def deliver(payload: bytes) -> None:
+            got.append(payload)
+
+        conn = LinkConnection(server.url, "cx.tls", "t", deliver, lambda: None)
+        await conn.start()
+        assert conn.publish("cx.tls", b"over tls")
+        async with asyncio.timeout(10):
+            while not got:
+                await asyncio.sleep(0.01)
+        assert got == [b"over tls"]
+        await conn.close()
+        monkeypatch.delenv("SSL_CERT_FILE")
+        untrusting = LinkConnection(server.url, "cx.tls", "t", deliver, lambda: None)
+        with pytest.raises(BusUnavailable):
+            await untrusting.start()
+
+
+def _write_tls_files(directory: Path) -> Path:
+    """A CA, and a certificate for 127.0.0.1 it signed; returns the CA's file."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def certificate(
+        subject: str, key: ec.EllipticCurvePrivateKey, issuer: str, signer: Any, ca: bool
+    ) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False,
+            )
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, server_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
+    )
+    ca_cert = certificate("test CA", ca_key, "test CA", ca_key, True)
+    server_cert = certificate("127.0.0.1", server_key, "test CA", ca_key, False)
+    pem = serialization.Encoding.PEM
+    (directory / "ca.pem").write_bytes(ca_cert.public_bytes(pem))
+    (directory / "server.pem").write_bytes(server_cert.public_bytes(pem))
+    (directory / "server.key").write_bytes(
+        server_key.private_bytes(
+            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return directory / "ca.pem"
 
 
 async def test_environment_offline_exactly_when_no_node_holds_the_executor(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 
 import pytest
 from hypothesis import given
@@ -21,6 +22,18 @@ from codexexec.rendezvous.bus_wire import (
 )
 from codexexec.rendezvous.credit import ReceiveWindow, SendWindow
 from codexexec.rendezvous.membership import Membership
+from codexexec.rendezvous.nats_wire import (
+    Info,
+    Message,
+    NatsWireError,
+    Ping,
+    Pong,
+    ServerError,
+    ServerStream,
+    connect_command,
+    pub_command,
+    sub_command,
+)
 
 
 def test_a_sender_stops_at_the_window_and_resumes_on_credit() -> None:
@@ -121,3 +134,58 @@ def test_any_bytes_decode_or_are_refused_cleanly(data: bytes) -> None:
 def test_subjects_hold_dots_in_ids_as_one_token() -> None:
     subject = where_subject("team.devbox", "reg-1")
     assert subject.count(".") == 3 and subject.startswith("codexexec.where.")
+
+
+# -- the link connection's NATS protocol (nats_wire.py) -----------------------------------------
+
+_SERVER_BYTES = (
+    b'INFO {"server_id":"x","max_payload":1048576}\r\n'
+    b"PING\r\n"
+    b"MSG cx.node.a 1 5\r\nhello\r\n"
+    b"+OK\r\n"
+    b"MSG cx.node.a 1 reply.to 0\r\n\r\n"
+    b"HMSG cx.node.a 1 18 23\r\nNATS/1.0\r\nK: v\r\n\r\nworld\r\n"
+    b"PONG\r\n"
+    b"-ERR 'Authorization Violation'\r\n"
+)
+
+
+@given(st.lists(st.integers(min_value=0, max_value=len(_SERVER_BYTES)), max_size=12))
+def test_the_server_stream_reads_the_same_however_it_is_cut(cuts: list[int]) -> None:
+    stream = ServerStream()
+    events = []
+    bounds = [0, *sorted(cuts), len(_SERVER_BYTES)]
+    for start, end in itertools.pairwise(bounds):
+        events += stream.feed(_SERVER_BYTES[start:end])
+    assert events == [
+        Info({"server_id": "x", "max_payload": 1048576}),
+        Ping(),
+        Message("cx.node.a", "1", b"hello"),
+        Message("cx.node.a", "1", b""),
+        Message("cx.node.a", "1", b"world"),
+        Pong(),
+        ServerError("Authorization Violation"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"MSG a 1 10\r\nshort\r\nXXXXX",  # the size says 10, no CRLF after 10 bytes
+        b"MSG a 1\r\n",  # no size
+        b"MSG a 1 x\r\n",  # a size that is not a number
+        b"MSG a 1 2000000\r\n",  # over max_payload
+        b"INFO [1]\r\n",
+        b"WHAT\r\n",
+        b"X" * 5000,  # a control line with no end in sight
+    ],
+)
+def test_what_the_client_cannot_read_is_refused(wire: bytes) -> None:
+    with pytest.raises(NatsWireError):
+        ServerStream().feed(wire)
+
+
+def test_commands_are_what_nats_expects() -> None:
+    assert b"".join(pub_command("cx.node.a", b"abc")) == b"PUB cx.node.a 3\r\nabc\r\n"
+    assert sub_command("cx.node.a", "1") == b"SUB cx.node.a 1\r\n"
+    assert connect_command({"verbose": False}) == b'CONNECT {"verbose":false}\r\n'

@@ -9,14 +9,15 @@ its limits hold for the whole cluster; a harness socket on another node is a lin
   registration, and no answer at all ("no responders") means no node holds it;
 * a harness node opening a link, and the executor's node accepting or refusing it with the
   error it would have given a harness socket of its own;
-* the frames of each link, with credit flow control, and how a link ended;
+* the frames of each link, with credit flow control, and how a link ended — on a
+  connection of the node's own (``link_conn.py``), not nats-py's;
 * "executor attached" and "registered" events, so a socket elsewhere that a newer one
   replaces or a newer registration supersedes is closed wherever it is;
 * heartbeats, so links with a node that died are ended within ``bus_node_timeout``.
 
 While the bus is down every link ends (their harnesses see the executor go and reconnect),
 sockets held here keep working, and requests that need another node answer 503
-``bus_unavailable``; the NATS client reconnects and re-subscribes by itself.
+``bus_unavailable``; both connections reconnect (and re-subscribe) by themselves.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -54,6 +54,7 @@ from codexexec.rendezvous.bus_wire import (
     where_subject,
 )
 from codexexec.rendezvous.events import event
+from codexexec.rendezvous.link_conn import PENDING_BYTES, PENDING_MESSAGES, LinkConnection
 from codexexec.rendezvous.links import Link, RemoteExecutor, RemoteHarness
 from codexexec.rendezvous.membership import Membership
 from codexexec.rendezvous.options import CLOSE_REPLACED
@@ -63,10 +64,6 @@ if TYPE_CHECKING:
     from codexexec.rendezvous.peers import ExecutorPeer
     from codexexec.rendezvous.relay import Relay
 
-# Messages a subscription may hold before NATS calls this node a slow consumer; links keep
-# far less in flight (``credit.py``), so only a flood that is not ours reaches it.
-PENDING_MESSAGES = 65536
-PENDING_BYTES = 64 * 1024 * 1024
 BUS_START_TIMEOUT_SECONDS = 10.0
 # Links held at once by one node, both ends counted.
 MAX_LINKS = 65536
@@ -86,6 +83,7 @@ class NatsBus:
         self._nc: Client | None = None
         self._where: dict[str, Subscription] = {}  # executor socket id -> its where subscription
         self._heartbeat: asyncio.Task[None] | None = None
+        self._link_conn: LinkConnection | None = None
         self._counter = 0
         self._announcing = True
 
@@ -124,7 +122,6 @@ class NatsBus:
                 "(raise max_payload in nats-server's configuration)"
             )
         for subject, callback in (
-            (node_subject(self.node), self._on_link),
             (open_subject(self.node), self._on_open),
             (SUBJECT_EVENTS, self._on_event),
             (SUBJECT_ALIVE, self._on_alive),
@@ -136,6 +133,18 @@ class NatsBus:
                 pending_bytes_limit=PENDING_BYTES,
             )
         await nc.flush()
+        self._link_conn = LinkConnection(
+            self.url,
+            node_subject(self.node),
+            f"codexexec-rendezvous-{self.node}-links",
+            self._on_link,
+            self._link_conn_lost,
+        )
+        try:
+            await self._link_conn.start()
+        except BusUnavailable:
+            await nc.close()
+            raise
         self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="rendezvous-heartbeat")
         event(logging.INFO, "bus.connected", node=self.node, url=self.shown_url)
 
@@ -151,6 +160,8 @@ class NatsBus:
             self._heartbeat.cancel()
         for link in list(self.links.values()):
             link.broken("rendezvous node stopping")
+        if self._link_conn is not None:
+            await self._link_conn.close()
         nc = self._nc
         if nc is not None and not nc.is_closed:
             try:
@@ -162,7 +173,12 @@ class NatsBus:
 
     @property
     def connected(self) -> bool:
-        return self._nc is not None and self._nc.is_connected
+        return (
+            self._nc is not None
+            and self._nc.is_connected
+            and self._link_conn is not None
+            and self._link_conn.connected
+        )
 
     def status(self) -> str:
         return "ok" if self.connected else "unavailable: not connected"
@@ -173,13 +189,8 @@ class NatsBus:
         self.relay.spawn(coro)
 
     async def publish(self, subject: str, data: bytes) -> bool:
-        nc = self._nc
-        if nc is None or not nc.is_connected:
-            return False
-        try:
-            if not _write_now(nc, subject, data):
-                await nc.publish(subject, data)
-        except (NatsError, OSError, RuntimeError):  # uvloop: RuntimeError on a closed socket
+        """A link message, on the link connection."""
+        if self._link_conn is None or not self._link_conn.publish(subject, data):
             return False
         stats = self.relay.stats
         stats.bus_messages_out += 1
@@ -392,8 +403,7 @@ class NatsBus:
         event(logging.INFO, "bus.link_opened", link=link, node=node, executor=executor.label)
         return {"ok": True}
 
-    async def _on_link(self, msg: Msg) -> None:
-        data = msg.data
+    async def _on_link(self, data: bytes) -> None:
         stats = self.relay.stats
         stats.bus_messages_in += 1
         stats.bus_bytes_in += len(data)
@@ -450,8 +460,10 @@ class NatsBus:
     async def _heartbeat_loop(self) -> None:
         beat = encode_control(node=self.node)
         while True:
-            if self.connected:
-                await self.publish(SUBJECT_ALIVE, beat)
+            nc = self._nc
+            if nc is not None and nc.is_connected:
+                with contextlib.suppress(NatsError, OSError, RuntimeError):
+                    await nc.publish(SUBJECT_ALIVE, beat)
             for node in self.membership.expired(time.monotonic()):
                 event(logging.WARNING, "bus.node_silent", node=node)
                 for link in list(self.links.values()):
@@ -467,6 +479,9 @@ class NatsBus:
 
     async def _disconnected(self) -> None:
         event(logging.WARNING, "bus.disconnected", node=self.node)
+        self._link_conn_lost()
+
+    def _link_conn_lost(self) -> None:
         for link in list(self.links.values()):
             self._broken(link, "rendezvous bus unavailable")
 
@@ -481,34 +496,6 @@ class NatsBus:
 
 def _refusal(status: int, code: str, message: str) -> dict[str, Any]:
     return {"error": {"status": status, "code": code, "message": message}}
-
-
-_SUBJECT = re.compile(r"[!-~]{1,512}")  # printable ASCII, no space: one NATS subject
-
-
-def _write_now(nc: Client, subject: str, data: bytes) -> bool:
-    """Write a PUB for ``data`` to the connection at once, when nothing is queued ahead of
-    it; False to leave it to ``nc.publish``.
-
-    nats-py hands every publish to its flusher task, a loop iteration later: on two cores
-    that hop was 80 µs of each cross-node round trip (three frames). This reaches into
-    nats-py 2.x (its queue of unsent commands and its transport) and keeps to its order:
-    anything already queued goes first, through the public path. On any other shape of
-    client it declines.
-    """
-    pending = getattr(nc, "_pending", None)
-    transport = getattr(nc, "_transport", None)
-    if (
-        pending is None
-        or pending
-        or transport is None
-        or nc.is_draining
-        or len(data) > nc.max_payload
-        or not _SUBJECT.fullmatch(subject)
-    ):
-        return False
-    transport.writelines([b"PUB %s %d\r\n" % (subject.encode(), len(data)), data, b"\r\n"])
-    return True
 
 
 async def _respond(msg: Msg, data: bytes) -> bool:

@@ -1,0 +1,280 @@
+"""A rendezvous node's own NATS connection for link messages (``bus.py``, docs/cluster.md).
+
+nats-py, which carries the rest of the bus, hands every message it receives through two tasks
+(its reader's, then the subscription's) and every one it sends through a third (its
+flusher's); under load on two cores those hops and its parsing were most of what a cross-node
+round trip adds. Link messages are nearly all of the bus's traffic, so they have a connection
+of their own: read as they arrive (``nats_wire.py``), handed on in order by one task, sent
+with one write.
+
+Losing the connection ends every link (a frame may have gone with it, and the harnesses
+reconnect); it connects again by itself, as nats-py does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import ssl
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import cast
+from urllib.parse import unquote, urlsplit
+
+from codexexec.rendezvous.bus_wire import BusUnavailable
+from codexexec.rendezvous.events import event
+from codexexec.rendezvous.nats_wire import (
+    PING,
+    PONG,
+    Info,
+    Message,
+    NatsWireError,
+    Ping,
+    Pong,
+    ServerError,
+    ServerStream,
+    connect_command,
+    pub_command,
+    sub_command,
+)
+from codexexec.shown_urls import origin
+
+_SUBJECT = re.compile(r"[!-~]{1,512}")  # printable ASCII and no space: one NATS subject
+CONNECT_TIMEOUT_SECONDS = 2.0
+# Messages a subscription may hold before it drops (as NATS does for a slow consumer); links
+# keep far less in flight (``credit.py``), so only a flood that is not ours reaches it. The
+# same bounds serve nats-py's subscriptions (bus.py).
+PENDING_MESSAGES = 65536
+PENDING_BYTES = 64 * 1024 * 1024
+RECONNECT_WAIT_SECONDS = 0.5
+PING_INTERVAL_SECONDS = 2.0
+MAX_OUTSTANDING_PINGS = 2
+
+
+class LinkConnection:
+    """Subscribed to ``subject``; ``deliver`` gets each message's payload in order, ``lost``
+    is called when a connection that was up goes away."""
+
+    def __init__(
+        self,
+        url: str,
+        subject: str,
+        name: str,
+        deliver: Callable[[bytes], Awaitable[None]],
+        lost: Callable[[], None],
+    ) -> None:
+        parts = urlsplit(url)
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or 4222
+        self._tls = parts.scheme == "tls"
+        self._auth: dict[str, str] = {}
+        if parts.username and parts.password is not None:
+            self._auth = {"user": unquote(parts.username), "pass": unquote(parts.password)}
+        elif parts.username:
+            self._auth = {"auth_token": unquote(parts.username)}
+        self._shown = origin(url)
+        self._subject = subject
+        self._name = name
+        self._deliver = deliver
+        self._lost = lost
+        self._wire: _Wire | None = None
+        self._inbox: deque[bytes] = deque()
+        self._inbox_bytes = 0
+        self.dropped = 0  # messages past the inbox's bounds
+        self._readable = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+
+    @property
+    def connected(self) -> bool:
+        return self._wire is not None and self._wire.ready
+
+    async def start(self) -> None:
+        """Connect once (BusUnavailable if that fails), then keep connected."""
+        self._wire = await self._connect()
+        self._tasks = [
+            asyncio.create_task(self._keep_connected(), name="rendezvous-link-conn"),
+            asyncio.create_task(self._hand_on(), name="rendezvous-link-inbox"),
+        ]
+
+    async def close(self) -> None:
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._wire is not None:
+            self._wire.close()
+
+    def publish(self, subject: str, data: bytes) -> bool:
+        """Send one message at once; False when not connected (the link then ends)."""
+        wire = self._wire
+        if (
+            wire is None
+            or not wire.ready
+            or len(data) > wire.stream.max_payload
+            or not _SUBJECT.fullmatch(subject)  # node ids come from other nodes
+        ):
+            return False
+        wire.transport.writelines(pub_command(subject, data))
+        return True
+
+    # -- inside
+
+    def _received(self, payload: bytes) -> None:
+        # Links keep far less than this in flight (credit.py); past it, messages are dropped
+        # as NATS drops them for a slow consumer, and the link that misses one ends.
+        if len(self._inbox) >= PENDING_MESSAGES or self._inbox_bytes > PENDING_BYTES:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                event(logging.WARNING, "bus.link_messages_dropped", dropped=self.dropped)
+            return
+        self._inbox.append(payload)
+        self._inbox_bytes += len(payload)
+        self._readable.set()
+
+    async def _hand_on(self) -> None:
+        inbox = self._inbox
+        while True:
+            if not inbox:
+                self._readable.clear()
+                await self._readable.wait()
+                continue
+            payload = inbox.popleft()
+            self._inbox_bytes -= len(payload)
+            try:
+                await self._deliver(payload)
+            except Exception as error:  # one bad message must not stop the others
+                event(logging.WARNING, "bus.link_message_failed", error=type(error).__name__)
+
+    async def _keep_connected(self) -> None:
+        while True:
+            wire = self._wire
+            assert wire is not None
+            await self._watch(wire)
+            if wire.ready:
+                wire.ready = False
+                event(logging.WARNING, "bus.link_connection_lost", url=self._shown)
+                self._inbox.clear()
+                self._inbox_bytes = 0
+                self._lost()
+            while True:
+                await asyncio.sleep(RECONNECT_WAIT_SECONDS)
+                try:
+                    self._wire = await self._connect()
+                except BusUnavailable:
+                    continue
+                event(logging.INFO, "bus.link_connection_restored", url=self._shown)
+                break
+
+    async def _watch(self, wire: _Wire) -> None:
+        """Until ``wire`` closes; it is cut when the server stops answering pings."""
+        while not wire.closed.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(wire.closed), PING_INTERVAL_SECONDS)
+                return
+            if wire.outstanding_pings >= MAX_OUTSTANDING_PINGS or wire.transport.is_closing():
+                wire.transport.abort()
+                return
+            wire.outstanding_pings += 1
+            wire.transport.write(PING)
+
+    async def _connect(self) -> _Wire:
+        loop = asyncio.get_running_loop()
+        wire = _Wire(self._received)
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
+                await loop.create_connection(lambda: wire, self._host, self._port)
+                info = await wire.info
+                if self._tls or info.fields.get("tls_required"):
+                    upgraded = await loop.start_tls(
+                        wire.transport,
+                        wire,
+                        ssl.create_default_context(),
+                        server_hostname=self._host,
+                    )
+                    if upgraded is None:
+                        raise OSError("TLS was not set up")
+                    wire.transport = upgraded
+                options = {
+                    "verbose": False,
+                    "pedantic": False,
+                    "tls_required": self._tls,
+                    "name": self._name,
+                    "lang": "python",
+                    "version": "codexexec",
+                    "protocol": 1,
+                    **self._auth,
+                }
+                wire.transport.write(connect_command(options) + PING)
+                await wire.answered
+                wire.transport.write(sub_command(self._subject, "1"))
+        except (OSError, TimeoutError, NatsWireError, ssl.SSLError) as error:
+            wire.close()
+            raise BusUnavailable(
+                f"cannot open the link connection to the bus at {self._shown}: "
+                f"{wire.refusal or type(error).__name__}"
+            ) from None
+        wire.ready = True
+        return wire
+
+
+class _Wire(asyncio.Protocol):
+    """One connection's I/O: events from ``nats_wire`` acted on as they arrive."""
+
+    def __init__(self, received: Callable[[bytes], None]) -> None:
+        loop = asyncio.get_running_loop()
+        self._received = received
+        self.stream = ServerStream()
+        self.transport: asyncio.Transport
+        self.info: asyncio.Future[Info] = loop.create_future()
+        self.answered: asyncio.Future[None] = loop.create_future()  # first PONG
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self.ready = False
+        self.outstanding_pings = 0
+        self.refusal: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast("asyncio.Transport", transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.stream.feed(data)
+        except NatsWireError as error:
+            event(logging.WARNING, "bus.link_connection_unreadable", error=str(error))
+            self.transport.abort()
+            return
+        for item in events:
+            if isinstance(item, Message):
+                self._received(item.payload)
+            elif isinstance(item, Ping):
+                self.transport.write(PONG)
+            elif isinstance(item, Pong):
+                self.outstanding_pings = 0
+                if not self.answered.done():
+                    self.answered.set_result(None)
+            elif isinstance(item, Info):
+                if not self.info.done():
+                    self.info.set_result(item)
+            elif isinstance(item, ServerError):
+                # e.g. 'Authorization Violation'; the server closes the connection after it.
+                self.refusal = self.refusal or f"the bus said: {item.text[:200]}"
+                event(logging.WARNING, "bus.link_connection_error", error=item.text[:200])
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for waiter in (self.info, self.answered):
+            if not waiter.done():
+                waiter.set_exception(ConnectionError(self.refusal or "connection closed"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def close(self) -> None:
+        transport = getattr(self, "transport", None)
+        if transport is not None:
+            transport.close()
+        for waiter in (self.info, self.answered):  # a failure nobody waited for is no news
+            if waiter.done() and not waiter.cancelled():
+                waiter.exception()
