@@ -172,26 +172,18 @@ async def test_the_link_connection_delivers_in_order_and_reconnects() -> None:
         messages = [b"m%d" % i for i in range(200)] + [b"x" * 300_000]
         for message in messages:
             assert sender.publish("cx.links.a", message)
-        async with asyncio.timeout(10):
-            while len(got) < len(messages):
-                await asyncio.sleep(0.01)
+        await wait_for(lambda: len(got) == len(messages), 10)
         assert got == messages
         assert not sender.publish("cx.links.a", b"x" * (2 * 1024 * 1024))  # over max_payload
         assert not sender.publish("cx.links.a\r\nPUB cx.links.a 1", b"x")  # not one subject
         server.stop()
-        async with asyncio.timeout(10):
-            while not lost:
-                await asyncio.sleep(0.02)
+        await wait_for(lambda: lost, 10)
         assert not conn.connected and not conn.publish("cx.links.a", b"gone")
         server.start()
-        async with asyncio.timeout(15):
-            while not (conn.connected and sender.connected):
-                await asyncio.sleep(0.05)
+        await wait_for(lambda: conn.connected and sender.connected, 15)
         got.clear()
         assert sender.publish("cx.links.a", b"again")
-        async with asyncio.timeout(10):
-            while not got:
-                await asyncio.sleep(0.01)
+        await wait_for(lambda: got, 10)
         assert got == [b"again"]
         await sender.close()
         await conn.close()
@@ -250,9 +242,7 @@ async def test_a_bus_that_requires_tls_carries_links(
         conn = LinkConnection(server.url, "cx.tls", "t", deliver, lambda: None)
         await conn.start()
         assert conn.publish("cx.tls", b"over tls")
-        async with asyncio.timeout(10):
-            while not got:
-                await asyncio.sleep(0.01)
+        await wait_for(lambda: got, 10)
         assert got == [b"over tls"]
         await conn.close()
         monkeypatch.delenv("SSL_CERT_FILE")

@@ -22,18 +22,7 @@ from codexexec.rendezvous.bus_wire import (
 )
 from codexexec.rendezvous.credit import ReceiveWindow, SendWindow
 from codexexec.rendezvous.membership import Membership
-from codexexec.rendezvous.nats_wire import (
-    Info,
-    Message,
-    NatsWireError,
-    Ping,
-    Pong,
-    ServerError,
-    ServerStream,
-    connect_command,
-    pub_command,
-    sub_command,
-)
+from codexexec.rendezvous import nats_wire as nw
 
 
 def test_a_sender_stops_at_the_window_and_resumes_on_credit() -> None:
@@ -152,19 +141,19 @@ _SERVER_BYTES = (
 
 @given(st.lists(st.integers(min_value=0, max_value=len(_SERVER_BYTES)), max_size=12))
 def test_the_server_stream_reads_the_same_however_it_is_cut(cuts: list[int]) -> None:
-    stream = ServerStream()
+    stream = nw.ServerStream()
     events = []
     bounds = [0, *sorted(cuts), len(_SERVER_BYTES)]
     for start, end in itertools.pairwise(bounds):
         events += stream.feed(_SERVER_BYTES[start:end])
     assert events == [
-        Info({"server_id": "x", "max_payload": 1048576}),
-        Ping(),
-        Message("cx.node.a", "1", b"hello"),
-        Message("cx.node.a", "1", b""),
-        Message("cx.node.a", "1", b"world"),
-        Pong(),
-        ServerError("Authorization Violation"),
+        nw.Info({"server_id": "x", "max_payload": 1048576}),
+        nw.Ping(),
+        nw.Message("cx.node.a", "1", b"hello"),
+        nw.Message("cx.node.a", "1", b""),
+        nw.Message("cx.node.a", "1", b"world"),
+        nw.Pong(),
+        nw.ServerError("Authorization Violation"),
     ]
 
 
@@ -181,11 +170,11 @@ def test_the_server_stream_reads_the_same_however_it_is_cut(cuts: list[int]) -> 
     ],
 )
 def test_what_the_client_cannot_read_is_refused(wire: bytes) -> None:
-    with pytest.raises(NatsWireError):
-        ServerStream().feed(wire)
+    with pytest.raises(nw.NatsWireError):
+        nw.ServerStream().feed(wire)
 
 
 def test_commands_are_what_nats_expects() -> None:
-    assert b"".join(pub_command("cx.node.a", b"abc")) == b"PUB cx.node.a 3\r\nabc\r\n"
-    assert sub_command("cx.node.a", "1") == b"SUB cx.node.a 1\r\n"
-    assert connect_command({"verbose": False}) == b'CONNECT {"verbose":false}\r\n'
+    assert b"".join(nw.pub_command("cx.node.a", b"abc")) == b"PUB cx.node.a 3\r\nabc\r\n"
+    assert nw.sub_command("cx.node.a", "1") == b"SUB cx.node.a 1\r\n"
+    assert nw.connect_command({"verbose": False}) == b'CONNECT {"verbose":false}\r\n'
