@@ -1,4 +1,5 @@
-"""The cluster's pure pieces: credit flow (credit.py), membership and the bus wire format."""
+"""The cluster's pure pieces: credit flow (credit.py), membership, the bus wire format and
+the link connection's NATS protocol (nats_wire.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from codexexec.rendezvous import nats_wire as nw
 from codexexec.rendezvous.bus_wire import (
     BusWireError,
     Close,
@@ -22,7 +24,6 @@ from codexexec.rendezvous.bus_wire import (
 )
 from codexexec.rendezvous.credit import ReceiveWindow, SendWindow
 from codexexec.rendezvous.membership import Membership
-from codexexec.rendezvous import nats_wire as nw
 
 
 def test_a_sender_stops_at_the_window_and_resumes_on_credit() -> None:
