@@ -44,6 +44,7 @@ from codexexec.rendezvous import RendezvousOptions, start_rendezvous
 from codexexec.rendezvous.auth import TokenTable
 from codexexec.rendezvous.store import Store
 from codexexec.server.app import ExecServer
+from codexexec.transport import relay as relay_transport
 from codexexec.transport.base import MessageTransport
 from codexexec.transport.noise_harness import connect_noise_harness
 from codexexec.transport.relay import RELAY_MALFORMED_PREFIX, open_relay_socket
@@ -316,6 +317,32 @@ async def test_an_exit_and_the_close_after_it_share_one_relay_frame(stack: Stack
     assert closed["method"] == "process/closed"
     assert raw.records - before == 1
     await raw.ws.close()
+
+
+async def test_hundreds_of_requests_sent_at_once_are_all_answered(stack: Stack) -> None:
+    """The client's outbox sends what is queued in shared records; a record of more messages
+    than the executor's stream holds (256) would have reset the stream."""
+    client = await ExecServerClient.connect(f"{ENV}@{stack.url}")
+    params = {"path": "file:///tmp"}
+    answers = await asyncio.gather(*(client.call("fs/getMetadata", params) for _ in range(600)))
+    assert len(answers) == 600 and all(answer["isDirectory"] for answer in answers)
+    await client.close()
+
+
+async def test_a_stream_flooding_its_executor_is_reset_alone(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a stream's server has not read yet is bounded (transport/relay.py INBOX_*): past
+    it, that stream is reset and the socket goes on serving the others."""
+    monkeypatch.setattr(relay_transport, "INBOX_MESSAGES", 4)
+    raw = await open_raw(stack)
+    await initialized(raw)
+    request = {"id": 9, "method": "fs/getMetadata", "params": {"path": "file:///tmp"}}
+    (record,) = records([json.dumps(request).encode()] * 10)  # ten at once, one record
+    await raw.send_record(record)
+    await raw.expect_reset()
+    other = await open_raw(stack)
+    assert (await initialized(other))["id"] == 1
 
 
 async def test_a_persisted_identity_keeps_its_public_key(tmp_path: Path) -> None:

@@ -243,6 +243,25 @@ def test_the_warden_kills_only_the_groups_still_in_its_table_when_its_pipe_ends(
     os.close(table)
 
 
+def test_a_pid_registered_twice_takes_one_slot_and_leaves_with_its_deregistration() -> None:
+    """A pid seen again (its old entry stale, the number reused) must not leave a copy in the
+    warden's table that would kill the new owner's group once the executor is gone."""
+    from codexexec.server.spawn import _Warden
+
+    warden = _Warden()
+    assert warden.start()
+    # Above Linux's largest pid_max: no group the warden could kill at the end.
+    assert warden.register(4_194_401) and warden.register(4_194_401)
+    assert warden.register(4_194_402)
+    warden.deregister(4_194_401)
+    assert warden._table is not None
+    table = os.pread(warden._table, 64, 0)
+    slots = [pid for (pid,) in struct.iter_unpack("<I", table) if pid]
+    assert slots == [4_194_402]
+    assert warden._pipe is not None
+    os.close(warden._pipe)  # the warden ends: its pipe is gone
+
+
 def _pids_running(argument: str) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):

@@ -502,6 +502,7 @@ def validate(frame: RelayMessageFrame, *, strict: bool = True) -> FrameError | N
 _DATA_LEAD: Final = b"\x08\x01\x12"  # version 1, then the stream id
 _DATA_BODY_TAG: Final = 0x2A  # field 5 (data), LEN
 _DATA_SEQ_TAG: Final = 0x08
+_MAX_LENGTH_VARINT: Final = 5
 
 
 def data_fields(message: bytes) -> tuple[str, int, bytes] | None:
@@ -539,6 +540,7 @@ def _data_layout(message: bytes | memoryview) -> tuple[str, int, int] | None:
         body_len, pos = _read_varint(message, id_end + 1, end)
         if body_len == 0 or pos + body_len != end:
             return None
+        body_start = pos
         seq = 0
         if message[pos] == _DATA_SEQ_TAG:
             seq, pos = _read_varint(message, pos + 1, end)
@@ -546,8 +548,12 @@ def _data_layout(message: bytes | memoryview) -> tuple[str, int, int] | None:
                 return None
         if message[pos : pos + 3] != _SEGMENT_COUNT_1_PAYLOAD_TAG:
             return None
-        size, pos = _read_varint(message, pos + 3, end)
+        size_at = pos + 3
+        size, pos = _read_varint(message, size_at, end)
         if size == 0 or pos + size != end:
+            return None
+        # upb refuses a length written in more than 5 bytes (padded varints): so does this.
+        if max(id_start - 3, body_start - id_end - 1, pos - size_at) > _MAX_LENGTH_VARINT:
             return None
         stream_id = str(message[id_start:id_end], "utf-8")
     except (FrameError, UnicodeDecodeError):

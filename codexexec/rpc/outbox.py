@@ -24,8 +24,9 @@ HIGH_WATER_BYTES = 4 * 1024 * 1024
 # ...to this many.
 LOW_WATER_BYTES = 1024 * 1024
 # A batch for a transport that sends several messages at once stops taking more here: one
-# relay record's worth.
+# relay record's worth, or 64 messages (a record is delivered to its reader all at once).
 BATCH_BYTES = 60 * 1024
+BATCH_MESSAGES = 64
 
 
 class Outbox:
@@ -100,10 +101,15 @@ class Outbox:
             self.close()
 
     def _batch(self, first: bytes | OutputMessage) -> list[bytes]:
-        """``first`` and whatever else is queued already, up to about BATCH_BYTES."""
+        """``first`` and whatever else is queued already, up to about BATCH_BYTES and at most
+        BATCH_MESSAGES."""
         batch = [_encoded(first)]
         size = len(batch[0])
-        while size < BATCH_BYTES and (more := self._queue.get_ready()) is not None:
+        while (
+            size < BATCH_BYTES
+            and len(batch) < BATCH_MESSAGES
+            and (more := self._queue.get_ready()) is not None
+        ):
             batch.append(_encoded(more))
             size += len(batch[-1])
         return batch

@@ -111,6 +111,8 @@ class _Warden:
         # A killed warden is replaced first: the new one inherits the whole table.
         if self._pipe is None or (self._watch.poll(0) and not self._relaunch()):
             return False
+        if pid in self._slots:  # its slot already holds it (a stale entry, the pid reused)
+            return True
         slot = self._free.pop() if self._free else len(self._slots)
         if self._write(slot, pid):
             self._slots[pid] = slot

@@ -41,7 +41,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-INBOX_MESSAGES = 256
+# What one relay stream may hold that its server has not read yet. The relay has no flow
+# control per stream and the socket is shared, so a stream past these is reset rather than
+# the socket paused; they leave room for a client that pipelines hundreds of requests.
+INBOX_MESSAGES = 4096
+INBOX_BYTES = 8 * 1024 * 1024
 RELAY_MALFORMED_PREFIX = "failed to parse JSON-RPC message from exec-server relay"
 
 
@@ -60,6 +64,7 @@ class VirtualStream:
         self._on_close = on_close
         self._cipher = cipher
         self._inbox: asyncio.Queue[bytes | None] = asyncio.Queue(INBOX_MESSAGES + 1)
+        self._inbox_bytes = 0
         self._assembler = MessageAssembler()
         self.closed = False
 
@@ -73,14 +78,18 @@ class VirtualStream:
         if self._cipher is not None:
             record = self._cipher.decrypt(record)
         for message in self._assembler.feed(record):
-            if self._inbox.qsize() >= INBOX_MESSAGES:
+            if self._inbox.qsize() >= INBOX_MESSAGES or self._inbox_bytes >= INBOX_BYTES:
                 raise asyncio.QueueFull
             self._inbox.put_nowait(message)
+            self._inbox_bytes += len(message)
 
     async def receive(self) -> bytes | None:
         if self.closed and self._inbox.empty():
             return None
-        return await self._inbox.get()
+        message = await self._inbox.get()
+        if message is not None:
+            self._inbox_bytes -= len(message)
+        return message
 
     async def send(self, message: bytes) -> None:
         await self.send_batch([message])
