@@ -213,6 +213,27 @@ async def _ignore(payload: bytes) -> None:
     pass
 
 
+def test_publishing_as_the_bus_goes_away_fails_quietly_on_uvloop() -> None:
+    """Nodes run on uvloop, whose transports raise once their socket is gone: a publish in
+    that moment must say False (the link ends), not raise into the relay."""
+    import uvloop
+
+    async def scenario() -> None:
+        with private_nats() as server:
+            conn = LinkConnection(server.url, "cx.uv", "t", _ignore, lambda: None)
+            await conn.start()
+            server.stop()
+            deadline = asyncio.get_running_loop().time() + 10
+            while conn.connected and asyncio.get_running_loop().time() < deadline:
+                conn.publish("cx.uv", b"x" * 1000)
+                await asyncio.sleep(0)
+            assert not conn.connected
+            assert not conn.publish("cx.uv", b"x")
+            await conn.close()
+
+    uvloop.run(scenario())
+
+
 def test_the_link_inbox_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     """A flood on a node's link subject (more than any link's credit allows) is dropped, as
     NATS drops for a slow consumer; the link that misses a frame ends (test above)."""

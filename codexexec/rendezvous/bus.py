@@ -296,6 +296,8 @@ class NatsBus:
         """A link for one harness socket here to the executor socket at ``location``."""
         if len(self.links) >= MAX_LINKS:
             raise BusRefused(503, "too_many_links", "this rendezvous node holds too many links")
+        if not self.connected:  # a link's frames would go nowhere
+            raise BusUnavailable("the rendezvous bus is unavailable")
         self._counter += 1
         link = RemoteExecutor(
             self,
@@ -375,6 +377,8 @@ class NatsBus:
         registration_id: str,
         credential: str,
     ) -> dict[str, Any]:
+        if not self.connected:  # a link's frames would go nowhere
+            return _refusal(503, "bus_unavailable", "the rendezvous bus is unavailable")
         relay = self.relay
         executor = relay.online(environment_id, registration_id)
         if relay.shutting_down or executor is None or executor.socket_id != socket:

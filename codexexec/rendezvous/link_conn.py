@@ -20,8 +20,8 @@ import re
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import cast
-from urllib.parse import unquote, urlsplit
+from typing import Any, cast
+from urllib.parse import urlsplit
 
 from codexexec.rendezvous.bus_wire import BusUnavailable
 from codexexec.rendezvous.events import event
@@ -69,11 +69,13 @@ class LinkConnection:
         self._host = parts.hostname or "127.0.0.1"
         self._port = parts.port or 4222
         self._tls = parts.scheme == "tls"
+        # Credentials as nats-py takes them from the same URL: as written, a user without a
+        # password being a token.
         self._auth: dict[str, str] = {}
-        if parts.username and parts.password is not None:
-            self._auth = {"user": unquote(parts.username), "pass": unquote(parts.password)}
-        elif parts.username:
-            self._auth = {"auth_token": unquote(parts.username)}
+        if parts.username is not None and parts.password is None:
+            self._auth = {"auth_token": parts.username}
+        elif parts.username is not None:
+            self._auth = {"user": parts.username, "pass": parts.password or ""}
         self._shown = origin(url)
         self._subject = subject
         self._name = name
@@ -103,9 +105,8 @@ class LinkConnection:
         self._closing = True
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=CONNECT_TIMEOUT_SECONDS)
         if self._wire is not None:
             self._wire.close()
 
@@ -119,7 +120,10 @@ class LinkConnection:
             or not _SUBJECT.fullmatch(subject)  # node ids come from other nodes
         ):
             return False
-        wire.transport.writelines(pub_command(subject, data))
+        try:
+            wire.transport.writelines(pub_command(subject, data))
+        except (OSError, RuntimeError):  # uvloop: RuntimeError once the socket is gone
+            return False
         return True
 
     # -- inside
@@ -151,17 +155,20 @@ class LinkConnection:
                 event(logging.WARNING, "bus.link_message_failed", error=type(error).__name__)
 
     async def _keep_connected(self) -> None:
-        while True:
+        while not self._closing:
             wire = self._wire
             assert wire is not None
             await self._watch(wire)
-            if wire.ready:
-                wire.ready = False
-                event(logging.WARNING, "bus.link_connection_lost", url=self._shown)
-                self._inbox.clear()
-                self._inbox_bytes = 0
+            if self._closing:
+                return
+            event(logging.WARNING, "bus.link_connection_lost", url=self._shown)
+            self._inbox.clear()
+            self._inbox_bytes = 0
+            try:
                 self._lost()
-            while True:
+            except Exception as error:  # the links' ending must not stop the reconnecting
+                event(logging.ERROR, "bus.link_loss_failed", error=type(error).__name__)
+            while not self._closing:
                 await asyncio.sleep(RECONNECT_WAIT_SECONDS)
                 try:
                     self._wire = await self._connect()
@@ -173,14 +180,17 @@ class LinkConnection:
     async def _watch(self, wire: _Wire) -> None:
         """Until ``wire`` closes; it is cut when the server stops answering pings."""
         while not wire.closed.done():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(wire.closed), PING_INTERVAL_SECONDS)
+            # Not wait_for: on 3.11 it can swallow a cancel that meets the future's end.
+            await asyncio.wait({wire.closed}, timeout=PING_INTERVAL_SECONDS)
+            if wire.closed.done():
                 return
             if wire.outstanding_pings >= MAX_OUTSTANDING_PINGS or wire.transport.is_closing():
                 wire.transport.abort()
+                await wire.closed
                 return
             wire.outstanding_pings += 1
-            wire.transport.write(PING)
+            with contextlib.suppress(OSError, RuntimeError):
+                wire.transport.write(PING)
 
     async def _connect(self) -> _Wire:
         loop = asyncio.get_running_loop()
@@ -209,15 +219,25 @@ class LinkConnection:
                     "protocol": 1,
                     **self._auth,
                 }
-                wire.transport.write(connect_command(options) + PING)
+                # The PONG comes after the server has handled both: a refused CONNECT or SUB
+                # (an -ERR) is known by then.
+                wire.transport.write(
+                    connect_command(options) + sub_command(self._subject, "1") + PING
+                )
                 await wire.answered
-                wire.transport.write(sub_command(self._subject, "1"))
+                if wire.refusal is not None:
+                    raise ConnectionError(wire.refusal)
         except (OSError, TimeoutError, NatsWireError, ssl.SSLError) as error:
             wire.close()
             raise BusUnavailable(
                 f"cannot open the link connection to the bus at {self._shown}: "
                 f"{wire.refusal or type(error).__name__}"
             ) from None
+        except BaseException:
+            wire.close()
+            raise
+        if wire.closed.done():
+            raise BusUnavailable(f"the bus at {self._shown} closed the link connection")
         wire.ready = True
         return wire
 
@@ -232,10 +252,13 @@ class _Wire(asyncio.Protocol):
         self.transport: asyncio.Transport
         self.info: asyncio.Future[Info] = loop.create_future()
         self.answered: asyncio.Future[None] = loop.create_future()  # first PONG
+        for waiter in (self.info, self.answered):  # a failure nobody waited for is no news
+            waiter.add_done_callback(_retrieved)
         self.closed: asyncio.Future[None] = loop.create_future()
         self.ready = False
         self.outstanding_pings = 0
         self.refusal: str | None = None
+        self.errors = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast("asyncio.Transport", transport)  # uvloop's is not a subclass
@@ -260,11 +283,20 @@ class _Wire(asyncio.Protocol):
                 if not self.info.done():
                     self.info.set_result(item)
             elif isinstance(item, ServerError):
-                # e.g. 'Authorization Violation'; the server closes the connection after it.
-                self.refusal = self.refusal or f"the bus said: {item.text[:200]}"
-                event(logging.WARNING, "bus.link_connection_error", error=item.text[:200])
+                # e.g. 'Authorization Violation' (then the server closes the connection).
+                if not self.answered.done():
+                    self.refusal = self.refusal or f"the bus said: {item.text[:200]}"
+                self.errors += 1
+                if self.errors == 1 or self.errors % 1000 == 0:
+                    event(
+                        logging.WARNING,
+                        "bus.link_connection_error",
+                        error=item.text[:200],
+                        count=self.errors,
+                    )
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.ready = False
         for waiter in (self.info, self.answered):
             if not waiter.done():
                 waiter.set_exception(ConnectionError(self.refusal or "connection closed"))
@@ -272,9 +304,12 @@ class _Wire(asyncio.Protocol):
             self.closed.set_result(None)
 
     def close(self) -> None:
+        self.ready = False
         transport = getattr(self, "transport", None)
         if transport is not None:
             transport.close()
-        for waiter in (self.info, self.answered):  # a failure nobody waited for is no news
-            if waiter.done() and not waiter.cancelled():
-                waiter.exception()
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -1,7 +1,7 @@
 """The NATS client protocol, as much of it as a node's link connection speaks (``link_conn.py``).
 
 Pure: server bytes in, events out (``ServerStream``); commands out as bytes. The server's side
-is bounded: a control line of at most 4 KiB, a message of at most the server's announced
+is bounded: a control line of at most 64 KiB, a message of at most the server's announced
 ``max_payload`` (1 MiB until it says). Anything else is ``NatsWireError``, and the connection
 is dropped.
 """
@@ -14,7 +14,8 @@ from typing import Any, Final
 
 from codexexec.rendezvous.bus_wire import BusWireError
 
-MAX_CONTROL_LINE: Final = 4096
+# Server lines: INFO can be long (a cluster's connect_urls), the others are short.
+MAX_CONTROL_LINE: Final = 64 * 1024
 DEFAULT_MAX_PAYLOAD: Final = 1024 * 1024
 PING: Final = b"PING\r\n"
 PONG: Final = b"PONG\r\n"
@@ -83,7 +84,7 @@ class ServerStream:
             end = buffer.find(b"\r\n", 0, MAX_CONTROL_LINE + 2)
             if end < 0:
                 if len(buffer) > MAX_CONTROL_LINE:
-                    raise NatsWireError("a control line longer than 4 KiB")
+                    raise NatsWireError("a control line longer than 64 KiB")
                 break
             line = bytes(buffer[:end])
             del buffer[: end + 2]
@@ -114,7 +115,7 @@ class ServerStream:
             if not isinstance(fields, dict):
                 raise NatsWireError("an INFO that is not an object")
             max_payload = fields.get("max_payload")
-            if isinstance(max_payload, int) and max_payload > 0:
+            if type(max_payload) is int and max_payload > 0:
                 self.max_payload = max_payload
             return Info(fields)
         raise NatsWireError(f"an unknown operation {verb[:16]!r}")
