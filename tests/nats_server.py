@@ -35,6 +35,7 @@ class PrivateNats:
         self._binary = binary
         self._auth = ["--user", user, "--pass", password] if user and password else []
         self._tls: list[str] = []
+        self.extra_args: list[str] = []
         # GOMAXPROCS: a Go server sharing a small machine spends much of its CPU spinning
         # for work when it may use every core (docs/cluster.md, "Operating it").
         self._env = {**os.environ, "GOMAXPROCS": str(cores)} if cores else None
@@ -44,7 +45,12 @@ class PrivateNats:
 
     def start(self) -> None:
         self._process = subprocess.Popen(
-            [self._binary, "-a", "127.0.0.1", "-p", str(self.port), *self._auth, *self._tls],
+            [
+                *(self._binary, "-a", "127.0.0.1", "-p", str(self.port)),
+                *self._auth,
+                *self._tls,
+                *self.extra_args,
+            ],
             env=self._env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -75,10 +81,7 @@ class PrivateNats:
             self._process.wait()
 
 
-@contextmanager
-def private_nats(
-    cores: int | None = None, user: str | None = None, password: str | None = None
-) -> Iterator[PrivateNats]:
+def _binary() -> str:
     binary = shutil.which("nats-server") or (
         "/usr/sbin/nats-server" if os.path.exists("/usr/sbin/nats-server") else None
     )
@@ -86,9 +89,37 @@ def private_nats(
         if os.environ.get("CI"):
             pytest.fail("nats-server is not installed (apt-get install nats-server)")
         pytest.skip("nats-server is not installed")
-    server = PrivateNats(binary, cores, user, password)
+    return binary
+
+
+@contextmanager
+def private_nats(
+    cores: int | None = None, user: str | None = None, password: str | None = None
+) -> Iterator[PrivateNats]:
+    server = PrivateNats(_binary(), cores, user, password)
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@contextmanager
+def private_nats_cluster() -> Iterator[tuple[PrivateNats, PrivateNats]]:
+    """Two nats-servers routed into one NATS cluster: each announces the other to its
+    clients (INFO connect_urls)."""
+    binary = _binary()
+    first, second = PrivateNats(binary), PrivateNats(binary)
+    routes = (_free_port(), _free_port())
+    for server, own, other in ((first, *routes), (second, *reversed(routes))):
+        server.extra_args = [
+            *("--cluster_name", "cx", "--cluster", f"nats://127.0.0.1:{own}"),
+            *("--routes", f"nats://127.0.0.1:{other}"),
+        ]
+    first.start()
+    second.start()
+    try:
+        yield first, second
+    finally:
+        first.stop()
+        second.stop()

@@ -38,7 +38,7 @@ from codexexec.rendezvous.options import (
     RESET_EXECUTOR_GONE,
     RESET_HARNESS_GONE,
 )
-from tests.nats_server import PrivateNats, private_nats
+from tests.nats_server import PrivateNats, private_nats, private_nats_cluster
 from tests.test_rendezvous import (
     EXECUTOR,
     HARNESS,
@@ -211,6 +211,27 @@ async def test_a_link_connection_refused_by_the_bus_says_why() -> None:
 
 async def _ignore(payload: bytes) -> None:
     pass
+
+
+async def test_the_link_connection_fails_over_to_a_server_the_nats_cluster_announced() -> None:
+    with private_nats_cluster() as (first, second):
+        got: list[bytes] = []
+
+        async def deliver(payload: bytes) -> None:
+            got.append(payload)
+
+        lost: list[bool] = []
+        conn = LinkConnection(first.url, "cx.failover", "t", deliver, lambda: lost.append(True))
+        await conn.start()
+        sender = LinkConnection(second.url, "cx.sender", "t", _ignore, lambda: None)
+        await sender.start()
+        await wait_for(lambda: len(conn._servers) == 2, 15)  # once the route is up
+        first.stop()
+        await wait_for(lambda: lost and conn.connected, 15)  # again, through the second
+        await wait_for(lambda: sender.publish("cx.failover", b"m") and bool(got), 10)
+        assert got[0] == b"m"
+        await sender.close()
+        await conn.close()
 
 
 def test_publishing_as_the_bus_goes_away_fails_quietly_on_uvloop() -> None:

@@ -50,6 +50,7 @@ PENDING_MESSAGES = 65536
 PENDING_BYTES = 64 * 1024 * 1024
 RECONNECT_WAIT_SECONDS = 0.5
 PING_INTERVAL_SECONDS = 2.0
+MAX_SERVERS = 32  # the URL's and those announced
 MAX_OUTSTANDING_PINGS = 2
 
 
@@ -66,8 +67,10 @@ class LinkConnection:
         lost: Callable[[], None],
     ) -> None:
         parts = urlsplit(url)
-        self._host = parts.hostname or "127.0.0.1"
-        self._port = parts.port or 4222
+        # The URL's server first, then others a NATS cluster announces (INFO connect_urls),
+        # tried in turn when the connection is lost, as nats-py does.
+        self._servers: list[tuple[str, int]] = [(parts.hostname or "127.0.0.1", parts.port or 4222)]
+        self._turn = 0
         self._tls = parts.scheme == "tls"
         # Credentials as nats-py takes them from the same URL: as written, a user without a
         # password being a token.
@@ -169,9 +172,12 @@ class LinkConnection:
             except Exception as error:  # the links' ending must not stop the reconnecting
                 event(logging.ERROR, "bus.link_loss_failed", error=type(error).__name__)
             while not self._closing:
-                await asyncio.sleep(RECONNECT_WAIT_SECONDS)
+                self._turn += 1
+                server = self._servers[self._turn % len(self._servers)]
+                if self._turn % len(self._servers) == 0:
+                    await asyncio.sleep(RECONNECT_WAIT_SECONDS)  # after a round of them all
                 try:
-                    self._wire = await self._connect()
+                    self._wire = await self._connect(server)
                 except BusUnavailable:
                     continue
                 event(logging.INFO, "bus.link_connection_restored", url=self._shown)
@@ -192,19 +198,35 @@ class LinkConnection:
             with contextlib.suppress(OSError, RuntimeError):
                 wire.transport.write(PING)
 
-    async def _connect(self) -> _Wire:
+    def _announced(self, info: Info) -> None:
+        urls = info.fields.get("connect_urls")
+        if not isinstance(urls, list):
+            return
+        for url in urls:
+            if len(self._servers) >= MAX_SERVERS:
+                return
+            try:
+                parts = urlsplit(f"nats://{url}")
+                server = (parts.hostname, parts.port or 4222)
+            except (TypeError, ValueError):
+                continue
+            if server[0] and server not in self._servers:
+                self._servers.append((server[0], server[1]))
+
+    async def _connect(self, server: tuple[str, int] | None = None) -> _Wire:
+        host, port = server or self._servers[0]
         loop = asyncio.get_running_loop()
-        wire = _Wire(self._received)
+        wire = _Wire(self._received, self._announced)
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
-                await loop.create_connection(lambda: wire, self._host, self._port)
+                await loop.create_connection(lambda: wire, host, port)
                 info = await wire.info
                 if self._tls or info.fields.get("tls_required"):
                     upgraded = await loop.start_tls(
                         wire.transport,
                         wire,
                         ssl.create_default_context(),
-                        server_hostname=self._host,
+                        server_hostname=host,
                     )
                     if upgraded is None:
                         raise OSError("TLS was not set up")
@@ -245,9 +267,12 @@ class LinkConnection:
 class _Wire(asyncio.Protocol):
     """One connection's I/O: events from ``nats_wire`` acted on as they arrive."""
 
-    def __init__(self, received: Callable[[bytes], None]) -> None:
+    def __init__(
+        self, received: Callable[[bytes], None], announced: Callable[[Info], None]
+    ) -> None:
         loop = asyncio.get_running_loop()
         self._received = received
+        self._announced = announced
         self.stream = ServerStream()
         self.transport: asyncio.Transport
         self.info: asyncio.Future[Info] = loop.create_future()
@@ -280,6 +305,7 @@ class _Wire(asyncio.Protocol):
                 if not self.answered.done():
                     self.answered.set_result(None)
             elif isinstance(item, Info):
+                self._announced(item)
                 if not self.info.done():
                     self.info.set_result(item)
             elif isinstance(item, ServerError):
