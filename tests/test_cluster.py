@@ -209,6 +209,29 @@ async def test_a_link_connection_refused_by_the_bus_says_why() -> None:
         await good.close()
 
 
+async def test_a_link_subscription_the_bus_refuses_fails_the_connection(tmp_path: Path) -> None:
+    """A node whose NATS user may not subscribe to its link subject must not look healthy
+    while it hears nothing."""
+    config = tmp_path / "nats.conf"
+    config.write_text(
+        'authorization { users = [ { user: "rv", password: "pw", '
+        'permissions: { subscribe: { deny: ["cx.denied"] } } } ] }\n'
+    )
+    with private_nats() as server:
+        server.stop()
+        server.extra_args = ["-c", str(config)]
+        server.start()
+        url = server.url.replace("nats://", "nats://rv:pw@")
+        refused = LinkConnection(url, "cx.denied", "t", _ignore, lambda: None)
+        with pytest.raises(BusUnavailable) as error:
+            await refused.start()
+        assert "Permissions Violation" in str(error.value)
+        allowed = LinkConnection(url, "cx.allowed", "t", _ignore, lambda: None)
+        await allowed.start()
+        assert allowed.connected
+        await allowed.close()
+
+
 async def _ignore(payload: bytes) -> None:
     pass
 
