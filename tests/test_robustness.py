@@ -414,3 +414,43 @@ async def test_running_processes_per_session_are_bounded() -> None:
         params = {"processId": "again", "argv": ["true"], "cwd": "file:///tmp", "env": {}}
         assert "result" in await wire.request("process/start", {**params, "tty": False})
         await wire.close()
+
+
+async def test_detached_sessions_are_bounded_and_idle_ones_end_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client that reconnects without resuming must not pile up sessions for the whole
+    TTL; past the bound the longest-detached session with nothing running ends, so a
+    detached job (`exec --detach`) is the last to go."""
+    from codexexec.client import ExecServerClient, ExecServerError
+    from codexexec.server import session as session_module
+    from codexexec.server.app import ExecServer
+    from codexexec.transport.memory import memory_pair
+
+    monkeypatch.setattr(session_module, "MAX_DETACHED_SESSIONS", 2)
+    server = ExecServer()
+    serving: list[asyncio.Task[None]] = []
+
+    async def connect(resume: str | None = None) -> ExecServerClient:
+        client_end, server_end = memory_pair()
+        serving.append(asyncio.create_task(server.serve(server_end, malformed_prefix="x")))
+        return await ExecServerClient.over(
+            client_end, description="in-process", resume_session_id=resume
+        )
+
+    async def detach(client: ExecServerClient) -> str:
+        await client.close()
+        await asyncio.wait_for(serving[-1], 5)  # the server saw the connection end
+        return client.session_id
+
+    busy = await connect()
+    job = await busy.start(["sleep", "30"], cwd="/tmp", inherit_env=False)
+    busy_id = await detach(busy)
+    idle_ids = [await detach(await connect()) for _ in range(2)]  # the third detached
+    with pytest.raises(ExecServerError, match="unknown session id"):
+        await connect(resume=idle_ids[0])  # the longest-detached idle one ended
+    again = await connect(resume=busy_id)  # the busy one is still there, its job running
+    assert (await again.read(job.process_id)).exited is False
+    await again.close()
+    assert (await connect(resume=idle_ids[1])).session_id == idle_ids[1]
+    await server.aclose()

@@ -25,6 +25,10 @@ EXITED_PROCESS_RETENTION_SECONDS = 80.0
 # the oldest closed process is forgotten before its retention ends.
 MAX_RUNNING_PROCESSES_PER_SESSION = 512
 MAX_CLOSED_PROCESSES_PER_SESSION = 1024
+# Detached sessions kept for resuming at once (each `exec --detach` leaves one); past it one
+# ends early: the longest-detached with nothing running, else the longest-detached. (Codex
+# 0.169.0 keeps every one for its TTL.)
+MAX_DETACHED_SESSIONS = 1024
 
 # process/write idempotency: remembered writeIds per process.
 REMEMBERED_WRITE_IDS_PER_PROCESS = 4096

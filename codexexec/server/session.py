@@ -17,6 +17,7 @@ from collections.abc import Callable
 from codexexec.protocol.jsonrpc import INVALID_REQUEST, SESSION_ALREADY_ATTACHED, RpcError
 from codexexec.protocol.limits import (
     MAX_CLOSED_PROCESSES_PER_SESSION,
+    MAX_DETACHED_SESSIONS,
     MAX_RUNNING_PROCESSES_PER_SESSION,
 )
 from codexexec.protocol.output_notification import OutputMessage
@@ -57,9 +58,13 @@ class Session:
     def attached(self) -> bool:
         return self.outbox is not None
 
+    @property
+    def running(self) -> int:
+        return len(self.processes) - self._closed_count
+
     def check_room(self) -> None:
         """Refuse a start beyond the running-process bound (protocol/limits.py)."""
-        running = len(self.processes) - self._closed_count
+        running = self.running
         if running >= MAX_RUNNING_PROCESSES_PER_SESSION:
             raise RpcError(
                 INVALID_REQUEST,
@@ -95,6 +100,9 @@ class SessionRegistry:
     def __init__(self, detached_ttl_seconds: float) -> None:
         self.detached_ttl_seconds = detached_ttl_seconds
         self._sessions: dict[str, Session] = {}
+        # Detached sessions, longest-detached first: a client that reconnects without
+        # resuming must not pile up sessions (and their processes) for the whole TTL.
+        self._detached: dict[str, Session] = {}
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -117,6 +125,7 @@ class SessionRegistry:
         if session._expiry is not None:
             session._expiry.cancel()
             session._expiry = None
+        self._detached.pop(session.id, None)
         session.outbox = outbox
         return session
 
@@ -126,17 +135,27 @@ class SessionRegistry:
         session.outbox = None
         loop = asyncio.get_running_loop()
         session._expiry = loop.call_later(self.detached_ttl_seconds, self._expire, session)
+        self._detached[session.id] = session
+        if len(self._detached) > MAX_DETACHED_SESSIONS:
+            idle = (s for s in self._detached.values() if not s.running)
+            victim = next(idle, None) or next(iter(self._detached.values()))
+            self._expire(victim, f"more than {MAX_DETACHED_SESSIONS} sessions were detached")
 
-    def _expire(self, session: Session) -> None:
+    def _expire(self, session: Session, why: str = "expired") -> None:
         if session.attached or self._sessions.get(session.id) is not session:
             return
         log.info(
-            "detached session %s expired; stopping %d processes", session.id, len(session.processes)
+            "detached session %s ended (%s); stopping %d processes",
+            session.id,
+            why,
+            len(session.processes),
         )
         del self._sessions[session.id]
+        self._detached.pop(session.id, None)
         session.dispose()
 
     def close(self) -> None:
         for session in self._sessions.values():
             session.dispose()
         self._sessions.clear()
+        self._detached.clear()
