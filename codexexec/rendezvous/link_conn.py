@@ -207,11 +207,11 @@ class LinkConnection:
                 return
             try:
                 parts = urlsplit(f"nats://{url}")
-                server = (parts.hostname, parts.port or 4222)
+                host, port = parts.hostname, parts.port or 4222
             except (TypeError, ValueError):
                 continue
-            if server[0] and server not in self._servers:
-                self._servers.append((server[0], server[1]))
+            if host and (host, port) not in self._servers:
+                self._servers.append((host, port))
 
     async def _connect(self, server: tuple[str, int] | None = None) -> _Wire:
         host, port = server or self._servers[0]
